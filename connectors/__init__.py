@@ -1,0 +1,24 @@
+"""Adapters to annotation tools (Label Studio first). No imports of the rest of labelloop."""
+
+from connectors.base import (
+    AnnotationState,
+    Connector,
+    OutgoingTask,
+    ProjectInfo,
+    PullResult,
+    RemoteTaskState,
+)
+from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
+
+__all__ = [
+    "AnnotationState",
+    "Connector",
+    "ConnectorAuthError",
+    "ConnectorError",
+    "ConnectorRejected",
+    "ConnectorUnavailable",
+    "OutgoingTask",
+    "ProjectInfo",
+    "PullResult",
+    "RemoteTaskState",
+]

@@ -1,0 +1,123 @@
+"""What the daemon needs from an annotation tool, and nothing more.
+
+The daemon owns state; a connector only translates. ``pull`` reports the *current*
+state of remote tasks that changed, and the daemon diffs that against its store, so
+an edited annotation overwrites, a deleted one retracts, and a re-delivered state is
+harmless (pulls are idempotent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+__all__ = [
+    "AnnotationState",
+    "Connector",
+    "OutgoingTask",
+    "ProjectInfo",
+    "PullResult",
+    "RemoteTaskState",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingTask:
+    """One pool item to be shown to annotators.
+
+    ``predicted_label``/``predicted_score`` become a pre-annotation tagged with
+    ``model_version``; ``score`` is our informativeness score (higher = asked sooner).
+    """
+
+    item_id: str  # our key; written into the remote task so a re-push is detectable
+    batch_id: str
+    text: str
+    score: float = 0.0
+    model_version: str | None = None
+    predicted_label: str | None = None
+    predicted_score: float | None = None
+    is_control: bool = False  # part of the random control slice
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationState:
+    """One annotation as it is now in the tool.
+
+    ``choices`` are the raw chosen values, unvalidated: the daemon decides whether
+    they are known classes. ``is_skipped`` marks a cancelled/skipped annotation.
+    """
+
+    remote_annotation_id: str
+    choices: tuple[str, ...]
+    annotator: str | None
+    updated_at: datetime  # timezone-aware UTC
+    is_skipped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteTaskState:
+    """The current state of one of our tasks; ``annotations`` empty means unlabeled."""
+
+    item_id: str
+    remote_task_id: str
+    updated_at: datetime  # timezone-aware UTC
+    annotations: tuple[AnnotationState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    """Tasks that changed after ``since``, plus the watermark to pass next time.
+
+    ``watermark`` is the largest ``updated_at`` seen (or ``since`` when nothing changed).
+    ``deleted_task_ids`` lists our remote tasks that no longer exist in the tool.
+    """
+
+    tasks: tuple[RemoteTaskState, ...]
+    watermark: datetime
+    deleted_task_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectInfo:
+    project_id: str
+    title: str
+    classes: tuple[str, ...]  # in the tool's order
+
+
+class Connector(Protocol):
+    """The seam between the daemon and an annotation tool. Every call has a timeout.
+
+    Raises (every method): ``ConnectorUnavailable`` (retry later),
+    ``ConnectorRejected``/``ConnectorAuthError`` (a human must act).
+    """
+
+    def check(self) -> str:
+        """Verify reachability and credentials; return the user name we act as."""
+        ...
+
+    def ensure_project(self, *, classes: Sequence[str] | None) -> ProjectInfo:
+        """Use the configured project (reading its classes) or create one from ``classes``."""
+        ...
+
+    def push(self, tasks: Sequence[OutgoingTask]) -> Mapping[str, str]:
+        """Create remote tasks; return ``{item_id: remote_task_id}`` for every task given.
+
+        Idempotent per ``item_id``: items that already have a task (say, after a crash
+        in the middle of an earlier push) get the existing task's id, never a second task.
+        """
+        ...
+
+    def pull(self, *, since: datetime | None) -> PullResult:
+        """Current state of our tasks updated at or after ``since`` (all when ``None``)."""
+        ...
+
+    def count_waiting(self) -> int:
+        """Number of our tasks in the tool that have no annotation yet."""
+        ...
+
+    def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
+        """Delete the given tasks if nobody has annotated them; return the ids deleted."""
+        ...
