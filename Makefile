@@ -1,0 +1,51 @@
+# labelloop developer entry points. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch lies on this kind of machine's disk; with a GPU, pip's default (CUDA) build is used.
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch' || echo 'torch==2.13.0')
+STAMP := $(VENV)/.installed
+
+.PHONY: venv ls-venv demo up test test-fast lint bench-labels bench-encode bench-score bench-cycle clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	touch $(STAMP)
+
+ls-venv: venv
+	$(PY) deploy/ls_local.py ensure-venv
+
+demo: venv ls-venv
+	$(PY) deploy/demo.py
+
+up: venv ls-venv
+	$(PY) deploy/demo.py --live
+
+test: venv ls-venv
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: venv
+	LABELLOOP_SKIP_INTEGRATION=1 $(PY) -m pytest -q -m "not integration"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+bench-labels: venv
+	$(PY) bench/label_efficiency.py
+
+bench-encode: venv
+	$(PY) bench/encode.py
+
+bench-score: venv
+	$(PY) bench/score.py
+
+clean:
+	rm -rf $(VENV) .labelloop demo-run bench/out

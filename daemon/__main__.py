@@ -1,0 +1,45 @@
+"""Entry point: configure logging once, then hand over to the CLI."""
+
+from __future__ import annotations
+
+import logging.config
+import os
+import sys
+
+__all__ = ["configure_logging", "main"]
+
+
+def configure_logging(level: str | None = None) -> None:
+    """Human-readable lines on a terminal, JSON lines otherwise (or with LABELLOOP_LOG_FORMAT=json)."""
+    chosen = (level or os.environ.get("LABELLOOP_LOG_LEVEL", "INFO")).upper()
+    fmt = os.environ.get("LABELLOOP_LOG_FORMAT") or ("human" if sys.stderr.isatty() else "json")
+    formatter = (
+        {"()": "daemon.logfmt.JsonFormatter"}
+        if fmt == "json"
+        else {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "datefmt": "%H:%M:%S"}
+    )
+    logging.config.dictConfig({
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"main": formatter},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}},
+        "root": {"level": chosen, "handlers": ["stderr"]},
+        "loggers": {
+            "apscheduler": {"level": "WARNING"},
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
+            "urllib3": {"level": "WARNING"},
+            "transformers": {"level": "ERROR"},
+        },
+    })
+
+
+def main() -> None:
+    configure_logging()
+    from daemon.cli import app
+
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Wiring at the edge: settings → engine, connector, encoder → context → stage or service."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from connectors.base import Connector
+from connectors.errors import ConnectorUnavailable
+from connectors.label_studio import LabelStudioConnector
+from daemon.context import LoopContext, default_embedder_factory
+from daemon.cycle import CycleReport, run_cycle
+from daemon.errors import ConfigError
+from daemon.project import ensure_project
+from daemon.service import InstanceLock, Service
+from daemon.settings import Settings
+from daemon.store import make_engine
+from daemon.sync import SyncReport, sync
+
+__all__ = ["build_connector", "build_context", "one_cycle", "one_sync", "run_service", "write_config"]
+
+log = logging.getLogger(__name__)
+
+
+def build_connector(settings: Settings) -> Connector:
+    """Connect to Label Studio as configured (nothing is sent yet).
+
+    Raises:
+        ConfigError: no usable token.
+    """
+    ls = settings.label_studio
+    return LabelStudioConnector.connect(
+        url=ls.url, api_key=settings.api_key(), project_id=ls.project_id, project_title=ls.project_title,
+        text_key=ls.text_key, timeout_s=ls.timeout_s,
+    )
+
+
+def build_context(settings: Settings, *, connector: Connector | None = None) -> LoopContext:
+    return LoopContext(
+        settings=settings,
+        engine=make_engine(settings.store.url),
+        connector=connector if connector is not None else build_connector(settings),
+        embedder_factory=default_embedder_factory(settings),
+    )
+
+
+def one_cycle(settings: Settings, *, connector: Connector | None = None) -> CycleReport:
+    """Run a single cycle now, refusing while a daemon runs on the same store.
+
+    Raises:
+        AlreadyRunning, ConnectorError, ModelError.
+    """
+    ctx = build_context(settings, connector=connector)
+    lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir)
+    lock.acquire()
+    try:
+        ensure_project(ctx)
+        return run_cycle(ctx, reason="manual")
+    finally:
+        lock.release()
+
+
+def one_sync(settings: Settings, *, connector: Connector | None = None) -> SyncReport:
+    ctx = build_context(settings, connector=connector)
+    lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir)
+    lock.acquire()
+    try:
+        ensure_project(ctx)
+        return sync(ctx)
+    finally:
+        lock.release()
+
+
+def run_service(settings: Settings, *, connector: Connector | None = None) -> None:
+    """Run the daemon until a signal. A refused token stops it at once; an unreachable server does not.
+
+    Raises:
+        AlreadyRunning: another daemon runs on this store.
+        ConnectorAuthError: the token was refused at startup.
+    """
+    lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir)
+    lock.acquire()
+    try:
+        ctx = build_context(settings, connector=connector)
+        try:
+            who = ctx.connector.check()
+            log.info("connected to Label Studio at %s as %s", settings.label_studio.url, who)
+        except ConnectorUnavailable as e:
+            log.warning("Label Studio is not reachable yet (%s); will keep retrying", e)
+        service = Service(ctx)
+        service.install_signal_handlers()
+        service.run()
+    finally:
+        lock.release()
+
+
+_TEMPLATE = """# labelloop configuration. Environment variables override it: LABELLOOP_<SECTION>__<KEY>.
+# The API token is a secret: keep it out of this file and set LABELLOOP_LABEL_STUDIO__API_KEY.
+
+[label_studio]
+url = {url}
+{project_line}
+project_title = "labelloop"
+max_waiting_tasks = 200
+
+[loop]
+strategy = "default"
+batch_size = 50
+control_fraction = 0.05
+classes = {classes}
+
+[store]
+url = "sqlite:///.labelloop/labelloop.db"
+data_dir = ".labelloop"
+"""
+
+
+def write_config(path: Path, *, url: str, project_id: int | None, classes: list[str], force: bool) -> None:
+    """Write a starter config file.
+
+    Raises:
+        ConfigError: the file exists and ``force`` is false.
+    """
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists (use --force to overwrite)")
+    project_line = f"project_id = {project_id}" if project_id is not None else "# project_id = 1"
+    path.write_text(_TEMPLATE.format(url=json.dumps(url), project_line=project_line, classes=json.dumps(classes)))
+

@@ -1,0 +1,235 @@
+"""The ``labelloop`` command line: parse → call a query or stage → render.
+
+Read commands (``batches``, ``status``, ``config show``) only read the store and work
+while the daemon runs; each has ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import Session
+
+from connectors.errors import ConnectorAuthError, ConnectorError
+from daemon.errors import AlreadyRunning, ConfigError, DaemonError, PoolFileError
+from daemon.settings import DEFAULT_CONFIG_FILE, Settings, load_settings
+from models.errors import ModelError
+
+__all__ = ["app"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Active-learning labeling loop for Label Studio.")
+pool_app = typer.Typer(no_args_is_help=True, help="Manage the unlabeled pool.")
+batches_app = typer.Typer(help="Inspect queued batches (without a subcommand: list them).")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective configuration.")
+app.add_typer(pool_app, name="pool")
+app.add_typer(batches_app, name="batches")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+class _State:
+    config: Path | None = None
+
+
+@app.callback()
+def _root(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help=f"Config file (default ./{DEFAULT_CONFIG_FILE}).")] = None,
+) -> None:
+    _State.config = config
+
+
+def settings() -> Settings:
+    return load_settings(_State.config)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn our errors into one clear line and an exit code; never a traceback."""
+    try:
+        yield
+    except (ConfigError, ConnectorAuthError) as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    except AlreadyRunning as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(3) from None
+    except (PoolFileError, DaemonError, ConnectorError, ModelError) as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+def init(
+    url: Annotated[str, typer.Option(help="Label Studio URL.")] = "http://127.0.0.1:8080",
+    project_id: Annotated[int | None, typer.Option(help="Use this existing project.")] = None,
+    classes: Annotated[str, typer.Option(help="Comma-separated classes for a new project.")] = "",
+    force: Annotated[bool, typer.Option(help="Overwrite an existing config file.")] = False,
+) -> None:
+    """Write a labelloop.toml and create the database."""
+    from daemon.app import write_config
+
+    with _errors():
+        path = _State.config or Path(DEFAULT_CONFIG_FILE)
+        write_config(path, url=url, project_id=project_id, classes=[c.strip() for c in classes.split(",") if c.strip()],
+                     force=force)
+        from daemon.store import make_engine
+
+        make_engine(load_settings(path).store.url).dispose()
+        out.print(f"wrote {path}; set the token with [bold]export LABELLOOP_LABEL_STUDIO__API_KEY=…[/]")
+
+
+@pool_app.command("add")
+def pool_add(
+    file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet file.")],
+    id_field: Annotated[str | None, typer.Option(help="Column with the item id.")] = None,
+    text_field: Annotated[str | None, typer.Option(help="Column with the text.")] = None,
+    label_field: Annotated[str | None, typer.Option(help="Column with seed labels.")] = None,
+    embedding_field: Annotated[str | None, typer.Option(help="Column with precomputed vectors.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add items (and seed labels) from a file; nothing is added twice."""
+    from daemon.pool import add_pool_file
+    from daemon.store import make_engine
+
+    with _errors():
+        cfg = settings()
+        fields = {k: v for k, v in {"id_field": id_field, "text_field": text_field, "label_field": label_field,
+                                    "embedding_field": embedding_field}.items() if v}
+        pool = cfg.pool.model_copy(update=fields)
+        report = add_pool_file(make_engine(cfg.store.url), file, pool=pool, data_dir=cfg.store.data_dir)
+    if as_json:
+        _print_json(asdict(report))
+    else:
+        out.print(f"{report.path}: {report.rows} rows, {report.added} added, {report.already_present} already "
+                  f"in the pool, {report.labels_added} seed labels")
+
+
+@app.command()
+def run() -> None:
+    """Run the daemon until SIGTERM/SIGINT."""
+    from daemon.app import run_service
+
+    with _errors():
+        run_service(settings())
+
+
+@app.command()
+def cycle(as_json: JsonOpt = False) -> None:
+    """Run one cycle now (sync, embed, retrain, select, push)."""
+    from daemon.app import one_cycle
+
+    with _errors():
+        report = one_cycle(settings())
+    if as_json:
+        _print_json(asdict(report))
+    else:
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in report.stage_seconds.items())
+        out.print(f"cycle {report.cycle_id}: {report.status} {report.reason} batch={report.batch_id} "
+                  f"pushed={report.pushed} model={report.model_version} ({stages})")
+
+
+@app.command("sync")
+def sync_command(as_json: JsonOpt = False) -> None:
+    """Pull annotations from Label Studio now."""
+    from daemon.app import one_sync
+
+    with _errors():
+        report = one_sync(settings())
+    if as_json:
+        _print_json(asdict(report))
+    else:
+        out.print(f"{report.tasks_seen} tasks read, {report.labels_changed} label changes, "
+                  f"{report.unknown_choices} unknown choices, {report.batches_closed} batches closed")
+
+
+@contextmanager
+def _read_session() -> Iterator[Session]:
+    from daemon.store import make_engine
+
+    with _errors():
+        engine = make_engine(settings().store.url)
+    with Session(engine) as session:
+        yield session
+
+
+@batches_app.callback(invoke_without_command=True)
+def batches(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option(help="selected | pushed | closed | parked")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List batches, newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from daemon.queries import list_batches
+    from daemon.render import batches_table
+
+    with _read_session() as session:
+        rows = list_batches(session, status=status)
+    if as_json:
+        _print_json([asdict(r) for r in rows])
+    else:
+        out.print(batches_table(rows))
+
+
+@batches_app.command("show")
+def batches_show(batch_id: str, as_json: JsonOpt = False) -> None:
+    """Show one batch's items: text preview, score, prediction, state."""
+    from daemon.queries import batch_detail
+    from daemon.render import batch_table
+
+    with _read_session() as session:
+        detail = batch_detail(session, batch_id)
+    if detail is None:
+        err.print(f"[red]error:[/] no batch {batch_id!r} (see `labelloop batches`)")
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(asdict(detail))
+    else:
+        out.print(batch_table(detail))
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Pool and label counts per class, model quality, queue, last cycles, daemon health."""
+    from daemon.queries import status_report
+    from daemon.render import status_panels
+
+    with _read_session() as session:
+        report = status_report(session)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        for panel in status_panels(report):
+            out.print(panel)
+
+
+@config_app.command("show")
+def config_show(as_json: JsonOpt = False) -> None:
+    """Print the effective settings (secrets masked)."""
+    with _errors():
+        data = settings().public_dump()
+    if as_json:
+        _print_json(data)
+    else:
+        table = Table("setting", "value", title="effective configuration")
+        for section, values in data.items():
+            for key, value in values.items():
+                table.add_row(f"{section}.{key}", json.dumps(value))
+        out.print(table)

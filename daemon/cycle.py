@@ -1,0 +1,206 @@
+"""One cycle of the loop: sync → embed → retrain → select → push, each stage resumable.
+
+Each stage reads its inputs from the store and commits its outputs, and the cycle
+checks the stop event between stages. A crash anywhere leaves a state the next cycle
+finishes: a ``SELECTED`` batch is pushed before anything new is chosen, and the
+connector never creates a second task for an item.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlmodel import Session, col, select
+
+from connectors.base import OutgoingTask
+from connectors.errors import ConnectorError, ConnectorRejected
+from daemon.context import LoopContext
+from daemon.selection import select as select_batch_stage
+from daemon.selection import waiting_count
+from daemon.store import (
+    Batch,
+    BatchItem,
+    BatchStatus,
+    CycleRun,
+    LabelRecord,
+    ModelRun,
+    PoolItem,
+    advance,
+    utcnow,
+)
+from daemon.sync import sync
+from daemon.training import embed_pool, retrain
+
+__all__ = ["CycleReport", "cycle_due", "push_pending", "run_cycle"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_PUSH_CHUNK = 100
+
+
+@dataclass(slots=True)
+class CycleReport:
+    cycle_id: int
+    status: str = "ok"  # ok | skipped | stopped | failed
+    reason: str = ""
+    batch_id: str | None = None
+    pushed: int = 0
+    model_version: str | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def cycle_due(ctx: LoopContext) -> str:
+    """Say why a cycle should run now, or return ``""`` when it need not."""
+    loop = ctx.settings.loop
+    with Session(ctx.engine) as session:
+        if session.exec(select(Batch.id).where(Batch.status == BatchStatus.SELECTED)).first():
+            return "a selected batch is waiting to be pushed"
+        waiting = waiting_count(session)
+        latest = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
+        labeled = len(session.exec(select(LabelRecord.item_id).where(LabelRecord.status == "labeled")).all())
+    if waiting < loop.low_water_fraction * loop.batch_size:
+        return f"queue low ({waiting} waiting)"
+    trained_on = latest.n_labels if latest is not None else 0
+    if labeled - trained_on >= loop.min_new_labels:
+        return f"{labeled - trained_on} new labels"
+    return ""
+
+
+def run_cycle(ctx: LoopContext, *, reason: str = "manual") -> CycleReport:
+    """Run every stage once and record the cycle with each stage's duration.
+
+    Raises:
+        ConnectorError, ModelError: recorded as a failed cycle, then re-raised for the caller.
+    """
+    with Session(ctx.engine) as session:
+        run = CycleRun(kind="cycle", reason=reason)
+        session.add(run)
+        session.commit()
+        session.refresh(run)
+    report = CycleReport(cycle_id=run.id or 0)
+    try:
+        _stages(ctx, report)
+    except ConnectorError as e:
+        report.status, report.reason = "failed", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        _finish(ctx, report)
+    return report
+
+
+def _stages(ctx: LoopContext, report: CycleReport) -> None:
+    def timed(name: str, stage: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        try:
+            return stage()
+        finally:
+            report.stage_seconds[name] = round(time.perf_counter() - started, 3)
+
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("sync", lambda: sync(ctx)),
+        ("push_leftover", lambda: push_pending(ctx)),
+        ("embed", lambda: embed_pool(ctx)),
+    ]
+    for name, stage in steps:
+        if ctx.stop.is_set():
+            report.status = "stopped"
+            return
+        timed(name, stage)
+    model = timed("train", lambda: retrain(ctx))
+    report.model_version = model.version if model else None
+    if ctx.stop.is_set():
+        report.status = "stopped"
+        return
+    batch = timed("select", lambda: select_batch_stage(ctx, model, cycle_id=report.cycle_id))
+    if batch is None:
+        report.status, report.reason = "skipped", "queue full or pool exhausted"
+        return
+    report.batch_id = batch.id
+    report.pushed = timed("push", lambda: push_pending(ctx))
+
+
+def _finish(ctx: LoopContext, report: CycleReport) -> None:
+    with Session(ctx.engine) as session:
+        run = session.get(CycleRun, report.cycle_id)
+        if run is not None:
+            run.finished_at = utcnow()
+            run.status = report.status if report.status != "ok" or report.batch_id else "ok"
+            run.reason = report.reason or run.reason
+            run.batch_id, run.model_version = report.batch_id, report.model_version
+            run.stage_seconds_json = json.dumps(report.stage_seconds)
+            session.add(run)
+            session.commit()
+
+
+def push_pending(ctx: LoopContext) -> int:
+    """Push every ``SELECTED`` batch, oldest first; return the number of tasks created or found.
+
+    Remote ids are stored chunk by chunk, and the connector finds tasks created before a
+    crash, so a push interrupted at any point is finished without duplicates.
+
+    Raises:
+        ConnectorUnavailable: the tool is down; what was pushed so far is kept.
+    """
+    pushed = 0
+    with Session(ctx.engine) as session:
+        batch_ids = list(session.exec(
+            select(Batch.id).where(Batch.status == BatchStatus.SELECTED).order_by(col(Batch.created_at))
+        ))
+    for batch_id in batch_ids:
+        if ctx.stop.is_set():
+            break
+        pushed += _push_batch(ctx, batch_id)
+    return pushed
+
+
+def _push_batch(ctx: LoopContext, batch_id: str) -> int:
+    pushed = 0
+    while True:
+        with Session(ctx.engine) as session:
+            batch = session.get(Batch, batch_id)
+            if batch is None:
+                return pushed
+            todo = session.exec(
+                select(BatchItem, PoolItem)
+                .join(PoolItem, col(PoolItem.item_id) == col(BatchItem.item_id))
+                .where(BatchItem.batch_id == batch_id, col(BatchItem.remote_task_id).is_(None))
+                .order_by(col(BatchItem.position))
+                .limit(_PUSH_CHUNK)
+            ).all()
+            if not todo:
+                advance(session, batch, BatchStatus.PUSHED)
+                session.commit()
+                return pushed
+            tasks = [_outgoing(item, pool_item, batch) for item, pool_item in todo]
+            try:
+                remote = ctx.connector.push(tasks)
+            except ConnectorRejected as e:
+                batch.note = f"rejected by the annotation tool: {e}"
+                advance(session, batch, BatchStatus.PARKED)
+                session.commit()
+                log.error("batch %s parked: %s", batch_id, e, extra={"batch_id": batch_id})
+                return pushed
+            for item, _ in todo:
+                item.remote_task_id = remote[item.item_id]
+                session.add(item)
+            session.commit()
+            pushed += len(todo)
+
+
+def _outgoing(item: BatchItem, pool_item: PoolItem, batch: Batch) -> OutgoingTask:
+    return OutgoingTask(
+        item_id=item.item_id,
+        batch_id=batch.id,
+        text=pool_item.text,
+        score=item.score,
+        model_version=batch.model_version if item.predicted_label else None,
+        predicted_label=item.predicted_label,
+        predicted_score=item.predicted_score,
+        is_control=item.is_control,
+        meta=json.loads(pool_item.meta_json),
+    )

@@ -1,0 +1,56 @@
+"""Errors raised by the daemon.
+
+Tree::
+
+    DaemonError
+     ├── ConfigError          bad or missing settings; the message says which and how to fix it
+     ├── PoolFileError        a pool file was refused as a whole (file, line, reason)
+     ├── InvalidTransition    a batch state change the state machine forbids (a bug if it happens)
+     ├── AlreadyRunning       another daemon holds the single-instance lock for this database
+     └── PoolExhausted        nothing left to select
+
+Connector and model errors keep their own trees (``connectors.errors``, ``models.errors``);
+the job boundary in ``cycle.py`` catches the roots of all three.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyRunning",
+    "ConfigError",
+    "DaemonError",
+    "InvalidTransition",
+    "PoolExhausted",
+    "PoolFileError",
+]
+
+
+class DaemonError(Exception):
+    """Base class for the daemon's own errors."""
+
+
+class ConfigError(DaemonError):
+    """Settings are missing or inconsistent."""
+
+
+class PoolFileError(DaemonError):
+    """A pool file was refused; nothing from it was imported."""
+
+    def __init__(self, path: str, problems: list[tuple[int | None, str]]) -> None:
+        self.path = path
+        self.problems = problems
+        shown = "; ".join(f"line {line}: {why}" if line is not None else why for line, why in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        super().__init__(f"{path}: refused, nothing imported: {shown}{more}")
+
+
+class InvalidTransition(DaemonError):
+    """A batch cannot move from its current status to the requested one."""
+
+
+class AlreadyRunning(DaemonError):
+    """Another daemon already runs on this database."""
+
+
+class PoolExhausted(DaemonError):
+    """No unlabeled, unqueued pool item is left to select."""

@@ -1,0 +1,166 @@
+"""Add pool files to the store: all rows or none, and never the same item twice."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import insert
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from daemon.errors import PoolFileError
+from daemon.pool_files import PoolRow, read_pool_file
+from daemon.settings import PoolSettings
+from daemon.store import LabelEvent, LabelRecord, LabelStatus, PoolItem, get_value, set_value
+from models.cache import EmbeddingCache, content_hash
+
+__all__ = ["ImportReport", "add_pool_file", "byo_hash", "byo_model_key", "known_classes"]
+
+log = logging.getLogger(__name__)
+_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    path: str
+    rows: int
+    added: int
+    already_present: int
+    labels_added: int
+    embedding_dim: int | None
+
+
+def byo_model_key(dim: int) -> str:
+    """Cache key under which bring-your-own vectors of width ``dim`` are stored."""
+    return f"byo-d{dim}"
+
+
+def byo_hash(item_id: str) -> str:
+    """Cache key of a bring-your-own vector: it belongs to the item, not to a text."""
+    return content_hash("byo:" + item_id)
+
+
+def known_classes(session: Session) -> list[str]:
+    """Return the project's classes once they are known (from Label Studio or settings)."""
+    raw = get_value(session, "classes")
+    return list(json.loads(raw)) if raw else []
+
+
+def add_pool_file(engine: Engine, path: Path, *, pool: PoolSettings, data_dir: Path) -> ImportReport:
+    """Validate ``path`` completely, then add its new items and seed labels in one transaction.
+
+    Items whose id is already in the pool are not added again; an existing id with a
+    different text is an error. Seed labels must be known classes once classes are known.
+
+    Raises:
+        PoolFileError: the file or any row is malformed, or conflicts with the pool.
+    """
+    rows = read_pool_file(
+        path,
+        id_field=pool.id_field,
+        text_field=pool.text_field,
+        label_field=pool.label_field,
+        embedding_field=pool.embedding_field,
+    )
+    with Session(engine) as session:
+        existing = _existing(session, [row.item_id for row in rows])
+        _check_against_store(session, path, rows, existing)
+        dim = _store_embeddings(session, path, rows, existing, data_dir)
+        new_rows = [row for row in rows if row.item_id not in existing]
+        _insert_items(session, new_rows, source=path.name, has_embedding=dim is not None)
+        labels_added = _insert_seed_labels(session, rows)
+        session.commit()
+    report = ImportReport(str(path), len(rows), len(new_rows), len(rows) - len(new_rows), labels_added, dim)
+    log.info("pool file imported: %s rows, %s new, %s labels", report.rows, report.added, labels_added)
+    return report
+
+
+def _existing(session: Session, item_ids: Sequence[str]) -> dict[str, PoolItem]:
+    found: dict[str, PoolItem] = {}
+    for start in range(0, len(item_ids), _CHUNK):
+        chunk = item_ids[start : start + _CHUNK]
+        for item in session.exec(select(PoolItem).where(col(PoolItem.item_id).in_(chunk))):
+            found[item.item_id] = item
+    return found
+
+
+def _check_against_store(
+    session: Session, path: Path, rows: Sequence[PoolRow], existing: dict[str, PoolItem]
+) -> None:
+    problems: list[tuple[int | None, str]] = []
+    for row in rows:
+        item = existing.get(row.item_id)
+        if item is not None and item.text != row.text:
+            problems.append((row.line, f"id {row.item_id!r} is already in the pool with another text"))
+    classes = known_classes(session)
+    if classes:
+        allowed = set(classes)
+        for row in rows:
+            if row.label is not None and row.label not in allowed:
+                problems.append((row.line, f"unknown label {row.label!r} (known: {', '.join(classes)})"))
+    if problems:
+        raise PoolFileError(str(path), problems)
+
+
+def _store_embeddings(
+    session: Session, path: Path, rows: Sequence[PoolRow], existing: dict[str, PoolItem], data_dir: Path
+) -> int | None:
+    """Write bring-your-own vectors to the cache (before the rows, so a crash leaves no dangling row)."""
+    if rows[0].embedding is None:
+        if get_value(session, "embedding_source") not in (None, "model"):
+            raise PoolFileError(str(path), [(None, "the pool holds precomputed embeddings: this file has none")])
+        set_value(session, "embedding_source", "model")
+        return None
+    dim = len(rows[0].embedding)
+    source = get_value(session, "embedding_source")
+    if source not in (None, byo_model_key(dim)):
+        raise PoolFileError(str(path), [(None, f"embeddings of width {dim} do not fit a pool of {source}")])
+    set_value(session, "embedding_source", byo_model_key(dim))
+    new_rows = [row for row in rows if row.item_id not in existing]
+    if new_rows:
+        cache = EmbeddingCache(data_dir / "embeddings", model_key=byo_model_key(dim), dim=dim)
+        vectors = np.asarray([row.embedding for row in new_rows], dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        cache.put([byo_hash(row.item_id) for row in new_rows], vectors / np.maximum(norms, 1e-12))
+    return dim
+
+
+def _insert_items(session: Session, rows: Sequence[PoolRow], *, source: str, has_embedding: bool) -> None:
+    values = [
+        {
+            "item_id": row.item_id,
+            "text": row.text,
+            "content_hash": byo_hash(row.item_id) if has_embedding else content_hash(row.text),
+            "meta_json": json.dumps(dict(row.meta), ensure_ascii=False),
+            "source": source,
+            "is_embedded": has_embedding,
+        }
+        for row in rows
+    ]
+    for start in range(0, len(values), 5000):
+        session.execute(insert(PoolItem), values[start : start + 5000])
+
+
+def _insert_seed_labels(session: Session, rows: Sequence[PoolRow]) -> int:
+    labeled = [row for row in rows if row.label is not None]
+    if not labeled:
+        return 0
+    have = set()
+    ids = [row.item_id for row in labeled]
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        have.update(session.exec(select(LabelRecord.item_id).where(col(LabelRecord.item_id).in_(chunk))))
+    added = 0
+    for row in labeled:
+        if row.item_id in have:
+            continue
+        session.add(LabelRecord(item_id=row.item_id, status=LabelStatus.LABELED, label=row.label, source="seed"))
+        session.add(LabelEvent(item_id=row.item_id, status=LabelStatus.LABELED, label=row.label, source="seed"))
+        added += 1
+    return added
+

@@ -1,0 +1,224 @@
+"""Read pool files (CSV, JSONL, Parquet) into validated rows, or refuse them whole.
+
+Parsing is separate from storing (``daemon/pool.py``): a file is read and checked
+completely before anything is written, so a bad line 90,000 leaves the store untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import PoolFileError
+
+__all__ = ["PoolRow", "read_pool_file"]
+
+_MAX_PROBLEMS = 20
+csv.field_size_limit(1 << 26)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRow:
+    line: int  # 1-based line (CSV/JSONL) or row number (Parquet) in the file
+    item_id: str
+    text: str
+    label: str | None
+    embedding: tuple[float, ...] | None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    id_field: str
+    text_field: str
+    label_field: str
+    embedding_field: str
+
+
+def read_pool_file(
+    path: Path,
+    *,
+    id_field: str = "id",
+    text_field: str = "text",
+    label_field: str = "label",
+    embedding_field: str = "embedding",
+) -> list[PoolRow]:
+    """Read and validate every row of a pool file.
+
+    Items without an id column get a stable id from their content (``h-`` + sha256 prefix).
+    A row needs a non-empty text unless it carries an embedding (any modality).
+
+    Raises:
+        PoolFileError: the file is missing, of an unknown type, or any row is malformed
+            (the error lists file, line and reason for up to 20 problems).
+    """
+    fields = _Fields(id_field, text_field, label_field, embedding_field)
+    if not path.is_file():
+        raise PoolFileError(str(path), [(None, "no such file")])
+    raw = _raw_records(path)
+    rows: list[PoolRow] = []
+    problems: list[tuple[int | None, str]] = []
+    seen: dict[str, PoolRow] = {}
+    dim: int | None = None
+    for line, record in raw:
+        try:
+            row = _to_row(line, record, fields)
+        except ValueError as e:
+            problems.append((line, str(e)))
+        else:
+            dim, problem = _check_consistency(row, seen, dim)
+            if problem:
+                problems.append((line, problem))
+            elif row.item_id not in seen:
+                seen[row.item_id] = row
+                rows.append(row)
+        if len(problems) >= _MAX_PROBLEMS:
+            break
+    if problems:
+        raise PoolFileError(str(path), problems)
+    if not rows:
+        raise PoolFileError(str(path), [(None, "the file holds no rows")])
+    return rows
+
+
+def _check_consistency(row: PoolRow, seen: dict[str, PoolRow], dim: int | None) -> tuple[int | None, str]:
+    earlier = seen.get(row.item_id)
+    if earlier is not None and (earlier.text, earlier.label) != (row.text, row.label):
+        return dim, f"id {row.item_id!r} appears again (line {earlier.line}) with other content"
+    has_embedding = row.embedding is not None
+    if seen and (next(iter(seen.values())).embedding is not None) != has_embedding:
+        return dim, "either every row carries an embedding or none does"
+    if row.embedding is not None:
+        if dim is not None and len(row.embedding) != dim:
+            return dim, f"embedding has {len(row.embedding)} values, earlier rows have {dim}"
+        dim = len(row.embedding)
+    return dim, ""
+
+
+def _raw_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
+    if suffix in {".csv", ".tsv"}:
+        return _csv_records(path, delimiter="\t" if suffix == ".tsv" else ",")
+    if suffix in {".jsonl", ".ndjson", ".json"}:
+        return _jsonl_records(path)
+    if suffix in {".parquet", ".pq"}:
+        return _parquet_records(path)
+    raise PoolFileError(str(path), [(None, f"unknown file type {suffix!r}: use .csv, .tsv, .jsonl or .parquet")])
+
+
+def _csv_records(path: Path, *, delimiter: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise PoolFileError(str(path), [(1, f"unreadable header: {e}")]) from None
+        width = len(header)
+        while True:
+            start = reader.line_num + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, UnicodeDecodeError) as e:
+                raise PoolFileError(str(path), [(start, f"unreadable CSV: {e}")]) from None
+            if not values:
+                continue
+            if len(values) != width:
+                raise PoolFileError(
+                    str(path), [(start, f"{len(values)} fields where the header has {width}")]
+                )
+            yield start, dict(zip(header, values, strict=True))
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise PoolFileError(str(path), [(number, f"invalid JSON: {e.msg}")]) from None
+            if not isinstance(record, dict):
+                raise PoolFileError(str(path), [(number, "each line must be a JSON object")])
+            yield number, record
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise PoolFileError(str(path), [(None, f"unreadable Parquet: {e}")]) from None
+    number = 0
+    for batch in parquet.iter_batches(batch_size=65536):
+        for record in batch.to_pylist():
+            number += 1
+            yield number, record
+
+
+def _to_row(line: int, record: Mapping[str, Any], fields: _Fields) -> PoolRow:
+    text = _text_value(record.get(fields.text_field))
+    embedding = _embedding_value(record.get(fields.embedding_field))
+    if not text and embedding is None:
+        raise ValueError(f"missing or empty {fields.text_field!r}")
+    item_id = _text_value(record.get(fields.id_field))
+    if not item_id:
+        if fields.id_field in record:
+            raise ValueError(f"empty {fields.id_field!r}")
+        basis = text if embedding is None else json.dumps(embedding)
+        item_id = "h-" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:20]
+    label = _text_value(record.get(fields.label_field)) or None
+    reserved = {fields.id_field, fields.text_field, fields.label_field, fields.embedding_field}
+    meta = {key: _jsonable(value) for key, value in record.items() if key not in reserved}
+    return PoolRow(line, item_id, text, label, embedding, meta)
+
+
+def _text_value(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool | int):
+        return str(value)
+    raise ValueError(f"expected text, got {type(value).__name__}")
+
+
+def _embedding_value(value: Any) -> tuple[float, ...] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError("embedding is not a JSON list of numbers") from None
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError("embedding must be a non-empty list of numbers")
+    try:
+        vector = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError("embedding must contain only numbers") from None
+    if not all(math.isfinite(v) for v in vector):
+        raise ValueError("embedding contains NaN or infinity")
+    return vector
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)

@@ -1,0 +1,265 @@
+"""Read-only queries behind the CLI. Safe while the daemon runs (SQLite WAL)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from daemon.store import (
+    Batch,
+    BatchItem,
+    BatchItemState,
+    BatchStatus,
+    CycleRun,
+    HealthEvent,
+    LabelRecord,
+    LabelStatus,
+    ModelRun,
+    PoolItem,
+    get_value,
+)
+
+__all__ = ["BatchDetail", "BatchSummary", "StatusReport", "batch_detail", "list_batches", "status_report"]
+
+PREVIEW_CHARS = 80
+_HEALTHY_WITHIN_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    id: str
+    status: str
+    strategy: str
+    model_version: str
+    created_at: str
+    age_s: float
+    size: int
+    labeled: int
+    skipped: int
+    pending: int
+    withdrawn: int
+    control: int
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItemRow:
+    position: int
+    item_id: str
+    text: str
+    score: float
+    predicted_label: str | None
+    predicted_score: float | None
+    is_control: bool
+    state: str
+    label: str | None
+    remote_task_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDetail:
+    batch: BatchSummary
+    items: list[BatchItemRow]
+
+
+@dataclass(slots=True)
+class StatusReport:
+    project: dict[str, Any]
+    pool: dict[str, int]
+    labels: dict[str, int]
+    per_class: dict[str, int]
+    unknown_choices: dict[str, int]
+    queue: dict[str, int]
+    model: dict[str, Any] | None
+    control_slice: dict[str, Any]
+    cycles: list[dict[str, Any]] = field(default_factory=list)
+    daemon: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _iso(moment: datetime) -> str:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def _age_s(moment: datetime, now: datetime) -> float:
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return round((now - aware).total_seconds(), 1)
+
+
+def list_batches(session: Session, *, status: str | None = None, now: datetime | None = None) -> list[BatchSummary]:
+    """Return batches newest first, optionally only those with ``status``."""
+    now = now or datetime.now(UTC)
+    stmt = select(Batch).order_by(col(Batch.created_at).desc())
+    if status:
+        stmt = stmt.where(Batch.status == BatchStatus(status))
+    return [_summary(session, batch, now) for batch in session.exec(stmt)]
+
+
+def _summary(session: Session, batch: Batch, now: datetime) -> BatchSummary:
+    rows = session.exec(
+        select(BatchItem.state, BatchItem.is_control, func.count())
+        .where(BatchItem.batch_id == batch.id)
+        .group_by(col(BatchItem.state), col(BatchItem.is_control))
+    ).all()
+    states: Counter[str] = Counter()
+    control = 0
+    for state, is_control, n in rows:
+        states[str(state)] += n
+        control += n if is_control else 0
+    return BatchSummary(
+        id=batch.id, status=str(batch.status), strategy=batch.strategy, model_version=batch.model_version,
+        created_at=_iso(batch.created_at), age_s=_age_s(batch.created_at, now), size=batch.size,
+        labeled=states[BatchItemState.LABELED], skipped=states[BatchItemState.SKIPPED],
+        pending=states[BatchItemState.PENDING], withdrawn=states[BatchItemState.WITHDRAWN],
+        control=control, note=batch.note,
+    )
+
+
+def batch_detail(session: Session, batch_id: str) -> BatchDetail | None:
+    """Return one batch with its items in presentation order, or ``None``."""
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        matches = session.exec(select(Batch).where(col(Batch.id).startswith(batch_id))).all()
+        batch = matches[0] if len(matches) == 1 else None
+    if batch is None:
+        return None
+    stmt = (
+        select(BatchItem, PoolItem.text, LabelRecord.label)
+        .join(PoolItem, col(PoolItem.item_id) == col(BatchItem.item_id))
+        .join(LabelRecord, col(LabelRecord.item_id) == col(BatchItem.item_id), isouter=True)
+        .where(BatchItem.batch_id == batch.id)
+        .order_by(col(BatchItem.position))
+    )
+    items = [
+        BatchItemRow(
+            position=item.position, item_id=item.item_id, text=_preview(text), score=round(item.score, 4),
+            predicted_label=item.predicted_label,
+            predicted_score=None if item.predicted_score is None else round(item.predicted_score, 4),
+            is_control=item.is_control, state=str(item.state), label=label, remote_task_id=item.remote_task_id,
+        )
+        for item, text, label in session.exec(stmt)
+    ]
+    return BatchDetail(_summary(session, batch, datetime.now(UTC)), items)
+
+
+def _preview(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"
+
+
+def status_report(session: Session, *, now: datetime | None = None, n_cycles: int = 5) -> StatusReport:
+    """Gather pool, label, queue, model, control-slice, cycle and daemon figures."""
+    now = now or datetime.now(UTC)
+    return StatusReport(
+        project=_project(session),
+        pool=_pool_counts(session),
+        labels=_label_counts(session),
+        per_class=_per_class(session),
+        unknown_choices=_unknown(session),
+        queue=_queue(session),
+        model=_model(session),
+        control_slice=control_slice_accuracy(session),
+        cycles=_cycles(session, n_cycles),
+        daemon=_daemon(session, now),
+    )
+
+
+def _project(session: Session) -> dict[str, Any]:
+    raw = get_value(session, "classes")
+    return {"id": get_value(session, "project_id"), "title": get_value(session, "project_title"),
+            "classes": json.loads(raw) if raw else [], "watermark": get_value(session, "pull_watermark")}
+
+
+def _pool_counts(session: Session) -> dict[str, int]:
+    total = session.exec(select(func.count()).select_from(PoolItem)).one()
+    embedded = session.exec(select(func.count()).select_from(PoolItem).where(col(PoolItem.is_embedded))).one()
+    return {"items": int(total), "embedded": int(embedded)}
+
+
+def _label_counts(session: Session) -> dict[str, int]:
+    rows = session.exec(select(LabelRecord.status, func.count()).group_by(col(LabelRecord.status))).all()
+    counts = {str(status): 0 for status in LabelStatus}
+    counts.update({str(status): int(n) for status, n in rows})
+    return counts
+
+
+def _per_class(session: Session) -> dict[str, int]:
+    raw = get_value(session, "classes")
+    counts = {c: 0 for c in (json.loads(raw) if raw else [])}
+    rows = session.exec(
+        select(LabelRecord.label, func.count()).where(LabelRecord.status == LabelStatus.LABELED)
+        .group_by(col(LabelRecord.label))
+    ).all()
+    counts.update({str(label): int(n) for label, n in rows})
+    return counts
+
+
+def _unknown(session: Session) -> dict[str, int]:
+    rows = session.exec(
+        select(LabelRecord.label, func.count()).where(LabelRecord.status == LabelStatus.UNKNOWN)
+        .group_by(col(LabelRecord.label))
+    ).all()
+    return {str(label): int(n) for label, n in rows}
+
+
+def _queue(session: Session) -> dict[str, int]:
+    rows = session.exec(
+        select(Batch.status, func.count()).group_by(col(Batch.status))
+    ).all()
+    batches = {str(status): int(n) for status, n in rows}
+    waiting = session.exec(
+        select(func.count()).select_from(BatchItem).join(Batch, col(Batch.id) == col(BatchItem.batch_id))
+        .where(BatchItem.state == BatchItemState.PENDING)
+        .where(col(Batch.status).in_([BatchStatus.SELECTED, BatchStatus.PUSHED]))
+    ).one()
+    return {"waiting_items": int(waiting), **{f"batches_{k}": v for k, v in batches.items()}}
+
+
+def _model(session: Session) -> dict[str, Any] | None:
+    run = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
+    if run is None:
+        return None
+    return {"version": run.version, "created_at": _iso(run.created_at), "n_labels": run.n_labels,
+            "macro_f1": run.macro_f1, "accuracy": run.accuracy, "quality_method": run.quality_method,
+            "class_counts": json.loads(run.class_counts_json), "encoder": run.encoder, "train_s": run.train_s}
+
+
+def control_slice_accuracy(session: Session) -> dict[str, Any]:
+    """Accuracy of the pushed prediction on the labeled random control items (an unbiased estimate)."""
+    rows = session.exec(
+        select(BatchItem.predicted_label, LabelRecord.label)
+        .join(LabelRecord, col(LabelRecord.item_id) == col(BatchItem.item_id))
+        .where(col(BatchItem.is_control), LabelRecord.status == LabelStatus.LABELED,
+               col(BatchItem.predicted_label).is_not(None))
+    ).all()
+    correct = sum(1 for predicted, label in rows if predicted == label)
+    return {"n": len(rows), "accuracy": round(correct / len(rows), 4) if rows else None}
+
+
+def _cycles(session: Session, limit: int) -> list[dict[str, Any]]:
+    runs = session.exec(
+        select(CycleRun).order_by(col(CycleRun.id).desc()).limit(limit)
+    ).all()
+    return [{"id": run.id, "started_at": _iso(run.started_at), "status": run.status, "reason": run.reason,
+             "batch_id": run.batch_id, "model_version": run.model_version,
+             "stage_seconds": json.loads(run.stage_seconds_json)} for run in runs]
+
+
+def _daemon(session: Session, now: datetime) -> dict[str, Any]:
+    raw = get_value(session, "daemon")
+    beat: dict[str, Any] = json.loads(raw) if raw else {}
+    if beat:
+        age = _age_s(datetime.fromisoformat(beat["last_beat"]), now)
+        beat["last_beat_age_s"] = age
+        beat["healthy"] = beat.get("state") == "running" and age <= _HEALTHY_WITHIN_S
+    events = session.exec(select(HealthEvent).order_by(col(HealthEvent.id).desc()).limit(5)).all()
+    beat["recent_events"] = [{"at": _iso(e.at), "kind": e.kind, "message": e.message} for e in events]
+    return beat

@@ -1,0 +1,84 @@
+"""Rich renderings of query results for humans (scripts use ``--json``)."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+
+from daemon.queries import BatchDetail, BatchSummary, StatusReport
+
+__all__ = ["batch_table", "batches_table", "status_panels"]
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def batches_table(rows: list[BatchSummary]) -> Table:
+    table = Table(title=f"batches ({len(rows)})")
+    for column in ("id", "age", "status", "strategy", "model", "size", "labeled", "skipped", "pending", "control"):
+        table.add_column(column, justify="right" if column in {"size", "labeled", "skipped", "pending", "control"}
+                         else "left")
+    for r in rows:
+        table.add_row(r.id, _age(r.age_s), r.status, r.strategy, r.model_version, str(r.size), str(r.labeled),
+                      str(r.skipped), str(r.pending), str(r.control))
+    return table
+
+
+def batch_table(detail: BatchDetail) -> Table:
+    b = detail.batch
+    table = Table(title=f"batch {b.id}: {b.status}, {b.strategy}, model {b.model_version}, "
+                        f"{b.labeled}/{b.size} labeled" + (f" — {b.note}" if b.note else ""))
+    for column in ("#", "item", "text", "score", "predicted", "state", "label"):
+        table.add_column(column, overflow="fold" if column == "text" else "ellipsis")
+    for item in detail.items:
+        predicted = "" if item.predicted_label is None else f"{item.predicted_label} ({item.predicted_score:.2f})"
+        table.add_row(str(item.position), item.item_id + (" [dim](control)[/]" if item.is_control else ""),
+                      item.text, f"{item.score:.3f}", predicted, item.state, item.label or "")
+    return table
+
+
+def status_panels(report: StatusReport) -> list[Panel]:
+    classes = Table("class", "labels", title="labels per class")
+    for name, n in sorted(report.per_class.items(), key=lambda kv: -kv[1]):
+        classes.add_row(name, str(n))
+    for raw, n in report.unknown_choices.items():
+        classes.add_row(f"[yellow]unknown choice {raw!r}[/]", str(n))
+    counts = ", ".join(f"{k} {v}" for k, v in report.labels.items())
+    pool = (f"pool: {report.pool['items']} items ({report.pool['embedded']} embedded); labels: {counts}\n"
+            f"queue: {report.queue.get('waiting_items', 0)} items waiting in Label Studio; project "
+            f"{report.project.get('id')} ({len(report.project.get('classes', []))} classes)")
+    model = report.model
+    model_text = ("no model yet (cold start: fewer than two classes labeled)" if model is None else
+                  f"model {model['version']} on {model['n_labels']} labels: macro-F1 {_fmt(model['macro_f1'])}, "
+                  f"accuracy {_fmt(model['accuracy'])} ({model['quality_method']})")
+    control = report.control_slice
+    model_text += (f"\ncontrol slice: accuracy {_fmt(control['accuracy'])} on {control['n']} random items"
+                   if control["n"] else "\ncontrol slice: no labeled control items yet")
+    cycles = Table("cycle", "started", "status", "reason", "batch", "seconds", title="last cycles")
+    for c in report.cycles:
+        cycles.add_row(str(c["id"]), c["started_at"][:19], c["status"], c["reason"], c["batch_id"] or "",
+                       f"{sum(c['stage_seconds'].values()):.2f}")
+    daemon = report.daemon
+    health = ("daemon: never ran" if "state" not in daemon else
+              f"daemon pid {daemon['pid']}: {daemon['state']}, last beat {daemon['last_beat_age_s']}s ago, "
+              f"{'healthy' if daemon['healthy'] else 'NOT healthy'}")
+    events = "\n".join(f"  {e['at'][:19]} {e['kind']}: {e['message']}" for e in daemon.get("recent_events", []))
+    return [
+        Panel(pool, title="pool"),
+        Panel(classes, title="labels"),
+        Panel(model_text, title="model"),
+        Panel(Group(cycles), title="cycles"),
+        Panel(health + ("\n" + events if events else ""), title="health"),
+    ]
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

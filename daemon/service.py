@@ -1,0 +1,214 @@
+"""The long-running service: a scheduler with a sync job and a cycle job, one per database.
+
+APScheduler only triggers; the store holds every state. Jobs never overlap each other
+(a shared lock; a job that finds it taken skips its turn), late runs are coalesced, not
+dropped silently (misfire grace ≥ interval, and misses are written to the health log),
+and the Label Studio connection is retried with exponential backoff while it is down.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import random
+import signal
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlmodel import Session
+
+from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorUnavailable
+from daemon.context import LoopContext
+from daemon.cycle import cycle_due, run_cycle
+from daemon.errors import AlreadyRunning
+from daemon.project import ensure_project
+from daemon.store import HealthEvent, set_value, sqlite_path
+from daemon.sync import sync
+from models.errors import ModelError
+
+__all__ = ["InstanceLock", "Service"]
+
+log = logging.getLogger(__name__)
+HEARTBEAT_KEY = "daemon"
+HEARTBEAT_INTERVAL_S = 5.0
+
+
+class InstanceLock:
+    """An exclusive ``flock`` next to the database: one daemon per store."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: IO[str] | None = None
+
+    @classmethod
+    def for_store(cls, url: str, data_dir: Path) -> InstanceLock:
+        db = sqlite_path(url)
+        return cls(Path(f"{db}.lock") if db is not None else data_dir / "labelloop.lock")
+
+    def acquire(self) -> None:
+        """Take the lock or refuse.
+
+        Raises:
+            AlreadyRunning: another process holds it.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise AlreadyRunning(
+                f"another labelloop daemon (pid {holder}) is already running on this store "
+                f"(lock {self.path}); stop it first, or point store.url at another database"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+@dataclass(slots=True)
+class _Backoff:
+    max_s: float
+    failures: int = 0
+    not_before: datetime | None = None
+
+    def failed(self, now: datetime, rng: random.Random) -> float:
+        self.failures += 1
+        delay = min(self.max_s, 2.0 ** min(self.failures, 16)) * (0.5 + rng.random() / 2)
+        self.not_before = now + timedelta(seconds=delay)
+        return delay
+
+    def succeeded(self) -> bool:
+        was_down = self.failures > 0
+        self.failures, self.not_before = 0, None
+        return was_down
+
+    def waiting(self, now: datetime) -> bool:
+        return self.not_before is not None and now < self.not_before
+
+
+class Service:
+    """Schedule sync and cycle jobs until SIGTERM/SIGINT (or ``ctx.stop``)."""
+
+    def __init__(self, ctx: LoopContext) -> None:
+        self.ctx = ctx
+        self._work = threading.Lock()
+        self._backoff = _Backoff(ctx.settings.loop.backoff_max_s)
+        self._rng = random.Random(ctx.settings.loop.seed)
+        self._has_project = False
+        self.started_at = ctx.clock()
+
+    def run(self) -> None:
+        """Block until stopped. Signals must be installed by the caller on the main thread."""
+        loop = self.ctx.settings.loop
+        scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(2)},
+            job_defaults={"coalesce": True, "max_instances": 1,
+                          "misfire_grace_time": int(max(loop.sync_interval_s, loop.cycle_interval_s)) + 1},
+        )
+        now = datetime.now(UTC)
+        scheduler.add_job(self.sync_job, "interval", seconds=loop.sync_interval_s, id="sync",
+                          replace_existing=True, next_run_time=now)
+        scheduler.add_job(self.cycle_job, "interval", seconds=loop.cycle_interval_s, id="cycle",
+                          replace_existing=True, next_run_time=now + timedelta(seconds=1))
+        scheduler.add_job(self.heartbeat, "interval", seconds=HEARTBEAT_INTERVAL_S, id="heartbeat",
+                          replace_existing=True, next_run_time=now)
+        scheduler.add_listener(self._on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        self._health("started", f"pid {os.getpid()}")
+        scheduler.start()
+        try:
+            self.ctx.stop.wait()
+        finally:
+            log.info("stopping: waiting for running jobs to finish")
+            scheduler.shutdown(wait=True)
+            self.heartbeat(state="stopped")
+            self._health("stopped", "graceful shutdown")
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s", signal.Signals(signum).name)
+            self.ctx.stop.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def sync_job(self) -> None:
+        self._guarded("sync", lambda: sync(self.ctx))
+
+    def cycle_job(self) -> None:
+        def body() -> None:
+            reason = cycle_due(self.ctx)
+            if reason:
+                run_cycle(self.ctx, reason=reason)
+
+        self._guarded("cycle", body)
+
+    def trigger_now(self) -> None:
+        """Run a sync and, when due, a cycle as soon as possible (e.g. from a webhook)."""
+        threading.Thread(target=lambda: (self.sync_job(), self.cycle_job()), daemon=True).start()
+
+    def heartbeat(self, state: str = "running") -> None:
+        beat = {"pid": os.getpid(), "state": state, "started_at": self.started_at.isoformat(),
+                "last_beat": datetime.now(UTC).isoformat(), "backoff_failures": self._backoff.failures}
+        with Session(self.ctx.engine) as session:
+            set_value(session, HEARTBEAT_KEY, json.dumps(beat))
+            session.commit()
+
+    def _guarded(self, name: str, body: Any) -> None:
+        now = self.ctx.clock()
+        if self._backoff.waiting(now) or not self._work.acquire(blocking=False):
+            return
+        try:
+            if not self._has_project:
+                ensure_project(self.ctx)
+                self._has_project = True
+            body()
+        except ConnectorUnavailable as e:
+            delay = self._backoff.failed(now, self._rng)
+            log.warning("%s: Label Studio unavailable (%s); retrying in %.0fs", name, e, delay)
+            self._health("unavailable", str(e))
+        except ConnectorAuthError as e:
+            delay = self._backoff.failed(now, self._rng)
+            log.error("%s: %s (retrying in %.0fs)", name, e, delay)
+            self._health("auth_error", str(e))
+        except (ConnectorError, ModelError) as e:
+            log.error("%s failed: %s: %s", name, type(e).__name__, e)
+            self._health("job_error", f"{name}: {type(e).__name__}: {e}")
+        else:
+            if self._backoff.succeeded():
+                log.info("Label Studio reachable again")
+                self._health("recovered", name)
+        finally:
+            self._work.release()
+
+    def _on_event(self, event: JobExecutionEvent) -> None:
+        kind = {EVENT_JOB_ERROR: "job_error", EVENT_JOB_MISSED: "job_missed",
+                EVENT_JOB_MAX_INSTANCES: "job_max_instances"}.get(event.code, "job_event")
+        detail = f"{event.job_id}: {type(event.exception).__name__}" if event.exception else event.job_id
+        log.error("scheduler: %s %s", kind, detail)
+        self._health(kind, detail)
+
+    def _health(self, kind: str, message: str) -> None:
+        with Session(self.ctx.engine) as session:
+            session.add(HealthEvent(kind=kind, message=message[:500]))
+            session.commit()

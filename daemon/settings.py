@@ -1,0 +1,177 @@
+"""Settings: one ``Settings`` object, built once at the edge and passed down.
+
+Precedence: keyword arguments > ``LABELLOOP_*`` environment variables (``__`` nests,
+e.g. ``LABELLOOP_LABEL_STUDIO__API_KEY``) > ``labelloop.toml`` > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from daemon.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_FILE",
+    "LabelStudioSettings",
+    "LoopSettings",
+    "ModelSettings",
+    "PoolSettings",
+    "Settings",
+    "StoreSettings",
+    "load_settings",
+]
+
+DEFAULT_CONFIG_FILE = "labelloop.toml"
+_PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "<your token>", "your-token-here", "xxx"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LabelStudioSettings(_Section):
+    url: str = "http://127.0.0.1:8080"
+    api_key: SecretStr | None = None  # legacy token or Personal Access Token
+    project_id: int | None = None  # use this project; None = find or create by title
+    project_title: str = "labelloop"
+    text_key: str = "text"
+    timeout_s: float = Field(default=15.0, gt=0)
+    max_waiting_tasks: int = Field(default=200, gt=0)  # unlabeled tasks of ours allowed in the queue
+
+
+class LoopSettings(_Section):
+    strategy: str = "default"  # a strategies.REGISTRY name; "default" = strategies.DEFAULT_STRATEGY
+    batch_size: int = Field(default=50, gt=0)
+    control_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)  # random control slice per batch
+    classes: list[str] = Field(default_factory=list)  # used when creating a project
+    min_new_labels: int = Field(default=10, ge=1)  # retrain after this many new labels
+    low_water_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # cycle when queue < this × batch
+    sync_interval_s: float = Field(default=10.0, gt=0)
+    cycle_interval_s: float = Field(default=30.0, gt=0)
+    pull_overlap_s: float = Field(default=120.0, ge=0)  # re-read this much before the watermark
+    full_reconcile_every: int = Field(default=30, ge=1)  # every N syncs, re-read every task
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    seed: int = 0
+
+
+class ModelSettings(_Section):
+    encoder: str | None = None  # local path or hub id; None = bundled all-MiniLM-L6-v2
+    device: str | None = None  # None = cuda when available, else cpu
+    encode_batch_size: int = Field(default=64, gt=0)
+    max_length: int = Field(default=256, gt=0)
+    hidden_dim: int = Field(default=0, ge=0)
+    epochs: int = Field(default=200, gt=0)
+    cv_folds: int = Field(default=5, ge=2)
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite:///.labelloop/labelloop.db"
+    data_dir: Path = Path(".labelloop")  # embedding cache, lock file
+
+
+class PoolSettings(_Section):
+    id_field: str = "id"
+    text_field: str = "text"
+    label_field: str = "label"
+    embedding_field: str = "embedding"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LABELLOOP_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
+    loop: LoopSettings = Field(default_factory=LoopSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    def api_key(self) -> str:
+        """Return the Label Studio token, refusing a missing or placeholder one.
+
+        Raises:
+            ConfigError: no usable token is configured.
+        """
+        secret = self.label_studio.api_key
+        value = secret.get_secret_value().strip() if secret is not None else ""
+        if value.lower() in _PLACEHOLDER_SECRETS:
+            raise ConfigError(
+                "no Label Studio API token configured: set LABELLOOP_LABEL_STUDIO__API_KEY "
+                "(a Personal Access Token from Account & Settings, or a legacy token)"
+            )
+        return value
+
+    def public_dump(self) -> dict[str, Any]:
+        """Return the effective settings as plain data, secrets masked."""
+        data = self.model_dump(mode="json")
+        if self.label_studio.api_key is not None:
+            data["label_studio"]["api_key"] = "**********"
+        return data
+
+
+def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from kwargs, environment and the TOML file.
+
+    ``config_path`` defaults to ``$LABELLOOP_CONFIG`` or ``./labelloop.toml``; a missing
+    default file is fine, a missing explicit one is not.
+
+    Raises:
+        ConfigError: the file is missing or the values do not validate.
+    """
+    explicit = config_path is not None or "LABELLOOP_CONFIG" in os.environ
+    path = Path(config_path or os.environ.get("LABELLOOP_CONFIG", DEFAULT_CONFIG_FILE))
+    if explicit and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (run `labelloop init` to write one)")
+
+    class _WithFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if path.is_file():
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            return tuple(sources)
+
+    try:
+        return _WithFile(**overrides)
+    except ValidationError as e:
+        raise ConfigError(f"invalid settings ({path}): {_describe(e)}") from None
+    except ValueError as e:  # TOML syntax errors
+        raise ConfigError(f"invalid settings file {path}: {e}") from None
+
+
+def _describe(error: ValidationError) -> str:
+    """Say where and why, never the offending value (it may be a secret)."""
+    parts = [
+        f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+        for item in error.errors(include_input=False, include_url=False)
+    ]
+    return "; ".join(parts)

@@ -1,0 +1,250 @@
+"""Durable state: SQLModel tables and the engine. The database is the source of truth.
+
+Every stage of the loop reads what it needs from here and writes its result back in
+one transaction, so a process killed at any moment leaves a state the next run finishes.
+Query functions for the CLI live in ``daemon/queries.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Index, Text, event
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from daemon.errors import InvalidTransition
+
+__all__ = [
+    "Batch",
+    "BatchItem",
+    "BatchItemState",
+    "BatchStatus",
+    "CycleRun",
+    "HealthEvent",
+    "KeyValue",
+    "LabelEvent",
+    "LabelRecord",
+    "LabelStatus",
+    "ModelRun",
+    "PoolItem",
+    "advance",
+    "get_value",
+    "make_engine",
+    "set_value",
+    "sqlite_path",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class BatchStatus(enum.StrEnum):
+    SELECTED = "selected"  # chosen locally, not yet (fully) sent
+    PUSHED = "pushed"  # every item has a remote task
+    CLOSED = "closed"  # every item labeled, skipped or withdrawn
+    PARKED = "parked"  # the tool rejected it: a human must look
+
+
+_ALLOWED: dict[BatchStatus, set[BatchStatus]] = {
+    BatchStatus.SELECTED: {BatchStatus.PUSHED, BatchStatus.PARKED},
+    BatchStatus.PUSHED: {BatchStatus.CLOSED, BatchStatus.PARKED},
+    BatchStatus.PARKED: {BatchStatus.SELECTED},
+    BatchStatus.CLOSED: set(),
+}
+
+
+class BatchItemState(enum.StrEnum):
+    PENDING = "pending"  # waiting for an annotator
+    LABELED = "labeled"
+    SKIPPED = "skipped"
+    WITHDRAWN = "withdrawn"  # task deleted (by us or in the tool) before it was labeled
+
+
+class LabelStatus(enum.StrEnum):
+    LABELED = "labeled"  # a known class: used for training
+    SKIPPED = "skipped"  # the annotator skipped the task
+    UNKNOWN = "unknown"  # a choice that is not one of the project's classes: reported, not trained on
+    RETRACTED = "retracted"  # the annotation was deleted
+
+
+class PoolItem(SQLModel, table=True):
+    seq: int | None = Field(default=None, primary_key=True)  # insertion order, dense for arrays
+    item_id: str = Field(unique=True, index=True)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    content_hash: str = Field(index=True)  # embedding cache key
+    meta_json: str = "{}"
+    source: str = ""
+    is_embedded: bool = Field(default=False, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class LabelRecord(SQLModel, table=True):
+    """The current label of an item (one row per labeled/skipped item)."""
+
+    item_id: str = Field(primary_key=True)
+    status: LabelStatus = Field(index=True)
+    label: str | None = None  # the class (LABELED) or the raw choice (UNKNOWN)
+    source: str = "label_studio"  # or "seed"
+    annotator: str | None = None
+    remote_task_id: str | None = None
+    remote_annotation_id: str | None = None
+    remote_updated_at: datetime | None = None
+    recorded_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class LabelEvent(SQLModel, table=True):
+    """Append-only history of every label change we observed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: str = Field(index=True)
+    status: LabelStatus
+    label: str | None = None
+    previous_label: str | None = None
+    source: str = "label_studio"
+    annotator: str | None = None
+    remote_task_id: str | None = None
+    remote_annotation_id: str | None = None
+    remote_updated_at: datetime | None = None
+    recorded_at: datetime = Field(default_factory=utcnow)
+
+
+class Batch(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True)
+    strategy: str
+    model_version: str
+    status: BatchStatus = Field(default=BatchStatus.SELECTED, index=True)
+    size: int = 0
+    cycle_id: int | None = None
+    note: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class BatchItem(SQLModel, table=True):
+    __table_args__ = (Index("ix_batchitem_remote", "remote_task_id"),)
+
+    batch_id: str = Field(foreign_key="batch.id", primary_key=True)
+    item_id: str = Field(primary_key=True, index=True)
+    position: int
+    score: float
+    predicted_label: str | None = None
+    predicted_score: float | None = None
+    is_control: bool = False
+    state: BatchItemState = Field(default=BatchItemState.PENDING, index=True)
+    remote_task_id: str | None = None
+
+
+class ModelRun(SQLModel, table=True):
+    version: str = Field(primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    n_labels: int
+    class_counts_json: str
+    macro_f1: float | None = None
+    accuracy: float | None = None
+    quality_method: str = ""
+    control_accuracy: float | None = None  # on the random control slice, when it has labels
+    encoder: str = ""
+    train_s: float = 0.0
+
+
+class CycleRun(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = "cycle"  # cycle | sync
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    status: str = "running"  # running | ok | skipped | failed
+    reason: str = ""
+    batch_id: str | None = None
+    model_version: str | None = None
+    stage_seconds_json: str = "{}"
+
+
+class HealthEvent(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    kind: str  # started | stopped | heartbeat | job_error | job_missed | unavailable | recovered
+    message: str = ""
+
+
+class KeyValue(SQLModel, table=True):
+    key: str = Field(primary_key=True)
+    value: str
+
+
+def advance(session: Session, batch: Batch, to: BatchStatus) -> None:
+    """Move ``batch`` to status ``to``; commit is the caller's.
+
+    Raises:
+        InvalidTransition: the state machine does not allow it.
+    """
+    if to not in _ALLOWED[batch.status]:
+        raise InvalidTransition(f"batch {batch.id}: {batch.status} -> {to} is not allowed")
+    batch.status, batch.updated_at = to, utcnow()
+    session.add(batch)
+
+
+def get_value(session: Session, key: str) -> str | None:
+    row = session.get(KeyValue, key)
+    return row.value if row is not None else None
+
+
+def set_value(session: Session, key: str, value: str) -> None:
+    row = session.get(KeyValue, key)
+    if row is None:
+        session.add(KeyValue(key=key, value=value))
+    else:
+        row.value = value
+        session.add(row)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """Return the file of a ``sqlite:///`` URL, ``None`` for other databases or memory."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == prefix or ":memory:" in url:
+        return None
+    return Path(url[len(prefix) :])
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine (WAL, busy timeout) and the tables.
+
+    The parent folder of a SQLite file is created when missing.
+    """
+    path = sqlite_path(url)
+    connect_args: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        connect_args = {"check_same_thread": False, "timeout": 30}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args=connect_args)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # the CLI reads while the daemon writes
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def count(session: Session, model: type[SQLModel]) -> int:
+    from sqlalchemy import func
+
+    result = session.exec(select(func.count()).select_from(model)).one()
+    return int(result)

@@ -1,0 +1,213 @@
+"""Pull annotations back and fold them into the store, losing none.
+
+``pull`` reports the current state of remote tasks; ``apply_task_states`` diffs that
+against the store, so an edit overwrites, a deletion retracts, a skip is recorded and a
+state seen twice changes nothing. The watermark advances in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from connectors.base import AnnotationState, RemoteTaskState
+from daemon.context import LoopContext
+from daemon.pool import known_classes
+from daemon.store import (
+    Batch,
+    BatchItem,
+    BatchItemState,
+    BatchStatus,
+    LabelEvent,
+    LabelRecord,
+    LabelStatus,
+    advance,
+    get_value,
+    set_value,
+)
+
+__all__ = ["SyncReport", "apply_task_states", "close_finished_batches", "sync"]
+
+log = logging.getLogger(__name__)
+WATERMARK_KEY = "pull_watermark"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    tasks_seen: int
+    labels_changed: int
+    unknown_choices: int
+    batches_closed: int
+    full_reconcile: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    status: LabelStatus | None  # None: the task has no annotation (any more)
+    label: str | None
+    annotation: AnnotationState | None
+
+
+def sync(ctx: LoopContext) -> SyncReport:
+    """Pull changed tasks since the watermark (minus an overlap) and apply them.
+
+    Every ``full_reconcile_every``-th sync (and the first one of a process) re-reads
+    every task, which catches changes a tool does not stamp with a new time.
+
+    Raises:
+        ConnectorError: the tool is unreachable or refused; nothing was changed.
+    """
+    loop = ctx.settings.loop
+    with Session(ctx.engine) as session:
+        raw = get_value(session, WATERMARK_KEY)
+    full = ctx.sync_count % loop.full_reconcile_every == 0 or raw is None
+    since = None if full else datetime.fromisoformat(raw or "") - timedelta(seconds=loop.pull_overlap_s)
+    result = ctx.connector.pull(since=since)
+    ctx.sync_count += 1
+    with Session(ctx.engine) as session:
+        changed, unknown = apply_task_states(session, result.tasks)
+        _withdraw_deleted(session, result.deleted_task_ids)
+        closed = close_finished_batches(session)
+        _advance_watermark(session, raw, result.watermark)
+        session.commit()
+    if changed or closed:
+        log.info("sync: %s tasks, %s label changes, %s unknown, %s batches closed",
+                 len(result.tasks), changed, unknown, closed)
+    return SyncReport(len(result.tasks), changed, unknown, closed, full)
+
+
+def apply_task_states(session: Session, tasks: Sequence[RemoteTaskState]) -> tuple[int, int]:
+    """Fold remote task states into labels and batch items; return (changed, unknown)."""
+    classes = set(known_classes(session))
+    changed = unknown = 0
+    items = _batch_items(session, [task.remote_task_id for task in tasks])
+    for task in tasks:
+        verdict = _verdict(task.annotations, classes)
+        if verdict.status is LabelStatus.UNKNOWN:
+            unknown += 1
+        if _record(session, task, verdict):
+            changed += 1
+        item = items.get(task.remote_task_id)
+        if item is not None:
+            _set_item_state(session, item, verdict.status)
+    return changed, unknown
+
+
+def _verdict(annotations: Iterable[AnnotationState], classes: set[str]) -> _Verdict:
+    ordered = sorted(annotations, key=lambda a: (a.updated_at, a.remote_annotation_id))
+    answered = [a for a in ordered if not a.is_skipped]
+    if answered:
+        latest = answered[-1]
+        if len(latest.choices) == 1 and latest.choices[0] in classes:
+            return _Verdict(LabelStatus.LABELED, latest.choices[0], latest)
+        return _Verdict(LabelStatus.UNKNOWN, "|".join(latest.choices) or "<no choice>", latest)
+    if ordered:
+        return _Verdict(LabelStatus.SKIPPED, None, ordered[-1])
+    return _Verdict(None, None, None)
+
+
+def _record(session: Session, task: RemoteTaskState, verdict: _Verdict) -> bool:
+    current = session.get(LabelRecord, task.item_id)
+    if verdict.status is None:
+        if current is None or current.status is LabelStatus.RETRACTED or current.source == "seed":
+            return False
+        return _write(session, task, current, LabelStatus.RETRACTED, None, None)
+    if current is not None and current.source == "seed" and verdict.status is not LabelStatus.LABELED:
+        return False  # a skip or stray choice does not erase a seed label
+    return _write(session, task, current, verdict.status, verdict.label, verdict.annotation)
+
+
+def _write(
+    session: Session,
+    task: RemoteTaskState,
+    current: LabelRecord | None,
+    status: LabelStatus,
+    label: str | None,
+    annotation: AnnotationState | None,
+) -> bool:
+    annotation_id = annotation.remote_annotation_id if annotation else None
+    annotator = annotation.annotator if annotation else None
+    updated_at = annotation.updated_at if annotation else task.updated_at
+    if current is not None and (current.status, current.label, current.remote_annotation_id) == (
+        status, label, annotation_id
+    ):
+        return False
+    previous = current.label if current is not None else None
+    if current is None:
+        current = LabelRecord(item_id=task.item_id, status=status)
+    current.status, current.label, current.source = status, label, "label_studio"
+    current.annotator, current.remote_task_id = annotator, task.remote_task_id
+    current.remote_annotation_id, current.remote_updated_at = annotation_id, updated_at
+    current.recorded_at = datetime.now(UTC)
+    session.add(current)
+    session.add(LabelEvent(
+        item_id=task.item_id, status=status, label=label, previous_label=previous,
+        annotator=annotator, remote_task_id=task.remote_task_id,
+        remote_annotation_id=annotation_id, remote_updated_at=updated_at,
+    ))
+    return True
+
+
+def _batch_items(session: Session, remote_task_ids: Sequence[str]) -> dict[str, BatchItem]:
+    found: dict[str, BatchItem] = {}
+    for start in range(0, len(remote_task_ids), 500):
+        chunk = list(remote_task_ids[start : start + 500])
+        for item in session.exec(select(BatchItem).where(col(BatchItem.remote_task_id).in_(chunk))):
+            found[item.remote_task_id or ""] = item
+    return found
+
+
+def _set_item_state(session: Session, item: BatchItem, status: LabelStatus | None) -> None:
+    new = {
+        LabelStatus.LABELED: BatchItemState.LABELED,
+        LabelStatus.UNKNOWN: BatchItemState.LABELED,  # answered: a human must fix the project config
+        LabelStatus.SKIPPED: BatchItemState.SKIPPED,
+        None: BatchItemState.PENDING,
+    }[status]
+    if item.state is not BatchItemState.WITHDRAWN and item.state is not new:
+        item.state = new
+        session.add(item)
+        if new is BatchItemState.PENDING:
+            _reopen(session, item.batch_id)
+
+
+def _reopen(session: Session, batch_id: str) -> None:
+    """A deleted annotation makes its task pending again; a closed batch cannot reopen, so note it."""
+    batch = session.get(Batch, batch_id)
+    if batch is not None and batch.status is BatchStatus.CLOSED:
+        batch.note = "an annotation was deleted after the batch closed"
+        session.add(batch)
+
+
+def _withdraw_deleted(session: Session, remote_task_ids: Sequence[str]) -> None:
+    items = _batch_items(session, remote_task_ids)
+    for item in items.values():
+        if item.state is BatchItemState.PENDING:
+            item.state = BatchItemState.WITHDRAWN
+            session.add(item)
+
+
+def close_finished_batches(session: Session) -> int:
+    """Close pushed batches whose items are all labeled, skipped or withdrawn."""
+    closed = 0
+    for batch in session.exec(select(Batch).where(Batch.status == BatchStatus.PUSHED)):
+        pending = session.exec(
+            select(BatchItem.item_id).where(
+                BatchItem.batch_id == batch.id, BatchItem.state == BatchItemState.PENDING
+            )
+        ).first()
+        if pending is None:
+            advance(session, batch, BatchStatus.CLOSED)
+            closed += 1
+    return closed
+
+
+def _advance_watermark(session: Session, raw: str | None, watermark: datetime) -> None:
+    if watermark.tzinfo is None:
+        watermark = watermark.replace(tzinfo=UTC)
+    if raw is None or watermark > datetime.fromisoformat(raw):
+        set_value(session, WATERMARK_KEY, watermark.isoformat())

@@ -1,0 +1,160 @@
+"""Embedding and retraining stages: pool texts to cached vectors, labels to a proxy model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from sqlmodel import Session, col, select
+
+from daemon.context import LoopContext, TrainedModel
+from daemon.pool import known_classes
+from daemon.store import LabelRecord, LabelStatus, ModelRun, PoolItem, get_value
+from models.cache import EmbeddingCache, embed_missing, model_key
+from models.classifier import ProxyClassifier, estimate_quality
+
+__all__ = ["embed_pool", "labeled_set", "retrain", "vectors_for"]
+
+log = logging.getLogger(__name__)
+_CHUNK = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class LabeledSet:
+    item_ids: list[str]
+    hashes: list[str]
+    labels: list[str]
+
+
+def active_cache(ctx: LoopContext) -> EmbeddingCache:
+    """Return the cache that holds this pool's vectors (the encoder's, or bring-your-own)."""
+    with Session(ctx.engine) as session:
+        source = get_value(session, "embedding_source")
+    if source is not None and source.startswith("byo-d"):
+        return ctx.cache(source, int(source.removeprefix("byo-d")))
+    embedder = ctx.embedder()
+    return ctx.cache(model_key(embedder), embedder.dim)
+
+
+def encoder_key(ctx: LoopContext) -> str:
+    with Session(ctx.engine) as session:
+        source = get_value(session, "embedding_source")
+    if source is not None and source.startswith("byo-d"):
+        return source
+    return model_key(ctx.embedder())
+
+
+def embed_pool(ctx: LoopContext) -> int:
+    """Embed every pool item that has no vector yet; return how many were embedded.
+
+    Works in chunks and marks each chunk in the store after its vectors are cached,
+    so a process killed midway continues where it stopped.
+    """
+    done = 0
+    while not ctx.stop.is_set():
+        with Session(ctx.engine) as session:
+            rows = session.exec(
+                select(PoolItem.seq, PoolItem.text).where(col(PoolItem.is_embedded).is_(False)).limit(_CHUNK)
+            ).all()
+        if not rows:
+            break
+        cache = active_cache(ctx)
+        embed_missing(ctx.embedder(), cache, [text for _, text in rows])
+        with Session(ctx.engine) as session:
+            for seq, _ in rows:
+                item = session.get(PoolItem, seq)
+                if item is not None:
+                    item.is_embedded = True
+                    session.add(item)
+            session.commit()
+        done += len(rows)
+    if done:
+        log.info("embedded %s pool items", done)
+    return done
+
+
+def vectors_for(ctx: LoopContext, hashes: list[str]) -> npt.NDArray[np.float32]:
+    """Return the cached vectors of the given content hashes, shape (len(hashes), d)."""
+    cache = active_cache(ctx)
+    rows = cache.lookup(hashes)
+    if (rows < 0).any():
+        missing = int((rows < 0).sum())
+        raise LookupError(f"{missing} items have no cached embedding; run the embed stage first")
+    return cache.get(rows)
+
+
+def labeled_set(session: Session) -> LabeledSet:
+    """Return the items with a known-class label, in item-id order."""
+    classes = set(known_classes(session))
+    stmt = (
+        select(LabelRecord.item_id, LabelRecord.label, PoolItem.content_hash)
+        .join(PoolItem, col(PoolItem.item_id) == col(LabelRecord.item_id))
+        .where(LabelRecord.status == LabelStatus.LABELED)
+        .order_by(col(LabelRecord.item_id))
+    )
+    ids, hashes, labels = [], [], []
+    for item_id, label, digest in session.exec(stmt):
+        if label is not None and (not classes or label in classes):
+            ids.append(item_id)
+            hashes.append(digest)
+            labels.append(label)
+    return LabeledSet(ids, hashes, labels)
+
+
+def retrain(ctx: LoopContext) -> TrainedModel | None:
+    """Train the proxy head on every labeled item, unless the labels are unchanged.
+
+    Returns ``None`` while fewer than two classes have labels (the cold start).
+    """
+    with Session(ctx.engine) as session:
+        labeled = labeled_set(session)
+    if len(set(labeled.labels)) < 2:
+        return None
+    version = _model_version(ctx, labeled)
+    if ctx.model is not None and ctx.model.version == version:
+        return ctx.model
+    started = time.perf_counter()
+    features = vectors_for(ctx, labeled.hashes)
+    targets = np.asarray(labeled.labels, dtype=object)
+    classifier = _new_classifier(ctx).fit(features, targets)
+    quality = estimate_quality(
+        features, targets, make_classifier=lambda: _new_classifier(ctx),
+        n_folds=ctx.settings.model.cv_folds, random_state=ctx.settings.loop.seed,
+    )
+    elapsed = time.perf_counter() - started
+    classes = tuple(str(c) for c in classifier.classes_)
+    counts = {c: labeled.labels.count(c) for c in classes}
+    with Session(ctx.engine) as session:
+        if session.get(ModelRun, version) is None:
+            session.add(ModelRun(
+                version=version, n_labels=len(labeled.labels), class_counts_json=json.dumps(counts),
+                macro_f1=quality.macro_f1, accuracy=quality.accuracy, quality_method=quality.method,
+                encoder=encoder_key(ctx), train_s=round(elapsed, 3),
+            ))
+            session.commit()
+    ctx.model = TrainedModel(version, classifier, classes, len(labeled.labels))
+    log.info("trained model %s on %s labels in %.2fs (cv macro-F1 %s)", version, len(labeled.labels),
+             elapsed, quality.macro_f1, extra={"model_version": version})
+    return ctx.model
+
+
+def _new_classifier(ctx: LoopContext) -> ProxyClassifier:
+    model = ctx.settings.model
+    return ProxyClassifier(
+        hidden_dim=model.hidden_dim, epochs=model.epochs, device=model.device, random_state=ctx.settings.loop.seed
+    )
+
+
+def _model_version(ctx: LoopContext, labeled: LabeledSet) -> str:
+    digest = hashlib.sha256()
+    digest.update(encoder_key(ctx).encode())
+    digest.update(ctx.settings.model.model_dump_json().encode())
+    digest.update(str(ctx.settings.loop.seed).encode())
+    for item_id, label in zip(labeled.item_ids, labeled.labels, strict=True):
+        digest.update(f"{item_id}\x1f{label}\x1e".encode())
+    return digest.hexdigest()[:12]

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from daemon.errors import PoolFileError
+from daemon.pool_files import read_pool_file
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_csv_with_ids_labels_and_meta(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.csv", 'id,text,label,channel\na1,"hello, world",spam,email\na2,second,,chat\n')
+    rows = read_pool_file(path)
+    assert [(r.item_id, r.text, r.label) for r in rows] == [("a1", "hello, world", "spam"), ("a2", "second", None)]
+    assert rows[0].meta == {"channel": "email"}
+    assert rows[1].line == 3
+
+
+def test_rows_without_id_get_a_stable_content_id(tmp_path: Path) -> None:
+    a = read_pool_file(write(tmp_path / "a.jsonl", '{"text": "same"}\n{"text": "other"}\n'))
+    b = read_pool_file(write(tmp_path / "b.csv", "text\nsame\n"))
+    assert a[0].item_id == b[0].item_id
+    assert a[0].item_id != a[1].item_id
+    assert a[0].item_id.startswith("h-")
+
+
+def test_custom_field_names(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.jsonl", '{"uid": 7, "body": "x y", "gold": "a"}\n')
+    rows = read_pool_file(path, id_field="uid", text_field="body", label_field="gold")
+    assert (rows[0].item_id, rows[0].text, rows[0].label) == ("7", "x y", "a")
+
+
+def test_malformed_jsonl_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.jsonl", '{"id": "1", "text": "ok"}\n\n{"id": "2", "text": oops}\n')
+    with pytest.raises(PoolFileError) as info:
+        read_pool_file(path)
+    assert "line 3" in str(info.value)
+    assert "p.jsonl" in str(info.value)
+
+
+def test_csv_with_a_short_row_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.csv", "id,text,label\n1,fine,a\n2,missing\n")
+    with pytest.raises(PoolFileError, match="line 3: 2 fields where the header has 3"):
+        read_pool_file(path)
+
+
+def test_csv_line_numbers_count_multiline_fields(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.csv", 'id,text\n1,"two\nlines"\n2,\n')
+    with pytest.raises(PoolFileError, match="line 4: missing or empty 'text'"):
+        read_pool_file(path)
+
+
+def test_conflicting_duplicate_id_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.csv", "id,text\n1,alpha\n1,beta\n")
+    with pytest.raises(PoolFileError, match="line 3: id '1' appears again"):
+        read_pool_file(path)
+
+
+def test_identical_duplicate_rows_collapse(tmp_path: Path) -> None:
+    rows = read_pool_file(write(tmp_path / "p.csv", "id,text\n1,alpha\n1,alpha\n"))
+    assert len(rows) == 1
+
+
+def test_embeddings_in_jsonl_and_csv(tmp_path: Path) -> None:
+    jsonl = write(tmp_path / "e.jsonl", json.dumps({"id": "i1", "embedding": [1, 0, 0]}) + "\n")
+    assert read_pool_file(jsonl)[0].embedding == (1.0, 0.0, 0.0)
+    csv_file = write(tmp_path / "e.csv", 'id,text,embedding\nx,pic,"[0.5, 0.5]"\n')
+    assert read_pool_file(csv_file)[0].embedding == (0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        ('{"id": "a", "embedding": [1, 2]}\n{"id": "b", "embedding": [1, 2, 3]}\n', "3 values, earlier rows have 2"),
+        ('{"id": "a", "embedding": [1, "x"]}\n', "only numbers"),
+        ('{"id": "a", "embedding": [1, NaN]}\n', "NaN"),
+        ('{"id": "a", "text": "t", "embedding": [1]}\n{"id": "b", "text": "u"}\n', "every row"),
+    ],
+)
+def test_bad_embeddings_are_refused(tmp_path: Path, lines: str, reason: str) -> None:
+    with pytest.raises(PoolFileError, match=reason):
+        read_pool_file(write(tmp_path / "e.jsonl", lines))
+
+
+def test_parquet(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    table = pa.table({"id": ["a", "b"], "text": ["one", "two"], "label": ["x", None], "score": [1.5, 2.0]})
+    pq.write_table(table, path)
+    rows = read_pool_file(path)
+    assert [(r.item_id, r.label, r.meta["score"]) for r in rows] == [("a", "x", 1.5), ("b", None, 2.0)]
+
+
+def test_parquet_bad_row_names_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one", ""]}), path)
+    with pytest.raises(PoolFileError, match="line 2"):
+        read_pool_file(path)
+
+
+def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PoolFileError, match="unknown file type"):
+        read_pool_file(write(tmp_path / "p.xlsx", "x"))
+    with pytest.raises(PoolFileError, match="no such file"):
+        read_pool_file(tmp_path / "absent.csv")
+
+
+def test_empty_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PoolFileError, match="no rows"):
+        read_pool_file(write(tmp_path / "p.csv", "id,text\n"))
