@@ -1,0 +1,95 @@
+"""Config names -> strategies, and the one entry point the daemon and simulator call."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from strategies import scores
+from strategies._view import PoolView, Selection, Strategy, validate_view
+from strategies.arms import (
+    Arm,
+    cold_start_arm,
+    diverse_arm,
+    margin_candidates,
+    random_arm,
+    scarce_candidates,
+    scarce_margin_arm,
+    scarcity_arm,
+    top_score_arm,
+)
+from strategies.modal_arms import modal_margin_arm, modal_ranked_batch_arm
+
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "REGISTRY",
+    "PoolView",
+    "Selection",
+    "Strategy",
+    "is_cold_start",
+    "select_batch",
+]
+
+COLD_START = "cold_start"
+
+
+def is_cold_start(view: PoolView) -> bool:
+    """Return True when the proxy cannot score: ``proba`` is None or fewer than two classes have labels."""
+    if view.proba is None or view.proba.ndim != 2 or view.proba.shape[1] < 2:
+        return True
+    return int(np.count_nonzero(view.label_counts)) < 2
+
+
+def _entry(name: str, arm: Arm, *, needs_model: bool = True) -> Strategy:
+    """Wrap ``arm`` with validation and, if ``needs_model``, the cold-start fallback."""
+
+    def strategy(view: PoolView, k: int, *, rng: np.random.Generator) -> Selection:
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        validate_view(view, k)
+        used, run = (COLD_START, cold_start_arm) if needs_model and is_cold_start(view) else (name, arm)
+        positions, values = run(view, k, rng=rng)
+        return Selection(positions=positions, scores=values, strategy=used)
+
+    strategy.__name__ = strategy.__qualname__ = name
+    strategy.__doc__ = arm.__doc__
+    return strategy
+
+
+REGISTRY: dict[str, Strategy] = {
+    "random": _entry("random", random_arm, needs_model=False),
+    COLD_START: _entry(COLD_START, cold_start_arm, needs_model=False),
+    "least_confidence": _entry("least_confidence", top_score_arm(scores.least_confidence)),
+    "margin": _entry("margin", top_score_arm(scores.margin)),
+    "entropy": _entry("entropy", top_score_arm(scores.entropy)),
+    "scarcity": _entry("scarcity", scarcity_arm),
+    "scarce_margin": _entry("scarce_margin", scarce_margin_arm),
+    "scarce_margin_diverse": _entry("scarce_margin_diverse", diverse_arm(scarce_candidates)),
+    "margin_diverse": _entry("margin_diverse", diverse_arm(margin_candidates)),
+    "modal_margin": _entry("modal_margin", modal_margin_arm),
+    "modal_ranked_batch": _entry("modal_ranked_batch", modal_ranked_batch_arm),
+}
+DEFAULT_STRATEGY = "scarce_margin_diverse"
+
+
+def select_batch(strategy: str, view: PoolView, k: int, *, rng: np.random.Generator) -> Selection:
+    """Select ``k`` rows of ``view`` with the strategy registered as ``strategy``.
+
+    Every strategy except ``random`` and ``cold_start`` falls back to
+    ``cold_start`` while :func:`is_cold_start` holds, and says so in
+    ``Selection.strategy``.
+
+    Args:
+        strategy: a key of :data:`REGISTRY`.
+        view: the pool; see :class:`PoolView` for shapes.
+        k: 1 <= k <= n.
+        rng: the only source of randomness; the same seed gives the same batch.
+
+    Returns:
+        The batch: (k,) distinct positions and their (k,) scores.
+
+    Raises:
+        ValueError: for an unknown name, a malformed view, or ``k`` out of range.
+    """
+    if strategy not in REGISTRY:
+        raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[strategy](view, k, rng=rng)

@@ -1,0 +1,177 @@
+"""Informativeness scores computed from class probabilities.
+
+Convention for every function here: one row per candidate, and a HIGHER score
+means "query sooner". Each is a vectorised O(n·C) pass over ``proba`` that
+returns a fresh float64 ``(n,)`` array; ``proba`` may be float32 and is never
+upcast as a whole. Pure numpy: no I/O, no logging, no randomness.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from strategies._checks import check_label_counts, check_proba
+from strategies._types import AnyFloatArray, FloatArray, IntArray
+
+__all__ = [
+    "class_scarcity",
+    "entropy",
+    "least_confidence",
+    "margin",
+    "normalized_entropy",
+    "rarity",
+    "scarce_margin",
+]
+
+_LOG_FLOOR = 1e-12
+
+
+def least_confidence(proba: AnyFloatArray) -> FloatArray:
+    """Score ``1 - max_c p(c|x)``.
+
+    Args:
+        proba: (n, C>=2), rows sum to 1.
+
+    Returns:
+        (n,) float64 in ``[0, 1 - 1/C]``.
+
+    Raises:
+        ValueError: if ``proba`` is malformed.
+    """
+    check_proba(proba)
+    scores: FloatArray = 1.0 - proba.max(axis=1).astype(np.float64)
+    return scores
+
+
+def margin(proba: AnyFloatArray) -> FloatArray:
+    """Score ``1 - (p_top1 - p_top2)``: a small gap between the two best classes scores high.
+
+    Args:
+        proba: (n, C>=2), rows sum to 1.
+
+    Returns:
+        (n,) float64 in ``[0, 1]``; ``[0.5, 0.5]`` scores 1 and ``[1, 0]`` scores 0.
+
+    Raises:
+        ValueError: if ``proba`` is malformed.
+    """
+    check_proba(proba)
+    top2 = np.partition(proba, -2, axis=1)[:, -2:].astype(np.float64)
+    scores: FloatArray = 1.0 - (top2[:, 1] - top2[:, 0])
+    return scores
+
+
+def entropy(proba: AnyFloatArray) -> FloatArray:
+    """Score the Shannon entropy of each row, in nats.
+
+    Args:
+        proba: (n, C>=2), rows sum to 1.
+
+    Returns:
+        (n,) float64 in ``[0, log C]``.
+
+    Raises:
+        ValueError: if ``proba`` is malformed.
+    """
+    check_proba(proba)
+    logs = np.log(np.clip(proba, _LOG_FLOOR, 1.0))
+    scores: FloatArray = -np.einsum("ij,ij->i", proba, logs, dtype=np.float64)
+    np.maximum(scores, 0.0, out=scores)  # -0.0 and rounding noise on one-hot rows
+    return scores
+
+
+def normalized_entropy(proba: AnyFloatArray) -> FloatArray:
+    """Score entropy divided by ``log C``.
+
+    Args:
+        proba: (n, C>=2), rows sum to 1.
+
+    Returns:
+        (n,) float64 in ``[0, 1]``; 1 for a uniform row.
+
+    Raises:
+        ValueError: if ``proba`` is malformed.
+    """
+    scores: FloatArray = entropy(proba) / np.log(proba.shape[1])
+    return np.minimum(scores, 1.0)
+
+
+def rarity(label_counts: IntArray, *, smoothing: float = 1.0) -> FloatArray:
+    """Weight each class by ``r_c ∝ 1 / (count_c + smoothing)``, rescaled so the rarest class has 1.
+
+    Args:
+        label_counts: (C,) labels per class, >= 0.
+        smoothing: > 0; a class with no label yet weighs ``1 / smoothing``.
+
+    Returns:
+        (C,) float64 in ``(0, 1]``.
+
+    Raises:
+        ValueError: if ``label_counts`` is malformed, empty, or ``smoothing <= 0``.
+    """
+    check_label_counts(label_counts)
+    if label_counts.size == 0:
+        raise ValueError("label_counts must not be empty")
+    if not smoothing > 0:
+        raise ValueError(f"smoothing must be > 0, got {smoothing}")
+    inverse = 1.0 / (label_counts.astype(np.float64) + smoothing)
+    weights: FloatArray = inverse / inverse.max()
+    return weights
+
+
+def class_scarcity(proba: AnyFloatArray, label_counts: IntArray, *, smoothing: float = 1.0) -> FloatArray:
+    """Score the expected rarity of a candidate's class under the model: ``sum_c p(c|x) * r_c``.
+
+    ``r_c`` is :func:`rarity`: ``1 / (count_c + smoothing)`` rescaled so the rarest class has 1.
+
+    Args:
+        proba: (n, C>=2), rows sum to 1.
+        label_counts: (C,) labels per class, aligned with ``proba``'s columns.
+        smoothing: > 0.
+
+    Returns:
+        (n,) float64 in ``(0, 1]``; 1 for an item surely of the rarest class.
+
+    Raises:
+        ValueError: on malformed inputs or mismatched shapes.
+    """
+    check_proba(proba)
+    check_label_counts(label_counts, proba.shape[1])
+    weights = rarity(label_counts, smoothing=smoothing)
+    scores: FloatArray = proba @ weights
+    return np.clip(scores, 0.0, 1.0)
+
+
+def scarce_margin(
+    proba: AnyFloatArray,
+    label_counts: IntArray,
+    *,
+    scarcity_power: float = 0.5,
+    smoothing: float = 1.0,
+) -> FloatArray:
+    """Score uncertainty weighted by class scarcity: ``margin(x) * class_scarcity(x) ** scarcity_power``.
+
+    Both factors lie in ``[0, 1]``. When classes are balanced every ``r_c`` is 1
+    and this reduces to :func:`margin`; when they are not, an item on the
+    boundary of a rare class outranks an equally uncertain item between two
+    common classes, by up to a factor ``(count_common / count_rare) ** power``.
+    ``scarcity_power`` softens that factor (0 gives plain margin, 1 the full ratio).
+
+    Args:
+        proba: (n, C>=2), rows sum to 1.
+        label_counts: (C,) labels per class, aligned with ``proba``'s columns.
+        scarcity_power: >= 0.
+        smoothing: > 0, passed to :func:`rarity`.
+
+    Returns:
+        (n,) float64 in ``[0, 1]``.
+
+    Raises:
+        ValueError: on malformed inputs or a negative ``scarcity_power``.
+    """
+    if not scarcity_power >= 0:
+        raise ValueError(f"scarcity_power must be >= 0, got {scarcity_power}")
+    scores: FloatArray = (
+        margin(proba) * class_scarcity(proba, label_counts, smoothing=smoothing) ** scarcity_power
+    )
+    return scores
