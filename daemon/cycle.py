@@ -28,6 +28,7 @@ from daemon.store import (
     BatchStatus,
     CycleRun,
     LabelRecord,
+    LabelStatus,
     ModelRun,
     PoolItem,
     advance,
@@ -62,7 +63,7 @@ def cycle_due(ctx: LoopContext) -> str:
             return "a selected batch is waiting to be pushed"
         waiting = waiting_count(session)
         latest = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
-        labeled = len(session.exec(select(LabelRecord.item_id).where(LabelRecord.status == "labeled")).all())
+        labeled = len(session.exec(select(LabelRecord.item_id).where(LabelRecord.status == LabelStatus.LABELED)).all())
     if waiting < loop.low_water_fraction * loop.batch_size:
         return f"queue low ({waiting} waiting)"
     trained_on = latest.n_labels if latest is not None else 0

@@ -1,0 +1,233 @@
+"""`make demo`: the whole loop on a live Label Studio, with a simulated annotator.
+
+Starts Label Studio on 127.0.0.1 (its own venv), imports the bundled demo pool (a quarter
+of it held out with gold labels for evaluation), runs the real `labelloop run` daemon, and
+answers each pushed batch through Label Studio's API the way an annotator's browser does
+(fetch the next task, submit a choice). After every round it prints the labels so far, the
+held-out macro-F1 and the batch's class mix; then it stops everything it started.
+
+`make up` (``--live``) does the same set-up but leaves the labeling to you in the browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "deploy"))
+import ls_local  # noqa: E402  (a sibling script, not a package)
+
+DEMO_DATA = REPO / "daemon" / "demo_data"
+LABELLOOP = Path(sys.executable).parent / "labelloop"
+
+
+def main() -> int:
+    args = _parse()
+    workdir = Path(args.workdir).resolve()
+    if not args.live and workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"starting Label Studio on 127.0.0.1 (data in {workdir / 'ls-data'}) …", flush=True)
+    server = ls_local.start(workdir / "ls-data", port=args.port)
+    daemon: subprocess.Popen[bytes] | None = None
+    try:
+        env = _daemon_env(server, workdir)
+        pool_file, held_out = _split(workdir, seed=args.seed)
+        _write_config(workdir, args)
+        subprocess.run([str(LABELLOOP), "pool", "add", str(pool_file)], cwd=workdir, env=env, check=True)
+        log = (workdir / "daemon.log").open("ab")
+        daemon = subprocess.Popen([str(LABELLOOP), "run"], cwd=workdir, env=env, stdout=log, stderr=log)
+        print(f"daemon started (pid {daemon.pid}, log {workdir / 'daemon.log'})", flush=True)
+        if args.live:
+            return _live(server, daemon)
+        return _simulate(server, workdir, held_out, args)
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+        server.stop()
+        print("stopped the daemon and Label Studio.", flush=True)
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--live", action="store_true", help="label in the browser instead of simulating")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    if args.workdir is None:
+        args.workdir = str(REPO / (".labelloop/live" if args.live else "demo-run"))
+    if args.live and args.port is None:
+        args.port = 8080
+    return args
+
+
+def _daemon_env(server: ls_local.LocalLabelStudio, workdir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "LABELLOOP_CONFIG": str(workdir / "labelloop.toml"),
+        "LABELLOOP_LABEL_STUDIO__URL": server.url,
+        "LABELLOOP_LABEL_STUDIO__API_KEY": server.pat,
+        "LABELLOOP_LOG_FORMAT": "human",
+        "HF_HUB_OFFLINE": "1",
+    })
+    return env
+
+
+def _split(workdir: Path, *, seed: int) -> tuple[Path, dict[str, tuple[str, str]]]:
+    """Hold out a quarter of the demo pool per class; return the pool file and {id: (text, label)}."""
+    with (DEMO_DATA / "gold.csv").open(newline="") as handle:
+        gold = {row["id"]: row["label"] for row in csv.DictReader(handle)}
+    with (DEMO_DATA / "pool.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    by_class: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_class.setdefault(gold[row["id"]], []).append(row)
+    rng = random.Random(seed)
+    held_out: dict[str, tuple[str, str]] = {}
+    for label, members in sorted(by_class.items()):
+        rng.shuffle(members)
+        for row in members[: max(2, len(members) // 4)]:
+            held_out[row["id"]] = (row["text"], label)
+    pool_file = workdir / "pool.csv"
+    with pool_file.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "text", "channel"])
+        writer.writeheader()
+        writer.writerows(row for row in rows if row["id"] not in held_out)
+    (workdir / "gold.json").write_text(json.dumps(gold))
+    return pool_file, held_out
+
+
+def _write_config(workdir: Path, args: argparse.Namespace) -> None:
+    classes = sorted(set(json.loads((workdir / "gold.json").read_text()).values()))
+    fast = not args.live
+    (workdir / "labelloop.toml").write_text(
+        "[label_studio]\n"
+        'project_title = "labelloop demo"\n'
+        f"max_waiting_tasks = {args.batch_size}\n"
+        "[loop]\n"
+        f"batch_size = {args.batch_size}\n"
+        f"classes = {json.dumps(classes)}\n"
+        f"sync_interval_s = {1.0 if fast else 5.0}\n"
+        f"cycle_interval_s = {1.0 if fast else 10.0}\n"
+        "min_new_labels = 5\n"
+        f"seed = {args.seed}\n"
+        "[store]\n"
+        'url = "sqlite:///state/labelloop.db"\n'
+        'data_dir = "state"\n'
+    )
+
+
+def _live(server: ls_local.LocalLabelStudio, daemon: subprocess.Popen[bytes]) -> int:
+    secrets = server.data_dir / "credentials.txt"
+    print(f"\nLabel Studio is at {server.url} — log in as {server.username}; the password is in {secrets}.")
+    print("Open the project 'labelloop demo' and label; the daemon queues new batches as you go.")
+    print("In another terminal: `labelloop -c .labelloop/live/labelloop.toml status` (run from the repo).")
+    print("Press Ctrl-C to stop.", flush=True)
+    try:
+        while daemon.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 0
+    return daemon.returncode or 0
+
+
+def _simulate(server: ls_local.LocalLabelStudio, workdir: Path, held_out: dict[str, tuple[str, str]],
+              args: argparse.Namespace) -> int:
+    from demo_eval import HeldOut, render_rounds
+
+    gold = json.loads((workdir / "gold.json").read_text())
+    evaluator = HeldOut(held_out)
+    annotator = Annotator(server.url, server.legacy_token, gold)
+    state_db = workdir / "state" / "labelloop.db"
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        project_id = _wait_for_project(state_db)
+        answered = annotator.label_queue(project_id, timeout_s=180)
+        if not answered:
+            print("no tasks arrived in time; see daemon.log", flush=True)
+            return 1
+        row = evaluator.round_row(number, state_db, answered)
+        rounds.append(row)
+        print(f"round {number}: {row['labels']} labels, held-out macro-F1 {row['macro_f1']:.3f}, "
+              f"batch mix {row['mix']}", flush=True)
+    render_rounds(rounds, state_db)
+    print("\nTo run it for real: `make up`, then label in the browser at the printed address.")
+    return 0
+
+
+def _wait_for_project(state_db: Path, timeout_s: float = 120) -> str:
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if state_db.exists():
+            with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True) as db:
+                try:
+                    row = db.execute("select value from keyvalue where key='project_id'").fetchone()
+                except sqlite3.OperationalError:
+                    row = None
+            if row:
+                return str(row[0])
+        time.sleep(0.5)
+    raise TimeoutError("the daemon did not bind a Label Studio project; see daemon.log")
+
+
+class Annotator:
+    """Answers tasks like a person in the labeling stream: next task, read it, submit a choice."""
+
+    def __init__(self, url: str, token: str, gold: dict[str, str]) -> None:
+        self.client = httpx.Client(base_url=url, headers={"Authorization": f"Token {token}"}, timeout=30)
+        self.gold = gold
+
+    def label_queue(self, project_id: str, *, timeout_s: float) -> list[str]:
+        """Wait for tasks, then answer every waiting one; return the gold labels given."""
+        deadline = time.monotonic() + timeout_s
+        answered: list[str] = []
+        while time.monotonic() < deadline:
+            task = self._next(project_id)
+            if task is None:
+                if answered:
+                    return answered
+                time.sleep(0.5)
+                continue
+            label = self.gold[task["data"]["al_item_id"]]
+            response = self.client.post(
+                f"/api/tasks/{task['id']}/annotations/",
+                json={"result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                                  "value": {"choices": [label]}}], "lead_time": 3.0},
+            )
+            response.raise_for_status()
+            answered.append(label)
+        return answered
+
+    def _next(self, project_id: str) -> dict | None:
+        response = self.client.get(f"/api/projects/{project_id}/next")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        task = response.json()
+        return task if task.get("id") and "al_item_id" in task.get("data", {}) else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

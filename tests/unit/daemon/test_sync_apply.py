@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from connectors.base import AnnotationState, RemoteTaskState
+from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus, LabelEvent, LabelRecord, LabelStatus
+from daemon.sync import apply_task_states, close_finished_batches
+from tests.unit.daemon.conftest import set_classes
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def ann(aid: str, choice: str, minutes: int, *, skipped: bool = False) -> AnnotationState:
+    return AnnotationState(aid, (choice,) if choice else (), "ann@example.com", T0 + timedelta(minutes=minutes),
+                           is_skipped=skipped)
+
+
+def task(*annotations: AnnotationState, item: str = "i1", remote: str = "7") -> RemoteTaskState:
+    return RemoteTaskState(item, remote, T0, tuple(annotations))
+
+
+def seed_batch(engine: Engine, items: list[tuple[str, str]]) -> str:
+    with Session(engine) as session:
+        batch = Batch(strategy="margin", model_version="m1", status=BatchStatus.PUSHED, size=len(items))
+        session.add(batch)
+        for position, (item_id, remote) in enumerate(items):
+            session.add(BatchItem(batch_id=batch.id, item_id=item_id, position=position, score=1.0,
+                                  remote_task_id=remote))
+        session.commit()
+        return batch.id
+
+
+def label_of(engine: Engine, item_id: str) -> tuple[LabelStatus, str | None] | None:
+    with Session(engine) as session:
+        record = session.get(LabelRecord, item_id)
+        return None if record is None else (record.status, record.label)
+
+
+def test_annotation_edit_delete_and_reapply(engine: Engine) -> None:
+    set_classes(engine, ["ham", "spam"])
+    seed_batch(engine, [("i1", "7")])
+    with Session(engine) as session:
+        assert apply_task_states(session, [task(ann("a1", "spam", 1))]) == (1, 0)
+        session.commit()
+    assert label_of(engine, "i1") == (LabelStatus.LABELED, "spam")
+    with Session(engine) as session:  # the same state again changes nothing
+        assert apply_task_states(session, [task(ann("a1", "spam", 1))]) == (0, 0)
+        assert apply_task_states(session, [task(ann("a1", "ham", 2))]) == (1, 0)  # edited
+        session.commit()
+    assert label_of(engine, "i1") == (LabelStatus.LABELED, "ham")
+    with Session(engine) as session:
+        apply_task_states(session, [task()])  # annotation deleted
+        session.commit()
+        item = session.exec(select(BatchItem)).one()
+        assert item.state is BatchItemState.PENDING
+        history = [(e.status, e.label, e.previous_label) for e in session.exec(select(LabelEvent))]
+    assert label_of(engine, "i1") == (LabelStatus.RETRACTED, None)
+    assert history == [(LabelStatus.LABELED, "spam", None), (LabelStatus.LABELED, "ham", "spam"),
+                       (LabelStatus.RETRACTED, None, "ham")]
+
+
+def test_latest_answer_wins_and_skip_is_recorded(engine: Engine) -> None:
+    set_classes(engine, ["ham", "spam"])
+    seed_batch(engine, [("i1", "7"), ("i2", "8")])
+    with Session(engine) as session:
+        apply_task_states(session, [
+            task(ann("a2", "ham", 5), ann("a1", "spam", 1)),
+            task(ann("a3", "", 2, skipped=True), item="i2", remote="8"),
+        ])
+        assert close_finished_batches(session) == 1
+        session.commit()
+        states = {i.item_id: i.state for i in session.exec(select(BatchItem))}
+    assert label_of(engine, "i1") == (LabelStatus.LABELED, "ham")
+    assert label_of(engine, "i2") == (LabelStatus.SKIPPED, None)
+    assert states == {"i1": BatchItemState.LABELED, "i2": BatchItemState.SKIPPED}
+
+
+def test_unknown_choice_is_recorded_not_dropped(engine: Engine) -> None:
+    set_classes(engine, ["ham", "spam"])
+    seed_batch(engine, [("i1", "7")])
+    with Session(engine) as session:
+        assert apply_task_states(session, [task(ann("a1", "eggs", 1))]) == (1, 1)
+        session.commit()
+    assert label_of(engine, "i1") == (LabelStatus.UNKNOWN, "eggs")
+
+
+def test_seed_label_survives_a_stray_skip(engine: Engine) -> None:
+    set_classes(engine, ["ham", "spam"])
+    with Session(engine) as session:
+        session.add(LabelRecord(item_id="i1", status=LabelStatus.LABELED, label="spam", source="seed"))
+        session.commit()
+        apply_task_states(session, [task(ann("a1", "", 1, skipped=True))])
+        apply_task_states(session, [task()])
+        session.commit()
+    assert label_of(engine, "i1") == (LabelStatus.LABELED, "spam")
