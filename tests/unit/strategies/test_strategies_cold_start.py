@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from strategies.cold_start import representative
@@ -10,7 +11,7 @@ from strategies.cold_start import representative
 
 def blobs(
     seed: int, sizes: tuple[int, ...] = (200, 200, 200, 200, 200), d: int = 16
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp]]:
     gen = np.random.default_rng(seed)
     centers = 10.0 * np.eye(d)[: len(sizes)]
     labels = np.repeat(np.arange(len(sizes)), sizes)

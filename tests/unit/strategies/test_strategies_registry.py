@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 import strategies
@@ -29,12 +31,13 @@ def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def unit_rows(gen: np.random.Generator, n: int, d: int = 8) -> np.ndarray:
-    rows = gen.normal(size=(n, d))
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+def unit_rows(gen: np.random.Generator, n: int, d: int = 8) -> npt.NDArray[np.float64]:
+    rows: npt.NDArray[np.float64] = gen.normal(size=(n, d))
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
 
 
-def warm_view(n: int = 60, n_classes: int = 3, seed: int = 0, **changes: object) -> PoolView:
+def warm_view(n: int = 60, n_classes: int = 3, seed: int = 0, **changes: Any) -> PoolView:
     gen = rng(seed)
     logits = 3.0 * gen.normal(size=(n, n_classes))
     proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
@@ -45,7 +48,7 @@ def warm_view(n: int = 60, n_classes: int = 3, seed: int = 0, **changes: object)
         n_unseen_classes=1,
         labeled_embeddings=unit_rows(gen, 20).astype(np.float32),
     )
-    return dataclasses.replace(view, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(view, **changes)
 
 
 def test_public_api_is_pinned() -> None:
@@ -63,7 +66,7 @@ def test_public_api_is_pinned() -> None:
 
 
 def test_unknown_name_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown strategy 'nope'.*margin_diverse"):
+    with pytest.raises(ValueError, match=r"unknown strategy 'nope'.*margin_diverse"):
         select_batch("nope", warm_view(), 3, rng=rng())
 
 
@@ -122,7 +125,7 @@ def test_is_cold_start() -> None:
         "dim",
     ],
 )
-def test_malformed_views_raise_value_error(changes: dict[str, object], k: int) -> None:
+def test_malformed_views_raise_value_error(changes: dict[str, Any], k: int) -> None:
     with pytest.raises(ValueError):
         select_batch(DEFAULT_STRATEGY, warm_view(**changes), k, rng=rng())
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from strategies import scores
@@ -71,7 +74,7 @@ def test_float32_input_gives_float64_output() -> None:
     ],
     ids=["1d", "one-class", "nan", "not-a-distribution", "out-of-range", "int-dtype"],
 )
-def test_malformed_proba_raises_value_error(proba: np.ndarray) -> None:
+def test_malformed_proba_raises_value_error(proba: npt.NDArray[np.float64]) -> None:
     with pytest.raises(ValueError):
         scores.margin(proba)
 
@@ -86,7 +89,7 @@ def test_malformed_proba_raises_value_error(proba: np.ndarray) -> None:
     ],
     ids=["wrong-length", "negative", "float", "zero-smoothing"],
 )
-def test_bad_counts_raise_value_error(counts: np.ndarray, smoothing: float) -> None:
+def test_bad_counts_raise_value_error(counts: npt.NDArray[Any], smoothing: float) -> None:
     with pytest.raises(ValueError):
         scores.class_scarcity(TWO, counts, smoothing=smoothing)
 

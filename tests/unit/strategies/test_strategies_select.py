@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from strategies.select import k_center_greedy, top_k
@@ -71,7 +72,7 @@ def test_k_center_greedy_float32_and_all_duplicates() -> None:
 
 
 @pytest.mark.parametrize("weights", [np.zeros(3), np.array([1.0, -1.0, 1.0]), np.ones(2)])
-def test_k_center_greedy_rejects_bad_weights(weights: np.ndarray) -> None:
+def test_k_center_greedy_rejects_bad_weights(weights: npt.NDArray[np.float64]) -> None:
     with pytest.raises(ValueError, match="weights"):
         k_center_greedy(np.eye(3), 1, rng=rng(), weights=weights)
 
