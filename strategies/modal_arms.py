@@ -82,15 +82,37 @@ def modal_ranked_batch_arm(
     least_confidence`` with ``alpha = unpicked / (unpicked + labeled)``. Scores
     are modAL's least-confidence values. Time O(k · pool · (m + k) · d).
     """
-    from modAL.batch import uncertainty_batch_sampling  # lazy: modAL imports torch
-
     proba = _proba(view)
     size = min(view.embeddings.shape[0], max(k, RANKED_POOL))
     pool = top_k(scores.margin(proba), size, rng=rng)
-    learner = PrecomputedProba(proba[pool], X_training=subsample_anchors(view, rng))
-    ranking, uncertainty = uncertainty_batch_sampling(learner, view.embeddings[pool], n_instances=k)
-    positions: IntArray = pool[np.asarray(ranking, dtype=np.intp)]
-    return positions, np.asarray(uncertainty, dtype=np.float64)
+    ranking, uncertainty = _ranked_batch(proba[pool], view.embeddings[pool], subsample_anchors(view, rng), k)
+    return pool[ranking], uncertainty
+
+
+def _ranked_batch(
+    proba: AnyFloatArray, candidates: AnyFloatArray, anchors: AnyFloatArray | None, k: int
+) -> tuple[IntArray, FloatArray]:
+    """Call modAL's ranked batch; without anchors, seed it with modAL's own cold-start pick.
+
+    modAL 0.4.2's cold-start path leaves its seed instance selectable, so with
+    duplicate rows it can return the same index twice; handing the seed to it
+    as ``X_training`` and removing it from the pool avoids that.
+    """
+    from modAL.batch import select_cold_start_instance, uncertainty_batch_sampling  # lazy: imports torch
+
+    seed: list[int] = []
+    rest: IntArray = np.arange(candidates.shape[0], dtype=np.intp)
+    if anchors is None:
+        first, anchors = select_cold_start_instance(candidates, metric="euclidean", n_jobs=None)
+        seed = [int(first)]
+        rest = np.delete(rest, seed)
+    picks = np.asarray(seed, dtype=np.intp)
+    if k > len(seed):
+        learner = PrecomputedProba(proba[rest], X_training=anchors)
+        found, _ = uncertainty_batch_sampling(learner, candidates[rest], n_instances=k - len(seed))
+        picks = np.concatenate([picks, rest[np.asarray(found, dtype=np.intp)]])
+    uncertainty: FloatArray = 1.0 - proba[picks].max(axis=1).astype(np.float64)
+    return picks, uncertainty
 
 
 def _proba(view: PoolView) -> AnyFloatArray:
