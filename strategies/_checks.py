@@ -1,8 +1,9 @@
 """Input validation shared by every strategy. Raises only ``ValueError``.
 
 The checks are O(n·d) reads at most and never allocate an (n, d) temporary:
-finiteness is tested on a float64 sum (NaN and inf propagate through it; a
-float32 array cannot overflow a float64 sum).
+finiteness is tested on a sum in the array's own dtype (NaN and inf propagate
+through it). A sum can overflow only for values far beyond L2-normalised rows,
+which are rejected too.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def check_embeddings(embeddings: npt.NDArray[np.floating], name: str = "embeddin
         raise ValueError(f"{name} must have a float dtype, got {embeddings.dtype}")
     if embeddings.shape[1] < 1:
         raise ValueError(f"{name} must have at least one column, got {embeddings.shape}")
-    if not np.isfinite(embeddings.sum(dtype=np.float64)):
-        raise ValueError(f"{name} contain NaN or inf")
+    if not np.isfinite(embeddings.sum()):
+        raise ValueError(f"{name} contain NaN or inf, or values too large to sum")
 
 
 def check_proba(proba: npt.NDArray[np.floating]) -> None:

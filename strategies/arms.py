@@ -133,11 +133,11 @@ def scarce_candidates(view: PoolView, size: int, *, rng: np.random.Generator) ->
         final = (1.0 - lam) * base + lam * scores.normalized_entropy(proba)
         best = top_k(final, size, rng=rng)
         return best, final[best]
-    pool = np.union1d(top, rng.choice(n, size=min(n, EXPLORE_SAMPLE), replace=False))
-    nov = novelty(view.embeddings[pool], anchors)
-    final = (1.0 - lam) * base[pool] + lam * nov / max(float(nov.max()), 1e-12)
+    considered = np.union1d(top, rng.choice(n, size=min(n, EXPLORE_SAMPLE), replace=False))
+    nov = novelty(view.embeddings[considered], anchors)
+    final = (1.0 - lam) * base[considered] + lam * nov / max(float(nov.max()), 1e-12)
     best = top_k(final, size, rng=rng)
-    return pool[best], final[best]
+    return considered[best], final[best]
 
 
 def scarce_margin_arm(view: PoolView, k: int, *, rng: np.random.Generator) -> tuple[IntArray, FloatArray]:

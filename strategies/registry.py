@@ -69,6 +69,21 @@ REGISTRY: dict[str, Strategy] = {
     "modal_ranked_batch": _entry("modal_ranked_batch", modal_ranked_batch_arm),
 }
 DEFAULT_STRATEGY = "scarce_margin_diverse"
+"""The daemon's default. Over the n unlabeled rows, with C seen classes:
+
+1. ``base = margin · class_scarcity ** 0.5``, i.e.
+   ``(1 - (p_top1 - p_top2)) · (sum_c p(c|x) · r_c) ** 0.5`` with
+   ``r_c = (1 / (count_c + 1)) / max_c' (1 / (count_c' + 1))``; O(n·C).
+2. If ``n_unseen > 0``: ``lam = n_unseen / (C + n_unseen)`` and, on the top
+   ``m`` rows by ``base`` plus 5,000 uniform rows,
+   ``final = (1 - lam) · base + lam · nov / max(nov)`` with
+   ``nov = (1 - max cos(x, labeled)) / 2`` (normalised entropy when no labeled
+   embeddings are given). Otherwise ``final = base``.
+3. Keep the top ``m = min(n, max(k, clip(10·k, 2000, 20000)))`` rows by ``final``;
+   weight them ``w = 0.25 + 0.75 · minmax(final)``; pick ``k`` by weighted greedy
+   k-center: each pick maximises ``w · distance to the nearest labeled row (≤ 2,000
+   drawn) or earlier pick``. ``Selection.scores`` are the picks' ``final``.
+"""
 
 
 def select_batch(strategy: str, view: PoolView, k: int, *, rng: np.random.Generator) -> Selection:
