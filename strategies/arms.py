@@ -67,14 +67,16 @@ def candidate_pool_size(k: int, n: int) -> int:
     return min(n, max(k, min(max(POOL_FACTOR * k, POOL_MIN), POOL_MAX)))
 
 
-def subsample_anchors(view: PoolView, rng: np.random.Generator) -> AnyFloatArray | None:
-    """Return at most ``ANCHOR_CAP`` labeled rows (a uniform draw), or None when there are none."""
+def subsample_anchors(
+    view: PoolView, rng: np.random.Generator, *, cap: int = ANCHOR_CAP
+) -> AnyFloatArray | None:
+    """Return at most ``cap`` labeled rows (a uniform draw), or None when there are none."""
     labeled = view.labeled_embeddings
     if labeled is None or labeled.shape[0] == 0:
         return None
-    if labeled.shape[0] <= ANCHOR_CAP:
+    if labeled.shape[0] <= cap:
         return labeled
-    return labeled[np.sort(rng.choice(labeled.shape[0], size=ANCHOR_CAP, replace=False))]
+    return labeled[np.sort(rng.choice(labeled.shape[0], size=cap, replace=False))]
 
 
 def random_arm(view: PoolView, k: int, *, rng: np.random.Generator) -> tuple[IntArray, FloatArray]:

@@ -21,9 +21,16 @@ from strategies._view import PoolView
 from strategies.arms import subsample_anchors
 from strategies.select import top_k
 
-__all__ = ["RANKED_POOL", "PrecomputedProba", "modal_margin_arm", "modal_ranked_batch_arm"]
+__all__ = [
+    "RANKED_ANCHOR_CAP",
+    "RANKED_POOL",
+    "PrecomputedProba",
+    "modal_margin_arm",
+    "modal_ranked_batch_arm",
+]
 
 RANKED_POOL = 2_000  # lowest-margin candidates handed to modAL's O(pool·(labeled + k)) ranked batch
+RANKED_ANCHOR_CAP = 500  # labeled rows handed to it: every pick recomputes all pool-to-labeled distances
 
 
 class PrecomputedProba:
@@ -77,15 +84,18 @@ def modal_ranked_batch_arm(
 
     The full version costs O(n·(m + k)) distances per pick (29 s per query on
     100k × 384), so it sees only the ``max(k, RANKED_POOL)`` lowest-margin rows
-    and at most ``ANCHOR_CAP`` labeled rows. Within them modAL ranks by
+    and at most ``RANKED_ANCHOR_CAP`` labeled rows. Within them modAL ranks by
     ``alpha · (1 - 1 / (1 + dist to labeled-or-picked)) + (1 - alpha) ·
     least_confidence`` with ``alpha = unpicked / (unpicked + labeled)``. Scores
-    are modAL's least-confidence values. Time O(k · pool · (m + k) · d).
+    are modAL's least-confidence values. Time O(k · pool · (m + k) · d): about
+    0.1-1 s per pick on 2 busy cores, so keep ``k`` in the tens for this arm.
     """
     proba = _proba(view)
     size = min(view.embeddings.shape[0], max(k, RANKED_POOL))
     pool = top_k(scores.margin(proba), size, rng=rng)
-    ranking, uncertainty = _ranked_batch(proba[pool], view.embeddings[pool], subsample_anchors(view, rng), k)
+    ranking, uncertainty = _ranked_batch(
+        proba[pool], view.embeddings[pool], subsample_anchors(view, rng, cap=RANKED_ANCHOR_CAP), k
+    )
     return pool[ranking], uncertainty
 
 
