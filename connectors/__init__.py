@@ -7,6 +7,7 @@ from connectors.base import (
     ProjectInfo,
     PullResult,
     RemoteTaskState,
+    TaskSummary,
 )
 from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
 
@@ -21,4 +22,5 @@ __all__ = [
     "ProjectInfo",
     "PullResult",
     "RemoteTaskState",
+    "TaskSummary",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "ProjectInfo",
     "PullResult",
     "RemoteTaskState",
+    "TaskSummary",
 ]
 
 
@@ -69,15 +70,33 @@ class RemoteTaskState:
 
 @dataclass(frozen=True, slots=True)
 class PullResult:
-    """Tasks that changed after ``since``, plus the watermark to pass next time.
+    """Tasks that changed at or after ``since``, plus the watermark to pass next time.
 
-    ``watermark`` is the largest ``updated_at`` seen (or ``since`` when nothing changed).
-    ``deleted_task_ids`` lists our remote tasks that no longer exist in the tool.
+    ``watermark`` is the largest task ``updated_at`` seen, or ``since`` when nothing
+    changed (the Unix epoch when ``since`` was ``None`` and there are no tasks, so
+    ``watermark - overlap`` is always a valid datetime).
+    ``deleted_task_ids`` lists our remote tasks that no longer exist in the tool. A
+    connector can only notice a deleted task it has pushed or seen before (in this
+    process) and only on a full pull (``since=None``); to catch tasks deleted while the
+    daemon was down, diff the store against a full pull or :meth:`Connector.list_tasks`.
     """
 
     tasks: tuple[RemoteTaskState, ...]
     watermark: datetime
     deleted_task_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSummary:
+    """One of our tasks without its data or annotations: what a cheap full listing returns.
+
+    ``annotation_count`` counts submitted (not skipped) annotations, ``skip_count`` skips.
+    """
+
+    remote_task_id: str
+    annotation_count: int
+    skip_count: int
+    updated_at: datetime  # timezone-aware UTC
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +130,18 @@ class Connector(Protocol):
         ...
 
     def pull(self, *, since: datetime | None) -> PullResult:
-        """Current state of our tasks updated at or after ``since`` (all when ``None``)."""
+        """Current state of our tasks updated at or after ``since`` (all when ``None``).
+
+        ``since`` is timezone-aware. Creating, editing or deleting an annotation and
+        skipping a task all count as an update (verified on Label Studio 1.23).
+        """
+        ...
+
+    def list_tasks(self) -> Sequence[TaskSummary]:
+        """List every task of ours cheaply (ids and counts, no data), for reconciling.
+
+        A task missing here but known to the daemon was deleted in the tool.
+        """
         ...
 
     def count_waiting(self) -> int:
@@ -119,5 +149,9 @@ class Connector(Protocol):
         ...
 
     def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
-        """Delete the given tasks if nobody has annotated them; return the ids deleted."""
+        """Delete the given tasks that have no annotation, skip or draft; return the ids now gone.
+
+        Tasks that someone annotated, skipped or started (a draft) are kept. Ids that
+        were already gone are returned too, in the order given.
+        """
         ...

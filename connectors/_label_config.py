@@ -1,0 +1,70 @@
+"""Read and write Label Studio labeling configs (XML) for single-choice text classification."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
+
+from connectors.errors import ConnectorRejected
+
+__all__ = ["ChoicesControl", "choices_config", "read_choices"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChoicesControl:
+    """The ``<Choices>`` tag labelloop reads and pre-annotates.
+
+    ``from_name``/``to_name`` go into every prediction result; ``data_key`` is the task
+    data field the object tag shows (``$text`` → ``"text"``), ``None`` if it is not a variable.
+    """
+
+    from_name: str
+    to_name: str
+    classes: tuple[str, ...]  # in the config's order; a Choice's alias wins over its value
+    data_key: str | None
+
+
+def choices_config(classes: Sequence[str], *, text_key: str = "text") -> str:
+    """Build a ``<Text>`` + single-radio ``<Choices>`` config; values are XML-escaped.
+
+    Raises:
+        ValueError: no classes, an empty class name or a duplicate.
+    """
+    if not classes or any(not name for name in classes) or len(set(classes)) != len(classes):
+        raise ValueError("classes must be a non-empty list of distinct, non-empty names")
+    choices = "".join(f"<Choice value={quoteattr(name)}/>" for name in classes)
+    return (
+        f'<View><Text name="text" value={quoteattr("$" + text_key)}/>'
+        '<Choices name="label" toName="text" choice="single-radio" showInline="true">'
+        f"{choices}</Choices></View>"
+    )
+
+
+def read_choices(label_config: str, *, project_id: str) -> ChoicesControl:
+    """Find the first ``<Choices>`` tag and the object tag it labels.
+
+    Raises:
+        ConnectorRejected: the config is not XML, has no ``<Choices>`` or it has no ``<Choice>``.
+    """
+    try:
+        root = ET.fromstring(label_config)
+    except ET.ParseError as e:
+        raise ConnectorRejected(f"project {project_id}: its labeling config is not valid XML") from e
+    control = next(root.iter("Choices"), None)
+    if control is None:
+        raise ConnectorRejected(
+            f"project {project_id}: its labeling config has no <Choices> tag, so labelloop cannot read "
+            "labels; use a classification config or another project"
+        )
+    classes = tuple(choice.get("alias") or choice.get("value") or "" for choice in control.iter("Choice"))
+    if not classes or any(not name for name in classes):
+        raise ConnectorRejected(f"project {project_id}: its <Choices> tag has no usable <Choice> values")
+    to_name = control.get("toName", "")
+    target = next((tag for tag in root.iter() if tag.get("name") == to_name and tag is not control), None)
+    variable = target.get("value", "") if target is not None else ""
+    data_key = variable[1:] if variable.startswith("$") and len(variable) > 1 else None
+    return ChoicesControl(
+        from_name=control.get("name", ""), to_name=to_name, classes=classes, data_key=data_key
+    )

@@ -1,0 +1,443 @@
+"""Label Studio adapter on label-studio-sdk 2.x.
+
+Every call has a timeout and no SDK-level retries (the daemon retries on its next tick,
+and a retried bulk import could create tasks twice). Failures are translated here:
+transport errors, 408/429 and 5xx → ``ConnectorUnavailable``; 401/403 →
+``ConnectorAuthError``; other 4xx → ``ConnectorRejected``. Messages carry the URL,
+the operation and the HTTP status, never the token or a response body.
+
+What was verified against Label Studio 1.23.2 (tests/contract, tests/integration):
+creating, editing and deleting an annotation, a skip, and the Data Manager's bulk
+"delete annotations" all bump the task's ``updated_at``; saving a draft does not;
+``import_tasks(return_task_ids=True)`` returns ids in the order of the payload.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import httpx
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core import ApiError
+
+from connectors import _ls_tasks as lt
+from connectors._label_config import ChoicesControl, choices_config, read_choices
+from connectors._ls_errors import TOKEN_ADVICE, display_url, translated
+from connectors.base import OutgoingTask, ProjectInfo, PullResult, TaskSummary
+from connectors.errors import ConnectorAuthError, ConnectorRejected, ConnectorUnavailable
+
+__all__ = ["LabelStudioConnector"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Project:
+    project_id: int
+    title: str
+    control: ChoicesControl
+
+
+class LabelStudioConnector:
+    """The :class:`~connectors.base.Connector` for one Label Studio project.
+
+    Build it with :meth:`connect`; the constructor takes a ready SDK client (tests pass one
+    on ``httpx.MockTransport``). The project is resolved on :meth:`ensure_project` or on
+    first use. Not thread-safe: the daemon calls it from one job at a time.
+    """
+
+    def __init__(
+        self,
+        client: LabelStudio,
+        *,
+        url: str,
+        project_id: int | None = None,
+        project_title: str = "labelloop",
+        text_key: str = "text",
+        timeout_s: float = 30.0,
+        page_size: int = 500,
+        import_chunk_size: int = 500,
+        lookup_chunk_size: int = 200,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self._client = client
+        self._http_client = http_client  # closed by close(); connect() passes the one it made
+        self.url = display_url(url)
+        self.project_id = project_id
+        self.project_title = project_title
+        self.text_key = text_key
+        self.timeout_s = timeout_s
+        self.page_size = page_size
+        self.import_chunk_size = import_chunk_size
+        self.lookup_chunk_size = lookup_chunk_size
+        self._project: _Project | None = None
+        self._known_task_ids: set[str] = set()  # pushed or seen by this instance: for deletions
+        self._annotators: dict[int, str] = {}
+
+    @classmethod
+    def connect(
+        cls,
+        *,
+        url: str,
+        api_key: str,
+        project_id: int | None = None,
+        project_title: str = "labelloop",
+        text_key: str = "text",
+        timeout_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> LabelStudioConnector:
+        """Build a connector from a URL and a token (legacy token or Personal Access Token).
+
+        Nothing is sent yet (a PAT is exchanged for an access token on the first call).
+
+        Raises:
+            ConnectorRejected: the URL is not http(s).
+            ConnectorAuthError: the token is empty, or a PAT that has expired.
+        """
+        display = display_url(url)
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            raise ConnectorRejected(f"Label Studio URL {display!r} is not an http(s) URL")
+        if not api_key.strip():
+            raise ConnectorAuthError(f"no API token for Label Studio at {display}. {TOKEN_ADVICE}")
+        http = httpx.Client(timeout=timeout_s, follow_redirects=True, transport=transport)
+        with translated(display, "connect"):
+            client = LabelStudio(  # type: ignore[no-untyped-call]  # the SDK's wrapper takes **kwargs
+                base_url=url.rstrip("/"),
+                api_key=api_key.strip(),
+                httpx_client=http,
+                timeout=timeout_s,
+                max_retries=0,
+            )
+        return cls(
+            client,
+            url=url,
+            project_id=project_id,
+            project_title=project_title,
+            text_key=text_key,
+            timeout_s=timeout_s,
+            http_client=http,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP connection pool if this connector made it."""
+        if self._http_client is not None:
+            self._http_client.close()
+
+    def __repr__(self) -> str:
+        return f"LabelStudioConnector(url={self.url!r}, project_id={self.project_id!r})"
+
+    def check(self) -> str:
+        """Return the email (or username) the token acts as.
+
+        Raises:
+            ConnectorAuthError, ConnectorUnavailable, ConnectorRejected.
+        """
+        with translated(self.url, "check"):
+            me = self._client.users.whoami()
+        return str(me.email or me.username or me.id)
+
+    def ensure_project(self, *, classes: Sequence[str] | None) -> ProjectInfo:
+        """Use the configured project id, else find the project by title, else create it.
+
+        The project's own ``<Choices>`` decide the classes (in its order); ``classes`` is
+        only used to create a project.
+
+        Raises:
+            ConnectorRejected: no such project id; no project with that title and no
+                classes to create it; its config has no ``<Choices>``; its text field is
+                not ``text_key``.
+        """
+        with translated(self.url, "ensure_project"):
+            if self.project_id is not None:
+                found = self._client.projects.get(id=self.project_id)
+                project_id, title, config = int(found.id or self.project_id), found.title, found.label_config
+            else:
+                project_id, title, config = self._find_or_create(classes)
+        control = read_choices(config or "", project_id=str(project_id))
+        if control.data_key is not None and control.data_key != self.text_key:
+            raise ConnectorRejected(
+                f"project {project_id} shows task field {control.data_key!r} but labelloop sends the text as "
+                f"{self.text_key!r}; set LABELLOOP_LABEL_STUDIO__TEXT_KEY={control.data_key}"
+            )
+        self._project = _Project(
+            project_id=project_id, title=str(title or self.project_title), control=control
+        )
+        return ProjectInfo(project_id=str(project_id), title=self._project.title, classes=control.classes)
+
+    def push(self, tasks: Sequence[OutgoingTask]) -> Mapping[str, str]:
+        """Create tasks for items that have none yet; return ``{item_id: remote_task_id}`` for all.
+
+        Items that already have a task in the project (an earlier push that crashed half
+        way, say) keep it. New tasks go in bulk imports of ``import_chunk_size``.
+
+        Raises:
+            ConnectorUnavailable: a transient failure; tasks created so far are found next time.
+            ConnectorRejected: Label Studio refused the payload.
+        """
+        project = self._resolved()
+        unique: dict[str, OutgoingTask] = {}
+        for task in tasks:
+            unique.setdefault(task.item_id, task)  # push order is kept: LS serves tasks by id
+        with translated(self.url, "push"):
+            remote = self._find_by_item_ids(list(unique))
+            missing = [task for item_id, task in unique.items() if item_id not in remote]
+            for start in range(0, len(missing), self.import_chunk_size):
+                remote.update(self._import(project, missing[start : start + self.import_chunk_size]))
+        lost = [item_id for item_id in unique if item_id not in remote]
+        if lost:
+            raise ConnectorUnavailable(
+                f"Label Studio at {self.url} did not return ids for {len(lost)} imported "
+                "tasks; the next push will find them"
+            )
+        self._known_task_ids.update(remote.values())
+        log.info(
+            "push: %s tasks to project %s (%s new, %s already there)",
+            len(unique),
+            project.project_id,
+            len(missing),
+            len(unique) - len(missing),
+        )
+        return {task.item_id: remote[task.item_id] for task in tasks}
+
+    def pull(self, *, since: datetime | None) -> PullResult:
+        """Current state of our tasks whose ``updated_at`` is at or after ``since``.
+
+        With ``since=None`` every task of ours is listed, and tasks this instance pushed or
+        saw before but that are gone are reported in ``deleted_task_ids``.
+
+        Raises:
+            ValueError: ``since`` is naive.
+            ConnectorUnavailable, ConnectorRejected.
+        """
+        project = self._resolved()
+        filters = [lt.OURS]
+        if since is not None:
+            filters.append(lt.dm_filter("updated_at", "greater_or_equal", "Datetime", lt.dm_time(since)))
+        with translated(self.url, "pull"):
+            listed = list(self._iter_tasks(project, filters, fields="all", include=lt.PULL_FIELDS))
+            self._learn_annotators(listed)
+        states = [
+            lt.remote_state(task, from_name=project.control.from_name, annotators=self._annotators)
+            for task in listed
+        ]
+        seen = {state.remote_task_id for state in states}
+        deleted: tuple[str, ...] = ()
+        if since is None:
+            deleted = tuple(sorted(self._known_task_ids - seen, key=_numeric))
+            self._known_task_ids = set(seen)
+        else:
+            self._known_task_ids |= seen
+        watermark = max((state.updated_at for state in states), default=since or lt.EPOCH)
+        return PullResult(tasks=tuple(states), watermark=watermark, deleted_task_ids=deleted)
+
+    def list_tasks(self) -> Sequence[TaskSummary]:
+        """Every task of ours with annotation and skip counts, without data (cheap).
+
+        Raises:
+            ConnectorUnavailable, ConnectorRejected.
+        """
+        project = self._resolved()
+        with translated(self.url, "list_tasks"):
+            return [
+                lt.summary(task)
+                for task in self._iter_tasks(
+                    project, [lt.OURS], fields="task_only", include=lt.SUMMARY_FIELDS
+                )
+            ]
+
+    def count_waiting(self) -> int:
+        """Our tasks with no annotation and no skip (one request, ``page_size=1``).
+
+        Raises:
+            ConnectorUnavailable, ConnectorRejected.
+        """
+        project = self._resolved()
+        query = lt.dm_query([lt.OURS, *_NO_ANNOTATION])
+        with translated(self.url, "count_waiting"):
+            page: Any = self._client.tasks.list(
+                project=project.project_id, query=query, fields="task_only", include="id", page=1, page_size=1
+            )
+            return int(page.response.total)
+
+    def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
+        """Delete the given tasks that nobody annotated, skipped or drafted; return the ids now gone.
+
+        Candidates are checked first, and the delete itself is a Data Manager action that
+        re-applies the same conditions server-side, so a task annotated in between is kept.
+        Task locks (someone has it open) are not visible through the API. Ids that are not
+        (or no longer) in the project are returned as gone.
+
+        Raises:
+            ConnectorUnavailable, ConnectorRejected.
+        """
+        project = self._resolved()
+        numeric = sorted({int(task_id) for task_id in remote_task_ids if task_id.isdigit()})
+        by_id = [lt.dm_filter("id", "in_list", "Number", numeric)]
+        with translated(self.url, "withdraw"):
+            candidates = (
+                [
+                    int(task.id)
+                    for task in self._iter_tasks(
+                        project, [*by_id, *_UNTOUCHED], fields="task_only", include="id"
+                    )
+                ]
+                if numeric
+                else []
+            )
+            if candidates:
+                self._client.actions.create(
+                    id="delete_tasks",
+                    project=project.project_id,
+                    filters=cast(Any, {"conjunction": "and", "items": [*by_id, *_UNTOUCHED]}),
+                    selected_items=cast(Any, {"all": False, "included": candidates}),
+                )
+            remaining = (
+                {str(task.id) for task in self._iter_tasks(project, by_id, fields="task_only", include="id")}
+                if numeric
+                else set()
+            )
+        gone = [task_id for task_id in remote_task_ids if task_id not in remaining]
+        self._known_task_ids.difference_update(gone)
+        log.info(
+            "withdraw: %s of %s tasks gone from project %s",
+            len(gone),
+            len(remote_task_ids),
+            project.project_id,
+        )
+        return gone
+
+    # -- internals -------------------------------------------------------------------
+
+    def _resolved(self) -> _Project:
+        if self._project is None:
+            self.ensure_project(classes=None)
+        if self._project is None:  # pragma: no cover - ensure_project sets it or raises
+            raise ConnectorRejected("no Label Studio project")
+        return self._project
+
+    def _find_or_create(self, classes: Sequence[str] | None) -> tuple[int, str | None, str | None]:
+        pager: Any = self._client.projects.list(
+            title=self.project_title, include="id,title,label_config", page_size=100
+        )
+        matches = sorted((int(p.id), p) for p in pager if p.title == self.project_title and p.id is not None)
+        if len(matches) > 1:
+            log.warning(
+                "%s projects are titled %r; using the oldest, %s",
+                len(matches),
+                self.project_title,
+                matches[0][0],
+            )
+        if matches:
+            found = matches[0][1]
+            return matches[0][0], found.title, found.label_config
+        if not classes:
+            raise ConnectorRejected(
+                f"Label Studio at {self.url} has no project titled {self.project_title!r} "
+                "and no classes were given to create one"
+            )
+        config = choices_config(classes, text_key=self.text_key)
+        created = self._client.projects.create(
+            title=self.project_title,
+            label_config=config,
+            description="Active-learning batches pushed by labelloop.",
+        )
+        log.info("created Label Studio project %s (%s classes)", created.id, len(classes))
+        return int(created.id or 0), self.project_title, created.label_config or config
+
+    def _iter_tasks(
+        self, project: _Project, filters: Sequence[Mapping[str, Any]], *, fields: str, include: str
+    ) -> Iterator[Any]:
+        """Yield matching tasks by ascending id, paging on ``id >`` (stable under inserts/deletes)."""
+        after = 0
+        while True:
+            query = lt.dm_query(
+                [*filters, lt.dm_filter("id", "greater", "Number", after)], ordering="tasks:id"
+            )
+            page: Any = self._client.tasks.list(
+                project=project.project_id,
+                query=query,
+                fields=fields,
+                include=include,
+                page=1,
+                page_size=self.page_size,
+            )
+            items = list(page.items or [])
+            yield from items
+            if len(items) < self.page_size:
+                return
+            after = max(int(task.id) for task in items)
+
+    def _find_by_item_ids(self, item_ids: Sequence[str]) -> dict[str, str]:
+        """Existing tasks for these items; the oldest wins if an item has several."""
+        project = self._resolved()
+        found: dict[str, str] = {}
+        duplicates = 0
+        for chunk in lt.id_chunks(item_ids, max_items=self.lookup_chunk_size):
+            by_item = lt.dm_filter(f"data.{lt.DATA_ITEM_ID}", "in_list", "String", chunk)
+            for task in self._iter_tasks(project, [by_item], fields="task_only", include="id,data"):
+                item_id = str(task.data.get(lt.DATA_ITEM_ID))
+                if item_id in found:
+                    duplicates += 1
+                else:
+                    found[item_id] = str(task.id)
+        if duplicates:
+            log.warning(
+                "project %s holds %s duplicate tasks for the same items; using the oldest of each",
+                project.project_id,
+                duplicates,
+            )
+        return found
+
+    def _import(self, project: _Project, chunk: Sequence[OutgoingTask]) -> dict[str, str]:
+        payload = [lt.task_payload(task, control=project.control, text_key=self.text_key) for task in chunk]
+        dropped = sum(
+            1
+            for task, body in zip(chunk, payload, strict=True)
+            if task.predicted_label is not None and "predictions" not in body
+        )
+        if dropped:
+            log.warning(
+                "push: %s predictions left out: their label is not a class of project %s",
+                dropped,
+                project.project_id,
+            )
+        response = self._client.projects.import_tasks(
+            id=project.project_id, request=cast(Any, payload), return_task_ids=True
+        )
+        task_ids = list(getattr(response, "task_ids", None) or [])
+        if len(task_ids) == len(chunk):  # verified: ids come back in payload order
+            return {task.item_id: str(task_id) for task, task_id in zip(chunk, task_ids, strict=True)}
+        return self._find_by_item_ids([task.item_id for task in chunk])
+
+    def _learn_annotators(self, listed: Sequence[Any]) -> None:
+        wanted = {
+            who
+            for task in listed
+            for raw in (task.annotations or ())
+            if (who := lt.annotator_id(raw)) is not None
+        }
+        if wanted <= self._annotators.keys():
+            return
+        try:
+            users = self._client.users.list()
+        except ApiError as e:
+            if e.status_code != 403:
+                raise
+            return  # a token without user listing rights: annotators stay user ids
+        self._annotators.update({int(user.id): str(user.email or user.username or user.id) for user in users})
+
+
+_NO_ANNOTATION = (
+    lt.dm_filter("total_annotations", "equal", "Number", 0),
+    lt.dm_filter("cancelled_annotations", "equal", "Number", 0),
+)
+_UNTOUCHED = (*_NO_ANNOTATION, lt.dm_filter("draft_exists", "equal", "Boolean", False))
+
+
+def _numeric(task_id: str) -> tuple[int, str]:
+    return (int(task_id), "") if task_id.isdigit() else (0, task_id)
