@@ -149,13 +149,7 @@ def test_k_center_greedy_returns_k_distinct_positions_reproducibly(
     assert got.tolist() == k_center_greedy(points, k, rng=np.random.default_rng(seed)).tolist()
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
-@SLOW
-@given(case=views(), seed=st.integers(0, 2**32 - 1))
-def test_every_strategy_returns_k_distinct_positions_reproducibly(
-    name: str, case: tuple[PoolView, int], seed: int
-) -> None:
-    view, k = case
+def check_strategy(name: str, view: PoolView, k: int, seed: int) -> None:
     n = view.embeddings.shape[0]
     got = select_batch(name, view, k, rng=np.random.default_rng(seed))
     assert got.positions.shape == (k,) and got.positions.dtype == np.intp
@@ -166,3 +160,20 @@ def test_every_strategy_returns_k_distinct_positions_reproducibly(
     assert again.positions.tolist() == got.positions.tolist() and again.strategy == got.strategy
     with pytest.raises(ValueError):
         select_batch(name, view, n + 1, rng=np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("name", sorted(set(REGISTRY) - {"modal_ranked_batch"}))
+@SLOW
+@given(case=views(), seed=st.integers(0, 2**32 - 1))
+def test_every_strategy_returns_k_distinct_positions_reproducibly(
+    name: str, case: tuple[PoolView, int], seed: int
+) -> None:
+    check_strategy(name, *case, seed)
+
+
+@settings(max_examples=8, deadline=None)  # each pick runs sklearn's threaded distance kernel
+@given(case=views(), seed=st.integers(0, 2**32 - 1))
+def test_modal_ranked_batch_returns_k_distinct_positions_reproducibly(
+    case: tuple[PoolView, int], seed: int
+) -> None:
+    check_strategy("modal_ranked_batch", *case, seed)
