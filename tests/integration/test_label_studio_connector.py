@@ -1,0 +1,215 @@
+"""LabelStudioConnector against a real Label Studio: what the contract suite cannot say.
+
+Also the record of what we rely on in Label Studio 1.23's behaviour (updated_at bumps,
+import id order), so an upgrade that changes it fails here first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+from label_studio_sdk import LabelStudio
+
+from connectors.base import OutgoingTask
+from connectors.errors import ConnectorAuthError, ConnectorRejected
+from connectors.label_studio import LabelStudioConnector
+from tests.integration import ls_helpers
+
+ProjectFactory = Callable[..., int]
+ConnectorFactory = Callable[..., LabelStudioConnector]
+_emails = itertools.count(1)
+
+
+def _tasks(count: int, *, prefix: str = "item", predicted: str | None = "pos") -> list[OutgoingTask]:
+    return [
+        OutgoingTask(
+            item_id=f"{prefix}-{n}",
+            batch_id="batch-7",
+            text=f"text {n}",
+            score=round(1 - n / 1000, 3),
+            model_version="mv-1",
+            predicted_label=predicted,
+            predicted_score=0.61,
+            is_control=n % 2 == 0,
+            meta={"channel": "chat", "al_item_id": "must-not-win", "text": "must-not-win"},
+        )
+        for n in range(count)
+    ]
+
+
+def test_pushed_task_carries_our_keys_meta_and_a_pre_annotation(
+    ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory
+) -> None:
+    project_id = ls_project(("pos", "neg"))
+    connector = ls_connector(project_id)
+    mapping = connector.push(_tasks(1) + _tasks(1, prefix="unknown-label", predicted="not-a-class"))
+    task = ls_client.tasks.get(id=mapping["item-0"])
+    assert task.data == {
+        "text": "text 0",
+        "channel": "chat",
+        "al_item_id": "item-0",
+        "al_batch_id": "batch-7",
+        "al_score": 1.0,
+        "al_is_control": True,
+        "al_model_version": "mv-1",
+    }
+    (prediction,) = task.predictions or []
+    assert prediction.model_version == "mv-1"
+    assert prediction.score == pytest.approx(0.61)
+    assert prediction.result == ls_helpers.choices_result("pos")
+    assert not ls_client.tasks.get(id=mapping["unknown-label-0"]).predictions  # left out, not rejected
+
+
+def test_import_ids_come_back_in_payload_order_across_chunks_and_pages(
+    ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory
+) -> None:
+    project_id = ls_project()
+    connector = ls_connector(project_id)
+    connector.import_chunk_size, connector.page_size, connector.lookup_chunk_size = 5, 3, 4
+    tasks = _tasks(23)
+    mapping = connector.push(tasks)
+    for item_id, task_id in mapping.items():
+        assert ls_client.tasks.get(id=task_id).data["al_item_id"] == item_id
+    assert connector.push(tasks) == mapping
+    assert len(connector.pull(since=None).tasks) == 23
+    assert len(connector.list_tasks()) == 23
+    assert ls_helpers.task_count(ls_client, project_id) == 23
+
+
+def test_every_annotation_change_bumps_the_task_but_a_draft_does_not(
+    label_studio: Any, ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory
+) -> None:
+    """What pull's watermark relies on, checked on the server itself."""
+    connector = ls_connector(ls_project())
+    task_id = int(connector.push(_tasks(1))["item-0"])
+
+    def stamp() -> datetime:
+        (summary,) = connector.list_tasks()
+        return summary.updated_at
+
+    seen = [stamp()]
+
+    def bumped() -> bool:
+        seen.append(stamp())
+        return seen[-1] > seen[-2]
+
+    annotation_id = ls_helpers.annotate(ls_client, task_id, "pos")
+    assert bumped(), "creating an annotation"
+    ls_helpers.update_annotation(ls_client, annotation_id, "neg")
+    assert bumped(), "editing an annotation"
+    ls_helpers.delete_annotation(ls_client, annotation_id)
+    assert bumped(), "deleting an annotation"
+    skip_id = ls_helpers.skip(ls_client, task_id)
+    assert bumped(), "skipping"
+    ls_helpers.delete_annotation(ls_client, skip_id)
+    assert bumped(), "deleting a skip"
+    ls_helpers.add_draft(label_studio, task_id, "pos")
+    assert not bumped(), "a draft does not touch updated_at (and is not a label)"
+    ls_helpers.annotate(ls_client, task_id, "pos")
+    assert bumped()
+    ls_client.actions.create(
+        id="delete_tasks_annotations",
+        project=connector._resolved().project_id,
+        selected_items={"all": False, "included": [task_id]},
+    )
+    assert bumped(), "the Data Manager's bulk 'Delete annotations'"
+
+
+def test_tasks_labelloop_did_not_create_are_ignored(
+    ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory
+) -> None:
+    project_id = ls_project()
+    foreign = ls_helpers.import_foreign_task(ls_client, project_id, "someone else's task")
+    connector = ls_connector(project_id)
+    connector.push(_tasks(2))
+    assert {task.item_id for task in connector.pull(since=None).tasks} == {"item-0", "item-1"}
+    assert connector.count_waiting() == 2
+    assert str(foreign) not in {summary.remote_task_id for summary in connector.list_tasks()}
+
+
+def test_the_annotator_is_the_users_email(
+    ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory
+) -> None:
+    email = f"annotator{next(_emails)}-{int(time.time())}@example.com"
+    user = ls_client.users.create(email=email, username=email.split("@")[0], first_name="Ann")
+    connector = ls_connector(ls_project())
+    task_id = int(connector.push(_tasks(1))["item-0"])
+    ls_helpers.annotate(ls_client, task_id, "neg", completed_by=int(user.id or 0))
+    (annotation,) = connector.pull(since=None).tasks[0].annotations
+    assert annotation.annotator == email
+
+
+def test_push_and_pull_of_100_tasks_stay_quick(
+    ls_project: ProjectFactory, ls_connector: ConnectorFactory
+) -> None:
+    connector = ls_connector(ls_project())
+    started = time.monotonic()
+    connector.push(_tasks(100))
+    pushed_s = time.monotonic() - started
+    started = time.monotonic()
+    assert len(connector.pull(since=None).tasks) == 100
+    pulled_s = time.monotonic() - started
+    assert pushed_s < 15 and pulled_s < 15, (pushed_s, pulled_s)  # ~0.3 s and ~0.15 s here
+
+
+def test_ensure_project_by_title_creates_once_then_finds_it(
+    ls_client: LabelStudio, ls_connector: ConnectorFactory
+) -> None:
+    title = f"by title {int(time.time() * 1000) % 10**9}"
+    classes = ["spam", 'say "hi" & <bye>', "ham"]
+    first = ls_connector(None, project_title=title).ensure_project(classes=classes)
+    try:
+        again = ls_connector(None, project_title=title).ensure_project(classes=["other"])
+        assert again == first
+        assert first.classes == tuple(classes)
+    finally:
+        ls_client.projects.delete(id=int(first.project_id))
+
+
+def test_ensure_project_without_a_title_match_or_classes_is_rejected(ls_connector: ConnectorFactory) -> None:
+    with pytest.raises(ConnectorRejected, match="no project titled"):
+        ls_connector(None, project_title=f"absent {time.time()}").ensure_project(classes=None)
+
+
+def test_a_project_without_choices_is_rejected(
+    ls_project: ProjectFactory, ls_connector: ConnectorFactory
+) -> None:
+    config = '<View><Text name="text" value="$text"/><TextArea name="note" toName="text"/></View>'
+    connector = ls_connector(ls_project(label_config=config))
+    with pytest.raises(ConnectorRejected, match="no <Choices>"):
+        connector.ensure_project(classes=["a"])
+
+
+def test_a_project_reading_another_text_field_is_rejected_with_the_fix(
+    ls_project: ProjectFactory, ls_connector: ConnectorFactory
+) -> None:
+    config = (
+        '<View><Text name="t" value="$body"/>'
+        '<Choices name="c" toName="t"><Choice value="a"/></Choices></View>'
+    )
+    connector = ls_connector(ls_project(label_config=config))
+    with pytest.raises(ConnectorRejected, match="TEXT_KEY=body"):
+        connector.ensure_project(classes=None)
+    assert ls_connector(ls_project(label_config=config), text_key="body").ensure_project(
+        classes=None
+    ).classes == ("a",)
+
+
+def test_an_unknown_project_id_is_rejected(ls_connector: ConnectorFactory) -> None:
+    with pytest.raises(ConnectorRejected, match="404"):
+        ls_connector(987654).ensure_project(classes=None)
+
+
+@pytest.mark.parametrize(
+    "token", ["0" * 40, "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCIsImV4cCI6OTk5OTk5OTk5OX0.bad"]
+)
+def test_wrong_tokens_of_both_shapes_are_auth_errors(ls_connector: ConnectorFactory, token: str) -> None:
+    connector = ls_connector(None, token=token)
+    with pytest.raises(ConnectorAuthError, match="Personal Access Token") as caught:
+        connector.check()
+    assert token not in str(caught.value)

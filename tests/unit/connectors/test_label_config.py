@@ -1,0 +1,54 @@
+"""Label configs: the one labelloop creates, and reading classes from any project's config."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors._label_config import choices_config, read_choices
+from connectors.errors import ConnectorRejected
+
+
+def test_a_created_config_reads_back_the_same_classes_even_with_xml_characters() -> None:
+    classes = ["pos", 'say "hi"', "a & b", "<tag>", "it's"]
+    control = read_choices(choices_config(classes), project_id="1")
+    assert control.classes == tuple(classes)
+    assert (control.from_name, control.to_name, control.data_key) == ("label", "text", "text")
+    assert 'choice="single-radio"' in choices_config(classes)
+
+
+def test_the_text_key_becomes_the_variable() -> None:
+    assert read_choices(choices_config(["a"], text_key="body"), project_id="1").data_key == "body"
+
+
+@pytest.mark.parametrize("classes", [[], ["a", "a"], ["a", ""]])
+def test_bad_class_lists_are_refused(classes: list[str]) -> None:
+    with pytest.raises(ValueError, match="distinct"):
+        choices_config(classes)
+
+
+def test_custom_names_order_and_aliases_are_respected() -> None:
+    config = (
+        '<View><Header value="Pick"/><HyperText name="doc" value="$html"/>'
+        '<Choices name="topic" toName="doc"><Choice value="Zeta" alias="z"/><Choice value="Alpha"/></Choices>'
+        '<Choices name="second" toName="doc"><Choice value="ignored"/></Choices></View>'
+    )
+    control = read_choices(config, project_id="7")
+    assert (control.from_name, control.to_name, control.classes, control.data_key) == (
+        "topic",
+        "doc",
+        ("z", "Alpha"),
+        "html",
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ('<View><Text name="t" value="$text"/></View>', "no <Choices>"),
+        ('<View><Choices name="c" toName="t"></Choices></View>', "no usable"),
+        ("<View><Choices", "not valid XML"),
+    ],
+)
+def test_configs_labelloop_cannot_use_are_rejected(config: str, words: str) -> None:
+    with pytest.raises(ConnectorRejected, match=words):
+        read_choices(config, project_id="3")
