@@ -26,7 +26,12 @@ from models.errors import ModelError
 
 __all__ = ["app"]
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Active-learning labeling loop for Label Studio.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold the token
+    help="Active-learning labeling loop for Label Studio.",
+)
 pool_app = typer.Typer(no_args_is_help=True, help="Manage the unlabeled pool.")
 batches_app = typer.Typer(help="Inspect queued batches (without a subcommand: list them).")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective configuration.")
@@ -45,7 +50,9 @@ class _State:
 
 @app.callback()
 def _root(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help=f"Config file (default ./{DEFAULT_CONFIG_FILE}).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help=f"Config file (default ./{DEFAULT_CONFIG_FILE}).")
+    ] = None,
 ) -> None:
     _State.config = config
 

@@ -20,8 +20,8 @@ from sqlmodel import Session, col, select
 from connectors.base import OutgoingTask
 from connectors.errors import ConnectorError, ConnectorRejected
 from daemon.context import LoopContext
-from daemon.selection import select as select_batch_stage
-from daemon.selection import waiting_count
+from daemon.selection import select_next_batch, waiting_count
+from daemon.settings import LoopSettings
 from daemon.store import (
     Batch,
     BatchItem,
@@ -37,7 +37,7 @@ from daemon.store import (
 from daemon.sync import sync
 from daemon.training import embed_pool, retrain
 
-__all__ = ["CycleReport", "cycle_due", "push_pending", "run_cycle"]
+__all__ = ["CycleReport", "cycle_due", "push_pending", "queue_is_low", "run_cycle"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,12 +64,17 @@ def cycle_due(ctx: LoopContext) -> str:
         waiting = waiting_count(session)
         latest = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
         labeled = len(session.exec(select(LabelRecord.item_id).where(LabelRecord.status == LabelStatus.LABELED)).all())
-    if waiting < loop.low_water_fraction * loop.batch_size:
+    if queue_is_low(loop, waiting):
         return f"queue low ({waiting} waiting)"
     trained_on = latest.n_labels if latest is not None else 0
     if labeled - trained_on >= loop.min_new_labels:
         return f"{labeled - trained_on} new labels"
     return ""
+
+
+def queue_is_low(loop: LoopSettings, waiting: int) -> bool:
+    """True when at most ``low_water_fraction × batch_size`` items wait for annotators."""
+    return waiting <= int(loop.low_water_fraction * loop.batch_size)
 
 
 def run_cycle(ctx: LoopContext, *, reason: str = "manual") -> CycleReport:
@@ -117,7 +122,12 @@ def _stages(ctx: LoopContext, report: CycleReport) -> None:
     if ctx.stop.is_set():
         report.status = "stopped"
         return
-    batch = timed("select", lambda: select_batch_stage(ctx, model, cycle_id=report.cycle_id))
+    with Session(ctx.engine) as session:
+        waiting = waiting_count(session)
+    if not queue_is_low(ctx.settings.loop, waiting):
+        report.reason = f"retrained; {waiting} items still waiting, no new batch"
+        return
+    batch = timed("select", lambda: select_next_batch(ctx, model, cycle_id=report.cycle_id))
     if batch is None:
         report.status, report.reason = "skipped", "queue full or pool exhausted"
         return

@@ -150,7 +150,7 @@ def _insert_seed_labels(session: Session, rows: Sequence[PoolRow]) -> int:
     labeled = [row for row in rows if row.label is not None]
     if not labeled:
         return 0
-    have = set()
+    have: set[str] = set()
     ids = [row.item_id for row in labeled]
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
@@ -16,7 +17,7 @@ from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus, LabelRec
 from daemon.training import labeled_set, vectors_for
 from strategies import DEFAULT_STRATEGY, PoolView, select_batch
 
-__all__ = ["Candidates", "candidates", "select", "strategy_name", "waiting_count"]
+__all__ = ["Candidates", "candidates", "select_next_batch", "strategy_name", "waiting_count"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def candidates(session: Session) -> Candidates:
     return Candidates(ids, hashes)
 
 
-def select(ctx: LoopContext, model: TrainedModel | None, *, cycle_id: int | None = None) -> Batch | None:
+def select_next_batch(ctx: LoopContext, model: TrainedModel | None, *, cycle_id: int | None = None) -> Batch | None:
     """Choose the next batch and store it as ``SELECTED``; ``None`` when there is no room or no item.
 
     The batch fills the queue up to ``max_waiting_tasks``; a ``control_fraction`` share of it is
@@ -79,7 +80,7 @@ def select(ctx: LoopContext, model: TrainedModel | None, *, cycle_id: int | None
     if k <= 0:
         return None
     rng = np.random.default_rng([loop.seed, n_batches])
-    n_control = min(int(round(k * loop.control_fraction)), k - 1)
+    n_control = min(round(k * loop.control_fraction), k - 1)
     positions = np.arange(len(pool.item_ids))
     control = rng.choice(positions, size=n_control, replace=False) if n_control > 0 else positions[:0]
     rest = np.setdiff1d(positions, control, assume_unique=True)
@@ -112,10 +113,10 @@ class _Pick:
     position: int  # into Candidates
     score: float
     is_control: bool
-    proba: np.ndarray | None  # (C,) the model's probabilities for this item
+    proba: npt.NDArray[np.float64] | None  # (C,) the model's probabilities for this item
 
 
-def _label_counts(model: TrainedModel | None, labels: Sequence[str]) -> np.ndarray:
+def _label_counts(model: TrainedModel | None, labels: Sequence[str]) -> npt.NDArray[np.intp]:
     if model is None:
         return np.zeros(0, dtype=np.intp)
     return np.asarray([labels.count(c) for c in model.classes], dtype=np.intp)

@@ -165,7 +165,11 @@ class Service:
 
     def trigger_now(self) -> None:
         """Run a sync and, when due, a cycle as soon as possible (e.g. from a webhook)."""
-        threading.Thread(target=lambda: (self.sync_job(), self.cycle_job()), daemon=True).start()
+        def both() -> None:
+            self.sync_job()
+            self.cycle_job()
+
+        threading.Thread(target=both, daemon=True).start()
 
     def heartbeat(self, state: str = "running") -> None:
         beat = {"pid": os.getpid(), "state": state, "started_at": self.started_at.isoformat(),
@@ -204,8 +208,9 @@ class Service:
     def _on_event(self, event: JobExecutionEvent) -> None:
         kind = {EVENT_JOB_ERROR: "job_error", EVENT_JOB_MISSED: "job_missed",
                 EVENT_JOB_MAX_INSTANCES: "job_max_instances"}.get(event.code, "job_event")
-        detail = f"{event.job_id}: {type(event.exception).__name__}" if event.exception else event.job_id
-        log.error("scheduler: %s %s", kind, detail)
+        exception = getattr(event, "exception", None)
+        detail = f"{event.job_id}: {type(exception).__name__}" if exception else event.job_id
+        log.log(logging.ERROR if exception else logging.INFO, "scheduler: %s %s", kind, detail)
         self._health(kind, detail)
 
     def _health(self, kind: str, message: str) -> None:

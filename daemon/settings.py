@@ -55,7 +55,7 @@ class LoopSettings(_Section):
     control_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)  # random control slice per batch
     classes: list[str] = Field(default_factory=list)  # used when creating a project
     min_new_labels: int = Field(default=10, ge=1)  # retrain after this many new labels
-    low_water_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # cycle when queue < this × batch
+    low_water_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # new batch when queue ≤ this × batch
     sync_interval_s: float = Field(default=10.0, gt=0)
     cycle_interval_s: float = Field(default=30.0, gt=0)
     pull_overlap_s: float = Field(default=120.0, ge=0)  # re-read this much before the watermark

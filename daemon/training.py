@@ -16,7 +16,8 @@ from daemon.context import LoopContext, TrainedModel
 from daemon.pool import known_classes
 from daemon.store import LabelRecord, LabelStatus, ModelRun, PoolItem, get_value
 from models.cache import EmbeddingCache, embed_missing, model_key
-from models.classifier import ProxyClassifier, estimate_quality
+from models.classifier import ProxyClassifier
+from models.quality import estimate_quality
 
 __all__ = ["embed_pool", "labeled_set", "retrain", "vectors_for"]
 

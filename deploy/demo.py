@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -53,7 +52,7 @@ def main() -> int:
         print(f"daemon started (pid {daemon.pid}, log {workdir / 'daemon.log'})", flush=True)
         if args.live:
             return _live(server, daemon)
-        return _simulate(server, workdir, held_out, args)
+        return _simulate(server, workdir, held_out, args, daemon)
     finally:
         if daemon is not None and daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
@@ -130,6 +129,7 @@ def _write_config(workdir: Path, args: argparse.Namespace) -> None:
         f"sync_interval_s = {1.0 if fast else 5.0}\n"
         f"cycle_interval_s = {1.0 if fast else 10.0}\n"
         "min_new_labels = 5\n"
+        f"low_water_fraction = {0.0 if fast else 0.5}\n"
         f"seed = {args.seed}\n"
         "[store]\n"
         'url = "sqlite:///state/labelloop.db"\n'
@@ -138,7 +138,7 @@ def _write_config(workdir: Path, args: argparse.Namespace) -> None:
 
 
 def _live(server: ls_local.LocalLabelStudio, daemon: subprocess.Popen[bytes]) -> int:
-    secrets = server.data_dir / "credentials.txt"
+    secrets = server.credentials_path
     print(f"\nLabel Studio is at {server.url} — log in as {server.username}; the password is in {secrets}.")
     print("Open the project 'labelloop demo' and label; the daemon queues new batches as you go.")
     print("In another terminal: `labelloop -c .labelloop/live/labelloop.toml status` (run from the repo).")
@@ -152,7 +152,7 @@ def _live(server: ls_local.LocalLabelStudio, daemon: subprocess.Popen[bytes]) ->
 
 
 def _simulate(server: ls_local.LocalLabelStudio, workdir: Path, held_out: dict[str, tuple[str, str]],
-              args: argparse.Namespace) -> int:
+              args: argparse.Namespace, daemon: subprocess.Popen[bytes]) -> int:
     from demo_eval import HeldOut, render_rounds
 
     gold = json.loads((workdir / "gold.json").read_text())
@@ -160,12 +160,15 @@ def _simulate(server: ls_local.LocalLabelStudio, workdir: Path, held_out: dict[s
     annotator = Annotator(server.url, server.legacy_token, gold)
     state_db = workdir / "state" / "labelloop.db"
     rounds = []
+    total = 0
     for number in range(1, args.rounds + 1):
-        project_id = _wait_for_project(state_db)
+        project_id = _wait_for_project(state_db, daemon)
         answered = annotator.label_queue(project_id, timeout_s=180)
         if not answered:
             print("no tasks arrived in time; see daemon.log", flush=True)
             return 1
+        total += len(answered)
+        _wait_for_labels(state_db, total)
         row = evaluator.round_row(number, state_db, answered)
         rounds.append(row)
         print(f"round {number}: {row['labels']} labels, held-out macro-F1 {row['macro_f1']:.3f}, "
@@ -175,11 +178,13 @@ def _simulate(server: ls_local.LocalLabelStudio, workdir: Path, held_out: dict[s
     return 0
 
 
-def _wait_for_project(state_db: Path, timeout_s: float = 120) -> str:
+def _wait_for_project(state_db: Path, daemon: subprocess.Popen[bytes], timeout_s: float = 120) -> str:
     import sqlite3
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"the daemon exited with code {daemon.returncode}; see daemon.log")
         if state_db.exists():
             with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True) as db:
                 try:
@@ -190,6 +195,19 @@ def _wait_for_project(state_db: Path, timeout_s: float = 120) -> str:
                 return str(row[0])
         time.sleep(0.5)
     raise TimeoutError("the daemon did not bind a Label Studio project; see daemon.log")
+
+
+def _wait_for_labels(state_db: Path, expected: int, timeout_s: float = 60) -> None:
+    """Let the daemon's next sync bring every submitted answer into the store."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True) as db:
+            (have,) = db.execute("select count(*) from labelrecord").fetchone()
+        if have >= expected:
+            return
+        time.sleep(0.5)
 
 
 class Annotator:

@@ -1,0 +1,196 @@
+"""The loop's stages end to end on a FakeConnector, a HashingEmbedder and a real SQLite file."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from connectors.errors import ConnectorRejected, ConnectorUnavailable
+from connectors.fake import FakeConnector
+from daemon.context import LoopContext
+from daemon.cycle import cycle_due, run_cycle
+from daemon.pool import add_pool_file
+from daemon.project import ensure_project
+from daemon.queries import batch_detail, list_batches, status_report
+from daemon.settings import Settings, load_settings
+from daemon.store import Batch, BatchItem, BatchStatus, CycleRun, LabelRecord, LabelStatus, make_engine
+from models.hashing import HashingEmbedder
+
+CLASSES = ["billing", "delivery", "fraud"]
+WORDS = {
+    "billing": ["invoice", "charged", "refund", "payment", "bill", "price"],
+    "delivery": ["parcel", "courier", "shipping", "arrived", "tracking", "late"],
+    "fraud": ["stolen", "scam", "unauthorised", "hacked"],
+}
+
+
+def make_pool(path: Path, n: int = 90, seed: int = 0) -> dict[str, str]:
+    rng = random.Random(seed)
+    gold = {}
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text", "channel"])
+        for i in range(n):
+            label = "fraud" if i % 15 == 0 else ("billing" if i % 2 else "delivery")
+            words = [*rng.sample(WORDS[label], 3), rng.choice(["please", "help", "today", "again"])]
+            item_id = f"it-{i:03d}"
+            writer.writerow([item_id, " ".join(words) + f" {i}", rng.choice(["email", "chat"])])
+            gold[item_id] = label
+    return gold
+
+
+def make_settings(tmp_path: Path, **loop: object) -> Settings:
+    loop_settings = {"batch_size": 10, "classes": CLASSES, "control_fraction": 0.0, "min_new_labels": 1, **loop}
+    return load_settings(
+        None,
+        store={"url": f"sqlite:///{tmp_path}/state/db.sqlite", "data_dir": str(tmp_path / "state")},
+        label_studio={"max_waiting_tasks": 20},
+        loop=loop_settings,
+        model={"epochs": 60, "cv_folds": 3},
+    )
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[LoopContext, FakeConnector, dict[str, str]]:
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(tmp_path)
+    gold = make_pool(tmp_path / "pool.csv")
+    fake = FakeConnector()
+    ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=fake,
+                      embedder_factory=lambda: HashingEmbedder(dim=64))
+    add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
+    ensure_project(ctx)
+    return ctx, fake, gold
+
+
+def batch_items(ctx: LoopContext, batch_id: str) -> list[BatchItem]:
+    with Session(ctx.engine) as session:
+        return list(session.exec(select(BatchItem).where(BatchItem.batch_id == batch_id)))
+
+
+def annotate_batch(ctx: LoopContext, fake: FakeConnector, gold: dict[str, str], batch_id: str) -> None:
+    for item in batch_items(ctx, batch_id):
+        fake.annotate(item.item_id, gold[item.item_id])
+
+
+def test_full_round_cold_start_then_model(world: tuple[LoopContext, FakeConnector, dict[str, str]]) -> None:
+    ctx, fake, gold = world
+    first = run_cycle(ctx)
+    assert first.batch_id is not None and first.pushed == 10
+    assert first.model_version is None  # cold start: no labels yet
+    with Session(ctx.engine) as session:
+        assert session.get(Batch, first.batch_id).strategy == "cold_start"  # type: ignore[union-attr]
+    annotate_batch(ctx, fake, gold, first.batch_id)
+    second = run_cycle(ctx)
+    assert second.model_version is not None
+    first_ids = {i.item_id for i in batch_items(ctx, first.batch_id)}
+    second_items = batch_items(ctx, second.batch_id or "")
+    assert first_ids.isdisjoint({i.item_id for i in second_items})
+    assert all(i.predicted_label in CLASSES for i in second_items)  # pre-annotations carry the model
+    with Session(ctx.engine) as session:
+        assert session.get(Batch, first.batch_id).status is BatchStatus.CLOSED  # type: ignore[union-attr]
+        report = status_report(session)
+        detail = batch_detail(session, second.batch_id or "")
+    assert sum(report.per_class.values()) == 10
+    assert report.model is not None and report.model["n_labels"] == 10
+    assert detail is not None and detail.items[0].text
+    assert set(second.stage_seconds) >= {"sync", "embed", "train", "select", "push"}
+
+
+def test_push_interrupted_midway_is_finished_without_duplicates(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]],
+) -> None:
+    ctx, fake, _ = world
+    fake.crash_push_after(4)
+    with pytest.raises(ConnectorUnavailable):
+        run_cycle(ctx)
+    with Session(ctx.engine) as session:
+        batch = session.exec(select(Batch)).one()
+        assert batch.status is BatchStatus.SELECTED
+        failed = session.exec(select(CycleRun)).one()
+        assert failed.status == "failed"
+    assert cycle_due(ctx) == "a selected batch is waiting to be pushed"
+    report = run_cycle(ctx)  # a restart: the leftover batch is pushed first
+    assert report.batch_id is None or report.batch_id != batch.id
+    assert len(fake.list_tasks()) == 10
+    remote_ids = [i.remote_task_id for i in batch_items(ctx, batch.id)]
+    assert len(set(remote_ids)) == 10 and None not in remote_ids
+
+
+def test_queue_cap_stops_new_batches(world: tuple[LoopContext, FakeConnector, dict[str, str]]) -> None:
+    ctx, _, _ = world
+    run_cycle(ctx)
+    second = run_cycle(ctx)  # 10 waiting > low water (5): no new batch
+    assert second.batch_id is None
+    with Session(ctx.engine) as session:
+        assert len(list_batches(session)) == 1
+
+
+def test_edit_delete_skip_and_unknown_choice_reach_the_store(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]],
+) -> None:
+    ctx, fake, _ = world
+    batch_id = run_cycle(ctx).batch_id or ""
+    a, b, c, d = (i.item_id for i in batch_items(ctx, batch_id)[:4])
+    fake.annotate(a, "billing")
+    fake.annotate(b, "delivery")
+    fake.skip(c)
+    fake.annotate(d, "not-a-class")
+    run_cycle(ctx)
+    fake.update_annotation(a, "fraud")
+    fake.delete_annotation(b)
+    run_cycle(ctx)
+    with Session(ctx.engine) as session:
+        labels = {r.item_id: (r.status, r.label) for r in session.exec(select(LabelRecord))}
+        report = status_report(session)
+    assert labels[a] == (LabelStatus.LABELED, "fraud")
+    assert labels[b] == (LabelStatus.RETRACTED, None)
+    assert labels[c] == (LabelStatus.SKIPPED, None)
+    assert labels[d] == (LabelStatus.UNKNOWN, "not-a-class")
+    assert report.unknown_choices == {"not-a-class": 1}
+
+
+def test_outage_is_recorded_and_nothing_is_lost(world: tuple[LoopContext, FakeConnector, dict[str, str]]) -> None:
+    ctx, fake, gold = world
+    batch_id = run_cycle(ctx).batch_id or ""
+    annotate_batch(ctx, fake, gold, batch_id)
+    fake.is_down = True
+    with pytest.raises(ConnectorUnavailable):
+        run_cycle(ctx)
+    fake.is_down = False
+    run_cycle(ctx)
+    with Session(ctx.engine) as session:
+        assert len(session.exec(select(LabelRecord)).all()) == 10
+
+
+def test_rejected_push_parks_the_batch(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, fake, _ = world
+
+    def refuse(tasks: object) -> None:
+        raise ConnectorRejected("HTTP 400: schema mismatch")
+
+    monkeypatch.setattr(fake, "push", refuse)
+    run_cycle(ctx)
+    with Session(ctx.engine) as session:
+        batch = session.exec(select(Batch)).one()
+    assert batch.status is BatchStatus.PARKED
+    assert "schema mismatch" in batch.note
+
+
+def test_control_slice_is_marked_and_random(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(tmp_path, control_fraction=0.2)
+    make_pool(tmp_path / "pool.csv")
+    ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=FakeConnector(),
+                      embedder_factory=lambda: HashingEmbedder(dim=64))
+    add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
+    ensure_project(ctx)
+    batch_id = run_cycle(ctx).batch_id or ""
+    control = [i for i in batch_items(ctx, batch_id) if i.is_control]
+    assert len(control) == 2
