@@ -48,8 +48,8 @@ def prediction_kappa(previous: npt.ArrayLike, current: npt.ArrayLike) -> float:
     ``kappa = (p_o - p_e) / (1 - p_e)`` where ``p_o`` is the share of items on which
     the two agree and ``p_e`` the agreement expected by chance from each model's
     class frequencies. When ``p_e == 1`` (both predict one and the same class for
-    every item) kappa is undefined; this returns 1.0 if they agree everywhere and
-    0.0 otherwise.
+    every item) kappa is undefined and this returns 0.0: a model that tells no
+    classes apart is no evidence of stability, so it never triggers a stop.
 
     Args:
         previous: (n,) predicted class names (or ids) of the earlier model.
@@ -64,9 +64,7 @@ def prediction_kappa(previous: npt.ArrayLike, current: npt.ArrayLike) -> float:
     before = np.asarray(previous)
     after = np.asarray(current)
     if before.ndim != 1 or after.shape != before.shape:
-        raise ValueError(
-            f"predictions must be two 1-D arrays of one length, got {before.shape}, {after.shape}"
-        )
+        raise ValueError(f"predictions must be two 1-D arrays of one length, got {before.shape}, {after.shape}")
     n = before.shape[0]
     if n == 0:
         raise ValueError("predictions are empty: nothing to compare")
@@ -77,7 +75,7 @@ def prediction_kappa(previous: npt.ArrayLike, current: npt.ArrayLike) -> float:
     share_second = np.bincount(second, minlength=classes.shape[0]) / n
     expected = float(share_first @ share_second)
     if expected >= 1.0:
-        return 1.0 if observed >= 1.0 else 0.0
+        return 0.0
     return (observed - expected) / (1.0 - expected)
 
 
