@@ -1,0 +1,305 @@
+"""Simulated annotation: curve figures, bookkeeping, no label leaks, reproducibility, file input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from daemon.simulate import Oracle, ReplayConfig, RoundRecord, replay, run_simulation
+from daemon.simulate_data import (
+    DataSource,
+    LabeledSplit,
+    SimulationData,
+    load_simulation_data,
+    stratified_test_mask,
+)
+from daemon.simulate_metrics import aulc, first_reaching, macro_f1_and_recall, rare_classes, value_at
+from daemon.simulate_report import summarise, table_rows, write_outputs
+from models.hashing import HashingEmbedder
+
+CLASSES = ("a", "b", "c")
+
+
+class CentroidClassifier:
+    """A tiny deterministic stand-in for ProxyClassifier: softmax over cosine to class means."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def fit(self, X: Any, y: Any) -> CentroidClassifier:
+        labels = np.asarray(y, dtype=object)
+        self.classes_ = np.asarray(sorted(set(labels.tolist())), dtype=object)
+        self._means = np.stack([X[labels == c].mean(axis=0) for c in self.classes_])
+        return self
+
+    def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:
+        logits = 8.0 * (np.asarray(X, dtype=np.float64) @ self._means.T)
+        logits -= logits.max(axis=1, keepdims=True)
+        proba: npt.NDArray[np.float64] = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        return proba
+
+
+def blobs(n: int, seed: int, shares: tuple[float, ...] = (0.5, 0.3, 0.2)) -> LabeledSplit:
+    """Unit vectors around one centre per class, with class shares ``shares``."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(len(shares), 8) * 3.0
+    labels = rng.choice(len(shares), size=n, p=shares)
+    points = centres[labels] + rng.normal(size=(n, 8))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    return LabeledSplit(points.astype(np.float32), np.asarray([CLASSES[i] for i in labels], dtype=object))
+
+
+def synthetic(n_pool: int = 150) -> SimulationData:
+    return SimulationData(
+        name="blobs",
+        pool=blobs(n_pool, 1),
+        test=blobs(90, 2),
+        classes=CLASSES,
+        encoder="synthetic",
+        embed_s=0.0,
+        n_unlabeled_dropped=0,
+    )
+
+
+def run_arm(data: SimulationData, strategy: str, seed: int, **config: Any) -> list[RoundRecord]:
+    return replay(
+        data.pool.embeddings,
+        Oracle(data.pool.labels),
+        data.test,
+        n_classes=len(data.classes),
+        strategy=strategy,
+        seed=seed,
+        config=ReplayConfig(**({"batch_size": 10, "budget": 60} | config)),
+        make_classifier=CentroidClassifier,
+    )
+
+
+# --- curve figures ------------------------------------------------------------------------------
+
+
+def test_labels_to_target_is_the_first_point_at_or_above_it() -> None:
+    labels, f1 = [50, 100, 150, 200, 250], [0.40, 0.70, 0.90, 0.85, 0.95]
+    assert first_reaching(labels, f1, 0.90) == 150
+    assert first_reaching(labels, f1, 0.91) == 250
+    assert first_reaching(labels, f1, 0.30) == 50
+    assert first_reaching(labels, f1, 0.96) is None
+
+
+def test_aulc_is_the_trapezoid_mean_over_the_label_range() -> None:
+    assert aulc([0, 100, 200], [0.0, 1.0, 1.0]) == pytest.approx(0.75)
+    assert aulc([50, 60, 150], [0.4, 0.4, 0.4]) == pytest.approx(0.4)
+    assert aulc([10, 30], [0.2, 0.6]) == pytest.approx(0.4)
+    assert aulc([100], [0.7]) == pytest.approx(0.7)
+
+
+def test_curves_must_be_aligned_and_increasing() -> None:
+    with pytest.raises(ValueError, match="increasing"):
+        aulc([100, 50], [0.1, 0.2])
+    with pytest.raises(ValueError, match="one length"):
+        first_reaching([1, 2], [0.5], 0.1)
+
+
+def test_value_at_takes_the_last_point_within_budget() -> None:
+    assert value_at([50, 100, 150], [0.1, 0.2, 0.3], 120) == pytest.approx(0.2)
+    assert value_at([50, 100, 150], [0.1, 0.2, 0.3], 10) is None
+
+
+def test_rare_classes_use_the_quartile_with_many_classes_and_the_share_with_few() -> None:
+    many = {f"c{i}": 100 - i for i in range(12)}
+    assert rare_classes(many) == ("c10", "c11", "c9")
+    assert rare_classes({"ham": 980, "spam": 20}) == ("spam",)
+    assert rare_classes({"w": 25, "x": 25, "y": 25, "z": 25}) == ()
+
+
+def test_macro_f1_counts_never_predicted_classes_as_zero() -> None:
+    truth = np.asarray(["a", "a", "b", "c"], dtype=object)
+    predicted = np.asarray(["a", "a", "b", "b"], dtype=object)
+    accuracy, macro_f1, recall = macro_f1_and_recall(truth, predicted, ["a", "b", "c"])
+    assert accuracy == pytest.approx(0.75)
+    assert macro_f1 == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
+    assert recall.tolist() == [1.0, 1.0, 0.0]
+
+
+# --- the replay loop ----------------------------------------------------------------------------
+
+
+def test_the_model_is_never_fit_on_an_item_before_it_was_annotated() -> None:
+    data = synthetic()
+    oracle = Oracle(data.pool.labels)
+    row_of = {data.pool.embeddings[p].tobytes(): p for p in range(data.pool.embeddings.shape[0])}
+    fitted_sizes: list[int] = []
+
+    class Spy(CentroidClassifier):
+        def fit(self, X: Any, y: Any) -> CentroidClassifier:
+            positions = np.asarray([row_of[np.asarray(row, dtype=np.float32).tobytes()] for row in X])
+            revealed = oracle.is_revealed
+            assert revealed[positions].all(), "trained on an item the oracle has not revealed"
+            assert positions.shape[0] == revealed.sum(), "trained on fewer or more items than annotated"
+            assert list(y) == data.pool.labels[positions].tolist()
+            fitted_sizes.append(positions.shape[0])
+            return super().fit(X, y)
+
+    for strategy in ("random", "margin", "scarce_margin_diverse"):
+        oracle = Oracle(data.pool.labels)
+        fitted_sizes.clear()
+        records = replay(
+            data.pool.embeddings,
+            oracle,
+            data.test,
+            n_classes=3,
+            strategy=strategy,
+            seed=0,
+            config=ReplayConfig(batch_size=10, budget=50),
+            make_classifier=lambda seed: Spy(seed),
+        )
+        assert [r.n_labels for r in records] == [10, 20, 30, 40, 50]
+        assert fitted_sizes == [r.n_labels for r in records if r.n_classes_seen >= 2]
+
+
+def test_the_oracle_refuses_to_answer_twice() -> None:
+    oracle = Oracle(np.asarray(["a", "b", "c"], dtype=object))
+    assert oracle.annotate(np.asarray([2], dtype=np.intp)) == ["c"]
+    with pytest.raises(ValueError, match="twice"):
+        oracle.annotate(np.asarray([0, 2], dtype=np.intp))
+
+
+def test_classes_seen_counts_the_distinct_labels_annotated_so_far() -> None:
+    data = synthetic(n_pool=40)
+    records = run_arm(data, "random", 3, batch_size=7, budget=40)
+    assert [r.n_labels for r in records] == [7, 14, 21, 28, 35, 40]
+    seen = [r.n_classes_seen for r in records]
+    assert seen == sorted(seen)
+    assert seen[-1] == len(set(data.pool.labels.tolist()))
+
+
+def test_first_batch_of_a_model_strategy_is_the_cold_start() -> None:
+    records = run_arm(synthetic(), "margin", 0)
+    assert records[0].selected_by == "cold_start"
+    assert {r.selected_by for r in records[1:]} == {"margin"}
+    assert records[0].kappa is None and all(r.kappa is not None for r in records[2:])
+
+
+def _without_times(records: list[RoundRecord]) -> list[tuple[Any, ...]]:
+    return [(r.n_labels, r.accuracy, r.macro_f1, r.n_classes_seen, r.kappa, r.class_recall) for r in records]
+
+
+def test_random_arm_is_reproducible_by_seed() -> None:
+    data = synthetic()
+    first, again, other = run_arm(data, "random", 7), run_arm(data, "random", 7), run_arm(data, "random", 8)
+    assert _without_times(first) == _without_times(again)
+    assert _without_times(first) != _without_times(other)
+
+
+def test_budget_beyond_the_pool_stops_when_the_pool_is_labeled() -> None:
+    records = run_arm(synthetic(n_pool=25), "random", 0, batch_size=10, budget=1000)
+    assert [r.n_labels for r in records] == [10, 20, 25]
+
+
+def test_run_simulation_summarises_every_strategy_against_random(tmp_path: Path) -> None:
+    result = run_simulation(
+        synthetic(),
+        ["random", "margin"],
+        [0, 1],
+        ReplayConfig(batch_size=10, budget=60),
+        make_classifier=CentroidClassifier,
+    )
+    assert len(result.records) == 2 * 2 * 6
+    summaries = summarise(result)
+    assert [s.strategy for s in summaries] == ["random", "margin"]
+    random = summaries[0]
+    if random.labels_to_f1["95"] is not None:
+        assert random.ratio_to_random["95"] == pytest.approx(1.0)
+    assert 0.0 <= random.aulc <= 1.0
+    rows = table_rows(summaries)
+    assert rows[0]["strategy"] == "random"
+    written = write_outputs(result, summaries, tmp_path / "out")
+    assert all(path.is_file() for path in written)
+    header = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert header["reference"]["n_labels"] == 150
+    assert (tmp_path / "out" / "rounds.csv").read_text().count("\n") == 1 + 24
+
+
+def test_run_simulation_refuses_unknown_strategies() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        run_simulation(synthetic(), ["nope"], [0], ReplayConfig(), make_classifier=CentroidClassifier)
+
+
+# --- loading files ------------------------------------------------------------------------------
+
+
+def test_stratified_split_holds_out_each_class_but_keeps_singletons() -> None:
+    labels = ["a"] * 10 + ["b"] * 5 + ["c"]
+    held = stratified_test_mask(labels, 0.2)
+    assert held[:10].sum() == 2 and held[10:15].sum() == 1 and not held[15]
+    assert (held == stratified_test_mask(labels, 0.2)).all()
+
+
+def test_precomputed_embeddings_and_the_split_column_are_used(tmp_path: Path) -> None:
+    data = synthetic(n_pool=60)
+    path = tmp_path / "vectors.csv"
+    lines = ["id,embedding,label,split"]
+    for side, split in ((data.pool, "train"), (data.test, "test")):
+        for row, (vector, label) in enumerate(zip(side.embeddings, side.labels, strict=True)):
+            lines.append(f'{split}{row},"{json.dumps([round(float(v), 6) for v in vector])}",{label},{split}')
+    path.write_text("\n".join(lines) + "\n")
+    loaded = load_simulation_data(DataSource(path), embedder=None, cache_dir=tmp_path / "cache")
+    assert loaded.pool.embeddings.shape == (60, 8) and loaded.test.embeddings.shape == (90, 8)
+    assert loaded.encoder == "precomputed-d8"
+    assert np.allclose(loaded.pool.embeddings, data.pool.embeddings, atol=1e-5)
+    result = run_simulation(
+        loaded, ["margin"], [0], ReplayConfig(batch_size=10, budget=30), make_classifier=CentroidClassifier
+    )
+    assert [r.n_labels for r in result.records] == [10, 20, 30]
+
+
+def test_texts_are_embedded_once_through_the_cache(tmp_path: Path) -> None:
+    path = tmp_path / "texts.jsonl"
+    rows = [{"text": f"{word} message number {i}", "label": word} for i in range(30) for word in ("spam", "ham")]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    embedder = HashingEmbedder(dim=32)
+    first = load_simulation_data(DataSource(path, test_fraction=0.25), embedder=embedder, cache_dir=tmp_path / "c")
+    assert first.pool.embeddings.shape == (44, 32) and first.test.embeddings.shape == (16, 32)  # 8 per class
+
+    class Refusing(HashingEmbedder):
+        def encode(self, texts: Any) -> Any:
+            raise AssertionError("every vector should come from the cache")
+
+    again = load_simulation_data(
+        DataSource(path, test_fraction=0.25), embedder=Refusing(dim=32), cache_dir=tmp_path / "c"
+    )
+    assert np.array_equal(again.pool.embeddings, first.pool.embeddings)
+
+
+def test_all_classes_seen_is_counted_in_annotation_order() -> None:
+    data = synthetic(n_pool=60)
+    answered: list[str] = []
+
+    class RecordingOracle(Oracle):
+        def annotate(self, positions: Any) -> list[str]:
+            labels = super().annotate(positions)
+            answered.extend(labels)
+            return labels
+
+    records = replay(
+        data.pool.embeddings,
+        RecordingOracle(data.pool.labels),
+        data.test,
+        n_classes=3,
+        strategy="random",
+        seed=1,
+        config=ReplayConfig(batch_size=10, budget=60),
+        make_classifier=CentroidClassifier,
+    )
+    first_seen = dict(pair for r in records for pair in r.first_seen)
+    assert first_seen == {name: answered.index(name) + 1 for name in set(answered)}
+    summary = summarise(
+        run_simulation(
+            data, ["random"], [1], ReplayConfig(batch_size=10, budget=60), make_classifier=CentroidClassifier
+        )
+    )[0]
+    assert summary.all_seen_labels == max(first_seen.values())
