@@ -1,0 +1,175 @@
+"""``labelloop simulate``: replay active learning on a labeled file with an oracle annotator.
+
+Parsing (typer) -> :func:`daemon.simulate.run_simulation` -> rendering (rich), in three
+separate functions. ``daemon/cli.py`` calls :func:`register` to add the command.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from daemon.errors import DaemonError
+from daemon.simulate import ReplayConfig, SimulationResult, proxy_classifier, run_simulation
+from daemon.simulate_data import DataSource, load_simulation_data
+from daemon.simulate_report import StrategySummary, summarise, table_rows, write_outputs
+from daemon.stopping import StoppingRule
+from models.embedder import Embedder
+from models.errors import ModelError
+
+__all__ = ["SimulateRequest", "register", "run_request"]
+
+DEFAULT_STRATEGIES = ("random", "margin", "modal_margin")  # plus the registry's default
+out = Console()
+err = Console(stderr=True)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulateRequest:
+    """Everything ``simulate`` was asked to do, parsed and checked."""
+
+    source: DataSource
+    strategies: tuple[str, ...]
+    seeds: tuple[int, ...]
+    config: ReplayConfig
+    out_dir: Path
+    cache_dir: Path
+    encoder: str
+    calibrate: bool
+    jobs: int
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``simulate`` command to ``app``."""
+    app.command("simulate")(simulate)
+
+
+def simulate(
+    data: Annotated[Path, typer.Option("--data", help="Labeled CSV/TSV/JSONL/Parquet file.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for CSV/JSON/PNG results.")],
+    strategy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--strategy",
+            help="Registry name (repeatable), or 'all'. Default: random, margin, "
+            "modal_margin and the daemon's default.",
+        ),
+    ] = None,
+    text_field: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    label_field: Annotated[str, typer.Option(help="Column holding the gold label.")] = "label",
+    id_field: Annotated[str, typer.Option(help="Column holding a unique id (optional).")] = "id",
+    embedding_field: Annotated[
+        str, typer.Option(help="Column with precomputed vectors (optional).")
+    ] = "embedding",
+    test_file: Annotated[Path | None, typer.Option(help="Separate labeled evaluation file.")] = None,
+    test_fraction: Annotated[
+        float | None,
+        typer.Option(help="Hold out this stratified share (default: the file's split column, else 0.2)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Items annotated per round.")] = 50,
+    budget: Annotated[int, typer.Option(min=1, help="Total labels per run.")] = 2000,
+    seeds: Annotated[int, typer.Option(min=1, help="Runs per strategy (seeds 0..N-1).")] = 5,
+    encoder: Annotated[
+        str,
+        typer.Option(help="'default' (bundled all-MiniLM-L6-v2), a model folder, or 'hashing' (tests only)."),
+    ] = "default",
+    cache_dir: Annotated[Path | None, typer.Option(help="Embedding cache (default: <out>/cache).")] = None,
+    calibrate: Annotated[
+        bool,
+        typer.Option(help="Temperature-calibrate the head each round, as the daemon does (about 4x slower)."),
+    ] = False,
+    jobs: Annotated[int, typer.Option(min=1, help="Worker processes.")] = min(2, os.cpu_count() or 1),
+    kappa_threshold: Annotated[float, typer.Option(help="Stopping rule: agreement needed.")] = 0.99,
+    kappa_window: Annotated[int, typer.Option(help="Stopping rule: consecutive rounds.")] = 3,
+) -> None:
+    """Replay active learning on labeled data with an oracle; compare strategies by labels needed.
+
+    The same encoder, proxy head, strategies and batch selection as the daemon; labels
+    stay hidden until an item is annotated. modAL arms run modAL's query functions on
+    our probabilities and the head is refit every round (modAL's ActiveLearner.teach
+    fails with scikit-learn >= 1.8).
+    """
+    from strategies import DEFAULT_STRATEGY, REGISTRY
+
+    names = tuple(strategy or (*DEFAULT_STRATEGIES, DEFAULT_STRATEGY))
+    if "all" in names:
+        names = tuple(name for name in REGISTRY if name != "cold_start")
+    request = SimulateRequest(
+        source=DataSource(data, test_file, test_fraction, text_field, label_field, id_field, embedding_field),
+        strategies=tuple(dict.fromkeys(names)),
+        seeds=tuple(range(seeds)),
+        config=ReplayConfig(batch_size, budget, StoppingRule(kappa_threshold, kappa_window)),
+        out_dir=out_dir,
+        cache_dir=cache_dir or out_dir / "cache",
+        encoder=encoder,
+        calibrate=calibrate,
+        jobs=jobs,
+    )
+    try:
+        result, summaries, written = run_request(request)
+    except (DaemonError, ModelError, ValueError) as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from None
+    render(result, summaries, written)
+
+
+def run_request(request: SimulateRequest) -> tuple[SimulationResult, list[StrategySummary], list[Path]]:
+    """Load, replay, summarise and write; return the result, its summaries and the files written.
+
+    Raises:
+        PoolFileError: the data file is refused.
+        ModelError: the encoder cannot be loaded.
+        ValueError: an unknown strategy or a bad option.
+    """
+    # The encoder loads lazily: a file that carries its own vectors never loads it.
+    data = load_simulation_data(
+        request.source, embedder=_embedder(request.encoder), cache_dir=request.cache_dir
+    )
+    result = run_simulation(
+        data,
+        request.strategies,
+        request.seeds,
+        request.config,
+        make_classifier=partial(proxy_classifier, calibrate=request.calibrate),
+        jobs=request.jobs,
+    )
+    summaries = summarise(result)
+    return result, summaries, write_outputs(result, summaries, request.out_dir)
+
+
+def render(result: SimulationResult, summaries: list[StrategySummary], written: list[Path]) -> None:
+    """Print the summary table and where the files went."""
+    ref = result.reference
+    table = Table(
+        title=f"{result.dataset}: {result.n_pool} pool / {result.n_test} test items, "
+        f"{len(result.eval_classes)} classes; full-data macro-F1 {ref.macro_f1:.3f}, "
+        f"accuracy {ref.accuracy:.3f}",
+    )
+    rows = table_rows(summaries)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row.values())
+    out.print(table)
+    out.print(
+        f"{len(result.seeds)} seeds, batch {result.config.batch_size}, budget {result.config.budget}; "
+        f"encoder {result.encoder}; {result.wall_s:.0f}s"
+    )
+    out.print("wrote " + ", ".join(str(path) for path in written))
+
+
+def _embedder(name: str) -> Embedder:
+    if name == "hashing":
+        from models.hashing import HashingEmbedder
+
+        return HashingEmbedder(dim=256)
+    from models.embedder import TransformerEmbedder
+
+    return TransformerEmbedder(None if name == "default" else name)

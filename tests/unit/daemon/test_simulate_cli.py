@@ -1,0 +1,102 @@
+"""``labelloop simulate`` end to end on a tiny CSV via typer's CliRunner (hashing encoder, no network)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from daemon.cli_simulate import register
+
+TOPICS = {
+    "sport": ["match", "goal", "team", "score", "league", "coach"],
+    "money": ["bank", "loan", "price", "market", "stock", "fund"],
+    "food": ["pizza", "salad", "bread", "cheese", "soup", "cake"],
+}
+
+
+@pytest.fixture
+def app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:  # a callback keeps "simulate" a subcommand, as in daemon/cli.py
+        pass
+
+    register(app)
+    return app
+
+
+def tiny_csv(path: Path) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label", "split"])
+        for i in range(60):
+            for topic, words in TOPICS.items():
+                text = f"{words[i % 6]} {words[(i * 5 + 1) % 6]} and more about {words[(i + 2) % 6]} {i}"
+                writer.writerow([text, topic, "test" if i % 5 == 0 else "train"])
+    return path
+
+
+def test_simulate_runs_end_to_end_and_writes_results(app: typer.Typer, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--data",
+            str(tiny_csv(tmp_path / "tiny.csv")),
+            "--out",
+            str(out),
+            "--strategy",
+            "random",
+            "--strategy",
+            "margin",
+            "--batch-size",
+            "10",
+            "--budget",
+            "40",
+            "--seeds",
+            "2",
+            "--encoder",
+            "hashing",
+            "--jobs",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "random" in result.output and "margin" in result.output
+    for name in ("rounds.csv", "class_recall.csv", "summary.csv", "summary.json", "curves.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_pool"] == 144 and summary["n_test"] == 36
+    assert [s["strategy"] for s in summary["summaries"]] == ["random", "margin"]
+    with (out / "rounds.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 2 * 4
+    assert {row["n_labels"] for row in rows} == {"10", "20", "30", "40"}
+
+
+def test_simulate_reports_a_bad_strategy_in_one_line(app: typer.Typer, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--data",
+            str(tiny_csv(tmp_path / "tiny.csv")),
+            "--out",
+            str(tmp_path / "out"),
+            "--strategy",
+            "no_such_strategy",
+            "--encoder",
+            "hashing",
+            "--jobs",
+            "1",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "unknown" in result.output and "Traceback" not in result.output
