@@ -56,6 +56,7 @@ ADMIN_EMAIL = "admin@labelloop.local"
 CREDENTIALS_FILE = "credentials.json"
 CREDENTIALS_TEXT = "credentials.txt"  # the same secrets for humans (`make up` points at it)
 LOG_FILE = "label-studio.log"
+_DATABASE = "label_studio.sqlite3"
 _MARKER = ".labelloop-ls-ok"
 _VERSION_PROBE = "import importlib.metadata as m; print(m.version('label-studio'))"
 
@@ -184,6 +185,7 @@ def start(
     port: int | None = None,
     venv: Path | str | None = None,
     timeout_s: float = 180.0,
+    template: Path | str | None = None,
 ) -> LocalLabelStudio:
     """Start a headless Label Studio on 127.0.0.1 and return it ready for API calls.
 
@@ -193,6 +195,8 @@ def start(
         port: a free port is picked when ``None``.
         venv: see :func:`ensure_venv`.
         timeout_s: how long to wait for ``/health`` (the first start runs migrations: 30-60 s).
+        template: a stopped data dir (see :func:`ensure_template`) copied into a *new*
+            ``data_dir``, which skips the migrations: a start then takes a few seconds.
 
     Raises:
         LabelStudioStartError: the port is busy, the server did not become healthy (the message
@@ -202,6 +206,8 @@ def start(
     data = Path(data_dir).expanduser().resolve()
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     venv_path = ensure_venv(venv)
+    if template is not None and not (data / CREDENTIALS_FILE).exists() and not (data / _DATABASE).exists():
+        shutil.copytree(Path(template), data, dirs_exist_ok=True, ignore=shutil.ignore_patterns(LOG_FILE))
     port = port if port is not None else _free_port()
     if _port_in_use(port):
         raise LabelStudioStartError(f"port {port} on {HOST} is already in use")
@@ -228,6 +234,35 @@ def start(
     _write_credentials(server)
     server.startup_s = time.monotonic() - began
     return server
+
+
+def ensure_template(path: Path | str | None = None, *, venv: Path | str | None = None) -> Path:
+    """Return a migrated, stopped data dir with the admin and its tokens, building it once.
+
+    Defaults to ``~/.cache/labelloop/ls-template-<LS version>``. Built in a scratch dir and
+    renamed into place, so concurrent builders cannot leave a half-made template.
+
+    Raises:
+        LabelStudioStartError: building it failed.
+    """
+    venv_path = ensure_venv(venv)
+    version = (venv_path / _MARKER).read_text().strip() or "unknown"
+    target = Path(path).expanduser() if path is not None else default_venv().parent / f"ls-template-{version}"
+    if (target / CREDENTIALS_FILE).exists() and (target / _DATABASE).exists():
+        return target
+    scratch = target.with_name(f"{target.name}.building-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    start(scratch, venv=venv_path).stop()
+    (scratch / LOG_FILE).unlink(missing_ok=True)
+    try:
+        scratch.rename(target)
+    except OSError:  # another process finished first, or a broken template is in the way
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not (target / _DATABASE).exists():
+            raise LabelStudioStartError(
+                f"{target} is in the way of the Label Studio template; remove it"
+            ) from None
+    return target
 
 
 def _spawn(server: LocalLabelStudio) -> subprocess.Popen[bytes]:

@@ -57,6 +57,9 @@ def integration_skipped() -> bool:
 def shared_server(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Start Label Studio once per session and return its ``LocalLabelStudio``.
 
+    It starts from a copy of ``ls_local.ensure_template()`` (a migrated data dir cached
+    under ~/.cache/labelloop), which cuts the start from 30-60 s to a few seconds.
+
     A failed start is remembered and re-raised (an error, not a skip), so the suite does
     not try again for every test.
     """
@@ -66,7 +69,9 @@ def shared_server(config: pytest.Config, tmp_path_factory: pytest.TempPathFactor
         raise config.stash[_FAILURE]
     if _SERVER not in config.stash:
         try:
-            server = ls_local().start(tmp_path_factory.mktemp("label-studio"))
+            module = ls_local()
+            template = module.ensure_template()  # migrated once per machine: later starts take seconds
+            server = module.start(tmp_path_factory.mktemp("label-studio"), template=template)
         except BaseException as e:
             config.stash[_FAILURE] = e
             raise
