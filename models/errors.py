@@ -1,0 +1,33 @@
+"""Errors raised by the models package.
+
+Tree::
+
+    ModelError
+     ├── ModelNotFitted        predict/predict_proba called before fit
+     ├── EmbedderUnavailable   the embedding model is missing or cannot be loaded; the message
+     │                         names the path tried and what to do
+     └── CacheError            the embedding cache cannot be opened as asked (held by another
+                               writer, or made for a different vector size)
+
+Messages never contain pool texts: paths, counts and ids only.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CacheError", "EmbedderUnavailable", "ModelError", "ModelNotFitted"]
+
+
+class ModelError(Exception):
+    """Base class for every error the models package raises on purpose."""
+
+
+class ModelNotFitted(ModelError):
+    """The classifier was used before ``fit`` was called."""
+
+
+class EmbedderUnavailable(ModelError):
+    """The embedding model could not be found or loaded."""
+
+
+class CacheError(ModelError):
+    """The embedding cache is locked by another writer or does not match the embedder."""
