@@ -1,0 +1,324 @@
+"""On-disk embedding cache keyed by ``(model_id, revision, sha256(text))``, and filling it.
+
+Layout of one cache (one per embedder ``model_key``)::
+
+    <root>/<model_key>/
+        meta.json          {"format": 1, "dim": 384, "dtype": "float16", "shard_rows": 262144}
+        keys.bin           row r's sha256 digest at bytes [32 r, 32 r + 32)
+        shard-00000.f16    rows [0, shard_rows): little-endian float16, dim * 2 bytes per row
+        shard-00001.f16    rows [shard_rows, 2 shard_rows), ...
+        writer.lock        flock()ed by the one writer, which writes its pid in it
+
+Rows are only ever appended. ``put`` writes and fsyncs a chunk's vectors *before* its keys, and a
+row exists once its key does, so a kill mid-append leaves complete rows plus a torn tail. Every
+open counts ``min(complete keys, complete vector rows)``; the writer also truncates the tail. A
+read-only opener (the CLI) never writes and never sees rows past that count, so it can run while
+the daemon appends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import numpy.typing as npt
+
+from models._cache_files import (
+    assign_new_rows,
+    committed_rows,
+    read_keys,
+    repair_tail,
+    write_at,
+)
+from models._digest_index import DIGEST_BYTES, DigestIndex, digests_from_hex
+from models._types import Float32Array, IntArray
+from models._writer_lock import WriterLock, acquire_writer_lock, release_writer_lock
+from models.embedder import Embedder
+from models.errors import CacheError
+
+__all__ = ["EmbeddingCache", "content_hash", "embed_missing", "model_key"]
+
+log = logging.getLogger(__name__)
+
+_FORMAT = 1
+_VECTOR = np.dtype("<f2")
+_FLOAT16_MAX = 65504.0
+_SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def content_hash(text: str) -> str:
+    """Return the sha256 hex digest of ``text`` encoded as UTF-8 (lone surrogates passed through)."""
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def model_key(embedder: Embedder) -> str:
+    """Return a filesystem-safe cache key: a readable tail of ``model_id`` plus a hash of both ids.
+
+    Raises:
+        EmbedderUnavailable: the embedder cannot compute its revision.
+    """
+    model_id = embedder.model_id
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id).strip("-._")[-40:].lstrip("-._") or "model"
+    digest = hashlib.sha256(f"{model_id}\0{embedder.revision}".encode()).hexdigest()[:16]
+    return f"{slug}-{digest}"
+
+
+class EmbeddingCache:
+    """Append-only float16 vectors in memory-mapped shards; one writer, any number of readers.
+
+    Args:
+        root: folder holding one sub-folder per model key (created by the writer).
+        model_key: sub-folder name, from :func:`model_key`.
+        dim: vector length; must match an existing cache.
+        shard_rows: rows per shard file for a new cache (an existing cache keeps its own).
+        readonly: open for reading only: no lock, no repair, never creates files.
+
+    Raises:
+        CacheError: another process holds the writer lock, or the cache on disk has another
+            ``dim`` or format.
+        ValueError: ``model_key`` is not filesystem-safe, or ``dim``/``shard_rows`` < 1.
+    """
+
+    def __init__(
+        self, root: Path, *, model_key: str, dim: int, shard_rows: int = 1 << 18, readonly: bool = False
+    ) -> None:
+        self._writer: WriterLock | None = None  # set first: close() and __del__ rely on them
+        self._maps: dict[int, np.memmap[tuple[int, int], np.dtype[np.float16]]] = {}
+        if not _SAFE_KEY.fullmatch(model_key):
+            raise ValueError(f"model_key must match {_SAFE_KEY.pattern}, got {model_key!r}")
+        if dim < 1 or shard_rows < 1:
+            raise ValueError(f"dim and shard_rows must be >= 1, got {dim} and {shard_rows}")
+        self.root = Path(root)
+        self.model_key = model_key
+        self.dim = dim
+        self.readonly = readonly
+        self.directory = self.root / model_key
+        self._mutex = threading.Lock()
+        self._index = DigestIndex()
+        self._writer = None if readonly else acquire_writer_lock(self.directory)
+        try:
+            with self._writing():
+                self.shard_rows = self._read_or_create_meta(shard_rows)
+                self._extend_index(repair=not readonly)
+        except BaseException:
+            self.close()
+            raise
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __enter__(self) -> EmbeddingCache:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop the memory maps and release the writer lock. Idempotent."""
+        self._maps.clear()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            release_writer_lock(writer)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def refresh(self) -> None:
+        """Pick up rows a writer appended since this reader opened (writers are always current)."""
+        with self._mutex:
+            self._extend_index(repair=False)
+
+    def lookup(self, hashes: Sequence[str]) -> IntArray:
+        """Return the row of each content hash, -1 when absent; ``(len(hashes),)``.
+
+        Rows appended by another writer since the last call are picked up first.
+
+        Raises:
+            ValueError: a hash is not 64 hex digits.
+        """
+        digests = digests_from_hex(list(hashes))
+        with self._writing(), self._mutex:
+            self._extend_index(repair=False)  # rows appended since: by a sibling writer, or for a reader
+            return self._index.row_of(digests)
+
+    def get(self, rows: npt.ArrayLike) -> Float32Array:
+        """Return the vectors of ``rows`` (each in ``[0, len(self))``) as ``(len(rows), dim)`` float32.
+
+        Raises:
+            ValueError: ``rows`` is not 1-D or holds a row outside ``[0, len(self))``.
+        """
+        positions = np.asarray(rows, dtype=np.intp)
+        if positions.ndim != 1:
+            raise ValueError(f"rows must be 1-D, got shape {positions.shape}")
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        with self._mutex:
+            size = len(self._index)
+            if len(positions) and (positions.min() < 0 or positions.max() >= size):
+                raise ValueError(f"rows must be in [0, {size}); -1 marks a hash that is not cached")
+            shards = positions // self.shard_rows
+            for shard in np.unique(shards):
+                selected = shards == shard
+                view = self._shard_view(int(shard), size)
+                out[selected] = view[positions[selected] - int(shard) * self.shard_rows]
+        return out
+
+    def iter_chunks(self, rows: npt.ArrayLike, chunk_rows: int = 65536) -> Iterator[tuple[slice, Float32Array]]:
+        """Yield ``(span, vectors)``: ``vectors == get(rows[span])``, ``chunk_rows`` rows at a time.
+
+        Peak memory is one chunk (``chunk_rows * dim * 4`` bytes), whatever the pool size.
+
+        Raises:
+            ValueError: ``chunk_rows`` < 1, or as :meth:`get`.
+        """
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        positions = np.asarray(rows, dtype=np.intp)
+        for start in range(0, len(positions), chunk_rows):
+            span = slice(start, min(start + chunk_rows, len(positions)))
+            yield span, self.get(positions[span])
+
+    def put(self, hashes: Sequence[str], vectors: npt.NDArray[np.floating]) -> IntArray:
+        """Store vectors for hashes not cached yet; return the row of every hash, ``(len(hashes),)``.
+
+        Repeated hashes (already cached, or twice in this call) are stored once.
+
+        Args:
+            hashes: content hashes, from :func:`content_hash`.
+            vectors: ``(len(hashes), dim)``, finite and within float16 range.
+
+        Raises:
+            CacheError: the cache was opened read-only or has been closed.
+            ValueError: bad shapes, hashes or values. Nothing is written then.
+        """
+        if self._writer is None:
+            raise CacheError(f"cache {self.directory} is read-only or closed; it cannot be written")
+        values = np.asarray(vectors)
+        if values.shape != (len(hashes), self.dim):
+            raise ValueError(f"vectors must have shape ({len(hashes)}, {self.dim}), got {values.shape}")
+        if values.size and not (np.isfinite(values).all() and np.abs(values).max() <= _FLOAT16_MAX):
+            raise ValueError("vectors must be finite and within float16 range")
+        digests = digests_from_hex(list(hashes))
+        with self._writing(), self._mutex:
+            self._extend_index(repair=False)  # rows another writer of this process appended
+            rows = self._index.row_of(digests)
+            new_positions = assign_new_rows(digests, rows, first_row=len(self._index))
+            if new_positions:
+                self._append(digests[new_positions], values[new_positions].astype(_VECTOR))
+        return rows
+
+    def _writing(self) -> AbstractContextManager[object]:
+        """Hold the process-wide mutex of this directory's writers (nothing for a reader)."""
+        return self._writer.mutex if self._writer is not None else nullcontext()
+
+    def _append(self, digests: npt.NDArray[np.uint8], vectors: npt.NDArray[np.float16]) -> None:
+        """Write vectors (fsynced, shard by shard), then keys, then publish the rows in memory."""
+        first = len(self._index)
+        done = 0
+        while done < len(vectors):
+            row = first + done
+            shard, offset = divmod(row, self.shard_rows)
+            take = min(self.shard_rows - offset, len(vectors) - done)
+            write_at(self._shard_path(shard), offset * self.dim * _VECTOR.itemsize, vectors[done : done + take])
+            self._maps.pop(shard, None)
+            done += take
+        write_at(self.directory / "keys.bin", first * DIGEST_BYTES, digests)
+        self._index.extend(digests)
+
+    def _extend_index(self, *, repair: bool) -> None:
+        row_bytes = self.dim * _VECTOR.itemsize
+        size = committed_rows(self.directory, row_bytes=row_bytes, shard_rows=self.shard_rows)
+        if repair:
+            dropped = repair_tail(self.directory, size, row_bytes=row_bytes, shard_rows=self.shard_rows)
+            if dropped:
+                log.warning("embedding cache %s: dropped a torn tail of %d bytes", self.directory, dropped)
+        known = len(self._index)
+        if size > known:
+            self._index.extend(read_keys(self.directory / "keys.bin", start=known, stop=size))
+
+    def _shard_view(self, shard: int, size: int) -> np.memmap[tuple[int, int], np.dtype[np.float16]]:
+        rows_in_shard = min(self.shard_rows, size - shard * self.shard_rows)
+        view = self._maps.get(shard)
+        if view is None or view.shape[0] < rows_in_shard:
+            view = np.memmap(self._shard_path(shard), dtype=_VECTOR, mode="r", shape=(rows_in_shard, self.dim))
+            self._maps[shard] = view
+        return view
+
+    def _shard_path(self, shard: int) -> Path:
+        return self.directory / f"shard-{shard:05d}.f16"
+
+    def _read_or_create_meta(self, shard_rows: int) -> int:
+        meta_path = self.directory / "meta.json"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta.get("format") != _FORMAT or meta.get("dim") != self.dim:
+                raise CacheError(
+                    f"cache {self.directory} holds format {meta.get('format')} dim {meta.get('dim')}, "
+                    f"expected format {_FORMAT} dim {self.dim}; use another model_key or root"
+                )
+            return int(meta["shard_rows"])
+        if not self.readonly:
+            meta = {"format": _FORMAT, "dim": self.dim, "dtype": "float16", "shard_rows": shard_rows}
+            partial = meta_path.with_suffix(".tmp")
+            partial.write_text(json.dumps(meta), encoding="utf-8")
+            os.replace(partial, meta_path)
+        return shard_rows
+
+
+def embed_missing(
+    embedder: Embedder,
+    cache: EmbeddingCache,
+    texts: Sequence[str],
+    *,
+    batch_rows: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
+) -> IntArray:
+    """Embed the texts the cache lacks, in chunks, and return every text's cache row.
+
+    Each distinct missing text is encoded once. Every chunk of ``batch_rows`` is stored before
+    the next is encoded, so after a crash or an exception the next call starts where this stopped.
+
+    Args:
+        embedder: must have the cache's ``model_key`` and ``dim``.
+        cache: a writable cache.
+        texts: ``n`` texts, duplicates allowed.
+        batch_rows: texts encoded and stored per chunk, >= 1.
+        progress: called as ``progress(done, total)`` after each chunk, with counts of missing texts.
+
+    Returns:
+        ``(n,)`` rows into ``cache``, in the order of ``texts``.
+
+    Raises:
+        ValueError: the embedder does not match the cache, or ``batch_rows`` < 1.
+        EmbedderUnavailable: the model cannot be loaded (only when something is missing).
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    if embedder.dim != cache.dim or model_key(embedder) != cache.model_key:
+        raise ValueError(f"embedder {model_key(embedder)} (dim {embedder.dim}) does not match cache {cache.model_key}")
+    hashes = [content_hash(text) for text in texts]
+    rows = cache.lookup(hashes)
+    todo: list[int] = []
+    seen: set[str] = set()
+    for position in np.flatnonzero(rows < 0):
+        if hashes[position] not in seen:
+            seen.add(hashes[position])
+            todo.append(int(position))
+    for start in range(0, len(todo), batch_rows):
+        chunk = todo[start : start + batch_rows]
+        cache.put([hashes[p] for p in chunk], embedder.encode([texts[p] for p in chunk]))
+        if progress is not None:
+            progress(start + len(chunk), len(todo))
+    if todo:
+        rows = cache.lookup(hashes)
+    return rows
