@@ -1,0 +1,225 @@
+"""The proxy classifier retrained every cycle on the embeddings of the labels so far."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from models._calibration import fit_temperature, stratified_folds
+from models._head import HeadSpec, train_head
+from models._types import FloatArray
+from models.device import select_device
+from models.errors import ModelNotFitted
+
+__all__ = ["ProxyClassifier"]
+
+_CALIBRATION_FOLDS = 3
+_MIN_CALIBRATION_LABELS = 30  # fewer held-out labels than this: leave the temperature at 1
+
+
+class ProxyClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # sklearn ships no types
+    """A small torch head on fixed embeddings, with optional temperature-scaled probabilities.
+
+    scikit-learn conventions: the constructor only stores its arguments, ``fit`` validates and
+    returns ``self``, fitted state ends in ``_``, and ``get_params``/``set_params``/``clone`` work
+    (so modAL's ``ActiveLearner`` can wrap it).
+
+    Inputs are centred on the training mean and divided by one global scale (the geometry of the
+    embedding space is kept). Training is full-batch L-BFGS on class-weighted cross-entropy.
+
+    Args:
+        hidden_dim: 0 for a linear head (multinomial logistic regression), else the width of one
+            GELU hidden layer.
+        epochs: L-BFGS iteration cap (each iteration is one or a few full-batch passes).
+        lr: L-BFGS initial step; with the strong-Wolfe line search 1.0 needs no tuning.
+        weight_decay: L2 penalty on the weight matrices, >= 0.
+        class_weight: ``"balanced"`` weighs class c by ``n / (C * n_c)``; ``None`` weighs all 1.
+        calibrate: fit a temperature on 3-fold out-of-fold logits when there are at least 30
+            held-out labels in classes with 2+ labels; otherwise the temperature stays 1.
+        device: ``None``/``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:N]"``.
+        random_state: seeds the hidden-layer initialisation and the calibration folds.
+
+    Attributes:
+        classes_: ``(C,)`` sorted class names.
+        n_features_in_: ``d``, the embedding size seen in ``fit``.
+        temperature_: the fitted temperature (1.0 when not calibrated).
+        calibration_: how the temperature was chosen, for logs and reports.
+    """
+
+    def __init__(
+        self,
+        *,
+        hidden_dim: int = 0,
+        epochs: int = 200,
+        lr: float = 1.0,
+        weight_decay: float = 1e-3,
+        class_weight: str | None = "balanced",
+        calibrate: bool = True,
+        device: str | None = None,
+        random_state: int = 0,
+    ) -> None:
+        self.hidden_dim = hidden_dim
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.class_weight = class_weight
+        self.calibrate = calibrate
+        self.device = device
+        self.random_state = random_state
+
+    def fit(self, X: npt.ArrayLike, y: Sequence[str] | npt.ArrayLike) -> ProxyClassifier:
+        """Train on embeddings ``X`` ``(n, d)`` with class names ``y`` ``(n,)``; return ``self``.
+
+        Raises:
+            ValueError: bad shapes, non-finite values, fewer than 2 classes, or a bad parameter.
+            ModelError: the requested device is not available.
+        """
+        self._check_params()
+        features, labels = _check_fit_input(X, y)
+        classes, targets = np.unique(labels, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"need labels of at least 2 classes to train, got {len(classes)}")
+        device = select_device(self.device)
+        center = features.mean(axis=0)
+        scale = float(np.sqrt(((features - center) ** 2).mean())) or 1.0
+        inputs = torch.from_numpy((features - center) / scale).to(device)
+        target_tensor = torch.from_numpy(targets.astype(np.int64)).to(device)
+        self.temperature_, self.calibration_ = 1.0, "not requested"
+        if self.calibrate:
+            self.temperature_, self.calibration_ = self._calibrated_temperature(inputs, targets, len(classes))
+        self._head = train_head(
+            inputs,
+            target_tensor,
+            n_classes=len(classes),
+            class_weights=self._class_weights(targets, len(classes), device),
+            spec=self._spec(),
+        )
+        self.classes_ = classes
+        self.n_features_in_ = features.shape[1]
+        self._center = torch.from_numpy(center).to(device)
+        self._scale = scale
+        self._device = device
+        return self
+
+    def predict_proba(self, X: npt.ArrayLike, *, chunk_rows: int = 65536) -> FloatArray:
+        """Return class probabilities ``(n, C)`` in ``classes_`` order; rows sum to 1.
+
+        Args:
+            X: ``(n, d)`` embeddings.
+            chunk_rows: rows pushed through the head at once; bounds the working memory.
+
+        Raises:
+            ModelNotFitted: ``fit`` has not been called.
+            ValueError: ``X`` has the wrong width or non-finite values, or ``chunk_rows`` < 1.
+        """
+        features = self._check_predict_input(X)
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        proba: FloatArray = np.empty((len(features), len(self.classes_)), dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, len(features), chunk_rows):
+                chunk = torch.from_numpy(features[start : start + chunk_rows]).to(self._device)
+                logits = self._head((chunk - self._center) / self._scale).double() / self.temperature_
+                proba[start : start + len(chunk)] = torch.softmax(logits, dim=1).cpu().numpy()
+        return proba
+
+    def predict(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
+        """Return the most probable class name per row, ``(n,)``.
+
+        Raises:
+            ModelNotFitted: ``fit`` has not been called.
+            ValueError: as :meth:`predict_proba`.
+        """
+        positions = self.predict_proba(X).argmax(axis=1)
+        labels: npt.NDArray[Any] = self.classes_[positions]
+        return labels
+
+    def _calibrated_temperature(
+        self, inputs: torch.Tensor, targets: npt.NDArray[np.intp], n_classes: int
+    ) -> tuple[float, str]:
+        """Fit ``T`` on out-of-fold logits of the held-out-able labels, or say why not."""
+        folds = stratified_folds(targets, _CALIBRATION_FOLDS, np.random.default_rng(self.random_state))
+        held_out = np.flatnonzero(folds >= 0)
+        if len(held_out) < _MIN_CALIBRATION_LABELS:
+            return (
+                1.0,
+                f"skipped: {len(held_out)} labels in classes with 2+ labels, need {_MIN_CALIBRATION_LABELS}",
+            )
+        logits = np.empty((len(targets), n_classes), dtype=np.float64)
+        for fold in range(_CALIBRATION_FOLDS):
+            train = torch.from_numpy(folds != fold).to(inputs.device)
+            test = torch.from_numpy(folds == fold).to(inputs.device)
+            fold_targets = targets[folds != fold]
+            head = train_head(
+                inputs[train],
+                torch.from_numpy(fold_targets.astype(np.int64)).to(inputs.device),
+                n_classes=n_classes,
+                class_weights=self._class_weights(fold_targets, n_classes, inputs.device),
+                spec=self._spec(),
+            )
+            with torch.inference_mode():
+                logits[folds == fold] = head(inputs[test]).double().cpu().numpy()
+        temperature = fit_temperature(logits[held_out], targets[held_out])
+        return temperature, f"temperature {temperature:.3g} from {_CALIBRATION_FOLDS}-fold out-of-fold logits"
+
+    def _class_weights(
+        self, targets: npt.NDArray[np.intp], n_classes: int, device: torch.device
+    ) -> torch.Tensor | None:
+        if self.class_weight is None:
+            return None
+        counts = np.bincount(targets, minlength=n_classes).astype(np.float64)
+        present = counts > 0
+        weights = np.zeros(n_classes, dtype=np.float32)  # a class absent from this fold weighs 0
+        weights[present] = len(targets) / (present.sum() * counts[present])
+        return torch.from_numpy(weights).to(device)
+
+    def _spec(self) -> HeadSpec:
+        return HeadSpec(
+            hidden_dim=self.hidden_dim,
+            epochs=self.epochs,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            random_state=self.random_state,
+        )
+
+    def _check_params(self) -> None:
+        if self.hidden_dim < 0 or self.epochs < 1:
+            raise ValueError(f"hidden_dim must be >= 0 and epochs >= 1, got {self.hidden_dim}, {self.epochs}")
+        if not (self.lr > 0 and self.weight_decay >= 0):
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+        if self.class_weight not in (None, "balanced"):
+            raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
+
+    def _check_predict_input(self, X: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        if not hasattr(self, "_head"):
+            raise ModelNotFitted("ProxyClassifier is not fitted yet: call fit(X, y) first")
+        features = _as_features(X)
+        if features.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {features.shape[1]} features, the model was fitted on {self.n_features_in_}")
+        return features
+
+
+def _as_features(X: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    features = np.ascontiguousarray(X, dtype=np.float32)
+    if features.ndim != 2:
+        raise ValueError(f"X must be 2-D (n, d), got shape {features.shape}")
+    if not np.isfinite(features).all():
+        raise ValueError("X contains NaN or inf")
+    return features
+
+
+def _check_fit_input(
+    X: npt.ArrayLike, y: Sequence[str] | npt.ArrayLike
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[Any]]:
+    features = _as_features(X)
+    labels = np.asarray(y)
+    if labels.dtype == object:
+        labels = labels.astype(str)
+    if labels.shape != (features.shape[0],):
+        raise ValueError(f"y must have shape ({features.shape[0]},), got {labels.shape}")
+    return features, labels
