@@ -74,9 +74,7 @@ def ls_connector(label_studio: Any) -> Iterator[Callable[..., LabelStudioConnect
     def make(project_id: int | None, *, token: str = "pat", **kwargs: Any) -> LabelStudioConnector:
         api_key = {"pat": label_studio.pat, "legacy": label_studio.legacy_token}.get(token, token)
         kwargs.setdefault("timeout_s", 30.0)
-        connector = LabelStudioConnector.connect(
-            url=label_studio.url, api_key=api_key, project_id=project_id, **kwargs
-        )
+        connector = LabelStudioConnector.connect(url=label_studio.url, api_key=api_key, project_id=project_id, **kwargs)
         made.append(connector)
         return connector
 

@@ -90,9 +90,7 @@ def make_client(url: str, api_key: str) -> tuple[LabelStudio, httpx.Client]:
 
 
 def choices_result(*choices: str, from_name: str = FROM_NAME, to_name: str = TO_NAME) -> list[dict[str, Any]]:
-    return [
-        {"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": list(choices)}}
-    ]
+    return [{"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": list(choices)}}]
 
 
 def task_id_for(client: LabelStudio, project_id: int, item_id: str) -> int:
@@ -120,17 +118,13 @@ def task_ids_for(client: LabelStudio, project_id: int, item_id: str) -> list[int
             }
         }
     )
-    page: Any = client.tasks.list(
-        project=project_id, query=query, fields="task_only", include="id", page_size=100
-    )
+    page: Any = client.tasks.list(project=project_id, query=query, fields="task_only", include="id", page_size=100)
     return sorted(int(task.id) for task in page.items or [])
 
 
 def task_count(client: LabelStudio, project_id: int) -> int:
     """All tasks in the project, ours or not."""
-    return int(
-        client.tasks.list(project=project_id, fields="task_only", include="id", page_size=1).response.total
-    )
+    return int(client.tasks.list(project=project_id, fields="task_only", include="id", page_size=1).response.total)
 
 
 def annotate(

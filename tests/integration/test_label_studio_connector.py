@@ -144,9 +144,7 @@ def test_the_annotator_is_the_users_email(
     assert annotation.annotator == email
 
 
-def test_push_and_pull_of_100_tasks_stay_quick(
-    ls_project: ProjectFactory, ls_connector: ConnectorFactory
-) -> None:
+def test_push_and_pull_of_100_tasks_stay_quick(ls_project: ProjectFactory, ls_connector: ConnectorFactory) -> None:
     connector = ls_connector(ls_project())
     started = time.monotonic()
     connector.push(_tasks(100))
@@ -176,9 +174,7 @@ def test_ensure_project_without_a_title_match_or_classes_is_rejected(ls_connecto
         ls_connector(None, project_title=f"absent {time.time()}").ensure_project(classes=None)
 
 
-def test_a_project_without_choices_is_rejected(
-    ls_project: ProjectFactory, ls_connector: ConnectorFactory
-) -> None:
+def test_a_project_without_choices_is_rejected(ls_project: ProjectFactory, ls_connector: ConnectorFactory) -> None:
     config = '<View><Text name="text" value="$text"/><TextArea name="note" toName="text"/></View>'
     connector = ls_connector(ls_project(label_config=config))
     with pytest.raises(ConnectorRejected, match="no <Choices>"):
@@ -188,16 +184,11 @@ def test_a_project_without_choices_is_rejected(
 def test_a_project_reading_another_text_field_is_rejected_with_the_fix(
     ls_project: ProjectFactory, ls_connector: ConnectorFactory
 ) -> None:
-    config = (
-        '<View><Text name="t" value="$body"/>'
-        '<Choices name="c" toName="t"><Choice value="a"/></Choices></View>'
-    )
+    config = '<View><Text name="t" value="$body"/><Choices name="c" toName="t"><Choice value="a"/></Choices></View>'
     connector = ls_connector(ls_project(label_config=config))
     with pytest.raises(ConnectorRejected, match="TEXT_KEY=body"):
         connector.ensure_project(classes=None)
-    assert ls_connector(ls_project(label_config=config), text_key="body").ensure_project(
-        classes=None
-    ).classes == ("a",)
+    assert ls_connector(ls_project(label_config=config), text_key="body").ensure_project(classes=None).classes == ("a",)
 
 
 def test_an_unknown_project_id_is_rejected(ls_connector: ConnectorFactory) -> None:
