@@ -47,8 +47,8 @@ def main() -> int:
         pool_file, held_out = _split(workdir, seed=args.seed)
         _write_config(workdir, args)
         subprocess.run([str(LABELLOOP), "pool", "add", str(pool_file)], cwd=workdir, env=env, check=True)
-        log = (workdir / "daemon.log").open("ab")
-        daemon = subprocess.Popen([str(LABELLOOP), "run"], cwd=workdir, env=env, stdout=log, stderr=log)
+        with (workdir / "daemon.log").open("ab") as log:
+            daemon = subprocess.Popen([str(LABELLOOP), "run"], cwd=workdir, env=env, stdout=log, stderr=log)
         print(f"daemon started (pid {daemon.pid}, log {workdir / 'daemon.log'})", flush=True)
         if args.live:
             return _live(server, daemon)

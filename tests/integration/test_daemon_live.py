@@ -1,0 +1,369 @@
+"""The daemon against a real Label Studio: rounds, edits, crashes, outages, bad tokens.
+
+In-process tests drive the stages with the real connector and a hashing encoder (fast);
+subprocess tests run the real `labelloop` command with the bundled transformer encoder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from label_studio_sdk import LabelStudio
+from sqlmodel import Session, select
+
+from connectors.base import OutgoingTask
+from daemon.context import LoopContext
+from daemon.cycle import push_pending, run_cycle
+from daemon.pool import add_pool_file
+from daemon.project import ensure_project
+from daemon.selection import select_next_batch
+from daemon.settings import Settings, load_settings
+from daemon.store import Batch, BatchItem, BatchStatus, HealthEvent, LabelRecord, LabelStatus, make_engine
+from daemon.training import embed_pool
+from models.hashing import HashingEmbedder
+from tests.integration import ls_helpers
+
+CLASSES = ("billing", "delivery", "fraud")
+WORDS = {
+    "billing": ["invoice", "charged", "refund", "payment", "bill", "price", "fee"],
+    "delivery": ["parcel", "courier", "shipping", "arrived", "tracking", "late", "box"],
+    "fraud": ["stolen", "scam", "unauthorised", "hacked", "phishing"],
+}
+LABELLOOP = str(Path(sys.executable).parent / "labelloop")
+
+
+def write_pool(path: Path, n: int) -> dict[str, str]:
+    gold: dict[str, str] = {}
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text", "channel"])
+        for i in range(n):
+            label = "fraud" if i % 10 == 0 else ("billing" if i % 2 else "delivery")
+            words = WORDS[label]
+            text = f"{words[i % len(words)]} {words[(i * 3 + 1) % len(words)]} problem number {i}"
+            writer.writerow([f"it-{i:04d}", text, "email"])
+            gold[f"it-{i:04d}"] = label
+    return gold
+
+
+def settings_for(tmp_path: Path, server: Any, project_id: int, **loop: Any) -> Settings:
+    return load_settings(
+        None,
+        store={"url": f"sqlite:///{tmp_path}/state/labelloop.db", "data_dir": str(tmp_path / "state")},
+        label_studio={
+            "url": server.url,
+            "api_key": server.pat,
+            "project_id": project_id,
+            "max_waiting_tasks": loop.pop("max_waiting_tasks", 10),
+            "timeout_s": 30,
+        },
+        loop={
+            "batch_size": 10,
+            "control_fraction": 0.1,
+            "low_water_fraction": 0.0,
+            "min_new_labels": 1,
+            "sync_interval_s": 1,
+            "cycle_interval_s": 1,
+            "backoff_max_s": 4,
+            "full_reconcile_every": 3,
+            **loop,
+        },
+        model={"epochs": 60, "cv_folds": 3},
+    )
+
+
+@pytest.fixture
+def loop_ctx(
+    tmp_path: Path,
+    label_studio: Any,
+    ls_project: Callable[..., int],
+    ls_connector: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[LoopContext, int, dict[str, str]]]:
+    monkeypatch.chdir(tmp_path)
+    project_id = ls_project(CLASSES)
+    settings = settings_for(tmp_path, label_studio, project_id)
+    gold = write_pool(tmp_path / "pool.csv", 60)
+    ctx = LoopContext(
+        settings=settings,
+        engine=make_engine(settings.store.url),
+        connector=ls_connector(project_id),
+        embedder_factory=lambda: HashingEmbedder(dim=64),
+    )
+    add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
+    ensure_project(ctx)
+    yield ctx, project_id, gold
+    ctx.engine.dispose()
+
+
+def items_of(ctx: LoopContext, batch_id: str) -> list[BatchItem]:
+    with Session(ctx.engine) as session:
+        return list(session.exec(select(BatchItem).where(BatchItem.batch_id == batch_id)))
+
+
+def labels(ctx_or_url: LoopContext | str) -> dict[str, tuple[LabelStatus, str | None]]:
+    engine = ctx_or_url.engine if isinstance(ctx_or_url, LoopContext) else make_engine(ctx_or_url)
+    with Session(engine) as session:
+        return {r.item_id: (r.status, r.label) for r in session.exec(select(LabelRecord))}
+
+
+def test_full_round_on_real_label_studio(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
+) -> None:
+    ctx, project_id, gold = loop_ctx
+    first = run_cycle(ctx)
+    assert first.pushed == 10 and ls_helpers.task_count(ls_client, project_id) == 10
+    for item in items_of(ctx, first.batch_id or ""):
+        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    second = run_cycle(ctx)
+    assert second.model_version is not None and second.batch_id is not None
+    assert len([s for s, _ in labels(ctx).values() if s is LabelStatus.LABELED]) == 10
+    with Session(ctx.engine) as session:
+        assert session.get(Batch, first.batch_id).status is BatchStatus.CLOSED  # type: ignore[union-attr]
+    second_items = items_of(ctx, second.batch_id)
+    assert {i.item_id for i in second_items}.isdisjoint({i.item_id for i in items_of(ctx, first.batch_id or "")})
+    task = ls_client.tasks.get(id=str(second_items[0].remote_task_id))
+    assert task.data["al_item_id"] == second_items[0].item_id
+    predictions = ls_client.predictions.list(task=int(second_items[0].remote_task_id or 0))
+    assert predictions and predictions[0].model_version == second.model_version  # the model's pre-annotation
+
+
+def test_edit_delete_skip_and_unknown_choice(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
+) -> None:
+    ctx, _, _ = loop_ctx
+    batch = items_of(ctx, run_cycle(ctx).batch_id or "")
+    a, b, c, d = (int(i.remote_task_id or 0) for i in batch[:4])
+    ids = [i.item_id for i in batch[:4]]
+    first_a = ls_helpers.annotate(ls_client, a, "billing")
+    first_b = ls_helpers.annotate(ls_client, b, "delivery")
+    ls_helpers.skip(ls_client, c)
+    ls_helpers.annotate(ls_client, d, "spam-of-the-week")
+    run_cycle(ctx)
+    ls_helpers.update_annotation(ls_client, first_a, "fraud")
+    ls_helpers.delete_annotation(ls_client, first_b)
+    run_cycle(ctx)
+    got = labels(ctx)
+    assert got[ids[0]] == (LabelStatus.LABELED, "fraud")
+    assert got[ids[1]] == (LabelStatus.RETRACTED, None)
+    assert got[ids[2]] == (LabelStatus.SKIPPED, None)
+    assert got[ids[3]] == (LabelStatus.UNKNOWN, "spam-of-the-week")
+
+
+def test_push_cut_off_after_tasks_were_created_leaves_no_duplicate(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]],
+    ls_client: LabelStudio,
+    ls_connector: Callable[..., Any],
+) -> None:
+    """The worst moment: Label Studio created the tasks, the process died before storing their ids."""
+    ctx, project_id, _ = loop_ctx
+    embed_pool(ctx)
+    batch = select_next_batch(ctx, None)
+    assert batch is not None
+    chosen = items_of(ctx, batch.id)
+    ls_connector(project_id).push([OutgoingTask(i.item_id, batch.id, "text") for i in chosen[:6]])  # "before" the kill
+    assert push_pending(ctx) == 10  # the restarted process finishes the push
+    assert ls_helpers.task_count(ls_client, project_id) == 10
+    for item in items_of(ctx, batch.id):
+        assert ls_helpers.task_ids_for(ls_client, project_id, item.item_id) == [int(item.remote_task_id or 0)]
+
+
+# -- the real command, in a subprocess ------------------------------------------------------
+
+
+def daemon_env(
+    tmp_path: Path, server: Any, project_id: int, *, token: str | None = None, **loop: Any
+) -> dict[str, str]:
+    config = tmp_path / "labelloop.toml"
+    settings = settings_for(tmp_path, server, project_id, **loop)
+    data = settings.public_dump()
+    data["label_studio"].pop("api_key")
+    config.write_text(_toml(data))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP_")}
+    env.update(
+        {
+            "LABELLOOP_CONFIG": str(config),
+            "LABELLOOP_LABEL_STUDIO__API_KEY": token or server.pat,
+            "LABELLOOP_LOG_FORMAT": "json",
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    return env
+
+
+def _toml(data: dict[str, Any]) -> str:
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items() if value is not None)
+    return "\n".join(lines) + "\n"
+
+
+def start_daemon(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with (tmp_path / "daemon.log").open("ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen([LABELLOOP, "run"], cwd=tmp_path, env=env, stdout=log, stderr=log)
+
+
+def wait_until(condition: Callable[[], bool], *, timeout_s: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.25)
+    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=60)
+    return process.returncode
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, ls_project: Callable[..., int]) -> tuple[Path, int, dict[str, str]]:
+    project_id = ls_project(CLASSES)
+    gold = write_pool(tmp_path / "pool.csv", 400)
+    return tmp_path, project_id, gold
+
+
+def our_tasks(client: LabelStudio, project_id: int) -> dict[str, int]:
+    """``{item_id: task_id}`` for every task of ours in the project."""
+    found: dict[str, int] = {}
+    for task in client.tasks.list(project=project_id, fields="all", page_size=100):
+        item_id = (task.data or {}).get("al_item_id")
+        if item_id:
+            found[item_id] = int(task.id or 0)
+    return found
+
+
+def pool_add(tmp_path: Path, env: dict[str, str]) -> None:
+    subprocess.run([LABELLOOP, "pool", "add", "pool.csv"], cwd=tmp_path, env=env, check=True, capture_output=True)
+
+
+def test_sigkill_mid_push_then_restart_loses_nothing(
+    workdir: tuple[Path, int, dict[str, str]], label_studio: Any, ls_client: LabelStudio
+) -> None:
+    tmp_path, project_id, gold = workdir
+    env = daemon_env(tmp_path, label_studio, project_id, batch_size=300, max_waiting_tasks=300)
+    pool_add(tmp_path, env)
+    daemon = start_daemon(tmp_path, env)
+    try:
+        wait_until(
+            lambda: ls_helpers.task_count(ls_client, project_id) > 0,
+            timeout_s=120,
+            what="the first tasks",
+            log=tmp_path / "daemon.log",
+        )
+        daemon.send_signal(signal.SIGKILL)  # while the 300-item batch is being pushed in chunks
+        daemon.wait(timeout=30)
+        created = ls_helpers.task_count(ls_client, project_id)
+        annotated = {}
+        for item_id, task_id in list(our_tasks(ls_client, project_id).items())[:5]:  # labels made while it is down
+            ls_helpers.annotate(ls_client, task_id, gold[item_id])
+            annotated[item_id] = gold[item_id]
+        daemon = start_daemon(tmp_path, env)
+        db_url = f"sqlite:///{tmp_path}/state/labelloop.db"
+        wait_until(
+            lambda: ls_helpers.task_count(ls_client, project_id) >= 300,
+            timeout_s=120,
+            what="the rest of the batch",
+            log=tmp_path / "daemon.log",
+        )
+        wait_until(
+            lambda: all(labels(db_url).get(i, (None, None))[1] == lab for i, lab in annotated.items()),
+            timeout_s=60,
+            what="labels made during the outage",
+            log=tmp_path / "daemon.log",
+        )
+    finally:
+        stop(daemon)
+    assert created <= 300
+    engine = make_engine(f"sqlite:///{tmp_path}/state/labelloop.db")
+    with Session(engine) as session:
+        items = list(session.exec(select(BatchItem)))
+    assert len(items) == ls_helpers.task_count(ls_client, project_id) == 300
+    remote = [i.remote_task_id for i in items]
+    assert None not in remote and len(set(remote)) == 300  # one task per item, no duplicates
+
+
+def test_daemon_survives_label_studio_restart(
+    workdir: tuple[Path, int, dict[str, str]], label_studio: Any, ls_client: LabelStudio
+) -> None:
+    tmp_path, project_id, gold = workdir
+    env = daemon_env(tmp_path, label_studio, project_id)
+    pool_add(tmp_path, env)
+    db_url = f"sqlite:///{tmp_path}/state/labelloop.db"
+    daemon = start_daemon(tmp_path, env)
+    try:
+        wait_until(
+            lambda: ls_helpers.task_count(ls_client, project_id) == 10,
+            timeout_s=120,
+            what="first batch",
+            log=tmp_path / "daemon.log",
+        )
+        label_studio.stop()
+        time.sleep(4)  # a few failed syncs
+        assert daemon.poll() is None, "the daemon died while Label Studio was down"
+        label_studio.restart()
+        for item_id, task_id in our_tasks(ls_client, project_id).items():
+            ls_helpers.annotate(ls_client, task_id, gold[item_id])
+        wait_until(
+            lambda: len(labels(db_url)) >= 10,
+            timeout_s=120,
+            what="labels after the restart",
+            log=tmp_path / "daemon.log",
+        )
+        wait_until(
+            lambda: ls_helpers.task_count(ls_client, project_id) == 20,
+            timeout_s=120,
+            what="the next batch",
+            log=tmp_path / "daemon.log",
+        )
+    finally:
+        code = stop(daemon)
+    assert code == 0  # graceful SIGTERM
+    with Session(make_engine(db_url)) as session:
+        kinds = {e.kind for e in session.exec(select(HealthEvent))}
+    assert {"unavailable", "recovered", "stopped"} <= kinds
+
+
+def test_wrong_token_is_refused_with_advice(workdir: tuple[Path, int, dict[str, str]], label_studio: Any) -> None:
+    tmp_path, project_id, _ = workdir
+    bad = "f" * 40
+    env = daemon_env(tmp_path, label_studio, project_id, token=bad)
+    result = subprocess.run([LABELLOOP, "run"], cwd=tmp_path, env=env, capture_output=True, timeout=120)
+    output = (result.stdout + result.stderr).decode()
+    assert result.returncode == 2, output
+    assert "token" in output.lower() and "LABELLOOP_LABEL_STUDIO__API_KEY" in output
+    assert bad not in output
+
+
+def test_second_daemon_on_the_same_store_refuses(workdir: tuple[Path, int, dict[str, str]], label_studio: Any) -> None:
+    tmp_path, project_id, _ = workdir
+    env = daemon_env(tmp_path, label_studio, project_id)
+    pool_add(tmp_path, env)
+    first = start_daemon(tmp_path, env)
+    try:
+        wait_until(lambda: (tmp_path / "state" / "labelloop.db.lock").exists(), timeout_s=60, what="the lock")
+        time.sleep(1)
+        second = subprocess.run([LABELLOOP, "run"], cwd=tmp_path, env=env, capture_output=True, timeout=120)
+        assert second.returncode == 3
+        assert b"already running" in second.stderr
+        status = subprocess.run(
+            [LABELLOOP, "status", "--json"], cwd=tmp_path, env=env, capture_output=True, timeout=120, check=True
+        )  # reads work while the daemon runs
+        assert json.loads(status.stdout)["pool"]["items"] == 400
+    finally:
+        assert stop(first) == 0
