@@ -53,7 +53,7 @@ def _labeled(state_db: Path) -> tuple[list[str], list[str]]:
 
 
 def render_rounds(rounds: list[dict[str, Any]], state_db: Path) -> None:
-    console = Console()
+    console = Console(width=160)
     table = Table(title="labelloop demo: one row per annotated batch")
     for column in ("round", "labels", "classes seen", "held-out macro-F1", "batch class mix"):
         table.add_column(column)
@@ -63,8 +63,9 @@ def render_rounds(rounds: list[dict[str, Any]], state_db: Path) -> None:
     console.print(table)
     with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True) as db:
         cycles = db.execute(
-            "select id, reason, stage_seconds_json from cyclerun where status = 'ok' order by id desc limit 1"
+            "select id, reason, stage_seconds_json from cyclerun where status = 'ok' and batch_id is not null "
+            "order by id desc limit 1"
         ).fetchall()
     for cycle_id, reason, stages in cycles:
         timing = ", ".join(f"{k} {v:.2f}s" for k, v in json.loads(stages).items())
-        console.print(f"last cycle ({cycle_id}, {reason}): {timing}")
+        console.print(f"time per stage of the last cycle that pushed a batch (cycle {cycle_id}, {reason}): {timing}")
