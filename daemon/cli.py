@@ -165,6 +165,20 @@ def sync_command(as_json: JsonOpt = False) -> None:
                   f"{report.unknown_choices} unknown choices, {report.batches_closed} batches closed")
 
 
+@app.command()
+def resume() -> None:
+    """Lift a pause set by the stopping rule; the daemon queues batches again."""
+    from daemon.pause import lift_pause
+    from daemon.store import make_engine
+
+    with _errors():
+        engine = make_engine(settings().store.url)
+    with Session(engine) as session:
+        lifted = lift_pause(session, "operator asked (labelloop resume)")
+        session.commit()
+    out.print("resumed: the daemon will queue new batches" if lifted else "the queue was not paused")
+
+
 @contextmanager
 def _read_session() -> Iterator[Session]:
     from daemon.store import make_engine

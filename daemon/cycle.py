@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 from connectors.base import OutgoingTask
 from connectors.errors import ConnectorError, ConnectorRejected
 from daemon.context import LoopContext
+from daemon.pause import is_paused, update_stability
 from daemon.selection import select_next_batch, waiting_count
 from daemon.settings import LoopSettings
 from daemon.store import (
@@ -64,7 +65,8 @@ def cycle_due(ctx: LoopContext) -> str:
         waiting = waiting_count(session)
         latest = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
         labeled = len(session.exec(select(LabelRecord.item_id).where(LabelRecord.status == LabelStatus.LABELED)).all())
-    if queue_is_low(loop, waiting):
+        paused = is_paused(session) is not None
+    if queue_is_low(loop, waiting) and not paused:
         return f"queue low ({waiting} waiting)"
     trained_on = latest.n_labels if latest is not None else 0
     if labeled - trained_on >= loop.min_new_labels:
@@ -119,11 +121,17 @@ def _stages(ctx: LoopContext, report: CycleReport) -> None:
         timed(name, stage)
     model = timed("train", lambda: retrain(ctx))
     report.model_version = model.version if model else None
+    if model is not None:
+        timed("stability", lambda: update_stability(ctx, model))
     if ctx.stop.is_set():
         report.status = "stopped"
         return
     with Session(ctx.engine) as session:
         waiting = waiting_count(session)
+        paused = is_paused(session)
+    if paused is not None:
+        report.status, report.reason = "skipped", "paused by the stopping rule (labelloop resume)"
+        return
     if not queue_is_low(ctx.settings.loop, waiting):
         report.reason = f"retrained; {waiting} items still waiting, no new batch"
         return

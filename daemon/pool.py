@@ -74,6 +74,10 @@ def add_pool_file(engine: Engine, path: Path, *, pool: PoolSettings, data_dir: P
         new_rows = [row for row in rows if row.item_id not in existing]
         _insert_items(session, new_rows, source=path.name, has_embedding=dim is not None)
         labels_added = _insert_seed_labels(session, rows)
+        if new_rows:
+            from daemon.pause import lift_pause
+
+            lift_pause(session, f"{len(new_rows)} new pool items")
         session.commit()
     report = ImportReport(str(path), len(rows), len(new_rows), len(rows) - len(new_rows), labels_added, dim)
     log.info("pool file imported: %s rows, %s new, %s labels", report.rows, report.added, labels_added)

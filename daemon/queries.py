@@ -80,6 +80,7 @@ class StatusReport:
     control_slice: dict[str, Any]
     cycles: list[dict[str, Any]] = field(default_factory=list)
     daemon: dict[str, Any] = field(default_factory=dict)
+    stopping: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,7 +170,15 @@ def status_report(session: Session, *, now: datetime | None = None, n_cycles: in
         control_slice=control_slice_accuracy(session),
         cycles=_cycles(session, n_cycles),
         daemon=_daemon(session, now),
+        stopping=_stopping(session),
     )
+
+
+def _stopping(session: Session) -> dict[str, Any]:
+    raw_pause = get_value(session, "paused")
+    raw_history = get_value(session, "stability_history")
+    return {"paused": json.loads(raw_pause) if raw_pause else None,
+            "kappa_history": (json.loads(raw_history) if raw_history else [])[-10:]}
 
 
 def _project(session: Session) -> dict[str, Any]:

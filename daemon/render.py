@@ -62,6 +62,12 @@ def status_panels(report: StatusReport) -> list[Panel]:
     control = report.control_slice
     model_text += (f"\ncontrol slice: accuracy {_fmt(control['accuracy'])} on {control['n']} random items"
                    if control["n"] else "\ncontrol slice: no labeled control items yet")
+    stopping = report.stopping
+    kappas = [k for k in (p["kappa"] for p in stopping.get("kappa_history", [])) if k is not None]
+    if stopping.get("paused"):
+        model_text += f"\n[yellow]queue PAUSED[/]: {stopping['paused']['reason']} (labelloop resume)"
+    elif kappas:
+        model_text += f"\nagreement with the previous model (kappa): {', '.join(f'{k:.3f}' for k in kappas[-5:])}"
     cycles = Table("cycle", "started", "status", "reason", "batch", "seconds", title="last cycles")
     for c in report.cycles:
         cycles.add_row(str(c["id"]), c["started_at"][:19], c["status"], c["reason"], c["batch_id"] or "",

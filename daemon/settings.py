@@ -61,6 +61,10 @@ class LoopSettings(_Section):
     pull_overlap_s: float = Field(default=120.0, ge=0)  # re-read this much before the watermark
     full_reconcile_every: int = Field(default=30, ge=1)  # every N syncs, re-read every task
     backoff_max_s: float = Field(default=300.0, gt=0)
+    stop_rule_enabled: bool = True  # pause the queue when successive models agree (and the control slice)
+    stop_kappa: float = Field(default=0.99, gt=0.0, le=1.0)
+    stop_window: int = Field(default=3, ge=1)
+    stability_sample: int = Field(default=2000, gt=0)  # unlabeled items both models predict
     seed: int = 0
 
 

@@ -164,6 +164,9 @@ def _simulate(server: ls_local.LocalLabelStudio, workdir: Path, held_out: dict[s
     for number in range(1, args.rounds + 1):
         project_id = _wait_for_project(state_db, daemon)
         answered = annotator.label_queue(project_id, timeout_s=180)
+        if not answered and _paused(state_db):
+            print(f"the stopping rule paused the queue: {_paused(state_db)}", flush=True)
+            break
         if not answered:
             print("no tasks arrived in time; see daemon.log", flush=True)
             return 1
@@ -195,6 +198,14 @@ def _wait_for_project(state_db: Path, daemon: subprocess.Popen[bytes], timeout_s
                 return str(row[0])
         time.sleep(0.5)
     raise TimeoutError("the daemon did not bind a Label Studio project; see daemon.log")
+
+
+def _paused(state_db: Path) -> str:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True) as db:
+        row = db.execute("select value from keyvalue where key='paused'").fetchone()
+    return json.loads(row[0])["reason"] if row and row[0] else ""
 
 
 def _wait_for_labels(state_db: Path, expected: int, timeout_s: float = 60) -> None:

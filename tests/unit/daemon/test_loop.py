@@ -194,3 +194,42 @@ def test_control_slice_is_marked_and_random(tmp_path: Path, monkeypatch: pytest.
     batch_id = run_cycle(ctx).batch_id or ""
     control = [i for i in batch_items(ctx, batch_id) if i.is_control]
     assert len(control) == 2
+
+
+def test_stopping_rule_pauses_and_resume_or_new_items_lift_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon.pause import is_paused, lift_pause
+
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(tmp_path, control_fraction=0.5, stop_kappa=0.5, stop_window=2, stability_sample=40)
+    gold = make_pool(tmp_path / "pool.csv")
+    fake = FakeConnector()
+    ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=fake,
+                      embedder_factory=lambda: HashingEmbedder(dim=64))
+    add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
+    ensure_project(ctx)
+    reports = []
+    for _ in range(6):
+        report = run_cycle(ctx)
+        reports.append(report)
+        if report.batch_id:
+            annotate_batch(ctx, fake, gold, report.batch_id)
+    with Session(ctx.engine) as session:
+        paused = is_paused(session)
+        status = status_report(session)
+    assert paused is not None and "kappa" in paused["reason"]
+    assert reports[-1].batch_id is None and "paused" in reports[-1].reason
+    assert status.stopping["paused"] == paused
+    with Session(ctx.engine) as session:
+        assert lift_pause(session, "test") is True
+        session.commit()
+    assert run_cycle(ctx).batch_id is not None  # resumed
+    extra = tmp_path / "more.csv"
+    extra.write_text("id,text\nnew-1,stolen card scam again\n")
+    with Session(ctx.engine) as session:  # pause again by hand, then new items lift it
+        from daemon.store import set_value
+
+        set_value(session, "paused", '{"reason": "x"}')
+        session.commit()
+    add_pool_file(ctx.engine, extra, pool=settings.pool, data_dir=settings.store.data_dir)
+    with Session(ctx.engine) as session:
+        assert is_paused(session) is None

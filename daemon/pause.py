@@ -1,0 +1,136 @@
+"""The stopping rule in production: pause the queue once more labels stop changing the model.
+
+After each retrain the new model predicts a fixed random sample of unlabeled items; Cohen's
+kappa against the previous model's predictions on the same items goes into a history. When
+the rule (``daemon.stopping``) fires *and* the random control slice agrees with the model's
+own quality estimate, the daemon stops pushing new batches. ``labelloop resume`` or new pool
+items lift the pause.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from sqlmodel import Session, col, select
+
+from daemon.context import LoopContext, TrainedModel
+from daemon.queries import control_slice_accuracy
+from daemon.stopping import StoppingRule, first_stop, prediction_kappa
+from daemon.store import HealthEvent, LabelRecord, ModelRun, PoolItem, get_value, set_value
+from daemon.training import vectors_for
+
+__all__ = ["PAUSE_KEY", "StabilityPoint", "history", "is_paused", "lift_pause", "update_stability"]
+
+log = logging.getLogger(__name__)
+PAUSE_KEY = "paused"
+_SAMPLE_KEY = "stability_sample"
+_PREDICTIONS_KEY = "stability_predictions"
+_HISTORY_KEY = "stability_history"
+MIN_CONTROL_LABELS = 10
+CONTROL_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class StabilityPoint:
+    model_version: str
+    n_labels: int
+    kappa: float | None
+
+
+def is_paused(session: Session) -> dict[str, Any] | None:
+    raw = get_value(session, PAUSE_KEY)
+    return json.loads(raw) if raw else None
+
+
+def lift_pause(session: Session, why: str) -> bool:
+    """Resume pushing; the stability history starts afresh. Return whether a pause was lifted."""
+    was = is_paused(session) is not None
+    set_value(session, PAUSE_KEY, "")
+    set_value(session, _HISTORY_KEY, "[]")
+    if was:
+        session.add(HealthEvent(kind="resumed", message=why))
+        log.info("queue resumed: %s", why)
+    return was
+
+
+def history(session: Session) -> list[StabilityPoint]:
+    raw = get_value(session, _HISTORY_KEY)
+    return [StabilityPoint(**point) for point in json.loads(raw)] if raw else []
+
+
+def update_stability(ctx: LoopContext, model: TrainedModel) -> StabilityPoint | None:
+    """Record kappa between this model and the previous one; pause when the rule says stop."""
+    loop = ctx.settings.loop
+    with Session(ctx.engine) as session:
+        points = history(session)
+        if points and points[-1].model_version == model.version:
+            return None
+        sample = _sample(session, ctx)
+        if not sample:
+            return None
+        predicted = _predict(ctx, model, sample)
+        kappa = _kappa_with_previous(session, predicted)
+        point = StabilityPoint(model.version, model.n_labels, kappa)
+        points.append(point)
+        set_value(session, _HISTORY_KEY, json.dumps([asdict(p) for p in points[-50:]]))
+        set_value(session, _PREDICTIONS_KEY, json.dumps(predicted))
+        rule = StoppingRule(threshold=loop.stop_kappa, window=loop.stop_window)
+        if loop.stop_rule_enabled and is_paused(session) is None:
+            _maybe_pause(session, points, rule)
+        session.commit()
+    return point
+
+
+def _maybe_pause(session: Session, points: list[StabilityPoint], rule: StoppingRule) -> None:
+    tail = [p.kappa for p in points[-rule.window :]]
+    if len(tail) < rule.window or first_stop(tail, rule) != rule.window - 1:
+        return
+    control = control_slice_accuracy(session)
+    latest = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
+    if control["n"] < MIN_CONTROL_LABELS or latest is None or latest.accuracy is None:
+        return  # the control slice cannot confirm yet
+    if control["accuracy"] < latest.accuracy - CONTROL_TOLERANCE:
+        return  # the model looks better on selected data than on random data: keep labeling
+    reason = (f"successive models agree (kappa ≥ {rule.threshold} over {rule.window} retrains) and the "
+              f"control slice confirms (accuracy {control['accuracy']:.3f} on {control['n']} random items)")
+    set_value(session, PAUSE_KEY, json.dumps({"reason": reason, "n_labels": points[-1].n_labels,
+                                              "model_version": points[-1].model_version}))
+    session.add(HealthEvent(kind="paused", message=reason))
+    log.warning("queue paused: %s; run `labelloop resume` to keep labeling", reason)
+
+
+def _sample(session: Session, ctx: LoopContext) -> list[str]:
+    raw = get_value(session, _SAMPLE_KEY)
+    if raw:
+        chosen: list[str] = json.loads(raw)
+    else:
+        ids = list(session.exec(select(PoolItem.item_id).where(col(PoolItem.is_embedded)).order_by(col(PoolItem.seq))))
+        rng = np.random.default_rng([ctx.settings.loop.seed, 7])
+        size = min(ctx.settings.loop.stability_sample, len(ids))
+        chosen = [ids[p] for p in sorted(rng.choice(len(ids), size=size, replace=False))] if size else []
+        set_value(session, _SAMPLE_KEY, json.dumps(chosen))
+    labeled = set(session.exec(select(LabelRecord.item_id).where(col(LabelRecord.item_id).in_(chosen))))
+    return [item_id for item_id in chosen if item_id not in labeled]
+
+
+def _predict(ctx: LoopContext, model: TrainedModel, item_ids: list[str]) -> dict[str, str]:
+    with Session(ctx.engine) as session:
+        rows = dict(session.exec(
+            select(PoolItem.item_id, PoolItem.content_hash).where(col(PoolItem.item_id).in_(item_ids))
+        ).all())
+    ordered = [item_id for item_id in item_ids if item_id in rows]
+    proba = model.classifier.predict_proba(vectors_for(ctx, [rows[i] for i in ordered]))
+    return {item_id: model.classes[int(p)] for item_id, p in zip(ordered, proba.argmax(axis=1), strict=True)}
+
+
+def _kappa_with_previous(session: Session, predicted: dict[str, str]) -> float | None:
+    raw = get_value(session, _PREDICTIONS_KEY)
+    previous: dict[str, str] = json.loads(raw) if raw else {}
+    common = [item_id for item_id in predicted if item_id in previous]
+    if not common:
+        return None
+    return prediction_kappa([previous[i] for i in common], [predicted[i] for i in common])
