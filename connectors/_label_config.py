@@ -65,6 +65,4 @@ def read_choices(label_config: str, *, project_id: str) -> ChoicesControl:
     target = next((tag for tag in root.iter() if tag.get("name") == to_name and tag is not control), None)
     variable = target.get("value", "") if target is not None else ""
     data_key = variable[1:] if variable.startswith("$") and len(variable) > 1 else None
-    return ChoicesControl(
-        from_name=control.get("name", ""), to_name=to_name, classes=classes, data_key=data_key
-    )
+    return ChoicesControl(from_name=control.get("name", ""), to_name=to_name, classes=classes, data_key=data_key)

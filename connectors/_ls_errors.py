@@ -31,8 +31,7 @@ def translated(url: str, op: str) -> Iterator[None]:
         yield
     except httpx.TimeoutException as e:
         raise ConnectorUnavailable(
-            f"Label Studio at {url} did not answer in time during {op} "
-            f"({type(e).__name__}); is it overloaded?"
+            f"Label Studio at {url} did not answer in time during {op} ({type(e).__name__}); is it overloaded?"
         ) from e
     except httpx.TransportError as e:
         raise ConnectorUnavailable(
@@ -40,15 +39,12 @@ def translated(url: str, op: str) -> Iterator[None]:
             "check that it is running and that the URL is right"
         ) from e
     except httpx.TooManyRedirects as e:
-        raise ConnectorRejected(
-            f"Label Studio at {url} redirected too often during {op}; check the URL"
-        ) from e
+        raise ConnectorRejected(f"Label Studio at {url} redirected too often during {op}; check the URL") from e
     except httpx.RequestError as e:
         raise ConnectorUnavailable(f"Label Studio at {url} failed during {op} ({type(e).__name__})") from e
     except json.JSONDecodeError as e:  # e.g. an HTML error page from a proxy on token refresh
         raise ConnectorUnavailable(
-            f"Label Studio at {url} answered {op} with something that is not JSON; "
-            "is a proxy in front of it failing?"
+            f"Label Studio at {url} answered {op} with something that is not JSON; is a proxy in front of it failing?"
         ) from e
     except ApiError as e:
         # Chain a copy without headers or body: its str() would carry them into tracebacks,
@@ -71,8 +67,7 @@ def _api_error(url: str, op: str, error: ApiError) -> ConnectorUnavailable | Con
         )
     if status == 404:
         return ConnectorRejected(
-            f"Label Studio at {url} answered 404 during {op}: "
-            "the project or task does not exist (check the project id)"
+            f"Label Studio at {url} answered 404 during {op}: the project or task does not exist (check the project id)"
         )
     fields = error.body.get("validation_errors") if isinstance(error.body, dict) else None
     about = f"; check {', '.join(sorted(map(str, fields)))}" if isinstance(fields, dict) and fields else ""

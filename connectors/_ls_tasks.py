@@ -96,9 +96,7 @@ def task_payload(task: OutgoingTask, *, control: ChoicesControl, text_key: str) 
     classes: Label Studio may reject the whole import for one invalid prediction.
     """
     data: dict[str, Any] = {
-        key: value
-        for key, value in task.meta.items()
-        if key != text_key and not key.startswith(_RESERVED_PREFIX)
+        key: value for key, value in task.meta.items() if key != text_key and not key.startswith(_RESERVED_PREFIX)
     }
     data.update(
         {

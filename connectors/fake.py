@@ -95,9 +95,7 @@ class FakeConnector:
         self._enter("ensure_project")
         if self.classes is None:
             if not classes:
-                raise ConnectorRejected(
-                    f"no project titled {self.project_title!r} and no classes to create it"
-                )
+                raise ConnectorRejected(f"no project titled {self.project_title!r} and no classes to create it")
             self.classes = tuple(classes)
         if not self.classes:
             raise ConnectorRejected("project 1: its labeling config has no <Choices> tag")
@@ -170,9 +168,7 @@ class FakeConnector:
 
     # -- test hooks ------------------------------------------------------------------
 
-    def annotate(
-        self, item_id: str, choice: str, *, annotator: str | None = None, at: datetime | None = None
-    ) -> str:
+    def annotate(self, item_id: str, choice: str, *, annotator: str | None = None, at: datetime | None = None) -> str:
         """Submit a new annotation choosing ``choice`` (any string); return its id."""
         return self._add(item_id, (choice,), annotator=annotator, at=at, is_skipped=False)
 
@@ -190,9 +186,7 @@ class FakeConnector:
         task.annotations[-1] = AnnotationState(old.remote_annotation_id, (choice,), old.annotator, moment)
         task.updated_at = max(task.updated_at, moment)
 
-    def delete_annotation(
-        self, item_id: str, *, annotation_id: str | None = None, at: datetime | None = None
-    ) -> None:
+    def delete_annotation(self, item_id: str, *, annotation_id: str | None = None, at: datetime | None = None) -> None:
         """Delete one annotation of the task (the latest by default)."""
         task = self._task(item_id)
         if not task.annotations:
@@ -235,15 +229,11 @@ class FakeConnector:
         if self._failures:
             raise self._failures.pop(0)
         if self._accepted_keys is not None and self._api_key not in self._accepted_keys:
-            raise ConnectorAuthError(
-                f"{self.url} refused the API token (401); set LABELLOOP_LABEL_STUDIO__API_KEY"
-            )
+            raise ConnectorAuthError(f"{self.url} refused the API token (401); set LABELLOOP_LABEL_STUDIO__API_KEY")
 
     def _require_project(self) -> None:
         if not self.classes:
-            raise ConnectorRejected(
-                f"no project titled {self.project_title!r} yet; call ensure_project first"
-            )
+            raise ConnectorRejected(f"no project titled {self.project_title!r} yet; call ensure_project first")
 
     def _task(self, item_id: str) -> _Task:
         remote_task_id = self._by_item.get(item_id)

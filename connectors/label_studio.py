@@ -29,7 +29,7 @@ from connectors import _ls_tasks as lt
 from connectors._label_config import ChoicesControl, choices_config, read_choices
 from connectors._ls_errors import TOKEN_ADVICE, display_url, translated
 from connectors.base import OutgoingTask, ProjectInfo, PullResult, TaskSummary
-from connectors.errors import ConnectorAuthError, ConnectorRejected, ConnectorUnavailable
+from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
 
 __all__ = ["LabelStudioConnector"]
 
@@ -105,14 +105,18 @@ class LabelStudioConnector:
         if not api_key.strip():
             raise ConnectorAuthError(f"no API token for Label Studio at {display}. {TOKEN_ADVICE}")
         http = httpx.Client(timeout=timeout_s, follow_redirects=True, transport=transport)
-        with translated(display, "connect"):
-            client = LabelStudio(  # type: ignore[no-untyped-call]  # the SDK's wrapper takes **kwargs
-                base_url=url.rstrip("/"),
-                api_key=api_key.strip(),
-                httpx_client=http,
-                timeout=timeout_s,
-                max_retries=0,
-            )
+        try:
+            with translated(display, "connect"):
+                client = LabelStudio(  # type: ignore[no-untyped-call]  # the SDK's wrapper takes **kwargs
+                    base_url=url.rstrip("/"),
+                    api_key=api_key.strip(),
+                    httpx_client=http,
+                    timeout=timeout_s,
+                    max_retries=0,
+                )
+        except ConnectorError:
+            http.close()
+            raise
         return cls(
             client,
             url=url,
@@ -164,9 +168,7 @@ class LabelStudioConnector:
                 f"project {project_id} shows task field {control.data_key!r} but labelloop sends the text as "
                 f"{self.text_key!r}; set LABELLOOP_LABEL_STUDIO__TEXT_KEY={control.data_key}"
             )
-        self._project = _Project(
-            project_id=project_id, title=str(title or self.project_title), control=control
-        )
+        self._project = _Project(project_id=project_id, title=str(title or self.project_title), control=control)
         return ProjectInfo(project_id=str(project_id), title=self._project.title, classes=control.classes)
 
     def push(self, tasks: Sequence[OutgoingTask]) -> Mapping[str, str]:
@@ -179,6 +181,8 @@ class LabelStudioConnector:
             ConnectorUnavailable: a transient failure; tasks created so far are found next time.
             ConnectorRejected: Label Studio refused the payload.
         """
+        if not tasks:
+            return {}
         project = self._resolved()
         unique: dict[str, OutgoingTask] = {}
         for task in tasks:
@@ -222,8 +226,7 @@ class LabelStudioConnector:
             listed = list(self._iter_tasks(project, filters, fields="all", include=lt.PULL_FIELDS))
             self._learn_annotators(listed)
         states = [
-            lt.remote_state(task, from_name=project.control.from_name, annotators=self._annotators)
-            for task in listed
+            lt.remote_state(task, from_name=project.control.from_name, annotators=self._annotators) for task in listed
         ]
         seen = {state.remote_task_id for state in states}
         deleted: tuple[str, ...] = ()
@@ -245,9 +248,7 @@ class LabelStudioConnector:
         with translated(self.url, "list_tasks"):
             return [
                 lt.summary(task)
-                for task in self._iter_tasks(
-                    project, [lt.OURS], fields="task_only", include=lt.SUMMARY_FIELDS
-                )
+                for task in self._iter_tasks(project, [lt.OURS], fields="task_only", include=lt.SUMMARY_FIELDS)
             ]
 
     def count_waiting(self) -> int:
@@ -276,31 +277,11 @@ class LabelStudioConnector:
             ConnectorUnavailable, ConnectorRejected.
         """
         project = self._resolved()
-        numeric = sorted({int(task_id) for task_id in remote_task_ids if task_id.isdigit()})
-        by_id = [lt.dm_filter("id", "in_list", "Number", numeric)]
+        numeric = sorted({task_id for task_id in remote_task_ids if task_id.isdigit()}, key=int)
+        remaining: set[str] = set()
         with translated(self.url, "withdraw"):
-            candidates = (
-                [
-                    int(task.id)
-                    for task in self._iter_tasks(
-                        project, [*by_id, *_UNTOUCHED], fields="task_only", include="id"
-                    )
-                ]
-                if numeric
-                else []
-            )
-            if candidates:
-                self._client.actions.create(
-                    id="delete_tasks",
-                    project=project.project_id,
-                    filters=cast(Any, {"conjunction": "and", "items": [*by_id, *_UNTOUCHED]}),
-                    selected_items=cast(Any, {"all": False, "included": candidates}),
-                )
-            remaining = (
-                {str(task.id) for task in self._iter_tasks(project, by_id, fields="task_only", include="id")}
-                if numeric
-                else set()
-            )
+            for chunk in lt.id_chunks(numeric, max_items=self.lookup_chunk_size):
+                remaining |= self._delete_untouched(project, [int(task_id) for task_id in chunk])
         gone = [task_id for task_id in remote_task_ids if task_id not in remaining]
         self._known_task_ids.difference_update(gone)
         log.info(
@@ -313,6 +294,21 @@ class LabelStudioConnector:
 
     # -- internals -------------------------------------------------------------------
 
+    def _delete_untouched(self, project: _Project, task_ids: list[int]) -> set[str]:
+        """Delete the untouched ones among ``task_ids``; return the ids that still exist."""
+        by_id = [lt.dm_filter("id", "in_list", "Number", task_ids)]
+        candidates = [
+            int(task.id) for task in self._iter_tasks(project, [*by_id, *_UNTOUCHED], fields="task_only", include="id")
+        ]
+        if candidates:  # the action re-applies the filters, so a task touched since is kept
+            self._client.actions.create(
+                id="delete_tasks",
+                project=project.project_id,
+                filters=cast(Any, {"conjunction": "and", "items": [*by_id, *_UNTOUCHED]}),
+                selected_items=cast(Any, {"all": False, "included": candidates}),
+            )
+        return {str(task.id) for task in self._iter_tasks(project, by_id, fields="task_only", include="id")}
+
     def _resolved(self) -> _Project:
         if self._project is None:
             self.ensure_project(classes=None)
@@ -324,7 +320,10 @@ class LabelStudioConnector:
         pager: Any = self._client.projects.list(
             title=self.project_title, include="id,title,label_config", page_size=100
         )
-        matches = sorted((int(p.id), p) for p in pager if p.title == self.project_title and p.id is not None)
+        matches = sorted(
+            ((int(p.id), p) for p in pager if p.title == self.project_title and p.id is not None),
+            key=lambda match: match[0],
+        )
         if len(matches) > 1:
             log.warning(
                 "%s projects are titled %r; using the oldest, %s",
@@ -355,9 +354,7 @@ class LabelStudioConnector:
         """Yield matching tasks by ascending id, paging on ``id >`` (stable under inserts/deletes)."""
         after = 0
         while True:
-            query = lt.dm_query(
-                [*filters, lt.dm_filter("id", "greater", "Number", after)], ordering="tasks:id"
-            )
+            query = lt.dm_query([*filters, lt.dm_filter("id", "greater", "Number", after)], ordering="tasks:id")
             page: Any = self._client.tasks.list(
                 project=project.project_id,
                 query=query,
@@ -416,10 +413,7 @@ class LabelStudioConnector:
 
     def _learn_annotators(self, listed: Sequence[Any]) -> None:
         wanted = {
-            who
-            for task in listed
-            for raw in (task.annotations or ())
-            if (who := lt.annotator_id(raw)) is not None
+            who for task in listed for raw in (task.annotations or ()) if (who := lt.annotator_id(raw)) is not None
         }
         if wanted <= self._annotators.keys():
             return
@@ -428,8 +422,9 @@ class LabelStudioConnector:
         except ApiError as e:
             if e.status_code != 403:
                 raise
-            return  # a token without user listing rights: annotators stay user ids
+            users = []  # a token without user listing rights: annotators stay user ids
         self._annotators.update({int(user.id): str(user.email or user.username or user.id) for user in users})
+        self._annotators.update({who: str(who) for who in wanted - self._annotators.keys()})  # ask once
 
 
 _NO_ANNOTATION = (
