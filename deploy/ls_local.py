@@ -89,9 +89,7 @@ def ensure_venv(path: Path | str | None = None) -> Path:
         marker.write_text(found)
         return venv
     if venv.exists() and any(venv.iterdir()) and not (venv / "pyvenv.cfg").exists():
-        raise LabelStudioStartError(
-            f"{venv} exists and is not a virtualenv; remove it or set LABELLOOP_LS_VENV"
-        )
+        raise LabelStudioStartError(f"{venv} exists and is not a virtualenv; remove it or set LABELLOOP_LS_VENV")
     base_python = shutil.which("python3") or sys.executable
     _run([base_python, "-m", "venv", "--clear", str(venv)], what="create the Label Studio venv")
     _run([str(python), "-m", "pip", "install", "--quiet", LS_REQUIREMENT], what="pip install label-studio")
@@ -132,6 +130,7 @@ class LocalLabelStudio:
     venv: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     startup_s: float = 0.0  # wall time of the last start or restart, health check included
+    log_offset: int = field(default=0, repr=False)  # where the current run's log starts
 
     @property
     def pid(self) -> int | None:
@@ -259,9 +258,7 @@ def ensure_template(path: Path | str | None = None, *, venv: Path | str | None =
     except OSError:  # another process finished first, or a broken template is in the way
         shutil.rmtree(scratch, ignore_errors=True)
         if not (target / _DATABASE).exists():
-            raise LabelStudioStartError(
-                f"{target} is in the way of the Label Studio template; remove it"
-            ) from None
+            raise LabelStudioStartError(f"{target} is in the way of the Label Studio template; remove it") from None
     return target
 
 
@@ -297,6 +294,7 @@ def _spawn(server: LocalLabelStudio) -> subprocess.Popen[bytes]:
         "--enable-legacy-api-token",
     ]
     with server.log_path.open("ab") as log:
+        server.log_offset = log.tell()
         log.write(f"\n=== labelloop: starting Label Studio on {server.url} ===\n".encode())
         log.flush()
         return subprocess.Popen(
@@ -319,10 +317,9 @@ def _wait_healthy(server: LocalLabelStudio, *, timeout_s: float) -> None:
                 raise LabelStudioStartError(
                     f"Label Studio exited (code {code}) before it was healthy\n" + _log_tail(server.log_path)
                 )
-            if "is in use" in _log_tail(server.log_path, lines=40):
+            if "is in use" in _log_since(server.log_path, server.log_offset):
                 raise LabelStudioStartError(
-                    f"Label Studio found port {server.port} busy and moved elsewhere\n"
-                    + _log_tail(server.log_path)
+                    f"Label Studio found port {server.port} busy and moved elsewhere\n" + _log_tail(server.log_path)
                 )
             with contextlib.suppress(httpx.TransportError):
                 if http.get("/health").status_code == 200:
@@ -343,7 +340,7 @@ def _prepare_tokens(server: LocalLabelStudio) -> None:
             data={
                 "email": server.username,
                 "password": server.password,
-                "csrfmiddlewaretoken": http.cookies.get("csrftoken", ""),
+                "csrfmiddlewaretoken": (http.cookies.get("csrftoken") or ""),
             },
             headers=referer,
         )
@@ -352,7 +349,7 @@ def _prepare_tokens(server: LocalLabelStudio) -> None:
                 f"session login as {server.username} failed (HTTP {login.status_code}); "
                 f"if {server.data_dir} predates its {CREDENTIALS_FILE}, delete the dir"
             )
-        headers = {"X-CSRFToken": http.cookies.get("csrftoken", ""), "Referer": f"{server.url}/"}
+        headers = {"X-CSRFToken": (http.cookies.get("csrftoken") or ""), "Referer": f"{server.url}/"}
         enabled = http.post(
             "/api/jwt/settings",
             json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": True},
@@ -369,9 +366,7 @@ def _prepare_tokens(server: LocalLabelStudio) -> None:
                 f"does not hold; delete {server.data_dir} to start afresh"
             )
         if created.status_code != 201:
-            raise LabelStudioStartError(
-                f"creating a Personal Access Token failed (HTTP {created.status_code})"
-            )
+            raise LabelStudioStartError(f"creating a Personal Access Token failed (HTTP {created.status_code})")
         server.pat = str(created.json()["token"])
 
 
@@ -416,6 +411,12 @@ def _port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         return probe.connect_ex((HOST, port)) == 0
+
+
+def _log_since(path: Path, offset: int) -> str:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read(65_536).decode(errors="replace")
 
 
 def _log_tail(path: Path, *, lines: int = 30) -> str:
