@@ -254,3 +254,12 @@ def config_show(as_json: JsonOpt = False) -> None:
             for key, value in values.items():
                 table.add_row(f"{section}.{key}", json.dumps(value))
         out.print(table)
+
+
+def _register_extra_commands() -> None:
+    from daemon.cli_simulate import register
+
+    register(app)
+
+
+_register_extra_commands()

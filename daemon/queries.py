@@ -250,7 +250,24 @@ def control_slice_accuracy(session: Session) -> dict[str, Any]:
                col(BatchItem.predicted_label).is_not(None))
     ).all()
     correct = sum(1 for predicted, label in rows if predicted == label)
-    return {"n": len(rows), "accuracy": round(correct / len(rows), 4) if rows else None}
+    return {"n": len(rows), "accuracy": round(correct / len(rows), 4) if rows else None,
+            "curve": _control_curve(session)}
+
+
+def _control_curve(session: Session) -> list[dict[str, Any]]:
+    """Unbiased accuracy per model: its predictions on labeled random control items, by labels used."""
+    rows = session.exec(
+        select(ModelRun.n_labels, Batch.model_version, BatchItem.predicted_label, LabelRecord.label)
+        .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
+        .join(ModelRun, col(ModelRun.version) == col(Batch.model_version))
+        .join(LabelRecord, col(LabelRecord.item_id) == col(BatchItem.item_id))
+        .where(col(BatchItem.is_control), LabelRecord.status == LabelStatus.LABELED)
+    ).all()
+    by_model: dict[tuple[int, str], list[bool]] = {}
+    for n_labels, version, predicted, label in rows:
+        by_model.setdefault((n_labels, version), []).append(predicted == label)
+    return [{"n_labels": n, "model_version": v, "n_control": len(hits), "accuracy": round(sum(hits) / len(hits), 4)}
+            for (n, v), hits in sorted(by_model.items())]
 
 
 def _cycles(session: Session, limit: int) -> list[dict[str, Any]]:

@@ -62,6 +62,10 @@ def status_panels(report: StatusReport) -> list[Panel]:
     control = report.control_slice
     model_text += (f"\ncontrol slice: accuracy {_fmt(control['accuracy'])} on {control['n']} random items"
                    if control["n"] else "\ncontrol slice: no labeled control items yet")
+    curve = control.get("curve", [])
+    if len(curve) > 1:
+        model_text += "\n  by labels used: " + ", ".join(
+            f"{p['n_labels']}→{p['accuracy']:.2f} (n={p['n_control']})" for p in curve[-6:])
     stopping = report.stopping
     kappas = [k for k in (p["kappa"] for p in stopping.get("kappa_history", [])) if k is not None]
     if stopping.get("paused"):

@@ -186,7 +186,7 @@ def test_rejected_push_parks_the_batch(
 def test_control_slice_is_marked_and_random(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     settings = make_settings(tmp_path, control_fraction=0.2)
-    make_pool(tmp_path / "pool.csv")
+    gold = make_pool(tmp_path / "pool.csv")
     ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=FakeConnector(),
                       embedder_factory=lambda: HashingEmbedder(dim=64))
     add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
@@ -194,6 +194,18 @@ def test_control_slice_is_marked_and_random(tmp_path: Path, monkeypatch: pytest.
     batch_id = run_cycle(ctx).batch_id or ""
     control = [i for i in batch_items(ctx, batch_id) if i.is_control]
     assert len(control) == 2
+    fake = ctx.connector
+    assert isinstance(fake, FakeConnector)
+    annotate_batch(ctx, fake, gold, batch_id)
+    second = run_cycle(ctx).batch_id or ""
+    assert all(i.predicted_label for i in batch_items(ctx, second) if i.is_control)
+    annotate_batch(ctx, fake, gold, second)
+    run_cycle(ctx)
+    with Session(ctx.engine) as session:
+        control_report = status_report(session).control_slice
+    assert control_report["n"] == 2  # only control items predicted by a trained model count
+    (point,) = control_report["curve"]
+    assert point["n_labels"] == 10 and point["n_control"] == 2
 
 
 def test_stopping_rule_pauses_and_resume_or_new_items_lift_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,66 @@
+"""The CLI's parse → query → render paths, on a tmp store (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from daemon.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in ("LABELLOOP_CONFIG", "LABELLOOP_LABEL_STUDIO__API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(app, ["init", "--classes", "ham,spam"])
+    assert result.exit_code == 0, result.output
+    return tmp_path
+
+
+def test_init_refuses_to_overwrite(workdir: Path) -> None:
+    assert (workdir / "labelloop.toml").is_file()
+    again = runner.invoke(app, ["init"])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_pool_add_then_read_commands(workdir: Path) -> None:
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello", "label": "ham"}\n{"id": "b", "text": "win"}\n')
+    added = runner.invoke(app, ["pool", "add", "pool.jsonl", "--json"])
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.stdout)["added"] == 2
+    again = runner.invoke(app, ["pool", "add", "pool.jsonl", "--json"])
+    assert json.loads(again.stdout)["added"] == 0  # nothing twice
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["pool"]["items"] == 2 and status["labels"]["labeled"] == 1
+    assert json.loads(runner.invoke(app, ["batches", "--json"]).stdout) == []
+    assert runner.invoke(app, ["status"]).exit_code == 0  # the human rendering works too
+
+
+def test_malformed_pool_file_says_where(workdir: Path) -> None:
+    (workdir / "bad.csv").write_text("id,text\n1,fine\n2\n")
+    result = runner.invoke(app, ["pool", "add", "bad.csv"])
+    assert result.exit_code == 1
+    assert "bad.csv" in result.output and "line 3" in result.output
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["pool"]["items"] == 0  # nothing half-imported
+
+
+def test_unknown_batch_and_masked_config(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shown = runner.invoke(app, ["batches", "show", "nope"])
+    assert shown.exit_code == 1 and "no batch" in shown.output
+    monkeypatch.setenv("LABELLOOP_LABEL_STUDIO__API_KEY", "tok-very-secret")
+    config = runner.invoke(app, ["config", "show", "--json"])
+    assert "tok-very-secret" not in config.stdout
+    assert json.loads(config.stdout)["label_studio"]["api_key"] == "**********"
+
+
+def test_run_without_a_token_explains_what_to_do(workdir: Path) -> None:
+    result = runner.invoke(app, ["run"])
+    assert result.exit_code == 2
+    assert "LABELLOOP_LABEL_STUDIO__API_KEY" in result.output
