@@ -37,6 +37,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --check-untyped-defs --ignore-missing-imports tests
 
 bench-labels: venv
 	$(PY) bench/label_efficiency.py

@@ -43,7 +43,7 @@ class LabelStudioSettings(_Section):
     url: str = "http://127.0.0.1:8080"
     api_key: SecretStr | None = None  # legacy token or Personal Access Token
     project_id: int | None = None  # use this project; None = find or create by title
-    project_title: str = "labelloop"
+    project_title: str = Field(default="labelloop", min_length=1, max_length=50)  # Label Studio caps at 50
     text_key: str = "text"
     timeout_s: float = Field(default=15.0, gt=0)
     max_waiting_tasks: int = Field(default=200, gt=0)  # unlabeled tasks of ours allowed in the queue

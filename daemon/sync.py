@@ -70,7 +70,10 @@ def sync(ctx: LoopContext) -> SyncReport:
     ctx.sync_count += 1
     with Session(ctx.engine) as session:
         changed, unknown = apply_task_states(session, result.tasks)
-        _withdraw_deleted(session, result.deleted_task_ids)
+        deleted = list(result.deleted_task_ids)
+        if since is None:  # a full listing: any open task of ours it lacks was deleted in the tool
+            deleted += _missing_from(session, {task.remote_task_id for task in result.tasks})
+        _withdraw_deleted(session, deleted)
         closed = close_finished_batches(session)
         _advance_watermark(session, raw, result.watermark)
         session.commit()
@@ -189,6 +192,14 @@ def _withdraw_deleted(session: Session, remote_task_ids: Sequence[str]) -> None:
         if item.state is BatchItemState.PENDING:
             item.state = BatchItemState.WITHDRAWN
             session.add(item)
+
+
+def _missing_from(session: Session, present: set[str]) -> list[str]:
+    pending = session.exec(
+        select(BatchItem.remote_task_id)
+        .where(BatchItem.state == BatchItemState.PENDING, col(BatchItem.remote_task_id).is_not(None))
+    ).all()
+    return [remote for remote in pending if remote is not None and remote not in present]
 
 
 def close_finished_batches(session: Session) -> int:

@@ -40,7 +40,8 @@ def main() -> int:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"starting Label Studio on 127.0.0.1 (data in {workdir / 'ls-data'}) …", flush=True)
-    server = ls_local.start(workdir / "ls-data", port=args.port)
+    template = None if args.live else ls_local.ensure_template()  # a migrated data dir: starts in seconds
+    server = ls_local.start(workdir / "ls-data", port=args.port, template=template)
     daemon: subprocess.Popen[bytes] | None = None
     try:
         env = _daemon_env(server, workdir)

@@ -241,6 +241,7 @@ def workdir(tmp_path: Path, ls_project: Callable[..., int]) -> tuple[Path, int, 
 def our_tasks(client: LabelStudio, project_id: int) -> dict[str, int]:
     """``{item_id: task_id}`` for every task of ours in the project."""
     found: dict[str, int] = {}
+    task: Any
     for task in client.tasks.list(project=project_id, fields="all", page_size=100):
         item_id = (task.data or {}).get("al_item_id")
         if item_id:

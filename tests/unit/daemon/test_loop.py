@@ -245,3 +245,31 @@ def test_stopping_rule_pauses_and_resume_or_new_items_lift_it(tmp_path: Path, mo
     add_pool_file(ctx.engine, extra, pool=settings.pool, data_dir=settings.store.data_dir)
     with Session(ctx.engine) as session:
         assert is_paused(session) is None
+
+
+def test_task_deleted_while_the_daemon_was_away_is_withdrawn(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from daemon.sync import sync
+
+    ctx, fake, gold = world
+    batch_id = run_cycle(ctx).batch_id or ""
+    items = batch_items(ctx, batch_id)
+    fake.delete_task(items[0].item_id)
+    real_pull = fake.pull
+    # a restarted connector never saw the task, so it cannot report the deletion itself
+    monkeypatch.setattr(fake, "pull", lambda *, since: dataclasses.replace(real_pull(since=since), deleted_task_ids=()))
+    ctx.sync_count = 1  # an incremental pull does not notice a missing task …
+    sync(ctx)
+    assert {i.item_id: i.state for i in batch_items(ctx, batch_id)}[items[0].item_id] == "pending"
+    ctx.sync_count = 0  # … a full one does
+    sync(ctx)
+    for item in items[1:]:
+        fake.annotate(item.item_id, gold[item.item_id])
+    sync(ctx)
+    states = {i.item_id: i.state for i in batch_items(ctx, batch_id)}
+    assert states[items[0].item_id] == "withdrawn"
+    with Session(ctx.engine) as session:
+        assert session.get(Batch, batch_id).status is BatchStatus.CLOSED  # type: ignore[union-attr]
