@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -42,8 +43,10 @@ from models._cache_files import (
 from models._digest_index import DIGEST_BYTES, DigestIndex, digests_from_hex
 from models._types import Float32Array, IntArray
 from models._writer_lock import WriterLock, acquire_writer_lock, release_writer_lock
-from models.embedder import Embedder
 from models.errors import CacheError
+
+if TYPE_CHECKING:  # typing only: the cache must not import torch (the CLI reads it)
+    from models.embedder import Embedder
 
 __all__ = ["EmbeddingCache", "content_hash", "embed_missing", "model_key"]
 

@@ -167,15 +167,17 @@ class TransformerEmbedder:
 
         Raises:
             EmbedderUnavailable: the model is missing or cannot be loaded.
-            ValueError: a constructor argument is out of range.
+            ValueError: a text is not a ``str``, or a constructor argument is out of range.
         """
         self._check_params()
+        if not all(isinstance(text, str) for text in texts):
+            raise ValueError("texts must all be str")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if len(texts) == 0:
             return out
         loaded = self._load()
         for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            chunk = [str(t) for t in texts[start : start + _TOKENIZE_CHUNK]]
+            chunk = list(texts[start : start + _TOKENIZE_CHUNK])
             out[start : start + len(chunk)] = self._encode_chunk(loaded, chunk)
         return out
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 import models
 
 
@@ -39,3 +45,18 @@ def test_error_tree() -> None:
 def test_embedders_satisfy_the_protocol() -> None:
     embedders: list[models.Embedder] = [models.HashingEmbedder(dim=8), models.TransformerEmbedder()]
     assert all(hasattr(e, "encode") for e in embedders)
+
+
+def test_cache_errors_and_hashing_import_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "import models, models.cache, models.errors, models.hashing\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"
+    )
+    repo = Path(models.__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo)
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError):
+        _ = models.NoSuchThing

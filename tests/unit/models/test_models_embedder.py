@@ -154,3 +154,8 @@ def test_length_batches_keep_long_equal_runs_unpadded() -> None:
     lengths = np.array([5] * 30 + [6] * 30 + [7] * 2 + [8] * 2)
     batches = list(length_batches(lengths, token_budget=10_000, min_rows=8))
     assert [(b.start, b.stop) for b in batches] == [(0, 30), (30, 60), (60, 64)]
+
+
+def test_non_strings_are_refused(embedder: TransformerEmbedder) -> None:
+    with pytest.raises(ValueError, match="str"):
+        embedder.encode(["fine", None])  # type: ignore[list-item]
