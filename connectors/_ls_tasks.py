@@ -113,19 +113,24 @@ def task_payload(task: OutgoingTask, *, control: ChoicesControl, text_key: str) 
     if task.predicted_label is not None and task.predicted_label in control.classes:
         prediction: dict[str, Any] = {
             "model_version": task.model_version or "labelloop",
-            "result": [
-                {
-                    "from_name": control.from_name,
-                    "to_name": control.to_name,
-                    "type": "choices",
-                    "value": {"choices": [task.predicted_label]},
-                }
-            ],
+            "result": choices_result(task.predicted_label, control=control),
         }
         if task.predicted_score is not None:
             prediction["score"] = task.predicted_score
         payload["predictions"] = [prediction]
     return payload
+
+
+def choices_result(choice: str, *, control: ChoicesControl) -> list[dict[str, Any]]:
+    """A Label Studio ``result`` choosing ``choice`` in the project's ``<Choices>``."""
+    return [
+        {
+            "from_name": control.from_name,
+            "to_name": control.to_name,
+            "type": "choices",
+            "value": {"choices": [choice]},
+        }
+    ]
 
 
 def remote_state(task: Any, *, from_name: str, annotators: Mapping[int, str]) -> RemoteTaskState:

@@ -17,6 +17,7 @@ __all__ = [
     "AnnotationState",
     "Connector",
     "OutgoingTask",
+    "PredictionUpdate",
     "ProjectInfo",
     "PullResult",
     "RemoteTaskState",
@@ -100,6 +101,16 @@ class TaskSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class PredictionUpdate:
+    """A newer model's view of a task still waiting in the queue (stale re-ranking)."""
+
+    remote_task_id: str
+    model_version: str
+    predicted_label: str | None
+    predicted_score: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectInfo:
     project_id: str
     title: str
@@ -146,6 +157,14 @@ class Connector(Protocol):
 
     def count_waiting(self) -> int:
         """Number of our tasks in the tool that have no annotation yet."""
+        ...
+
+    def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> int:
+        """Attach a newer model's prediction to waiting tasks; return how many were updated.
+
+        Annotators then start from the current model's suggestion, and the tool can sort
+        the queue by the new prediction scores.
+        """
         ...
 
     def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:

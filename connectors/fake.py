@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from connectors.base import (
     AnnotationState,
     OutgoingTask,
+    PredictionUpdate,
     ProjectInfo,
     PullResult,
     RemoteTaskState,
@@ -81,6 +82,7 @@ class FakeConnector:
         self._failures: list[ConnectorError] = []
         self._crash_after: int | None = None
         self.calls: list[str] = []  # protocol methods called, in order
+        self.predictions: dict[str, list[PredictionUpdate]] = {}  # refreshed predictions per task
 
     def __repr__(self) -> str:
         return f"FakeConnector(url={self.url!r}, tasks={len(self._tasks)})"
@@ -156,6 +158,18 @@ class FakeConnector:
         self._enter("count_waiting")
         self._require_project()
         return sum(1 for task in self._tasks.values() if not task.annotations)
+
+    def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> int:
+        self._enter("refresh_predictions")
+        self._require_project()
+        done = 0
+        for update in updates:
+            task = self._tasks.get(update.remote_task_id)
+            if task is None:
+                continue
+            self.predictions.setdefault(update.remote_task_id, []).append(update)
+            done += 1
+        return done
 
     def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
         self._enter("withdraw")

@@ -28,7 +28,7 @@ from label_studio_sdk.core import ApiError
 from connectors import _ls_tasks as lt
 from connectors._label_config import ChoicesControl, choices_config, read_choices
 from connectors._ls_errors import TOKEN_ADVICE, display_url, translated
-from connectors.base import OutgoingTask, ProjectInfo, PullResult, TaskSummary
+from connectors.base import OutgoingTask, PredictionUpdate, ProjectInfo, PullResult, TaskSummary
 from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
 
 __all__ = ["LabelStudioConnector"]
@@ -264,6 +264,37 @@ class LabelStudioConnector:
                 project=project.project_id, query=query, fields="task_only", include="id", page=1, page_size=1
             )
             return int(page.response.total)
+
+    def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> int:
+        """Add the newer model's prediction to each task and make it the project's current version.
+
+        Label Studio pre-annotates from the project's ``model_version``, so annotators see the
+        current model's suggestion, and the Data Manager can sort by the new prediction score.
+        Updates whose label is not a class of the project are skipped.
+
+        Raises:
+            ConnectorUnavailable, ConnectorRejected.
+        """
+        project = self._resolved()
+        done = 0
+        versions: set[str] = set()
+        with translated(self.url, "refresh_predictions"):
+            for update in updates:
+                if update.predicted_label not in project.control.classes or not update.remote_task_id.isdigit():
+                    continue
+                extra: dict[str, Any] = {} if update.predicted_score is None else {"score": update.predicted_score}
+                self._client.predictions.create(
+                    task=int(update.remote_task_id),
+                    result=lt.choices_result(update.predicted_label, control=project.control),
+                    model_version=update.model_version,
+                    **extra,
+                )
+                versions.add(update.model_version)
+                done += 1
+            if len(versions) == 1:
+                self._client.projects.update(id=project.project_id, model_version=versions.pop())
+        log.info("refresh_predictions: %s of %s tasks in project %s", done, len(updates), project.project_id)
+        return done
 
     def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
         """Delete the given tasks that nobody annotated, skipped or drafted; return the ids now gone.

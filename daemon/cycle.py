@@ -21,7 +21,8 @@ from connectors.base import OutgoingTask
 from connectors.errors import ConnectorError, ConnectorRejected
 from daemon.context import LoopContext
 from daemon.pause import is_paused, update_stability
-from daemon.selection import select_next_batch, waiting_count
+from daemon.rerank import rerank_queue
+from daemon.selection import select_next_batch, strategy_name, waiting_count
 from daemon.settings import LoopSettings
 from daemon.store import (
     Batch,
@@ -123,6 +124,7 @@ def _stages(ctx: LoopContext, report: CycleReport) -> None:
     report.model_version = model.version if model else None
     if model is not None:
         timed("stability", lambda: update_stability(ctx, model))
+        timed("rerank", lambda: rerank_queue(ctx, model, strategy=strategy_name(ctx)))
     if ctx.stop.is_set():
         report.status = "stopped"
         return

@@ -65,6 +65,8 @@ class LoopSettings(_Section):
     stop_kappa: float = Field(default=0.99, gt=0.0, le=1.0)
     stop_window: int = Field(default=3, ge=1)
     stability_sample: int = Field(default=2000, gt=0)  # unlabeled items both models predict
+    rerank_enabled: bool = True  # refresh waiting tasks' predictions when a new model arrives
+    stale_score_ratio: float = Field(default=0.5, ge=0.0, le=1.0)  # withdraw below this × original score
     seed: int = 0
 
 

@@ -138,6 +138,28 @@ def test_full_round_on_real_label_studio(
     assert predictions and predictions[0].model_version == second.model_version  # the model's pre-annotation
 
 
+def test_new_model_refreshes_predictions_of_waiting_tasks(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
+) -> None:
+    ctx, project_id, gold = loop_ctx
+    ctx.settings.loop.stale_score_ratio = 0.0  # refresh only: nothing is withdrawn
+    first = run_cycle(ctx)
+    for item in items_of(ctx, first.batch_id or ""):
+        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    second = run_cycle(ctx)
+    items = items_of(ctx, second.batch_id or "")
+    for item in items[:5]:
+        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    third = run_cycle(ctx)
+    assert third.model_version not in (None, second.model_version)
+    waiting = [i for i in items[5:] if not i.is_control]
+    for item in waiting:
+        versions = {p.model_version for p in ls_client.predictions.list(task=int(item.remote_task_id or 0))}
+        assert versions == {second.model_version, third.model_version}
+    project = ls_client.projects.get(id=project_id)
+    assert project.model_version == third.model_version  # Label Studio pre-annotates from the new model
+
+
 def test_edit_delete_skip_and_unknown_choice(
     loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
 ) -> None:

@@ -273,3 +273,35 @@ def test_task_deleted_while_the_daemon_was_away_is_withdrawn(
     assert states[items[0].item_id] == "withdrawn"
     with Session(ctx.engine) as session:
         assert session.get(Batch, batch_id).status is BatchStatus.CLOSED  # type: ignore[union-attr]
+
+
+def test_new_model_refreshes_waiting_tasks_and_withdraws_stale_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(tmp_path, strategy="margin", stale_score_ratio=1.0, control_fraction=0.2)
+    gold = make_pool(tmp_path / "pool.csv")
+    fake = FakeConnector()
+    ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=fake,
+                      embedder_factory=lambda: HashingEmbedder(dim=64))
+    add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
+    ensure_project(ctx)
+    first = run_cycle(ctx).batch_id or ""
+    annotate_batch(ctx, fake, gold, first)
+    second = run_cycle(ctx)
+    assert second.batch_id is not None
+    items = batch_items(ctx, second.batch_id)
+    answered = items[:6]
+    for item in answered:
+        fake.annotate(item.item_id, gold[item.item_id])
+    third = run_cycle(ctx)  # a new model: the 4 waiting tasks are re-ranked
+    assert third.model_version not in (None, second.model_version)
+    waiting = [i for i in items[6:] if not i.is_control]
+    refreshed = {rid for rid, updates in fake.predictions.items() if updates[-1].model_version == third.model_version}
+    assert refreshed == {i.remote_task_id for i in waiting}
+    after = {i.item_id: i for i in batch_items(ctx, second.batch_id)}
+    withdrawn = [i for i in waiting if after[i.item_id].state == "withdrawn"]
+    assert withdrawn, "with stale_score_ratio=1.0 some task should have lost informativeness"
+    remaining = {t.remote_task_id for t in fake.list_tasks()}
+    assert all(i.remote_task_id not in remaining for i in withdrawn)
+    assert all(after[i.item_id].state != "withdrawn" for i in items if i.is_control)  # control is never withdrawn

@@ -1,0 +1,125 @@
+"""Stale queue re-ranking: when a new model arrives, refresh what waits in Label Studio.
+
+Tasks chosen by an older model may have become uninformative (the new model is now sure
+about them). For every waiting task of ours the new model's prediction replaces the old
+pre-annotation, and unstarted tasks whose score fell below ``stale_score_ratio`` × their
+score at selection are withdrawn (never a task someone annotated, skipped or drafted;
+never a control item), which frees room for a batch chosen by the current model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from sqlmodel import Session, col, select
+
+from connectors.base import PredictionUpdate
+from daemon.context import LoopContext, TrainedModel
+from daemon.pool import known_classes
+from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus, PoolItem, get_value, set_value
+from daemon.sync import close_finished_batches
+from daemon.training import labeled_set, vectors_for
+from strategies import FloatArray, PoolView, select_batch
+
+__all__ = ["RerankReport", "rerank_queue"]
+
+log = logging.getLogger(__name__)
+_KEY = "reranked_model"
+
+
+@dataclass(frozen=True, slots=True)
+class RerankReport:
+    refreshed: int
+    withdrawn: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    item_id: str
+    remote_task_id: str
+    content_hash: str
+    old_score: float
+    is_comparable: bool  # chosen by the same strategy, so its score is on the same scale
+
+
+def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> RerankReport:
+    """Refresh predictions of waiting tasks for ``model`` and withdraw the stale ones, once per model.
+
+    Raises:
+        ConnectorError: the tool is unreachable; the next cycle tries again.
+    """
+    loop = ctx.settings.loop
+    with Session(ctx.engine) as session:
+        if not loop.rerank_enabled or get_value(session, _KEY) == model.version:
+            return RerankReport(0, 0)
+        waiting = _waiting(session, strategy)
+    if not waiting:
+        return _done(ctx, model, RerankReport(0, 0))
+    proba = model.classifier.predict_proba(vectors_for(ctx, [w.content_hash for w in waiting]))
+    new_scores = _scores(ctx, model, strategy, waiting, proba)
+    updates = [
+        PredictionUpdate(w.remote_task_id, model.version, model.classes[int(np.argmax(row))], float(np.max(row)))
+        for w, row in zip(waiting, proba, strict=True)
+    ]
+    refreshed = ctx.connector.refresh_predictions(updates)
+    stale = [w.remote_task_id for w, new in zip(waiting, new_scores, strict=True)
+             if w.is_comparable and new < loop.stale_score_ratio * w.old_score]
+    gone = set(ctx.connector.withdraw(stale)) if stale else set()
+    with Session(ctx.engine) as session:
+        by_remote = {i.remote_task_id: i for i in session.exec(
+            select(BatchItem).where(col(BatchItem.remote_task_id).in_([w.remote_task_id for w in waiting])))}
+        for update in updates:
+            item = by_remote.get(update.remote_task_id)
+            if item is None:
+                continue
+            item.predicted_label, item.predicted_score = update.predicted_label, update.predicted_score
+            if update.remote_task_id in gone:
+                item.state = BatchItemState.WITHDRAWN
+            session.add(item)
+        close_finished_batches(session)
+        session.commit()
+    if gone:
+        log.info("re-ranked the queue for model %s: %s tasks withdrawn as stale", model.version, len(gone),
+                 extra={"model_version": model.version})
+    return _done(ctx, model, RerankReport(refreshed, len(gone)))
+
+
+def _done(ctx: LoopContext, model: TrainedModel, report: RerankReport) -> RerankReport:
+    with Session(ctx.engine) as session:
+        set_value(session, _KEY, model.version)
+        session.commit()
+    return report
+
+
+def _waiting(session: Session, strategy: str) -> list[_Waiting]:
+    rows = session.exec(
+        select(BatchItem, Batch.strategy, PoolItem.content_hash)
+        .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
+        .join(PoolItem, col(PoolItem.item_id) == col(BatchItem.item_id))
+        .where(Batch.status == BatchStatus.PUSHED, BatchItem.state == BatchItemState.PENDING)
+        .where(col(BatchItem.remote_task_id).is_not(None), col(BatchItem.is_control).is_(False))
+    ).all()
+    return [_Waiting(item.item_id, item.remote_task_id or "", digest, item.score, batch_strategy == strategy)
+            for item, batch_strategy, digest in rows]
+
+
+def _scores(
+    ctx: LoopContext, model: TrainedModel, strategy: str, waiting: list[_Waiting], proba: FloatArray
+) -> FloatArray:
+    """The strategy's score of every waiting item under the new model (same scale as at selection)."""
+    with Session(ctx.engine) as session:
+        labeled = labeled_set(session)
+        n_project_classes = len(known_classes(session))
+    view = PoolView(
+        embeddings=vectors_for(ctx, [w.content_hash for w in waiting]),
+        proba=proba,
+        label_counts=np.asarray([labeled.labels.count(c) for c in model.classes], dtype=np.intp),
+        n_unseen_classes=max(0, n_project_classes - len(model.classes)),
+        labeled_embeddings=vectors_for(ctx, labeled.hashes) if labeled.hashes else None,
+    )
+    picked = select_batch(strategy, view, len(waiting), rng=np.random.default_rng(ctx.settings.loop.seed))
+    scores: FloatArray = np.zeros(len(waiting))
+    scores[picked.positions] = picked.scores
+    return scores
