@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from models.classifier import ProxyClassifier
@@ -12,7 +13,7 @@ from models.errors import ModelNotFitted
 from models.head_weights import HeadWeights, export_head
 
 
-def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _data(seed: int = 0) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.str_]]:
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(4, 12)) * 2
     features = np.vstack([c + rng.normal(size=(25, 12)) for c in centers]).astype(np.float32)
