@@ -20,24 +20,28 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-import zlib
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from daemon.simulate_data import LabeledSplit, SimulationData
+from daemon.simulate_data import SimulationData
 from daemon.simulate_metrics import macro_f1_and_recall
-from daemon.stopping import StoppingRule, prediction_kappa
-from strategies import PoolView, select_batch
+from daemon.simulate_replay import (
+    Classifier,
+    ClassifierFactory,
+    Oracle,
+    ReplayConfig,
+    RoundRecord,
+    replay,
+)
 
 __all__ = [
     "Classifier",
+    "ClassifierFactory",
     "Oracle",
     "Reference",
     "ReplayConfig",
@@ -49,22 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-FloatArray = npt.NDArray[np.floating[Any]]
-LabelArray = npt.NDArray[np.object_]
-
-
-class Classifier(Protocol):
-    """The slice of ``ProxyClassifier`` the simulator uses (sklearn conventions)."""
-
-    classes_: npt.NDArray[Any]
-
-    def fit(self, X: FloatArray, y: LabelArray) -> Classifier: ...
-
-    def predict_proba(self, X: FloatArray) -> FloatArray: ...
-
-
-ClassifierFactory = Callable[[int], Classifier]
-"""``seed -> unfitted classifier``; picklable (module-level or a ``partial``) when ``jobs > 1``."""
 
 
 def proxy_classifier(seed: int, **overrides: Any) -> Classifier:
@@ -77,76 +65,6 @@ def proxy_classifier(seed: int, **overrides: Any) -> Classifier:
     options.update(overrides)
     classifier: Classifier = ProxyClassifier(**options)
     return classifier
-
-
-class Oracle:
-    """The simulated annotator: holds the pool's gold labels and reveals only what is asked for.
-
-    Args:
-        labels: (n,) gold class names of the pool, by pool position.
-    """
-
-    def __init__(self, labels: LabelArray) -> None:
-        self._labels = labels
-        self._is_revealed = np.zeros(labels.shape[0], dtype=bool)
-
-    @property
-    def is_revealed(self) -> npt.NDArray[np.bool_]:
-        """(n,) True for positions annotated so far (a copy)."""
-        return self._is_revealed.copy()
-
-    def annotate(self, positions: npt.NDArray[np.intp]) -> list[str]:
-        """Reveal and return the labels of ``positions`` (distinct, not yet annotated).
-
-        Raises:
-            ValueError: a position is repeated or was annotated before.
-        """
-        if np.unique(positions).shape[0] != positions.shape[0] or self._is_revealed[positions].any():
-            raise ValueError("the oracle was asked twice for the same item")
-        self._is_revealed[positions] = True
-        return [str(label) for label in self._labels[positions]]
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayConfig:
-    """How one arm runs.
-
-    Attributes:
-        batch_size: >= 1, items annotated per round.
-        budget: >= 1, total labels (capped at the pool size).
-        stopping: the label-free stopping rule whose kappas are recorded.
-    """
-
-    batch_size: int = 50
-    budget: int = 2000
-    stopping: StoppingRule = field(default_factory=StoppingRule)
-
-
-@dataclass(frozen=True, slots=True)
-class RoundRecord:
-    """What one round of one arm measured, after its batch was annotated and the head refitted.
-
-    ``kappa`` compares this round's and the previous round's predictions on the items
-    still unlabeled (None while there is no previous fitted model). ``class_recall`` is
-    aligned with ``SimulationResult.eval_classes``. ``first_seen`` lists the classes whose
-    first label came in this round, each with that label's 1-based position in the
-    annotation order (the batch's presentation order), so "labels until every class was
-    seen" is exact to the label, not only to the batch.
-    """
-
-    strategy: str
-    seed: int
-    round: int
-    n_labels: int
-    accuracy: float
-    macro_f1: float
-    n_classes_seen: int
-    selected_by: str
-    select_s: float
-    fit_s: float
-    kappa: float | None
-    class_recall: tuple[float, ...]
-    first_seen: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,133 +146,6 @@ def run_simulation(
         records=tuple(record for records in per_arm for record in records),
         wall_s=time.perf_counter() - started,
     )
-
-
-def replay(
-    pool: FloatArray,
-    oracle: Oracle,
-    test: LabeledSplit,
-    *,
-    n_classes: int,
-    strategy: str,
-    seed: int,
-    config: ReplayConfig,
-    make_classifier: ClassifierFactory,
-    eval_classes: Sequence[str] | None = None,
-) -> list[RoundRecord]:
-    """Run one arm: select, annotate, refit, evaluate, until the budget or the pool runs out.
-
-    Args:
-        pool: (n, d) vectors of the pool, rows L2-normalised; their labels are in ``oracle`` only.
-        oracle: reveals labels of picked positions; nothing else here sees pool labels.
-        test: held-out vectors and labels for evaluation.
-        n_classes: the declared number of classes (``n_unseen_classes`` = this minus those seen).
-        strategy: a registry name.
-        seed: with ``strategy``, seeds the arm's only RNG.
-        config: batch size, budget, stopping rule.
-        make_classifier: ``seed -> unfitted classifier``; a fresh one is fitted each round.
-        eval_classes: classes to average over; the test set's classes when None.
-
-    Returns:
-        One record per round, in order.
-    """
-    classes = tuple(eval_classes) if eval_classes is not None else tuple(sorted(set(test.labels.tolist())))
-    rng = np.random.default_rng([seed, zlib.crc32(strategy.encode())])
-    budget = min(config.budget, pool.shape[0])
-    state = _ArmState(pool.shape[0])
-    records: list[RoundRecord] = []
-    while len(state.labels) < budget:
-        candidates = np.flatnonzero(~state.is_labeled)
-        view = state.view(pool, candidates, n_classes)
-        began = time.perf_counter()
-        selection = select_batch(strategy, view, min(config.batch_size, budget - len(state.labels)), rng=rng)
-        select_s = time.perf_counter() - began
-        picked = candidates[selection.positions]
-        first_seen = state.add(picked, oracle.annotate(picked))
-        fit_s = state.refit(pool, make_classifier(seed))
-        accuracy, macro_f1, recall = macro_f1_and_recall(test.labels, state.predict(test.embeddings), classes)
-        records.append(
-            RoundRecord(
-                strategy=strategy,
-                seed=seed,
-                round=len(records),
-                n_labels=len(state.labels),
-                accuracy=accuracy,
-                macro_f1=macro_f1,
-                n_classes_seen=len(state.counts),
-                selected_by=selection.strategy,
-                select_s=select_s,
-                fit_s=fit_s,
-                kappa=state.kappa,
-                class_recall=tuple(recall.tolist()),
-                first_seen=first_seen,
-            )
-        )
-        if state.is_labeled.all():
-            break
-    return records
-
-
-class _ArmState:
-    """The learner's side of one arm: what it has labeled and the head fitted on it."""
-
-    def __init__(self, n: int) -> None:
-        self.is_labeled = np.zeros(n, dtype=bool)
-        self.positions: list[int] = []
-        self.labels: list[str] = []
-        self.counts: Counter[str] = Counter()
-        self.model: Classifier | None = None
-        self.proba: FloatArray | None = None  # on the unlabeled rows, in pool order
-        self.predicted = np.empty(n, dtype=object)  # last model's class for each unlabeled row
-        self.kappa: float | None = None
-
-    def add(self, positions: npt.NDArray[np.intp], labels: list[str]) -> tuple[tuple[str, int], ...]:
-        """Record annotated items; return the classes seen for the first time, with their label number."""
-        first_seen = []
-        for offset, label in enumerate(labels):
-            if label not in self.counts:
-                first_seen.append((label, len(self.labels) + offset + 1))
-            self.counts[label] += 1
-        self.is_labeled[positions] = True
-        self.positions.extend(int(p) for p in positions)
-        self.labels.extend(labels)
-        return tuple(first_seen)
-
-    def view(self, pool: FloatArray, candidates: npt.NDArray[np.intp], n_classes: int) -> PoolView:
-        """Build the strategy's view as the daemon's select stage does."""
-        classes = () if self.model is None else tuple(str(c) for c in self.model.classes_)
-        return PoolView(
-            embeddings=pool[candidates],
-            proba=self.proba,
-            label_counts=np.asarray([self.counts[c] for c in classes], dtype=np.intp),
-            n_unseen_classes=max(0, n_classes - len(self.counts)),
-            labeled_embeddings=pool[self.positions] if self.positions else None,
-        )
-
-    def refit(self, pool: FloatArray, classifier: Classifier) -> float:
-        """Fit ``classifier`` on the revealed labels; score the rest; return the fit time in s."""
-        had_model = self.model is not None
-        began = time.perf_counter()
-        self.model = None
-        if len(self.counts) >= 2:  # the daemon's cold start: one class cannot train a head
-            self.model = classifier.fit(pool[self.positions], np.asarray(self.labels, dtype=object))
-        fit_s = time.perf_counter() - began
-        remaining = np.flatnonzero(~self.is_labeled)
-        self.proba, self.kappa = None, None
-        if self.model is not None and remaining.size:
-            self.proba = self.model.predict_proba(pool[remaining])
-            current = np.asarray(self.model.classes_, dtype=object)[np.argmax(self.proba, axis=1)]
-            if had_model:
-                self.kappa = prediction_kappa(self.predicted[remaining], current)
-            self.predicted[remaining] = current
-        return fit_s
-
-    def predict(self, embeddings: FloatArray) -> LabelArray:
-        if self.model is None:  # a single class seen: predicting it is all one can do
-            return np.full(embeddings.shape[0], self.counts.most_common(1)[0][0], dtype=object)
-        proba = self.model.predict_proba(embeddings)
-        predicted: LabelArray = np.asarray(self.model.classes_, dtype=object)[np.argmax(proba, axis=1)]
-        return predicted
 
 
 def _run_arm(
