@@ -1,8 +1,9 @@
 """Label-efficiency benchmark: simulated annotation on the shared data sets and long-tail variants.
 
-    make bench-labels                                  # default strategy set, 5 seeds
-    .venv/bin/python bench/label_efficiency.py --full  # every registry strategy (about 2x longer)
+    make bench-labels                                  # every registry strategy, 5 seeds (~16 min, 2 cores)
+    .venv/bin/python bench/label_efficiency.py --core  # random, margin, modal_margin, scarce_margin + default
     .venv/bin/python bench/label_efficiency.py --datasets trec6,sms_spam_lt --seeds 3
+    .venv/bin/python bench/label_efficiency.py --strategies margin,entropy   # random is always added
 
 Runs ``daemon.simulate`` (the daemon's encoder, proxy head, strategies and batch
 selection, with an oracle annotator) on every data set of ``bench/datasets.py``, prints
@@ -53,43 +54,35 @@ def _load_bench_datasets() -> Any:
     return module
 
 
-BASE_STRATEGIES = ("random", "margin", "modal_margin", "scarce_margin")
+CORE_STRATEGIES = ("random", "margin", "modal_margin", "scarce_margin")
 LONG_TAIL = ("banking77_lt", "sms_spam_lt")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5, help="seeds per strategy (default 5)")
-    parser.add_argument(
-        "--strategies", default="", help="comma-separated registry names (default: a core set)"
-    )
-    parser.add_argument("--full", action="store_true", help="every registry strategy but cold_start")
+    parser.add_argument("--strategies", default="", help="comma-separated registry names (default: all)")
+    parser.add_argument("--core", action="store_true", help="random, margin, modal_margin, scarce_margin, default")
     parser.add_argument("--datasets", default="", help="comma-separated subset of the data sets")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="output folder")
-    parser.add_argument(
-        "--calibrate", action="store_true", help="temperature-calibrate the head as the daemon"
-    )
+    parser.add_argument("--calibrate", action="store_true", help="temperature-calibrate the head as the daemon")
     return parser.parse_args(argv)
 
 
 def strategy_names(args: argparse.Namespace) -> tuple[str, ...]:
-    if args.full:
-        names: tuple[str, ...] = tuple(name for name in REGISTRY if name != "cold_start")
-    elif args.strategies:
-        names = tuple(name.strip() for name in args.strategies.split(",") if name.strip())
+    if args.strategies:
+        names: tuple[str, ...] = tuple(name.strip() for name in args.strategies.split(",") if name.strip())
+    elif args.core:
+        names = (*CORE_STRATEGIES, DEFAULT_STRATEGY)
     else:
-        names = (*BASE_STRATEGIES, DEFAULT_STRATEGY)
+        names = tuple(name for name in REGISTRY if name != "cold_start")
     if "random" not in names:
         names = ("random", *names)
     return tuple(dict.fromkeys(names))
 
 
-def targets(
-    summaries: dict[str, list[StrategySummary]], references: dict[str, dict[str, Any]]
-) -> list[dict[str, Any]]:
+def targets(summaries: dict[str, list[StrategySummary]], references: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Check the product's targets for the daemon's default strategy; one row per check."""
     checks: list[dict[str, Any]] = []
     for dataset, rows in summaries.items():
@@ -252,10 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.datasets:
         wanted = {name.strip() for name in args.datasets.split(",")}
         entries = [entry for entry in entries if entry.name in wanted]
-    print(
-        f"strategies: {', '.join(names)} (default: {DEFAULT_STRATEGY}); "
-        f"seeds: {args.seeds}; jobs: {args.jobs}"
-    )
+    print(f"strategies: {', '.join(names)} (default: {DEFAULT_STRATEGY}); seeds: {args.seeds}; jobs: {args.jobs}")
     summaries: dict[str, list[StrategySummary]] = {}
     references: dict[str, dict[str, Any]] = {}
     for entry in entries:
@@ -264,10 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## targets (default strategy: " + DEFAULT_STRATEGY + ")")
     print(
         format_text_table(
-            [
-                {k: ("PASS" if v is True else "MISS" if v is False else str(v)) for k, v in c.items()}
-                for c in checks
-            ]
+            [{k: ("PASS" if v is True else "MISS" if v is False else str(v)) for k, v in c.items()} for c in checks]
         )
     )
     ranks = ranking(summaries)
