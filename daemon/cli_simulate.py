@@ -44,6 +44,7 @@ class SimulateRequest:
     encoder: str
     calibrate: bool
     jobs: int
+    name: str | None = None
 
 
 def register(app: typer.Typer) -> None:
@@ -65,9 +66,7 @@ def simulate(
     text_field: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
     label_field: Annotated[str, typer.Option(help="Column holding the gold label.")] = "label",
     id_field: Annotated[str, typer.Option(help="Column holding a unique id (optional).")] = "id",
-    embedding_field: Annotated[
-        str, typer.Option(help="Column with precomputed vectors (optional).")
-    ] = "embedding",
+    embedding_field: Annotated[str, typer.Option(help="Column with precomputed vectors (optional).")] = "embedding",
     test_file: Annotated[Path | None, typer.Option(help="Separate labeled evaluation file.")] = None,
     test_fraction: Annotated[
         float | None,
@@ -88,6 +87,7 @@ def simulate(
     jobs: Annotated[int, typer.Option(min=1, help="Worker processes.")] = min(2, os.cpu_count() or 1),
     kappa_threshold: Annotated[float, typer.Option(help="Stopping rule: agreement needed.")] = 0.99,
     kappa_window: Annotated[int, typer.Option(help="Stopping rule: consecutive rounds.")] = 3,
+    name: Annotated[str | None, typer.Option(help="Data set name in outputs (default: the file's stem).")] = None,
 ) -> None:
     """Replay active learning on labeled data with an oracle; compare strategies by labels needed.
 
@@ -111,6 +111,7 @@ def simulate(
         encoder=encoder,
         calibrate=calibrate,
         jobs=jobs,
+        name=name,
     )
     try:
         result, summaries, written = run_request(request)
@@ -130,7 +131,7 @@ def run_request(request: SimulateRequest) -> tuple[SimulationResult, list[Strate
     """
     # The encoder loads lazily: a file that carries its own vectors never loads it.
     data = load_simulation_data(
-        request.source, embedder=_embedder(request.encoder), cache_dir=request.cache_dir
+        request.source, embedder=_embedder(request.encoder), cache_dir=request.cache_dir, name=request.name
     )
     result = run_simulation(
         data,
@@ -157,12 +158,13 @@ def render(result: SimulationResult, summaries: list[StrategySummary], written: 
         table.add_column(column)
     for row in rows:
         table.add_row(*row.values())
-    out.print(table)
-    out.print(
+    wide = out if out.is_terminal else Console(width=max(out.width, 180))  # files and pipes: no squeeze
+    wide.print(table)
+    wide.print(
         f"{len(result.seeds)} seeds, batch {result.config.batch_size}, budget {result.config.budget}; "
         f"encoder {result.encoder}; {result.wall_s:.0f}s"
     )
-    out.print("wrote " + ", ".join(str(path) for path in written))
+    wide.print("wrote " + ", ".join(str(path) for path in written))
 
 
 def _embedder(name: str) -> Embedder:
