@@ -315,6 +315,7 @@ def table_rows(summaries: Sequence[StrategySummary]) -> list[dict[str, str]]:
                 "stop / enough": f"{_mean_text(s.stop_labels, s.stop_seeds, s.n_seeds)} / "
                 f"{_mean_text(s.enough_labels, s.enough_seeds, s.n_seeds)}",
                 "select s": f"{s.select_s:.3f}",
+                "fit s": f"{s.fit_s:.2f}",
             }
         )
     return rows
