@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -26,6 +26,7 @@ __all__ = [
     "LoopSettings",
     "ModelSettings",
     "PoolSettings",
+    "ScaleoutSettings",
     "Settings",
     "StoreSettings",
     "load_settings",
@@ -85,6 +86,20 @@ class StoreSettings(_Section):
     data_dir: Path = Path(".labelloop")  # embedding cache, lock file
 
 
+class ScaleoutSettings(_Section):
+    """Where embedding backfill and pool scoring run; the daemon and its store stay the coordinator."""
+
+    backend: Literal["local", "ray"] = "local"  # "ray" needs: pip install 'labelloop[ray]'
+    ray_address: str | None = None  # None = a private local instance; "auto"; "ray://host:10001"
+    local_num_cpus: int | None = Field(default=None, gt=0)  # the private instance's CPUs; None = all
+    actors: int | None = Field(default=None, gt=0)  # per job; None = one per GPU share, else one per CPU
+    gpus_per_actor: float = Field(default=1.0, gt=0)  # requested only when the cluster reports GPUs
+    encode_batch_rows: int = Field(default=256, gt=0)  # texts per block and per encoder call on an actor
+    embed_job_rows: int = Field(default=100_000, gt=0)  # pool items per Ray embedding job
+    score_chunk_rows: int = Field(default=65_536, gt=0)  # candidates an actor scores at once
+    vectors: Literal["auto", "shared_path", "object_store"] = "auto"  # how scoring workers get vectors
+
+
 class PoolSettings(_Section):
     id_field: str = "id"
     text_field: str = "text"
@@ -102,6 +117,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     pool: PoolSettings = Field(default_factory=PoolSettings)
+    scaleout: ScaleoutSettings = Field(default_factory=ScaleoutSettings)
 
     @classmethod
     def settings_customise_sources(

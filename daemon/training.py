@@ -54,8 +54,13 @@ def embed_pool(ctx: LoopContext) -> int:
     """Embed every pool item that has no vector yet; return how many were embedded.
 
     Works in chunks and marks each chunk in the store after its vectors are cached,
-    so a process killed midway continues where it stopped.
+    so a process killed midway continues where it stopped. With ``[scaleout] backend = "ray"``
+    the chunks are Ray Data jobs (:func:`daemon.scaleout_ray.embed_pool_ray`).
     """
+    if ctx.settings.scaleout.backend == "ray":
+        from daemon.scaleout_ray import embed_pool_ray  # ray is an optional extra: import on use
+
+        return embed_pool_ray(ctx)
     done = 0
     while not ctx.stop.is_set():
         with Session(ctx.engine) as session:

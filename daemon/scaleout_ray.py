@@ -1,0 +1,274 @@
+"""The ``ray`` scale-out backend: embedding backfill and pool scoring as Ray Data jobs.
+
+The daemon stays the coordinator and the store (SQLite + the embedding cache) stays the source
+of truth: workers receive texts or vector chunks, compute, and send arrays back; only the
+coordinator writes. Selected by ``[scaleout] backend = "ray"``; ``ray`` is an optional extra
+(``pip install 'labelloop[ray]'``) imported only when this backend is used.
+
+* Embedding: only the hashes the cache lacks are sent, as ``(content_hash, text)`` rows in
+  blocks; an actor pool (one encoder load per actor) embeds them and the vectors stream back
+  and are appended to the cache every ``store_chunk_rows`` rows. A job killed midway keeps
+  what was appended, and the next one sends only the rest (as ``models.cache.embed_missing``).
+* Scoring: the head's weights (numpy, :class:`models.head_weights.HeadWeights`) go to each
+  actor once; actors read vector chunks from the shared cache path when every Ray node is this
+  machine (a local instance), otherwise from chunks the coordinator put in the object store;
+  each chunk returns only its top ``m`` candidates, which the coordinator merges.
+
+GPUs are requested per actor only when the cluster reports some. The first use connects
+(``ray.init``) and the connection is kept for the process's lifetime (Ray shuts it down at exit).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from daemon._ray_workers import EncodeWorker
+from daemon.context import LoopContext
+from daemon.errors import ConfigError
+from daemon.settings import ScaleoutSettings
+from daemon.store import PoolItem
+from daemon.training import active_cache
+from models.cache import EmbeddingCache, content_hash, model_key
+from models.errors import EmbedderUnavailable
+
+if TYPE_CHECKING:
+    from models.embedder import Embedder
+
+__all__ = ["connect", "embed_missing_ray", "embed_pool_ray", "job_actors"]
+
+log = logging.getLogger(__name__)
+_STORE_CHUNK_ROWS = 4096  # vectors appended to the cache at once (as embed_missing's default)
+_INSTALL_HINT = "pip install 'labelloop[ray]'"
+_IN_CHUNK = 500  # seqs per UPDATE ... IN (...)
+
+
+def connect(settings: ScaleoutSettings) -> Any:
+    """Return the ``ray`` module, connected: reuse a live connection, else ``ray.init`` one.
+
+    ``ray_address`` ``None`` starts a private local instance (``local_num_cpus`` CPUs);
+    ``"auto"`` joins the cluster ``ray start`` began on this machine; ``"ray://host:10001"``
+    connects through Ray Client.
+
+    Raises:
+        ConfigError: ``ray`` is not installed (the message says ``pip install 'labelloop[ray]'``).
+        EmbedderUnavailable: the cluster cannot be reached.
+    """
+    try:
+        import ray
+        import ray.data
+    except ImportError as e:
+        raise ConfigError(
+            f"scaleout.backend = 'ray' needs Ray, which is not installed: {_INSTALL_HINT} "
+            "(or set scaleout.backend = 'local')"
+        ) from e
+    if not ray.is_initialized():
+        local = settings.ray_address is None
+        try:
+            ray.init(
+                address=settings.ray_address,
+                num_cpus=settings.local_num_cpus if local else None,
+                include_dashboard=False if local else None,
+                log_to_driver=True,
+            )
+        except (ConnectionError, RuntimeError, TimeoutError) as e:
+            raise EmbedderUnavailable(f"cannot reach the Ray cluster at {settings.ray_address!r}: {e}") from e
+        log.info("connected to Ray (%s): %s", settings.ray_address or "local instance", ray.cluster_resources())
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return ray
+
+
+def job_actors(ray: Any, settings: ScaleoutSettings, *, work_units: int) -> tuple[int, dict[str, float]]:
+    """Return ``(actors, resources per actor)`` for a job of ``work_units`` blocks.
+
+    One actor per GPU-share when the cluster reports GPUs (``num_gpus`` is requested only
+    then), otherwise one per CPU; ``settings.actors`` overrides the count. Never more actors
+    than blocks, never fewer than one.
+    """
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0.0))
+    per_actor: dict[str, float] = {"num_cpus": 1.0}
+    if gpus > 0:
+        per_actor["num_gpus"] = settings.gpus_per_actor
+        fits = int(gpus // settings.gpus_per_actor)
+    else:
+        fits = int(resources.get("CPU", 1.0))
+    wanted = settings.actors if settings.actors is not None else fits
+    return max(1, min(wanted, work_units)), per_actor
+
+
+def embed_missing_ray(
+    embedder_factory: Callable[[], Embedder],
+    cache: EmbeddingCache,
+    texts: Sequence[str],
+    *,
+    settings: ScaleoutSettings,
+    progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
+    store_chunk_rows: int = _STORE_CHUNK_ROWS,
+) -> npt.NDArray[np.intp]:
+    """Embed the texts the cache lacks on Ray workers; return every text's cache row.
+
+    The Ray counterpart of :func:`models.cache.embed_missing`: each distinct missing text is
+    sent once, and vectors are appended every ``store_chunk_rows`` rows as they stream back,
+    so after a crash, an exception or ``stop`` the next call sends only what is still missing.
+
+    Args:
+        embedder_factory: builds the encoder; called here (to check the cache's model key, which
+            reads no weights) and once in every actor.
+        cache: the coordinator's writable cache.
+        texts: ``n`` texts, duplicates allowed.
+        settings: the ``[scaleout]`` section.
+        progress: ``progress(done, total)`` after each append, counting missing texts.
+        stop: when set, stop after the next append; rows not reached stay ``-1``.
+        store_chunk_rows: >= 1, vectors appended to the cache at once.
+
+    Returns:
+        ``(n,)`` cache rows in the order of ``texts``; ``-1`` only when stopped early.
+
+    Raises:
+        ConfigError: ``ray`` is not installed.
+        ValueError: the encoder does not match the cache, or ``store_chunk_rows`` < 1.
+        EmbedderUnavailable: the cluster is unreachable or the job failed (what was appended stays).
+    """
+    if store_chunk_rows < 1:
+        raise ValueError(f"store_chunk_rows must be >= 1, got {store_chunk_rows}")
+    embedder = embedder_factory()
+    if embedder.dim != cache.dim or model_key(embedder) != cache.model_key:
+        raise ValueError(f"embedder {model_key(embedder)} (dim {embedder.dim}) does not match cache {cache.model_key}")
+    hashes = [content_hash(text) for text in texts]
+    rows = cache.lookup(hashes)
+    todo = _distinct_missing(hashes, rows)
+    if not todo:
+        return rows
+    ray = connect(settings)
+    batches = _encoded_batches(ray, embedder_factory, cache, [hashes[p] for p in todo], [texts[p] for p in todo],
+                               settings=settings)
+    _append_streamed(cache, batches, total=len(todo), chunk_rows=store_chunk_rows, progress=progress, stop=stop)
+    return cache.lookup(hashes)
+
+
+def _distinct_missing(hashes: list[str], rows: npt.NDArray[np.intp]) -> list[int]:
+    todo: list[int] = []
+    seen: set[str] = set()
+    for position in np.flatnonzero(rows < 0):
+        if hashes[position] not in seen:
+            seen.add(hashes[position])
+            todo.append(int(position))
+    return todo
+
+
+def _encoded_batches(
+    ray: Any,
+    embedder_factory: Callable[[], Embedder],
+    cache: EmbeddingCache,
+    hashes: list[str],
+    texts: list[str],
+    *,
+    settings: ScaleoutSettings,
+) -> Iterator[dict[str, npt.NDArray[Any]]]:
+    """Stream ``{"content_hash", "vector"}`` batches from an actor-pool encoding job."""
+    import pyarrow as pa
+
+    step = settings.encode_batch_rows
+    blocks = [
+        pa.table({"content_hash": hashes[start : start + step], "text": texts[start : start + step]})
+        for start in range(0, len(hashes), step)
+    ]
+    actors, per_actor = job_actors(ray, settings, work_units=len(blocks))
+    log.info("ray: embedding %d texts in %d blocks on %d actors %s", len(hashes), len(blocks), actors, per_actor)
+    dataset = ray.data.from_arrow(blocks).map_batches(
+        EncodeWorker,
+        batch_size=step,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs={"embedder_factory": embedder_factory, "expected_key": cache.model_key,
+                               "dim": cache.dim},
+        **per_actor,
+    )
+    yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def _append_streamed(
+    cache: EmbeddingCache,
+    batches: Iterator[dict[str, npt.NDArray[Any]]],
+    *,
+    total: int,
+    chunk_rows: int,
+    progress: Callable[[int, int], None] | None,
+    stop: threading.Event | None,
+) -> None:
+    """Append streamed vectors to the cache in chunks; closing the stream cancels the job."""
+    from ray.exceptions import RayError
+
+    pending_hashes: list[str] = []
+    pending: list[npt.NDArray[np.float16]] = []
+    done = 0
+
+    def flush() -> None:
+        nonlocal done
+        if pending_hashes:
+            cache.put(pending_hashes, np.concatenate(pending))
+            done += len(pending_hashes)
+            pending_hashes.clear()
+            pending.clear()
+            if progress is not None:
+                progress(done, total)
+
+    try:
+        for batch in batches:
+            pending_hashes.extend(str(h) for h in batch["content_hash"])
+            pending.append(np.asarray(batch["vector"]))
+            if len(pending_hashes) >= chunk_rows:
+                flush()
+                if stop is not None and stop.is_set():
+                    log.info("ray: embedding stopped after %d of %d texts", done, total)
+                    return
+        flush()
+    except RayError as e:
+        raise EmbedderUnavailable(f"the Ray embedding job failed after {done} of {total} texts: {e}") from e
+    finally:
+        getattr(batches, "close", lambda: None)()
+
+
+def embed_pool_ray(ctx: LoopContext) -> int:
+    """Run the embed stage on Ray: every pool item without a vector, ``embed_job_rows`` per job.
+
+    Items are marked embedded only once their vectors are in the cache, so a daemon killed
+    midway re-reads them next time and sends only the texts the cache still lacks.
+
+    Raises:
+        ConfigError: ``ray`` is not installed.
+        EmbedderUnavailable: the cluster is unreachable or a job failed.
+    """
+    settings, done = ctx.settings.scaleout, 0
+    while not ctx.stop.is_set():
+        with Session(ctx.engine) as session:
+            todo = session.exec(
+                select(PoolItem.seq, PoolItem.text).where(col(PoolItem.is_embedded).is_(False))
+                .order_by(col(PoolItem.seq)).limit(settings.embed_job_rows)
+            ).all()
+        if not todo:
+            break
+        cached = embed_missing_ray(ctx.embedder_factory, active_cache(ctx), [text for _, text in todo],
+                                   settings=settings, stop=ctx.stop)
+        seqs = [seq for (seq, _), row in zip(todo, cached, strict=True) if row >= 0]
+        with Session(ctx.engine) as session:
+            for start in range(0, len(seqs), _IN_CHUNK):
+                chunk = seqs[start : start + _IN_CHUNK]
+                session.execute(update(PoolItem).where(col(PoolItem.seq).in_(chunk)).values(is_embedded=True))
+            session.commit()
+        done += len(seqs)
+        if len(seqs) < len(todo):  # stopped midway
+            break
+    if done:
+        log.info("embedded %s pool items on Ray", done)
+    return done
+
