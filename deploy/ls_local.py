@@ -14,6 +14,9 @@ What :func:`start` sets up, and why:
   creates the user only once per database, so a restart must reuse the same secrets;
 * legacy tokens are off by default since LS 1.18, so it logs in with a session and enables
   them, then creates a Personal Access Token (a JWT refresh token; one per user);
+* ``extra_env`` adds settings for the server process, e.g. ``SSRF_PROTECTION_ENABLED=false``
+  so that it may call webhooks on loopback (LS 1.23 refuses local and private addresses
+  by default, both when a webhook is saved and when it is sent);
 * it binds ``--internal-host 127.0.0.1`` (``--host`` only sets the URL LS generates; the
   bind address defaults to 0.0.0.0), and fails if LS moved to another port because the
   one asked for was busy (LS does that silently).
@@ -36,6 +39,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +135,7 @@ class LocalLabelStudio:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     startup_s: float = 0.0  # wall time of the last start or restart, health check included
     log_offset: int = field(default=0, repr=False)  # where the current run's log starts
+    extra_env: dict[str, str] = field(default_factory=dict)  # kept for restart()
 
     @property
     def pid(self) -> int | None:
@@ -185,6 +190,7 @@ def start(
     venv: Path | str | None = None,
     timeout_s: float = 180.0,
     template: Path | str | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> LocalLabelStudio:
     """Start a headless Label Studio on 127.0.0.1 and return it ready for API calls.
 
@@ -196,6 +202,7 @@ def start(
         timeout_s: how long to wait for ``/health`` (the first start runs migrations: 30-60 s).
         template: a stopped data dir (see :func:`ensure_template`) copied into a *new*
             ``data_dir``, which skips the migrations: a start then takes a few seconds.
+        extra_env: more environment for the server (and its restarts), applied last.
 
     Raises:
         LabelStudioStartError: the port is busy, the server did not become healthy (the message
@@ -221,6 +228,7 @@ def start(
         data_dir=data,
         log_path=data / LOG_FILE,
         venv=venv_path,
+        extra_env=dict(extra_env or {}),
     )
     _write_credentials(server)  # before the first start: the DB will hold these secrets
     server.process = _spawn(server)
@@ -281,6 +289,7 @@ def _spawn(server: LocalLabelStudio) -> subprocess.Popen[bytes]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(server.extra_env)
     cmd = [
         str(server.venv / "bin" / "label-studio"),
         "start",
