@@ -174,3 +174,12 @@ class Connector(Protocol):
         were already gone are returned too, in the order given.
         """
         ...
+
+    def register_webhook(self, url: str, headers: Mapping[str, str], actions: Sequence[str]) -> str:
+        """Make the project call ``url`` on ``actions``, sending ``headers``; return the webhook's id.
+
+        Idempotent: the project's webhook with this URL is updated (or left alone when it
+        already matches) instead of adding a second one. ``headers`` may carry a shared
+        secret: never log them.
+        """
+        ...

@@ -29,10 +29,17 @@ from connectors.base import (
 )
 from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
 
-__all__ = ["FakeConnector"]
+__all__ = ["FakeConnector", "FakeWebhook"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TICK = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class FakeWebhook:
+    webhook_id: str
+    headers: Mapping[str, str]
+    actions: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -82,6 +89,7 @@ class FakeConnector:
         self._failures: list[ConnectorError] = []
         self._crash_after: int | None = None
         self.calls: list[str] = []  # protocol methods called, in order
+        self.webhooks: dict[str, FakeWebhook] = {}  # registered webhooks by URL
         self.predictions: dict[str, list[PredictionUpdate]] = {}  # refreshed predictions per task
 
     def __repr__(self) -> str:
@@ -179,6 +187,14 @@ class FakeConnector:
             if task is not None and not task.annotations and not task.has_draft:
                 self._remove(remote_task_id)
         return [remote_task_id for remote_task_id in remote_task_ids if remote_task_id not in self._tasks]
+
+    def register_webhook(self, url: str, headers: Mapping[str, str], actions: Sequence[str]) -> str:
+        self._enter("register_webhook")
+        self._require_project()
+        known = self.webhooks.get(url)
+        hook_id = known.webhook_id if known is not None else str(next(self._ids))
+        self.webhooks[url] = FakeWebhook(hook_id, dict(headers), tuple(actions))
+        return hook_id
 
     # -- test hooks ------------------------------------------------------------------
 

@@ -323,6 +323,56 @@ class LabelStudioConnector:
         )
         return gone
 
+    def register_webhook(self, url: str, headers: Mapping[str, str], actions: Sequence[str]) -> str:
+        """Create or update the project's webhook to ``url``; return its id.
+
+        The webhook belongs to the project, fires only on ``actions`` (LS 1.23 turns
+        ``send_for_all_actions`` on unless told otherwise) and sends no payload, just
+        ``{"action": ...}``: task texts and the project's settings never travel to the
+        daemon. A webhook of the project with the same URL is updated, or left alone when
+        it already matches. ``headers`` are never logged.
+
+        Raises:
+            ConnectorRejected: Label Studio refuses to call ``url`` (its SSRF protection
+                blocks local and private addresses unless told otherwise).
+            ConnectorAuthError, ConnectorUnavailable.
+        """
+        project = self._resolved()
+        wanted_headers, wanted_actions = dict(headers), sorted(set(actions))
+        with translated(self.url, "register_webhook"):
+            ours = sorted(
+                (hook for hook in self._client.webhooks.list(project=str(project.project_id))
+                 if hook.url == url and hook.project == project.project_id),
+                key=lambda hook: hook.id or 0,
+            )
+            try:
+                if not ours:
+                    created = self._client.webhooks.create(
+                        url=url, project=project.project_id, headers=wanted_headers, actions=wanted_actions,
+                        is_active=True, send_for_all_actions=False, send_payload=False,
+                    )
+                    hook_id, outcome = created.id, "created"
+                elif _webhook_matches(ours[0], wanted_headers, wanted_actions):
+                    hook_id, outcome = ours[0].id, "unchanged"
+                else:
+                    hook_id, outcome = ours[0].id, "updated"
+                    self._client.webhooks.update(
+                        int(ours[0].id or 0), url=url, headers=wanted_headers, actions=wanted_actions,
+                        is_active=True, send_for_all_actions=False, send_payload=False,
+                    )
+            except ApiError as e:
+                if e.status_code == 403 and "network address" in str(getattr(e, "body", "")):
+                    raise ConnectorRejected(
+                        f"Label Studio at {self.url} refuses to call {display_url(url)}: its SSRF protection "
+                        "blocks local and private addresses. Give the daemon a public webhook.public_url, or "
+                        "start Label Studio with USE_DEFAULT_BANNED_SUBNETS=false (or SSRF_PROTECTION_ENABLED=false)"
+                    ) from None
+                raise
+        if len(ours) > 1:
+            log.warning("project %s has %s webhooks to the same URL; using %s", project.project_id, len(ours), hook_id)
+        log.info("webhook %s of project %s: %s", hook_id, project.project_id, outcome)
+        return str(hook_id)
+
     # -- internals -------------------------------------------------------------------
 
     def _delete_untouched(self, project: _Project, task_ids: list[int]) -> set[str]:
@@ -463,6 +513,16 @@ _NO_ANNOTATION = (
     lt.dm_filter("cancelled_annotations", "equal", "Number", 0),
 )
 _UNTOUCHED = (*_NO_ANNOTATION, lt.dm_filter("draft_exists", "equal", "Boolean", False))
+
+
+def _webhook_matches(hook: Any, headers: Mapping[str, str], actions: Sequence[str]) -> bool:
+    return (
+        dict(hook.headers or {}) == dict(headers)
+        and sorted(hook.actions or []) == sorted(actions)
+        and hook.is_active is True
+        and hook.send_for_all_actions is False
+        and hook.send_payload is False
+    )
 
 
 def _numeric(task_id: str) -> tuple[int, str]:
