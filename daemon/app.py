@@ -78,7 +78,11 @@ def run_service(settings: Settings, *, connector: Connector | None = None) -> No
     Raises:
         AlreadyRunning: another daemon runs on this store.
         ConnectorAuthError: the token was refused at startup.
+        ConfigError: the webhook is enabled without a usable secret, URL or port.
     """
+    if settings.webhook.enabled:  # refuse a bad webhook config before connecting
+        settings.webhook_secret()
+        settings.webhook_url()
     lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir)
     lock.acquire()
     try:

@@ -4,6 +4,8 @@ APScheduler only triggers; the store holds every state. Jobs never overlap each 
 (a shared lock; a job that finds it taken skips its turn), late runs are coalesced, not
 dropped silently (misfire grace ≥ interval, and misses are written to the health log),
 and the Label Studio connection is retried with exponential backoff while it is down.
+With ``webhook.enabled``, Label Studio's calls trigger a sync (and a due cycle) at once
+through :mod:`daemon.webhook`; the scheduled jobs stay the fallback.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlmodel import Session
 
-from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorUnavailable
+from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
 from daemon.context import LoopContext
 from daemon.cycle import cycle_due, run_cycle
 from daemon.errors import AlreadyRunning
 from daemon.project import ensure_project
 from daemon.store import HealthEvent, set_value, sqlite_path
 from daemon.sync import sync
+from daemon.webhook import Coalescer, WebhookServer, register, start_server
 from models.errors import ModelError
 
 __all__ = ["InstanceLock", "Service"]
@@ -115,11 +118,23 @@ class Service:
         self._backoff = _Backoff(ctx.settings.loop.backoff_max_s)
         self._rng = random.Random(ctx.settings.loop.seed)
         self._has_project = False
+        self._project_id = ""
         self.started_at = ctx.clock()
+        hook = ctx.settings.webhook
+        self._webhook_pending = hook.enabled and hook.register_on_start  # registered once the project is known
+        self._trigger = Coalescer(self._triggered, min_interval_s=hook.min_interval_s,
+                                  on_error=lambda e: self._health("job_error", f"trigger: {type(e).__name__}"))
 
     def run(self) -> None:
-        """Block until stopped. Signals must be installed by the caller on the main thread."""
+        """Block until stopped. Signals must be installed by the caller on the main thread.
+
+        Raises:
+            ConfigError: the webhook is enabled but has no usable secret or port.
+        """
         loop = self.ctx.settings.loop
+        server: WebhookServer | None = None
+        if self.ctx.settings.webhook.enabled:
+            server = start_server(self.ctx.settings, on_event=self.trigger_now, health=self.health)
         scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(2)},
@@ -140,6 +155,9 @@ class Service:
             self.ctx.stop.wait()
         finally:
             log.info("stopping: waiting for running jobs to finish")
+            if server is not None:
+                server.stop()
+            self._trigger.close()
             scheduler.shutdown(wait=True)
             self.heartbeat(state="stopped")
             self._health("stopped", "graceful shutdown")
@@ -152,24 +170,36 @@ class Service:
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
 
-    def sync_job(self) -> None:
-        self._guarded("sync", lambda: sync(self.ctx))
+    def sync_job(self, *, wait: bool = False) -> None:
+        self._guarded("sync", lambda: sync(self.ctx), wait=wait)
 
-    def cycle_job(self) -> None:
+    def cycle_job(self, *, wait: bool = False) -> None:
         def body() -> None:
             reason = cycle_due(self.ctx)
             if reason:
                 run_cycle(self.ctx, reason=reason)
 
-        self._guarded("cycle", body)
+        self._guarded("cycle", body, wait=wait)
 
     def trigger_now(self) -> None:
-        """Run a sync and, when due, a cycle as soon as possible (e.g. from a webhook)."""
-        def both() -> None:
-            self.sync_job()
-            self.cycle_job()
+        """Ask for a sync and, when due, a cycle as soon as possible (e.g. from a webhook).
 
-        threading.Thread(target=both, daemon=True).start()
+        Returns at once. Calls are coalesced: a burst gives one or two runs, on one thread,
+        at most one per ``webhook.min_interval_s``; a job already running is waited for,
+        not skipped, so a change it may have missed is still picked up.
+        """
+        self._trigger.request()
+
+    def health(self) -> dict[str, Any]:
+        """The daemon's state for ``GET /healthz``: no secrets, no payloads."""
+        return {"state": "stopping" if self.ctx.stop.is_set() else "running", "pid": os.getpid(),
+                "started_at": self.started_at.isoformat(), "backoff_failures": self._backoff.failures,
+                "webhook": {"triggers": self._trigger.requests, "runs": self._trigger.runs,
+                            "registration_pending": self._webhook_pending}}
+
+    def _triggered(self) -> None:
+        self.sync_job(wait=True)
+        self.cycle_job(wait=True)
 
     def heartbeat(self, state: str = "running") -> None:
         beat = {"pid": os.getpid(), "state": state, "started_at": self.started_at.isoformat(),
@@ -178,14 +208,16 @@ class Service:
             set_value(session, HEARTBEAT_KEY, json.dumps(beat))
             session.commit()
 
-    def _guarded(self, name: str, body: Any) -> None:
-        now = self.ctx.clock()
-        if self._backoff.waiting(now) or not self._work.acquire(blocking=False):
+    def _guarded(self, name: str, body: Any, *, wait: bool = False) -> None:
+        if self._backoff.waiting(self.ctx.clock()) or not self._acquire(wait):
             return
+        now = self.ctx.clock()
         try:
             if not self._has_project:
-                ensure_project(self.ctx)
+                self._project_id = ensure_project(self.ctx).project_id
                 self._has_project = True
+            if self._webhook_pending:
+                self._register_webhook()
             body()
         except ConnectorUnavailable as e:
             delay = self._backoff.failed(now, self._rng)
@@ -204,6 +236,30 @@ class Service:
                 self._health("recovered", name)
         finally:
             self._work.release()
+
+    def _acquire(self, wait: bool) -> bool:
+        """Take the work lock; with ``wait``, wait for a running job unless stopping."""
+        if not wait:
+            return self._work.acquire(blocking=False)
+        while not self._work.acquire(timeout=0.5):
+            if self.ctx.stop.is_set():
+                return False
+        return True
+
+    def _register_webhook(self) -> None:
+        """Point the project's webhook at us; a refusal is logged once and polling carries on.
+
+        Raises:
+            ConnectorUnavailable: tried again on the next job.
+        """
+        try:
+            hook_id = register(self.ctx.connector, self.ctx.settings, project_id=self._project_id)
+        except ConnectorRejected as e:
+            log.error("webhook not registered, polling only: %s", e)
+            self._health("webhook_error", str(e))
+        else:
+            log.info("Label Studio calls %s (webhook %s)", self.ctx.settings.webhook_url(), hook_id)
+        self._webhook_pending = False
 
     def _on_event(self, event: JobExecutionEvent) -> None:
         kind = {EVENT_JOB_ERROR: "job_error", EVENT_JOB_MISSED: "job_missed",

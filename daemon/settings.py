@@ -6,9 +6,11 @@ e.g. ``LABELLOOP_LABEL_STUDIO__API_KEY``) > ``labelloop.toml`` > defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -29,6 +31,7 @@ __all__ = [
     "ScaleoutSettings",
     "Settings",
     "StoreSettings",
+    "WebhookSettings",
     "load_settings",
 ]
 
@@ -107,6 +110,22 @@ class PoolSettings(_Section):
     embedding_field: str = "embedding"
 
 
+class WebhookSettings(_Section):
+    """Label Studio calls the daemon on each annotation; polling stays the fallback."""
+
+    # "register" is the key in files and env; as a field name it would shadow BaseModel.register
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+    enabled: bool = False
+    host: str = "127.0.0.1"  # the address the daemon listens on
+    port: int = Field(default=8765, ge=1, le=65535)
+    secret: SecretStr | None = None  # sent by Label Studio in the X-Labelloop-Secret header
+    public_url: str | None = None  # what Label Studio calls; None = http://host:port/webhook
+    register_on_start: bool = Field(default=True, alias="register")  # create/update the project's webhook
+    max_body_bytes: int = Field(default=1_048_576, gt=0)  # bigger calls get 413
+    min_interval_s: float = Field(default=1.0, ge=0)  # webhook-triggered syncs start at most this often
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LABELLOOP_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -118,6 +137,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     pool: PoolSettings = Field(default_factory=PoolSettings)
     scaleout: ScaleoutSettings = Field(default_factory=ScaleoutSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -145,11 +165,48 @@ class Settings(BaseSettings):
             )
         return value
 
+    def webhook_secret(self) -> str:
+        """Return the webhook's shared secret, refusing a missing, placeholder or weak one.
+
+        Raises:
+            ConfigError: no usable secret is configured.
+        """
+        secret = self.webhook.secret
+        value = secret.get_secret_value() if secret is not None else ""
+        how = 'set LABELLOOP_WEBHOOK__SECRET (e.g. python -c "import secrets; print(secrets.token_urlsafe(32))")'
+        if value.strip().lower() in _PLACEHOLDER_SECRETS:
+            raise ConfigError(f"webhook.enabled needs a shared secret: {how}")
+        if len(value) < 16 or not all(33 <= ord(char) < 127 for char in value):
+            raise ConfigError(f"the webhook secret must be at least 16 printable ASCII characters, no spaces: {how}")
+        return value
+
+    def webhook_url(self) -> str:
+        """Return the URL Label Studio should call: ``public_url`` or ``http://host:port/webhook``.
+
+        Raises:
+            ConfigError: the URL is not http(s), or the default would name a wildcard address.
+        """
+        hook = self.webhook
+        if hook.public_url is None:
+            if _is_wildcard(hook.host):
+                raise ConfigError(
+                    f"webhook.host {hook.host} listens everywhere; set webhook.public_url "
+                    "to the address Label Studio can reach the daemon at"
+                )
+            host = f"[{hook.host}]" if ":" in hook.host else hook.host
+            return f"http://{host}:{hook.port}/webhook"
+        parts = urlsplit(hook.public_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError("webhook.public_url must be an http(s) URL")
+        return hook.public_url
+
     def public_dump(self) -> dict[str, Any]:
         """Return the effective settings as plain data, secrets masked."""
         data = self.model_dump(mode="json")
         if self.label_studio.api_key is not None:
             data["label_studio"]["api_key"] = "**********"
+        if self.webhook.secret is not None:
+            data["webhook"]["secret"] = "**********"
         return data
 
 
@@ -188,6 +245,13 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"invalid settings ({path}): {_describe(e)}") from None
     except ValueError as e:  # TOML syntax errors
         raise ConfigError(f"invalid settings file {path}: {e}") from None
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host == ""
 
 
 def _describe(error: ValidationError) -> str:

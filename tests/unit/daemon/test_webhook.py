@@ -1,0 +1,518 @@
+"""The webhook endpoint, the coalescing trigger and the webhook settings, without Label Studio."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import Session, select
+
+from connectors.errors import ConnectorAuthError, ConnectorRejected
+from connectors.fake import FakeConnector
+from connectors.label_studio import LabelStudioConnector
+from daemon.app import run_service
+from daemon.context import LoopContext
+from daemon.errors import ConfigError
+from daemon.service import Service
+from daemon.settings import Settings, load_settings
+from daemon.store import HealthEvent, make_engine
+from daemon.webhook import (
+    PROJECT_HEADER,
+    SECRET_HEADER,
+    TRIGGER_ACTIONS,
+    Coalescer,
+    WebhookServer,
+    start_server,
+)
+from models.hashing import HashingEmbedder
+
+SECRET = "s3cret-" + "x" * 24
+PRIVATE = "PRIVATE-TEXT-7f3a"  # stands for a task text: it must never reach a log
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def events() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def server(events: list[str]) -> Iterator[WebhookServer]:
+    running = WebhookServer(
+        ("127.0.0.1", 0),
+        secret=SECRET,
+        max_body_bytes=1024,
+        on_event=lambda: events.append("trigger"),
+        health=lambda: {"state": "running", "webhook": {"triggers": len(events)}},
+    )
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def client(server: WebhookServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=5.0) as http:
+        yield http
+
+
+def post(client: httpx.Client, body: Any, *, secret: str | None = SECRET, path: str = "/webhook") -> httpx.Response:
+    headers = {"Content-Type": "application/json", PROJECT_HEADER: "7"}
+    if secret is not None:
+        headers[SECRET_HEADER] = secret
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.post(path, content=content, headers=headers)
+
+
+# -- the endpoint ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", TRIGGER_ACTIONS)
+def test_a_signed_annotation_call_is_accepted_and_triggers(
+    client: httpx.Client, events: list[str], action: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="daemon.webhook")
+    response = post(client, {"action": action, "task": {"data": {"text": PRIVATE}}})
+    assert response.status_code == 202
+    assert response.json() == {"status": "accepted"}
+    assert events == ["trigger"]
+    assert f"webhook {action} project 7 from 127.0.0.1 -> 202" in caplog.text
+    assert PRIVATE not in caplog.text and SECRET not in caplog.text
+
+
+def test_other_actions_are_accepted_but_trigger_nothing(client: httpx.Client, events: list[str]) -> None:
+    response = post(client, {"action": "TASKS_CREATED", "tasks": []})
+    assert response.status_code == 202 and response.json() == {"status": "ignored"}
+    assert events == []
+
+
+def test_the_project_id_comes_from_a_payload_when_there_is_no_header(
+    server: WebhookServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="daemon.webhook")
+    body = json.dumps({"action": "ANNOTATION_CREATED", "project": {"id": 12, "token": PRIVATE}}).encode()
+    with httpx.Client(timeout=5.0) as http:
+        response = http.post(f"http://127.0.0.1:{server.port}/webhook", content=body, headers={SECRET_HEADER: SECRET})
+    assert response.status_code == 202
+    assert "project 12 " in caplog.text and PRIVATE not in caplog.text
+
+
+@pytest.mark.parametrize(("secret", "status"), [(None, 401), ("wrong-" + "y" * 24, 403), ("", 403)])
+def test_unsigned_or_badly_signed_calls_are_refused_without_logging_the_body(
+    client: httpx.Client, events: list[str], caplog: pytest.LogCaptureFixture, secret: str | None, status: int
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = post(client, {"action": "ANNOTATION_CREATED", "text": PRIVATE}, secret=secret)
+    assert response.status_code == status
+    assert events == []
+    assert PRIVATE not in caplog.text and PRIVATE not in response.text
+    assert SECRET not in caplog.text and (secret is None or secret == "" or secret not in caplog.text)
+    assert f"-> {status}" in caplog.text  # the refusal is logged, with its status
+
+
+def test_an_oversized_body_is_refused_unread(server: WebhookServer, events: list[str]) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        connection.putrequest("POST", "/webhook")
+        connection.putheader(SECRET_HEADER, SECRET)
+        connection.putheader("Content-Length", str(10_000_000))  # announced, never sent
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 413
+        response.read()
+    finally:
+        connection.close()
+    assert events == []
+
+
+def test_a_body_without_length_is_refused(client: httpx.Client, events: list[str]) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"action": "ANNOTATION_CREATED"}'
+
+    response = client.post("/webhook", content=chunks(), headers={SECRET_HEADER: SECRET})  # chunked
+    assert response.status_code == 411
+    assert events == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json " + PRIVATE.encode(), b"[1, 2]", b'{"actions": "x"}', b'{"action": 3}', b"\xff\xfe", b"[" * 900],
+)
+def test_malformed_calls_get_400_without_echo(
+    client: httpx.Client, events: list[str], body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = post(client, body)
+    assert response.status_code == 400
+    assert response.json() == {"error": "bad request"}
+    assert events == [] and PRIVATE not in caplog.text
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(server: WebhookServer, events: list[str]) -> None:
+    server.max_body_bytes = 200_000
+    with httpx.Client(timeout=5.0) as http:
+        response = http.post(
+            f"http://127.0.0.1:{server.port}/webhook", content=b"[" * 150_000, headers={SECRET_HEADER: SECRET}
+        )
+    assert response.status_code == 400 and events == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("POST", "/hook", 404), ("GET", "/webhook", 405), ("PUT", "/webhook", 405), ("DELETE", "/webhook", 405),
+     ("GET", "/", 404), ("PATCH", "/other", 404)],
+)
+def test_wrong_paths_and_methods(client: httpx.Client, events: list[str], method: str, path: str, status: int) -> None:
+    body = b'{"action": "ANNOTATION_CREATED"}'
+    response = client.request(method, path, headers={SECRET_HEADER: SECRET}, content=body)
+    assert response.status_code == status
+    if status == 405:
+        assert response.headers["Allow"] == "POST"
+    assert events == []
+
+
+def test_healthz_reports_state_without_secrets(client: httpx.Client) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["state"] == "running"
+    assert SECRET not in response.text
+    assert "Python" not in response.headers.get("Server", "")
+
+
+def test_a_taken_port_is_a_config_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = load_settings(None, webhook={"enabled": True, "secret": SECRET, "port": taken.getsockname()[1]})
+        with pytest.raises(ConfigError, match="cannot listen"):
+            start_server(settings, on_event=lambda: None, health=dict)
+
+
+# -- coalescing --------------------------------------------------------------------------
+
+
+def test_a_burst_of_requests_gives_one_or_two_runs() -> None:
+    runs: list[float] = []
+
+    def work() -> None:
+        runs.append(time.monotonic())
+        time.sleep(0.05)
+
+    trigger = Coalescer(work, min_interval_s=0.3)
+    def ten() -> None:
+        for _ in range(10):
+            trigger.request()
+
+    threads = [threading.Thread(target=ten) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    time.sleep(0.8)
+    assert trigger.requests == 50
+    assert 1 <= len(runs) <= 2
+    assert len(runs) < 2 or runs[1] - runs[0] >= 0.29  # never sooner than min_interval_s
+    before = len(runs)
+    trigger.request()  # a lone request later runs again, at once
+    wait_for(lambda: len(runs) == before + 1)
+    trigger.close()
+    trigger.request()  # ignored after close
+    time.sleep(0.1)
+    assert len(runs) == before + 1
+
+
+def test_a_request_during_a_run_is_not_lost() -> None:
+    started, release = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def work() -> None:
+        runs.append(1)
+        started.set()
+        release.wait(5)
+
+    trigger = Coalescer(work, min_interval_s=0.0)
+    trigger.request()
+    assert started.wait(5)
+    trigger.request()  # arrives while the first run is busy
+    release.set()
+    wait_for(lambda: trigger.runs == 2)
+    trigger.close()
+    assert len(runs) == 2
+
+
+def test_a_failing_run_is_reported_and_later_requests_still_run(caplog: pytest.LogCaptureFixture) -> None:
+    errors: list[Exception] = []
+    calls: list[int] = []
+
+    def work() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+
+    trigger = Coalescer(work, min_interval_s=0.0, on_error=errors.append)
+    trigger.request()
+    wait_for(lambda: trigger.runs == 1)
+    trigger.request()
+    wait_for(lambda: trigger.runs == 2)
+    trigger.close()
+    assert [type(e) for e in errors] == [RuntimeError]
+    assert "run failed" in caplog.text
+
+
+# -- the service -------------------------------------------------------------------------
+
+
+def make_service(tmp_path: Path, connector: FakeConnector, **webhook: Any) -> Service:
+    settings = load_settings(
+        None,
+        store={"url": f"sqlite:///{tmp_path}/state/db.sqlite", "data_dir": str(tmp_path / "state")},
+        loop={"classes": ["a", "b"]},
+        webhook={"enabled": True, "secret": SECRET, **webhook},
+    )
+    ctx = LoopContext(
+        settings=settings,
+        engine=make_engine(settings.store.url),
+        connector=connector,
+        embedder_factory=lambda: HashingEmbedder(dim=8),
+    )
+    return Service(ctx)
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+
+    def fake_sync(ctx: LoopContext) -> None:
+        calls.append("sync")
+        time.sleep(0.02)
+
+    monkeypatch.setattr("daemon.service.sync", fake_sync)
+    def fake_cycle_due(ctx: LoopContext) -> str:
+        calls.append("cycle_due")
+        return ""
+
+    monkeypatch.setattr("daemon.service.cycle_due", fake_cycle_due)
+    return calls
+
+
+def test_fifty_webhook_calls_in_a_second_give_one_or_two_syncs(tmp_path: Path, counted: list[str]) -> None:
+    service = make_service(tmp_path, FakeConnector(classes=["a", "b"]))  # min_interval_s: the default, 1 s
+    started = time.monotonic()
+    for _ in range(50):
+        service.trigger_now()
+        time.sleep(0.01)
+    assert time.monotonic() - started < 1.0
+    time.sleep(1.5)
+    service._trigger.close()
+    assert 1 <= counted.count("sync") <= 2
+    assert counted.count("cycle_due") == counted.count("sync")  # each triggered sync is followed by the cycle check
+    assert threading.active_count() < 10
+
+
+def test_a_trigger_waits_for_a_running_job_instead_of_skipping(tmp_path: Path, counted: list[str]) -> None:
+    service = make_service(tmp_path, FakeConnector(classes=["a", "b"]))
+    service._work.acquire()  # a scheduled job is running
+    service.trigger_now()
+    time.sleep(0.3)
+    assert counted == []
+    service._work.release()
+    wait_for(lambda: "cycle_due" in counted)
+    service._trigger.close()
+    assert counted == ["sync", "cycle_due"]
+
+
+def test_the_webhook_is_registered_once_with_the_secret_in_a_header(tmp_path: Path, counted: list[str]) -> None:
+    fake = FakeConnector(classes=["a", "b"])
+    service = make_service(tmp_path, fake, port=9999)
+    service.sync_job()
+    service.sync_job()
+    assert fake.calls.count("register_webhook") == 1
+    hook = fake.webhooks["http://127.0.0.1:9999/webhook"]
+    assert hook.headers == {SECRET_HEADER: SECRET, PROJECT_HEADER: "1"}
+    assert set(hook.actions) == set(TRIGGER_ACTIONS)
+    assert SECRET not in json.dumps(service.health())
+
+
+def test_a_refused_registration_leaves_polling_running(
+    tmp_path: Path, counted: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeConnector(classes=["a", "b"])
+
+    def refuse(url: str, headers: Any, actions: Any) -> str:
+        raise ConnectorRejected("Label Studio refuses to call it: SSRF protection")
+
+    fake.register_webhook = refuse  # type: ignore[method-assign]
+    service = make_service(tmp_path, fake)
+    service.sync_job()
+    service.sync_job()
+    assert counted.count("sync") == 2  # polling goes on
+    assert "webhook not registered, polling only" in caplog.text and SECRET not in caplog.text
+    with Session(service.ctx.engine) as session:
+        assert [e.kind for e in session.exec(select(HealthEvent))].count("webhook_error") == 1
+
+
+def test_register_false_never_touches_the_project(tmp_path: Path, counted: list[str]) -> None:
+    fake = FakeConnector(classes=["a", "b"])
+    make_service(tmp_path, fake, register=False).sync_job()
+    assert "register_webhook" not in fake.calls and counted == ["sync"]
+
+
+# -- registration in Label Studio (the SDK on httpx.MockTransport) ------------------------
+
+LS_URL = "http://ls.test:8080"
+HOOK_URL = "http://127.0.0.1:8765/webhook"
+LS_CONFIG = (
+    '<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+    '<Choice value="a"/><Choice value="b"/></Choices></View>'
+)
+
+
+class FakeLabelStudioWebhooks:
+    """Just enough of Label Studio's API for register_webhook: a project and its webhooks."""
+
+    def __init__(self, hooks: list[dict[str, Any]] | None = None, *, refuse_local: bool = False) -> None:
+        self.hooks = hooks or []
+        self.refuse_local = refuse_local
+        self.writes: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/api/projects/1/":
+            return httpx.Response(200, json={"id": 1, "title": "p", "label_config": LS_CONFIG})
+        if path == "/api/webhooks/" and request.method == "GET":
+            assert request.url.params["project"] == "1"
+            return httpx.Response(200, json=self.hooks)
+        body = json.loads(request.content)
+        if self.refuse_local:
+            detail = "URL resolves to a reserved network address (block: 127.0.0.0/8)"  # LS 1.23's words
+            return httpx.Response(403, json={"detail": detail})
+        self.writes.append((request.method, body))
+        if request.method == "POST":
+            self.hooks.append({**body, "id": 5})
+            return httpx.Response(201, json=self.hooks[-1])
+        self.hooks[0].update(body)
+        return httpx.Response(200, json=self.hooks[0])
+
+
+def ls_connector(api: FakeLabelStudioWebhooks) -> LabelStudioConnector:
+    return LabelStudioConnector.connect(
+        url=LS_URL, api_key="f" * 40, project_id=1, transport=httpx.MockTransport(api), timeout_s=2.0
+    )
+
+
+def test_label_studio_registration_creates_once_then_leaves_it_alone() -> None:
+    api = FakeLabelStudioWebhooks()
+    connector = ls_connector(api)
+    headers = {SECRET_HEADER: SECRET, PROJECT_HEADER: "1"}
+    assert connector.register_webhook(HOOK_URL, headers, list(TRIGGER_ACTIONS)) == "5"
+    assert connector.register_webhook(HOOK_URL, headers, list(reversed(TRIGGER_ACTIONS))) == "5"
+    connector.close()
+    assert [method for method, _ in api.writes] == ["POST"]  # the second call found it unchanged
+    created = api.writes[0][1]
+    assert created["headers"] == headers and created["project"] == 1 and created["url"] == HOOK_URL
+    assert created["send_for_all_actions"] is False and created["send_payload"] is False  # no texts sent to us
+    assert sorted(created["actions"]) == sorted(TRIGGER_ACTIONS)
+
+
+def test_label_studio_registration_updates_our_webhook_found_by_url(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    old = {"id": 3, "url": HOOK_URL, "project": 1, "headers": {SECRET_HEADER: "old-secret-value-123"},
+           "actions": ["ANNOTATION_CREATED"], "is_active": False, "send_for_all_actions": True, "send_payload": True}
+    other = {**old, "id": 2, "url": "http://elsewhere:1/hook"}
+    api = FakeLabelStudioWebhooks([old, other])
+    connector = ls_connector(api)
+    assert connector.register_webhook(HOOK_URL, {SECRET_HEADER: SECRET}, list(TRIGGER_ACTIONS)) == "3"
+    connector.close()
+    assert [method for method, _ in api.writes] == ["PATCH"]
+    assert api.hooks[0]["headers"] == {SECRET_HEADER: SECRET} and api.hooks[0]["is_active"] is True
+    assert api.hooks[1]["url"] == "http://elsewhere:1/hook"  # someone else's webhook is not touched
+    assert SECRET not in caplog.text and "old-secret-value-123" not in caplog.text
+
+
+def test_label_studio_refusing_a_local_url_is_explained() -> None:
+    connector = ls_connector(FakeLabelStudioWebhooks(refuse_local=True))
+    with pytest.raises(ConnectorRejected, match="SSRF") as info:
+        connector.register_webhook(HOOK_URL, {SECRET_HEADER: SECRET}, list(TRIGGER_ACTIONS))
+    connector.close()
+    assert "USE_DEFAULT_BANNED_SUBNETS=false" in str(info.value) and SECRET not in str(info.value)
+    assert info.value.__cause__ is None and not isinstance(info.value, ConnectorAuthError)
+
+
+# -- settings ----------------------------------------------------------------------------
+
+
+def webhook_settings(**webhook: Any) -> Settings:
+    return load_settings(None, webhook=webhook)
+
+
+def test_webhook_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    hook = load_settings().webhook
+    assert (hook.enabled, hook.host, hook.register_on_start, hook.public_url) == (False, "127.0.0.1", True, None)
+    assert load_settings().public_dump()["webhook"]["register"] is True
+    assert not load_settings(webhook={"register": False}).webhook.register_on_start
+    assert load_settings(webhook={"port": 9000}).webhook_url() == "http://127.0.0.1:9000/webhook"
+    assert webhook_settings(host="::1", port=9000).webhook_url() == "http://[::1]:9000/webhook"
+    assert webhook_settings(public_url="https://hooks.example.com/webhook").webhook_url() == (
+        "https://hooks.example.com/webhook"
+    )
+
+
+@pytest.mark.parametrize("secret", [None, "", "changeme", "CHANGEME", "short-secret", "has a space in it 123456"])
+def test_missing_placeholder_or_weak_secrets_are_refused(secret: str | None) -> None:
+    settings = webhook_settings(enabled=True, secret=secret)
+    with pytest.raises(ConfigError, match="LABELLOOP_WEBHOOK__SECRET") as info:
+        settings.webhook_secret()
+    assert not secret or secret not in str(info.value)
+
+
+def test_the_secret_is_masked_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABELLOOP_WEBHOOK__SECRET", SECRET)
+    settings = load_settings(None, webhook={"enabled": True})
+    assert settings.webhook_secret() == SECRET
+    assert SECRET not in repr(settings) and SECRET not in json.dumps(settings.public_dump())
+    assert settings.public_dump()["webhook"]["secret"] == "**********"
+
+
+@pytest.mark.parametrize(
+    ("webhook", "message"),
+    [({"host": "0.0.0.0"}, "public_url"), ({"public_url": "ftp://x/webhook"}, "http"), ({"public_url": "x"}, "http")],
+)
+def test_unusable_urls_are_refused(webhook: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        webhook_settings(**webhook).webhook_url()
+
+
+@pytest.mark.parametrize("webhook", [{"port": 0}, {"port": 70000}, {"max_body_bytes": 0}, {"min_interval_s": -1},
+                                     {"secrets": "x"}])
+def test_bad_webhook_values_are_refused_at_load(webhook: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="webhook"):
+        webhook_settings(**webhook)
+
+
+def test_the_daemon_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        store={"url": f"sqlite:///{tmp_path}/db.sqlite", "data_dir": str(tmp_path)},
+        webhook={"enabled": True, "secret": "changeme"},
+    )
+    fake = FakeConnector(classes=["a", "b"])
+    with pytest.raises(ConfigError, match="secret"):
+        run_service(settings, connector=fake)
+    assert fake.calls == []  # refused before anything was sent
