@@ -9,6 +9,7 @@ arms). No I/O, no logging, no global RNG; every random choice comes from the
 * :mod:`strategies.select` -- ``(scores | embeddings, k, rng) -> positions``.
 * :mod:`strategies.cold_start` -- a representative first batch.
 * :mod:`strategies.registry` -- :data:`REGISTRY`, :func:`select_batch`.
+* :mod:`strategies.streaming` -- which rows each strategy reads, to stream a large pool.
 """
 
 from strategies._types import AnyFloatArray, FloatArray, IntArray
@@ -21,6 +22,7 @@ from strategies.registry import (
     is_cold_start,
     select_batch,
 )
+from strategies.streaming import Prefilter, prefilter, prefilter_scores
 
 __all__ = [
     "DEFAULT_STRATEGY",
@@ -29,8 +31,11 @@ __all__ = [
     "FloatArray",
     "IntArray",
     "PoolView",
+    "Prefilter",
     "Selection",
     "Strategy",
     "is_cold_start",
+    "prefilter",
+    "prefilter_scores",
     "select_batch",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "candidate_pool_size",
     "cold_start_arm",
     "diverse_arm",
+    "explore_sample_size",
     "margin_candidates",
     "random_arm",
     "scarce_candidates",
@@ -65,6 +66,17 @@ class _ProbaScore(Protocol):
 def candidate_pool_size(k: int, n: int) -> int:
     """Return ``min(n, max(k, clip(POOL_FACTOR·k, POOL_MIN, POOL_MAX)))``."""
     return min(n, max(k, min(max(POOL_FACTOR * k, POOL_MIN), POOL_MAX)))
+
+
+def explore_sample_size(n: int, size: int) -> int:
+    """Return how many uniform rows :func:`scarce_candidates` adds to its top ``size`` of ``n``.
+
+    ``EXPLORE_SAMPLE``, or all ``n`` rows when no more than ``EXPLORE_SAMPLE`` lie outside the
+    top. So a view that holds only the top rows of a larger pool plus a uniform sample of it
+    (what a caller streaming the pool passes, see :mod:`strategies.streaming`) is considered
+    whole, and the batch has the distribution it would have on the full pool.
+    """
+    return n if n - size <= EXPLORE_SAMPLE else EXPLORE_SAMPLE
 
 
 def subsample_anchors(
@@ -119,9 +131,11 @@ def scarce_candidates(view: PoolView, size: int, *, rng: np.random.Generator) ->
     * the cosine novelty (:func:`strategies.geometry.novelty`) of each row
       relative to the labeled rows, divided by its maximum over the candidates;
       it is computed on the top ``size`` rows by ``base`` plus a uniform sample
-      of ``EXPLORE_SAMPLE`` rows, since an unseen class can sit where the proxy
-      is confidently wrong; or
-    * the normalised entropy of every row when ``labeled_embeddings`` is None.
+      of ``EXPLORE_SAMPLE`` rows (every row when at most that many lie outside
+      the top: :func:`explore_sample_size`), since an unseen class can sit where
+      the proxy is confidently wrong; or
+    * the normalised entropy of every row when ``labeled_embeddings`` is None
+      (:func:`strategies.scores.scarce_explore`).
     """
     proba = _proba(view)
     base = scores.scarce_margin(proba, view.label_counts)
@@ -132,10 +146,11 @@ def scarce_candidates(view: PoolView, size: int, *, rng: np.random.Generator) ->
     lam = view.n_unseen_classes / (proba.shape[1] + view.n_unseen_classes)
     anchors = subsample_anchors(view, rng)
     if anchors is None:
-        final = (1.0 - lam) * base + lam * scores.normalized_entropy(proba)
+        final = scores.scarce_explore(proba, view.label_counts, n_unseen_classes=view.n_unseen_classes)
         best = top_k(final, size, rng=rng)
         return best, final[best]
-    considered = np.union1d(top, rng.choice(n, size=min(n, EXPLORE_SAMPLE), replace=False))
+    explore = explore_sample_size(n, size)
+    considered = np.arange(n) if explore == n else np.union1d(top, rng.choice(n, size=explore, replace=False))
     nov = novelty(view.embeddings[considered], anchors)
     final = (1.0 - lam) * base[considered] + lam * nov / max(float(nov.max()), 1e-12)
     best = top_k(final, size, rng=rng)

@@ -9,7 +9,9 @@ from strategies._types import AnyFloatArray, FloatArray, IntArray
 from strategies.geometry import knn_density
 from strategies.select import k_center_greedy
 
-__all__ = ["representative"]
+__all__ = ["SAMPLE_SIZE", "representative"]
+
+SAMPLE_SIZE = 20_000  # rows a cold-start batch is drawn from at most (a uniform sample of the pool)
 
 
 def representative(
@@ -18,7 +20,7 @@ def representative(
     *,
     rng: np.random.Generator,
     anchors: AnyFloatArray | None = None,
-    sample_size: int = 20_000,
+    sample_size: int | None = None,
     n_references: int = 1_000,
     n_neighbors: int = 5,
 ) -> tuple[IntArray, FloatArray]:
@@ -41,7 +43,8 @@ def representative(
         k: 1 <= k <= n.
         rng: the only source of randomness (the sample and the references).
         anchors: (m, d) already-labeled rows to stay away from, or None.
-        sample_size: >= 1, rows considered at most (raised to ``k`` if smaller).
+        sample_size: >= 1, rows considered at most (raised to ``k`` if smaller); None for
+            :data:`SAMPLE_SIZE`.
         n_references: >= 1, rows the density is measured against.
         n_neighbors: >= 1, the neighbour rank that defines density.
 
@@ -55,6 +58,7 @@ def representative(
     check_embeddings(embeddings)
     n = embeddings.shape[0]
     check_k(k, n)
+    sample_size = SAMPLE_SIZE if sample_size is None else sample_size
     if sample_size < 1 or n_references < 1:
         raise ValueError(f"sample_size and n_references must be >= 1, got {sample_size}, {n_references}")
     size = min(n, max(sample_size, k))

@@ -75,7 +75,8 @@ DEFAULT_STRATEGY = "scarce_margin_diverse"
    ``(1 - (p_top1 - p_top2)) · (sum_c p(c|x) · r_c) ** 0.5`` with
    ``r_c = (1 / (count_c + 1)) / max_c' (1 / (count_c' + 1))``; O(n·C).
 2. If ``n_unseen > 0``: ``lam = n_unseen / (C + n_unseen)`` and, on the top
-   ``m`` rows by ``base`` plus 5,000 uniform rows,
+   ``m`` rows by ``base`` plus 5,000 uniform rows (all rows when at most 5,000
+   lie outside the top),
    ``final = (1 - lam) · base + lam · nov / max(nov)`` with
    ``nov = (1 - max cos(x, labeled)) / 2`` (normalised entropy when no labeled
    embeddings are given). Otherwise ``final = base``.

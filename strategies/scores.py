@@ -20,6 +20,7 @@ __all__ = [
     "margin",
     "normalized_entropy",
     "rarity",
+    "scarce_explore",
     "scarce_margin",
 ]
 
@@ -174,4 +175,35 @@ def scarce_margin(
     scores: FloatArray = (
         margin(proba) * class_scarcity(proba, label_counts, smoothing=smoothing) ** scarcity_power
     )
+    return scores
+
+
+def scarce_explore(
+    proba: AnyFloatArray, label_counts: IntArray, *, n_unseen_classes: int
+) -> FloatArray:
+    """Blend :func:`scarce_margin` with :func:`normalized_entropy` by the share of classes not seen yet.
+
+    ``(1 - lam) · scarce_margin + lam · normalized_entropy`` with
+    ``lam = n_unseen / (C + n_unseen)``: with no unseen class this is :func:`scarce_margin`;
+    the more classes have no label yet, the more a row that the model cannot place at all
+    counts. The default strategy ranks by it when no labeled embeddings are known.
+
+    Args:
+        proba: (n, C>=2), rows sum to 1.
+        label_counts: (C,) labels per class, aligned with ``proba``'s columns.
+        n_unseen_classes: >= 0, classes declared but without a label.
+
+    Returns:
+        (n,) float64 in ``[0, 1]``.
+
+    Raises:
+        ValueError: on malformed inputs or a negative ``n_unseen_classes``.
+    """
+    if isinstance(n_unseen_classes, bool) or n_unseen_classes < 0:
+        raise ValueError(f"n_unseen_classes must be an int >= 0, got {n_unseen_classes}")
+    base = scarce_margin(proba, label_counts)
+    if n_unseen_classes == 0:
+        return base
+    lam = n_unseen_classes / (proba.shape[1] + n_unseen_classes)
+    scores: FloatArray = (1.0 - lam) * base + lam * normalized_entropy(proba)
     return scores

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from strategies import REGISTRY, PoolView, scores, select_batch
+from strategies import REGISTRY, PoolView, is_cold_start, prefilter, prefilter_scores, scores, select_batch
 from strategies.select import k_center_greedy, top_k
 
 FloatArray = npt.NDArray[np.float64]
@@ -26,8 +26,26 @@ SCORERS: dict[str, tuple[Callable[[FloatArray, IntArray], FloatArray], bool]] = 
     "entropy": (lambda p, c: scores.entropy(p), True),
     "normalized_entropy": (lambda p, c: scores.normalized_entropy(p), True),
     "scarce_margin": (scores.scarce_margin, True),
+    "scarce_explore": (lambda p, c: scores.scarce_explore(p, c, n_unseen_classes=2), True),
     "class_scarcity": (scores.class_scarcity, False),
 }
+
+
+def _prefilter_scorer(name: str, unseen: int, labeled: bool) -> Callable[[FloatArray, IntArray], FloatArray]:
+    def score(proba: FloatArray, counts: IntArray) -> FloatArray:
+        return prefilter_scores(name, proba, counts, n_unseen_classes=unseen, has_labeled_embeddings=labeled)
+
+    return score
+
+
+# The pre-filter score of every strategy that has one (strategies.streaming), with and without
+# labeled embeddings and unseen classes: a caller streams the pool through these.
+for _name in sorted(set(REGISTRY) - {"random", "cold_start"}):
+    for _unseen, _labeled in ((0, True), (2, False)):
+        SCORERS[f"prefilter:{_name}:{_unseen}:{_labeled}"] = (
+            _prefilter_scorer(_name, _unseen, _labeled),
+            _name != "scarcity",
+        )
 UNCERTAINTY = [name for name, (_, is_uncertainty) in SCORERS.items() if is_uncertainty]
 
 
@@ -177,3 +195,33 @@ def test_modal_ranked_batch_returns_k_distinct_positions_reproducibly(
     case: tuple[PoolView, int], seed: int
 ) -> None:
     check_strategy("modal_ranked_batch", *case, seed)
+
+
+@pytest.mark.parametrize("name", sorted(set(REGISTRY) - {"modal_ranked_batch"}))
+@SLOW
+@given(case=views(), seed=st.integers(0, 2**32 - 1))
+def test_every_strategy_runs_on_the_rows_its_prefilter_keeps(
+    name: str, case: tuple[PoolView, int], seed: int
+) -> None:
+    """What a caller streaming the pool does: keep top rows + a uniform sample, select on those alone."""
+    view, k = case
+    n = view.embeddings.shape[0]
+    rng = np.random.default_rng(seed)
+    cold = is_cold_start(view)
+    has_labeled = view.labeled_embeddings is not None and view.labeled_embeddings.shape[0] > 0
+    plan = prefilter(name, k, n, label_counts=None if view.proba is None else view.label_counts,
+                     n_unseen_classes=view.n_unseen_classes, has_labeled_embeddings=has_labeled)
+    assert 0 <= plan.n_top <= n and 0 <= plan.n_sample <= n
+    rows = rng.choice(n, size=plan.n_sample, replace=False)
+    if plan.n_top:
+        assert view.proba is not None and not cold
+        values = prefilter_scores(name, view.proba, view.label_counts, n_unseen_classes=view.n_unseen_classes,
+                                  has_labeled_embeddings=has_labeled)
+        rows = np.union1d(rows, top_k(values, plan.n_top, rng=rng))
+    assert len(np.unique(rows)) >= k
+    sub = PoolView(
+        embeddings=view.embeddings[rows], proba=None if view.proba is None else view.proba[rows],
+        label_counts=view.label_counts, n_unseen_classes=view.n_unseen_classes,
+        labeled_embeddings=view.labeled_embeddings,
+    )
+    check_strategy(name, sub, k, seed)
