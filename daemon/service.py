@@ -26,7 +26,8 @@ from typing import IO, Any
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlmodel import Session
+from sqlalchemy import delete
+from sqlmodel import Session, col, select
 
 from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
 from daemon.context import LoopContext
@@ -43,6 +44,16 @@ __all__ = ["InstanceLock", "Service"]
 log = logging.getLogger(__name__)
 HEARTBEAT_KEY = "daemon"
 HEARTBEAT_INTERVAL_S = 5.0
+HEALTH_EVENTS_KEPT = 1000
+
+
+def prune_health_events(session: Session, *, keep: int = HEALTH_EVENTS_KEPT) -> None:
+    """Keep only the newest ``keep`` health rows, so a flapping job cannot grow the database."""
+    cutoff = session.exec(
+        select(HealthEvent.id).order_by(col(HealthEvent.id).desc()).offset(keep).limit(1)
+    ).first()
+    if cutoff is not None:
+        session.execute(delete(HealthEvent).where(col(HealthEvent.id) <= cutoff))
 
 
 class InstanceLock:
@@ -206,6 +217,7 @@ class Service:
                 "last_beat": datetime.now(UTC).isoformat(), "backoff_failures": self._backoff.failures}
         with Session(self.ctx.engine) as session:
             set_value(session, HEARTBEAT_KEY, json.dumps(beat))
+            prune_health_events(session)
             session.commit()
 
     def _guarded(self, name: str, body: Any, *, wait: bool = False) -> None:

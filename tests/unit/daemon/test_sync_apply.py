@@ -96,3 +96,16 @@ def test_seed_label_survives_a_stray_skip(engine: Engine) -> None:
         apply_task_states(session, [task()])
         session.commit()
     assert label_of(engine, "i1") == (LabelStatus.LABELED, "spam")
+
+
+def test_health_events_are_pruned(engine: Engine) -> None:
+    from daemon.service import prune_health_events
+    from daemon.store import HealthEvent
+
+    with Session(engine) as session:
+        session.add_all([HealthEvent(kind="job_missed", message=str(i)) for i in range(30)])
+        session.commit()
+        prune_health_events(session, keep=10)
+        session.commit()
+        kept = [e.message for e in session.exec(select(HealthEvent))]
+    assert kept == [str(i) for i in range(20, 30)]
