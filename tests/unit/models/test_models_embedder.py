@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,9 @@ def test_length_batches_keep_long_equal_runs_unpadded() -> None:
 def test_non_strings_are_refused(embedder: TransformerEmbedder) -> None:
     with pytest.raises(ValueError, match="str"):
         embedder.encode(["fine", None])  # type: ignore[list-item]
+
+
+def test_pickles_without_its_weights(embedder: TransformerEmbedder, vectors: Float32Array) -> None:
+    clone = pickle.loads(pickle.dumps(embedder))
+    assert clone._loaded is None and clone.revision == embedder.revision
+    np.testing.assert_allclose(clone.encode(SENTENCES[:2]), vectors[:2], atol=1e-5)
