@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -276,3 +280,43 @@ def test_embed_missing_resumes_after_a_failure_midway(tmp_path: Path) -> None:
 def test_embed_missing_refuses_a_cache_of_another_model(tmp_path: Path) -> None:
     with open_cache(tmp_path) as cache, pytest.raises(ValueError, match="does not match"):
         embed_missing(CountingEmbedder(), cache, ["x"])
+
+
+_APPEND_FOREVER = """
+import sys
+from pathlib import Path
+from models.cache import EmbeddingCache, content_hash
+from models.hashing import HashingEmbedder
+embedder = HashingEmbedder(dim=DIM)
+with EmbeddingCache(Path(sys.argv[1]), model_key="killed", dim=DIM, shard_rows=50) as cache:
+    start = 0
+    while True:
+        texts = [f"text {i}" for i in range(start, start + 7)]
+        cache.put([content_hash(t) for t in texts], embedder.encode(texts))
+        start += 7
+        if start == 140:
+            print("ready", flush=True)
+"""
+
+
+def test_a_writer_killed_mid_append_leaves_a_readable_cache(tmp_path: Path) -> None:
+    script = _APPEND_FOREVER.replace("DIM", str(DIM))
+    repo = Path(__file__).resolve().parents[3]
+    command = [sys.executable, "-c", script, str(tmp_path)]
+    with subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+            time.sleep(0.05)  # let it get into the middle of some later append
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+    with EmbeddingCache(tmp_path, model_key="killed", dim=DIM) as cache:
+        n = len(cache)
+        assert n >= 140
+        texts = [f"text {i}" for i in range(n)]
+        rows = cache.lookup(hashes_of(*texts))
+        np.testing.assert_array_equal(rows, np.arange(n))
+        np.testing.assert_allclose(cache.get(rows), HashingEmbedder(dim=DIM).encode(texts), atol=1e-3)
+        assert (tmp_path / "killed" / "keys.bin").stat().st_size == 32 * n
+        cache.put(hashes_of("after the crash"), unit_rows(1))
+        assert len(cache) == n + 1
