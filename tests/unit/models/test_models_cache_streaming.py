@@ -1,0 +1,79 @@
+"""Streaming the embedding cache: same vectors as get(), read without growing the process's maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from models.cache import EmbeddingCache
+
+D = 5
+
+
+def filled(tmp_path: Path, n: int = 230, shard_rows: int = 64) -> EmbeddingCache:
+    cache = EmbeddingCache(tmp_path, model_key="m", dim=D, shard_rows=shard_rows)
+    vectors = np.random.default_rng(0).normal(size=(n, D)).astype(np.float32)
+    cache.put([f"{i:064x}" for i in range(n)], vectors)
+    return cache
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.arange(230),  # a whole cache in order: positioned reads across shard boundaries
+        np.arange(3, 200, 2),  # candidates with gaps: their dense span is read, then picked
+        np.arange(229, -1, -1),  # reversed
+        np.array([0, 229, 5, 128, 64, 63]),  # scattered: through the maps
+        np.array([], dtype=np.intp),
+    ],
+)
+def test_stored_chunks_equal_get(tmp_path: Path, rows: npt.NDArray[np.intp]) -> None:
+    with filled(tmp_path) as cache:
+        expected = cache.get(rows)
+        for chunk_rows in (1, 7, 64, 1000):
+            stored = list(cache.iter_stored_chunks(rows, chunk_rows))
+            converted = list(cache.iter_chunks(rows, chunk_rows))
+            assert all(v.dtype == np.float16 for _, v in stored)
+            assert all(v.dtype == np.float32 for _, v in converted)
+            assert all(len(v) <= chunk_rows for _, v in stored)
+            got = np.concatenate([v for _, v in stored]) if stored else np.empty((0, D), np.float16)
+            np.testing.assert_array_equal(got.astype(np.float32), expected)
+            spans = [s for s, _ in converted]
+            assert [(s.start, s.stop) for s in spans] == [
+                (a, min(a + chunk_rows, len(rows))) for a in range(0, len(rows), chunk_rows)
+            ]
+
+
+def test_streaming_in_pool_order_maps_no_shard(tmp_path: Path) -> None:
+    with filled(tmp_path) as cache:
+        for _ in cache.iter_chunks(np.arange(0, 230, 3), chunk_rows=50):
+            pass
+        assert cache._maps == {}  # positioned reads only: no file pages mapped into the process
+        cache.get(np.array([1, 200]))
+        assert cache._maps != {}
+
+
+def test_streaming_refuses_bad_rows(tmp_path: Path) -> None:
+    with filled(tmp_path) as cache:
+        with pytest.raises(ValueError, match="rows must be in"):
+            list(cache.iter_stored_chunks(np.array([0, 230])))
+        with pytest.raises(ValueError, match="1-D"):
+            list(cache.iter_stored_chunks(np.zeros((2, 2), dtype=np.intp)))
+        with pytest.raises(ValueError, match="chunk_rows"):
+            list(cache.iter_stored_chunks(np.array([0]), chunk_rows=0))
+
+
+def test_a_reader_streams_what_a_writer_appended(tmp_path: Path) -> None:
+    with filled(tmp_path, n=100) as writer:
+        reader = EmbeddingCache(tmp_path, model_key="m", dim=D, readonly=True)
+        extra = np.ones((50, D), dtype=np.float32) / np.sqrt(D)
+        writer.put([f"{i:064x}" for i in range(100, 150)], extra)
+        with pytest.raises(ValueError):
+            list(reader.iter_stored_chunks(np.arange(150)))
+        reader.refresh()
+        got = np.concatenate([v for _, v in reader.iter_chunks(np.arange(150), chunk_rows=40)])
+        np.testing.assert_array_equal(got, writer.get(np.arange(150)))
+        reader.close()
