@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Engine
 
 from connectors.base import Connector
+from daemon.pool_index import PoolIndex
 from daemon.settings import Settings
 from daemon.store import utcnow
 from models.cache import EmbeddingCache
@@ -59,6 +60,7 @@ class LoopContext:
     stop: threading.Event = field(default_factory=threading.Event)
     model: TrainedModel | None = None
     sync_count: int = 0
+    pool_index: PoolIndex | None = None  # pool order -> cache row; rebuilt from the store after a restart
     _embedder: Embedder | None = None
     _caches: dict[str, EmbeddingCache] = field(default_factory=dict)
 

@@ -1,8 +1,16 @@
-"""The select stage: score the unlabeled pool, pick a batch plus a random control slice."""
+"""The select stage: score the unlabeled pool, pick a batch plus a random control slice.
+
+The pool is never loaded whole. The process keeps a positional index of it (pool order →
+embedding-cache row; :mod:`daemon.pool_index`), and the batch is chosen in two stages
+(:mod:`daemon.scoring`): one streamed pass scores every candidate with the strategy's own
+pre-filter and keeps its shortlist, then the strategy runs on the shortlist alone.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,19 +21,16 @@ from sqlmodel import Session, col, select
 
 from daemon.context import LoopContext, TrainedModel
 from daemon.pool import known_classes
-from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus, LabelRecord, LabelStatus, PoolItem
-from daemon.training import labeled_set, vectors_for
-from strategies import DEFAULT_STRATEGY, PoolView, select_batch
+from daemon.pool_index import CandidateRows, PoolIndex, item_ids_of
+from daemon.scoring import DEFAULT_CHUNK_ROWS, ScoreFn, shortlist
+from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus
+from daemon.training import active_cache, labeled_set, vectors_for
+from models.cache import EmbeddingCache
+from strategies import DEFAULT_STRATEGY, PoolView, prefilter, prefilter_scores, select_batch
 
-__all__ = ["Candidates", "candidates", "select_next_batch", "strategy_name", "waiting_count"]
+__all__ = ["pool_index", "select_next_batch", "strategy_name", "waiting_count"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Candidates:
-    item_ids: list[str]
-    hashes: list[str]
 
 
 def strategy_name(ctx: LoopContext) -> str:
@@ -45,22 +50,22 @@ def waiting_count(session: Session) -> int:
     return int(session.exec(stmt).one())
 
 
-def candidates(session: Session) -> Candidates:
-    """Embedded pool items with no label (or a retracted one) and no open task, in pool order."""
-    labeled = select(LabelRecord.item_id).where(LabelRecord.status != LabelStatus.RETRACTED)
-    queued = select(BatchItem.item_id).where(BatchItem.state != BatchItemState.WITHDRAWN)
-    stmt = (
-        select(PoolItem.item_id, PoolItem.content_hash)
-        .where(col(PoolItem.is_embedded).is_(True))
-        .where(col(PoolItem.item_id).not_in(labeled))
-        .where(col(PoolItem.item_id).not_in(queued))
-        .order_by(col(PoolItem.seq))
-    )
-    ids, hashes = [], []
-    for item_id, digest in session.exec(stmt):
-        ids.append(item_id)
-        hashes.append(digest)
-    return Candidates(ids, hashes)
+def pool_index(ctx: LoopContext, session: Session, cache: EmbeddingCache) -> PoolIndex:
+    """Return the context's pool index for ``cache``, caught up with the store (built on first use)."""
+    if ctx.pool_index is None or ctx.pool_index.model_key != cache.model_key:
+        ctx.pool_index = PoolIndex(cache.model_key)
+    ctx.pool_index.refresh(session, cache)
+    return ctx.pool_index
+
+
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    pool: CandidateRows
+    room: int
+    labels: list[str]
+    labeled_hashes: list[str]
+    n_classes: int
+    n_batches: int
 
 
 def select_next_batch(ctx: LoopContext, model: TrainedModel | None, *, cycle_id: int | None = None) -> Batch | None:
@@ -68,49 +73,91 @@ def select_next_batch(ctx: LoopContext, model: TrainedModel | None, *, cycle_id:
 
     The batch fills the queue up to ``max_waiting_tasks``; a ``control_fraction`` share of it is
     drawn uniformly from the pool (the control slice) so accuracy can be estimated without bias.
+    The rest is what the strategy picks from the shortlist of one streamed pass over the pool.
     """
     loop = ctx.settings.loop
-    with Session(ctx.engine) as session:
-        room = ctx.settings.label_studio.max_waiting_tasks - waiting_count(session)
-        pool = candidates(session)
-        labeled = labeled_set(session)
-        n_classes = len(known_classes(session))
-        n_batches = int(session.exec(select(func.count()).select_from(Batch)).one())
-    k = min(loop.batch_size, room, len(pool.item_ids))
+    started = time.perf_counter()
+    cache = active_cache(ctx)
+    inputs = _read_inputs(ctx, cache)
+    n = len(inputs.pool.seqs)
+    k = min(loop.batch_size, inputs.room, n)
     if k <= 0:
         return None
-    rng = np.random.default_rng([loop.seed, n_batches])
+    rng = np.random.default_rng([loop.seed, inputs.n_batches])
     n_control = min(round(k * loop.control_fraction), k - 1)
-    positions = np.arange(len(pool.item_ids))
-    control = rng.choice(positions, size=n_control, replace=False) if n_control > 0 else positions[:0]
-    rest = np.setdiff1d(positions, control, assume_unique=True)
-    embeddings = vectors_for(ctx, [pool.hashes[p] for p in rest])
-    proba = model.classifier.predict_proba(embeddings) if model is not None else None
-    view = PoolView(
-        embeddings=embeddings,
-        proba=proba,
-        label_counts=_label_counts(model, labeled.labels),
-        n_unseen_classes=max(0, n_classes - len(set(labeled.labels))),
-        labeled_embeddings=vectors_for(ctx, labeled.hashes) if labeled.hashes else None,
-    )
-    picked = select_batch(strategy_name(ctx), view, k - n_control, rng=rng)
+    control = rng.choice(n, size=n_control, replace=False) if n_control > 0 else np.zeros(0, dtype=np.intp)
+    is_rest = np.ones(n, dtype=bool)
+    is_rest[control] = False
+    read = time.perf_counter()
+    chosen, strategy = _strategy_picks(ctx, model, cache, inputs, np.flatnonzero(is_rest), k - n_control, rng)
     control_proba = None
     if model is not None and n_control:
-        control_proba = model.classifier.predict_proba(vectors_for(ctx, [pool.hashes[p] for p in control]))
-    chosen = [
-        _Pick(int(rest[p]), float(s), False, None if proba is None else proba[p])
-        for p, s in zip(picked.positions, picked.scores, strict=True)
-    ]
+        control_proba = model.classifier.predict_proba(cache.get(inputs.pool.cache_rows[control]))
     chosen += [
         _Pick(int(p), 0.0, True, None if control_proba is None else control_proba[r])
         for r, p in enumerate(control)
     ]
-    return _store_batch(ctx, pool, chosen, picked.strategy, model, cycle_id)
+    picked = time.perf_counter()
+    batch = _store_batch(ctx, inputs.pool, chosen, strategy, model, cycle_id)
+    log.info("select: %s candidates; read %.3fs, score+pick %.3fs, store %.3fs", n, read - started,
+             picked - read, time.perf_counter() - picked, extra={"batch_id": batch.id, "cycle_id": cycle_id})
+    return batch
+
+
+def _strategy_picks(
+    ctx: LoopContext,
+    model: TrainedModel | None,
+    cache: EmbeddingCache,
+    inputs: _Inputs,
+    rest: npt.NDArray[np.intp],
+    k: int,
+    rng: np.random.Generator,
+) -> tuple[list[_Pick], str]:
+    """Stream ``rest`` (positions into the candidates) once, then run the strategy on its shortlist."""
+    name = strategy_name(ctx)
+    counts = _label_counts(model, inputs.labels)
+    labeled_embeddings = vectors_for(ctx, inputs.labeled_hashes) if inputs.labeled_hashes else None
+    n_unseen = max(0, inputs.n_classes - len(set(inputs.labels)))
+    has_labeled = labeled_embeddings is not None
+    plan = prefilter(name, k, len(rest), label_counts=None if model is None else counts,
+                     n_unseen_classes=n_unseen, has_labeled_embeddings=has_labeled)
+    score: ScoreFn | None = None
+    if model is not None and plan.n_top:
+        def score(proba: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+            return prefilter_scores(name, proba, counts, n_unseen_classes=n_unseen,
+                                    has_labeled_embeddings=has_labeled)
+    rows = inputs.pool.cache_rows[rest]
+    short = shortlist(cache, rows, plan, predict_proba=None if model is None else model.classifier.predict_proba,
+                      score=score, rng=rng, chunk_rows=DEFAULT_CHUNK_ROWS)
+    view = PoolView(
+        embeddings=cache.get(rows[short.positions]),
+        proba=short.proba,
+        label_counts=counts,
+        n_unseen_classes=n_unseen,
+        labeled_embeddings=labeled_embeddings,
+    )
+    picked = select_batch(name, view, k, rng=rng)
+    chosen = [
+        _Pick(int(rest[short.positions[p]]), float(s), False, None if short.proba is None else short.proba[p])
+        for p, s in zip(picked.positions, picked.scores, strict=True)
+    ]
+    log.debug("select: %s of %s rows shortlisted for %s", len(short.positions), len(rest), name)
+    return chosen, picked.strategy
+
+
+def _read_inputs(ctx: LoopContext, cache: EmbeddingCache) -> _Inputs:
+    with Session(ctx.engine) as session:
+        room = ctx.settings.label_studio.max_waiting_tasks - waiting_count(session)
+        pool = pool_index(ctx, session, cache).candidates(session)
+        labeled = labeled_set(session)
+        n_classes = len(known_classes(session))
+        n_batches = int(session.exec(select(func.count()).select_from(Batch)).one())
+    return _Inputs(pool, room, labeled.labels, labeled.hashes, n_classes, n_batches)
 
 
 @dataclass(frozen=True, slots=True)
 class _Pick:
-    position: int  # into Candidates
+    position: int  # into the candidates
     score: float
     is_control: bool
     proba: npt.NDArray[np.float64] | None  # (C,) the model's probabilities for this item
@@ -119,12 +166,13 @@ class _Pick:
 def _label_counts(model: TrainedModel | None, labels: Sequence[str]) -> npt.NDArray[np.intp]:
     if model is None:
         return np.zeros(0, dtype=np.intp)
-    return np.asarray([labels.count(c) for c in model.classes], dtype=np.intp)
+    tally = Counter(labels)
+    return np.asarray([tally[c] for c in model.classes], dtype=np.intp)
 
 
 def _store_batch(
     ctx: LoopContext,
-    pool: Candidates,
+    pool: CandidateRows,
     chosen: list[_Pick],
     strategy: str,
     model: TrainedModel | None,
@@ -134,16 +182,17 @@ def _store_batch(
         strategy=strategy, model_version=model.version if model else "cold-start",
         size=len(chosen), cycle_id=cycle_id,
     )
-    items = []
-    for order, pick in enumerate(chosen):
-        label, confidence = None, None
-        if pick.proba is not None and model is not None:
-            label, confidence = model.classes[int(np.argmax(pick.proba))], float(np.max(pick.proba))
-        items.append(BatchItem(
-            batch_id=batch.id, item_id=pool.item_ids[pick.position], position=order, score=pick.score,
-            predicted_label=label, predicted_score=confidence, is_control=pick.is_control,
-        ))
     with Session(ctx.engine) as session:
+        item_ids = item_ids_of(session, [int(pool.seqs[pick.position]) for pick in chosen])
+        items = []
+        for order, pick in enumerate(chosen):
+            label, confidence = None, None
+            if pick.proba is not None and model is not None:
+                label, confidence = model.classes[int(np.argmax(pick.proba))], float(np.max(pick.proba))
+            items.append(BatchItem(
+                batch_id=batch.id, item_id=item_ids[int(pool.seqs[pick.position])], position=order,
+                score=pick.score, predicted_label=label, predicted_score=confidence, is_control=pick.is_control,
+            ))
         session.add(batch)
         session.add_all(items)
         session.commit()

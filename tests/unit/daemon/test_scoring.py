@@ -1,0 +1,175 @@
+"""The streamed shortlist: same rows as scoring the whole pool at once, in bounded memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from daemon.scoring import shortlist
+from models.cache import EmbeddingCache
+from strategies import Prefilter, scores
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
+D, C = 8, 4
+
+
+class RecordingSource:
+    """An in-memory stand-in for the embedding cache that records every array it hands out."""
+
+    def __init__(self, vectors: npt.NDArray[np.float32]) -> None:
+        self.vectors = vectors
+        self.handed_out: list[int] = []  # rows per array returned
+
+    def get(self, rows: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        out = self.vectors[np.asarray(rows, dtype=np.intp)]
+        self.handed_out.append(len(out))
+        return out
+
+    def iter_stored_chunks(
+        self, rows: npt.ArrayLike, chunk_rows: int = 65536
+    ) -> Iterator[tuple[slice, npt.NDArray[np.float32]]]:
+        positions = np.asarray(rows, dtype=np.intp)
+        for start in range(0, len(positions), chunk_rows):
+            span = slice(start, min(start + chunk_rows, len(positions)))
+            yield span, self.get(positions[span])
+
+
+def pool(n: int, seed: int = 0) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    gen = np.random.default_rng(seed)
+    vectors = gen.normal(size=(n, D)).astype(np.float32)
+    weights = gen.normal(size=(D, C)).astype(np.float32)
+    return vectors, weights
+
+
+def head(
+    weights: npt.NDArray[np.float32], seen: list[int] | None = None
+) -> Callable[[npt.NDArray[np.float32]], FloatArray]:
+    def predict_proba(x: npt.NDArray[np.float32]) -> FloatArray:
+        if seen is not None:
+            seen.append(len(x))
+        logits = (x @ weights).astype(np.float64)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        proba: FloatArray = e / e.sum(axis=1, keepdims=True)
+        return proba
+
+    return predict_proba
+
+
+def full_top(vectors: npt.NDArray[np.float32], weights: npt.NDArray[np.float32], size: int) -> set[int]:
+    values = scores.margin(head(weights)(vectors))
+    return set(np.argsort(-values)[:size].tolist())
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 100, 5000])
+def test_streamed_top_equals_the_top_of_the_whole_pool(chunk_rows: int) -> None:
+    vectors, weights = pool(1200)
+    rows = np.arange(1200)
+    got = shortlist(RecordingSource(vectors), rows, Prefilter(n_top=50, n_sample=0), predict_proba=head(weights),
+                    score=scores.margin, rng=np.random.default_rng(0), chunk_rows=chunk_rows)
+    assert set(got.positions.tolist()) == full_top(vectors, weights, 50)
+    assert np.all(np.diff(got.positions) > 0)
+    assert got.proba is not None
+    np.testing.assert_allclose(got.proba, head(weights)(vectors[got.positions]), atol=1e-6)  # float32 BLAS by batch
+
+
+def test_positions_index_the_rows_passed_not_the_cache() -> None:
+    vectors, weights = pool(500)
+    rows = np.arange(0, 500, 2)  # every other cache row is a candidate
+    got = shortlist(RecordingSource(vectors), rows, Prefilter(n_top=10, n_sample=0), predict_proba=head(weights),
+                    score=scores.margin, rng=np.random.default_rng(0), chunk_rows=64)
+    assert set(rows[got.positions].tolist()) == {int(rows[p]) for p in full_top(vectors[rows], weights, 10)}
+
+
+def test_sample_rows_are_uniform_distinct_and_carry_their_probabilities() -> None:
+    vectors, weights = pool(300)
+    got = shortlist(RecordingSource(vectors), np.arange(300), Prefilter(n_top=20, n_sample=40),
+                    predict_proba=head(weights), score=scores.margin, rng=np.random.default_rng(3), chunk_rows=32)
+    top = full_top(vectors, weights, 20)
+    assert top <= set(got.positions.tolist())
+    assert len(got.positions) == len(set(got.positions.tolist())) and 40 <= len(got.positions) <= 60
+    assert got.proba is not None
+    np.testing.assert_allclose(got.proba, head(weights)(vectors[got.positions]), atol=1e-6)  # float32 BLAS by batch
+
+
+def test_sample_is_uniform_over_many_draws() -> None:
+    vectors, _ = pool(30)
+    hits = np.zeros(30)
+    for seed in range(2000):
+        got = shortlist(RecordingSource(vectors), np.arange(30), Prefilter(n_top=0, n_sample=3),
+                        predict_proba=None, score=None, rng=np.random.default_rng(seed))
+        hits[got.positions] += 1
+    assert np.abs(hits / 2000 - 0.1).max() < 0.03  # each row 3/30 of the time
+
+
+def test_ties_are_broken_at_random_and_the_same_whatever_the_chunking() -> None:
+    vectors, weights = pool(200)
+    flat = lambda proba: np.zeros(len(proba))  # noqa: E731  every row ties
+    picks = []
+    for chunk_rows in (1, 13, 200):
+        got = shortlist(RecordingSource(vectors), np.arange(200), Prefilter(n_top=5, n_sample=0),
+                        predict_proba=head(weights), score=flat, rng=np.random.default_rng(9), chunk_rows=chunk_rows)
+        picks.append(got.positions.tolist())
+    assert picks[0] == picks[1] == picks[2]
+    seen = set()
+    for seed in range(50):
+        got = shortlist(RecordingSource(vectors), np.arange(200), Prefilter(n_top=5, n_sample=0),
+                        predict_proba=head(weights), score=flat, rng=np.random.default_rng(seed), chunk_rows=16)
+        seen.update(got.positions.tolist())
+    assert len(seen) > 100  # not the first five rows every time
+
+
+@pytest.mark.parametrize("n", [1_000, 20_000])
+def test_no_array_grows_with_the_pool(n: int) -> None:
+    """Functional memory check: every array read or scored is at most one chunk, or the shortlist."""
+    vectors, weights = pool(n)
+    source, predicted = RecordingSource(vectors), list[int]()
+    chunk_rows, plan = 256, Prefilter(n_top=30, n_sample=20)
+    got = shortlist(source, np.arange(n), plan, predict_proba=head(weights, predicted), score=scores.margin,
+                    rng=np.random.default_rng(0), chunk_rows=chunk_rows)
+    assert max(source.handed_out) <= chunk_rows and max(predicted) <= chunk_rows
+    assert sum(source.handed_out) == n  # each row read once
+    assert len(got.positions) <= plan.n_top + plan.n_sample
+
+
+def test_unscored_plans_read_only_the_sample() -> None:
+    vectors, weights = pool(5000)
+    source, predicted = RecordingSource(vectors), list[int]()
+    got = shortlist(source, np.arange(5000), Prefilter(n_top=0, n_sample=12), predict_proba=head(weights, predicted),
+                    score=None, rng=np.random.default_rng(0), chunk_rows=5)
+    assert sum(source.handed_out) == 12 and max(predicted) <= 5
+    assert got.proba is not None and got.proba.shape == (12, C)
+    cold = shortlist(source, np.arange(5000), Prefilter(n_top=0, n_sample=12), predict_proba=None, score=None,
+                     rng=np.random.default_rng(0))
+    assert cold.proba is None and len(cold.positions) == 12
+
+
+def test_bad_plans_are_refused() -> None:
+    vectors, weights = pool(10)
+    source = RecordingSource(vectors)
+    with pytest.raises(ValueError):
+        shortlist(source, np.arange(10), Prefilter(n_top=11, n_sample=0), predict_proba=head(weights),
+                  score=scores.margin, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        shortlist(source, np.arange(10), Prefilter(n_top=3, n_sample=0), predict_proba=None, score=None,
+                  rng=np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        shortlist(source, np.arange(10), Prefilter(n_top=3, n_sample=0), predict_proba=head(weights),
+                  score=scores.margin, rng=np.random.default_rng(0), chunk_rows=0)
+
+
+def test_streams_over_a_real_sharded_cache(tmp_path: Path) -> None:
+    vectors, weights = pool(1000)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    hashes = [f"{i:064x}" for i in range(1000)]
+    with EmbeddingCache(tmp_path, model_key="test", dim=D, shard_rows=97) as cache:
+        rows = cache.put(hashes, vectors)
+        stored = cache.get(rows)  # float16 round trip
+        got = shortlist(cache, rows[::-1].copy(), Prefilter(n_top=25, n_sample=10), predict_proba=head(weights),
+                        score=scores.margin, rng=np.random.default_rng(0), chunk_rows=100)
+    reversed_pool = stored[::-1]
+    assert full_top(reversed_pool, weights, 25) <= set(got.positions.tolist())
