@@ -49,7 +49,15 @@ class SimulateRequest:
 
 def register(app: typer.Typer) -> None:
     """Add the ``simulate`` command to ``app``."""
-    app.command("simulate")(simulate)
+    app.command("simulate", help=_HELP)(simulate)
+
+
+_HELP = (
+    "Replay active learning on labeled data with an oracle; compare strategies by labels needed.\n\n"
+    "Uses the daemon's encoder, proxy head, strategies and batch selection; labels stay hidden until an "
+    "item is annotated. modAL arms run modAL's query functions on our probabilities and the head is refit "
+    "every round (modAL's ActiveLearner.teach fails with scikit-learn >= 1.8)."
+)
 
 
 def simulate(
