@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from models._types import FloatArray, IntArray
+from models._types import Float32Array, FloatArray, IntArray
 from models.cache import EmbeddingCache, model_key
 
 if TYPE_CHECKING:
@@ -133,21 +133,23 @@ class ScoreWorker:
             "is_sample": is_sample[keep],
         }
 
-    def _vectors(self, block: Any) -> npt.NDArray[np.floating]:
+    def _vectors(self, block: Any) -> Float32Array:
+        from daemon.scoring import as_float32  # torch's float16 cast, as the in-process path
+
         if self._cache is None:
             flat = block.column("vector").combine_chunks()
-            width = flat.type.list_size
-            vectors: npt.NDArray[np.floating] = flat.flatten().to_numpy().reshape(-1, width)
-            return vectors
+            stored = flat.flatten().to_numpy().reshape(-1, flat.type.list_size)
+            return as_float32(np.array(stored))  # a writable copy: Arrow's buffers are read-only
         rows = block.column("row").to_numpy()
-        if len(rows) and rows.max() >= len(self._cache):
+        if rows.max() >= len(self._cache):
             self._cache.refresh()  # rows the coordinator appended after this actor opened the cache
             if rows.max() >= len(self._cache):
                 raise ValueError(
                     f"embedding cache {self._root} shows {len(self._cache)} rows on this Ray node, the pool "
                     f"needs row {rows.max()}: the path is not shared; set scaleout.vectors = 'object_store'"
                 )
-        return self._cache.get(rows)
+        _, stored_rows = next(self._cache.iter_stored_chunks(rows, len(rows)))  # a block is one chunk
+        return as_float32(stored_rows)
 
 
 def top_by_score_key(scores: FloatArray, keys: FloatArray, m: int) -> IntArray:

@@ -30,24 +30,29 @@ import numpy.typing as npt
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from daemon._ray_workers import EncodeWorker
+from daemon._ray_workers import EncodeWorker, RowScorer, ScoreWorker, SharedCache, top_by_score_key
 from daemon.context import LoopContext
 from daemon.errors import ConfigError
+from daemon.scoring import Shortlist, shortlist
 from daemon.settings import ScaleoutSettings
 from daemon.store import PoolItem
 from daemon.training import active_cache
 from models.cache import EmbeddingCache, content_hash, model_key
-from models.errors import EmbedderUnavailable
+from models.errors import EmbedderUnavailable, ModelError
+from strategies import Prefilter
 
 if TYPE_CHECKING:
     from models.embedder import Embedder
+    from models.head_weights import HeadWeights
 
-__all__ = ["connect", "embed_missing_ray", "embed_pool_ray", "job_actors"]
+__all__ = ["connect", "embed_missing_ray", "embed_pool_ray", "job_actors", "shortlist_ray", "vector_mode"]
 
 log = logging.getLogger(__name__)
 _STORE_CHUNK_ROWS = 4096  # vectors appended to the cache at once (as embed_missing's default)
 _INSTALL_HINT = "pip install 'labelloop[ray]'"
 _IN_CHUNK = 500  # seqs per UPDATE ... IN (...)
+IntArray = npt.NDArray[np.intp]
+FloatArray = npt.NDArray[np.float64]
 
 
 def connect(settings: ScaleoutSettings) -> Any:
@@ -272,3 +277,130 @@ def embed_pool_ray(ctx: LoopContext) -> int:
         log.info("embedded %s pool items on Ray", done)
     return done
 
+
+def vector_mode(ray: Any, settings: ScaleoutSettings) -> str:
+    """Return how scoring workers get vectors: ``"shared_path"`` or ``"object_store"``.
+
+    ``auto`` means the shared cache path when this process is attached to a one-node cluster
+    (a local instance, or ``ray start`` on this machine alone), where every worker sees this
+    disk; the object store for Ray Client (``ray://``) or several nodes.
+    """
+    if settings.vectors != "auto":
+        return settings.vectors
+    is_client = (settings.ray_address or "").startswith("ray://")
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    return "shared_path" if not is_client and len(alive) == 1 else "object_store"
+
+
+def shortlist_ray(
+    cache: EmbeddingCache,
+    rows: IntArray,
+    plan: Prefilter,
+    *,
+    head: HeadWeights,
+    score: RowScorer,
+    rng: np.random.Generator,
+    settings: ScaleoutSettings,
+) -> Shortlist:
+    """Stage (a) of selection (:func:`daemon.scoring.shortlist`) with the scoring on Ray workers.
+
+    Draws the same uniform sample and the same per-row tiebreak keys from ``rng`` as the
+    in-process path, so the shortlist, and the state ``rng`` is left in, are the same; only
+    per-block winners and sampled rows come back. A plan with no top has nothing to scale out
+    and runs in process.
+
+    Args:
+        cache: the embedding cache ``rows`` point into.
+        rows: (n,) cache rows of the pool, in pool order.
+        plan: from :func:`strategies.prefilter`.
+        head: the trained head, from :func:`models.head_weights.export_head`.
+        score: (c, C) probabilities -> (c,) pre-filter scores; must pickle (cloudpickle).
+        rng: draws the sample and the tiebreak keys.
+        settings: the ``[scaleout]`` section.
+
+    Raises:
+        ValueError: as :func:`daemon.scoring.shortlist`.
+        ConfigError: ``ray`` is not installed.
+        ModelError: the cluster is unreachable or the scoring job failed.
+    """
+    n = len(rows)
+    if plan.n_top == 0:
+        return shortlist(cache, rows, plan, predict_proba=head.predict_proba, score=score, rng=rng)
+    if not (0 < plan.n_top <= n and 0 <= plan.n_sample <= n):
+        raise ValueError(f"cannot take {plan} of {n} rows")
+    sample: IntArray = np.sort(rng.choice(n, size=plan.n_sample, replace=False)).astype(np.intp)
+    keys: FloatArray = rng.random(n)  # the keys shortlist() draws chunk by chunk, in pool order
+    try:
+        ray = connect(settings)
+    except EmbedderUnavailable as e:
+        raise ModelError(str(e)) from e
+    is_shared = vector_mode(ray, settings) == "shared_path"
+    refs = [ray.put(block) for block in _score_blocks(cache, rows, keys, sample, settings, is_shared=is_shared)]
+    actors, per_actor = job_actors(ray, settings, work_units=len(refs))
+    log.info("ray: scoring %d candidates in %d blocks on %d actors (%s)", n, len(refs), actors,
+             "shared cache path" if is_shared else "object store")
+    shared = SharedCache(cache.root.resolve(), cache.model_key, cache.dim) if is_shared else None
+    dataset = ray.data.from_arrow_refs(refs).map_batches(
+        ScoreWorker, batch_size=None, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs={"head": head, "scorer": score, "top_m": plan.n_top, "shared": shared},
+        **per_actor,
+    )
+    return _merged(dataset.iter_batches(batch_size=None, batch_format="numpy"), plan.n_top)
+
+
+def _score_blocks(
+    cache: EmbeddingCache, rows: IntArray, keys: FloatArray, sample: IntArray, settings: ScaleoutSettings,
+    *, is_shared: bool,
+) -> Iterator[Any]:
+    """Yield one Arrow table per ``score_chunk_rows`` candidates (vectors included unless shared)."""
+    import pyarrow as pa
+
+    is_sample = np.zeros(len(rows), dtype=bool)
+    is_sample[sample] = True
+    step = settings.score_chunk_rows
+    spans = (slice(start, min(start + step, len(rows))) for start in range(0, len(rows), step))
+    stored = cache.iter_stored_chunks(rows, step) if not is_shared else None
+    for span in spans:
+        columns: dict[str, Any] = {
+            "position": np.arange(span.start, span.stop, dtype=np.int64),
+            "key": keys[span],
+            "is_sample": is_sample[span],
+        }
+        if stored is None:
+            columns["row"] = rows[span].astype(np.int64)
+        else:  # the cache's own float16 rows: half the bytes, and the worker's float32 copy is exact
+            _, vectors = next(stored)
+            columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), cache.dim)
+        yield pa.table(columns)
+
+
+def _merged(batches: Iterator[dict[str, npt.NDArray[Any]]], n_top: int) -> Shortlist:
+    """Merge per-block winners into the global top ``n_top`` and add the sampled rows."""
+    from ray.exceptions import RayError
+
+    top: list[dict[str, npt.NDArray[Any]]] = []
+    sampled: list[dict[str, npt.NDArray[Any]]] = []
+    held = 0
+    try:
+        for batch in batches:
+            is_top, is_sample = batch["is_top"].astype(bool), batch["is_sample"].astype(bool)
+            top.append({name: values[is_top] for name, values in batch.items()})
+            sampled.append({name: values[is_sample] for name, values in batch.items()})
+            held += int(is_top.sum())
+            if held > 2 * n_top:  # keep the coordinator's memory at O(n_top)
+                top, held = [_best_of(top, n_top)], n_top
+    except RayError as e:
+        raise ModelError(f"the Ray scoring job failed: {e}") from e
+    finally:
+        getattr(batches, "close", lambda: None)()
+    best = _best_of(top, n_top)
+    positions = np.concatenate([best["position"], *(part["position"] for part in sampled)])
+    proba = np.concatenate([best["proba"], *(part["proba"] for part in sampled)])
+    unique, first = np.unique(positions, return_index=True)
+    return Shortlist(unique.astype(np.intp), proba[first])
+
+
+def _best_of(parts: list[dict[str, npt.NDArray[Any]]], n_top: int) -> dict[str, npt.NDArray[Any]]:
+    merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    keep = top_by_score_key(merged["score"], merged["key"], n_top)
+    return {name: values[keep] for name, values in merged.items()}

@@ -22,11 +22,11 @@ from sqlmodel import Session, col, select
 from daemon.context import LoopContext, TrainedModel
 from daemon.pool import known_classes
 from daemon.pool_index import CandidateRows, PoolIndex, item_ids_of
-from daemon.scoring import DEFAULT_CHUNK_ROWS, ScoreFn, shortlist
+from daemon.scoring import DEFAULT_CHUNK_ROWS, ScoreFn, Shortlist, shortlist
 from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus
 from daemon.training import active_cache, labeled_set, vectors_for
 from models.cache import EmbeddingCache
-from strategies import DEFAULT_STRATEGY, PoolView, prefilter, prefilter_scores, select_batch
+from strategies import DEFAULT_STRATEGY, PoolView, Prefilter, prefilter, prefilter_scores, select_batch
 
 __all__ = ["pool_index", "select_next_batch", "strategy_name", "waiting_count"]
 
@@ -127,8 +127,7 @@ def _strategy_picks(
             return prefilter_scores(name, proba, counts, n_unseen_classes=n_unseen,
                                     has_labeled_embeddings=has_labeled)
     rows = inputs.pool.cache_rows[rest]
-    short = shortlist(cache, rows, plan, predict_proba=None if model is None else model.classifier.predict_proba,
-                      score=score, rng=rng, chunk_rows=DEFAULT_CHUNK_ROWS)
+    short = _shortlist(ctx, cache, rows, plan, model, score, rng)
     view = PoolView(
         embeddings=cache.get(rows[short.positions]),
         proba=short.proba,
@@ -143,6 +142,26 @@ def _strategy_picks(
     ]
     log.debug("select: %s of %s rows shortlisted for %s", len(short.positions), len(rest), name)
     return chosen, picked.strategy
+
+
+def _shortlist(
+    ctx: LoopContext,
+    cache: EmbeddingCache,
+    rows: npt.NDArray[np.intp],
+    plan: Prefilter,
+    model: TrainedModel | None,
+    score: ScoreFn | None,
+    rng: np.random.Generator,
+) -> Shortlist:
+    """Stage (a) in process, or on Ray workers with ``[scaleout] backend = "ray"`` (the same shortlist)."""
+    if ctx.settings.scaleout.backend == "ray" and model is not None and score is not None:
+        from daemon.scaleout_ray import shortlist_ray  # ray is an optional extra: import on use
+        from models.head_weights import export_head
+
+        return shortlist_ray(cache, rows, plan, head=export_head(model.classifier), score=score, rng=rng,
+                             settings=ctx.settings.scaleout)
+    return shortlist(cache, rows, plan, predict_proba=None if model is None else model.classifier.predict_proba,
+                     score=score, rng=rng, chunk_rows=DEFAULT_CHUNK_ROWS)
 
 
 def _read_inputs(ctx: LoopContext, cache: EmbeddingCache) -> _Inputs:
