@@ -249,7 +249,7 @@ def wait_until(condition: Callable[[], bool], *, timeout_s: float, what: str, lo
 def stop(process: subprocess.Popen[bytes]) -> int:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
-        return process.wait(timeout=60)
+        return process.wait(timeout=180)  # a loaded CI machine may need a while to finish the running stage
     return process.returncode
 
 
