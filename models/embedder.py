@@ -34,6 +34,7 @@ DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CPU_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+_CPU_TOKEN_BUDGET = 2048  # measured: long texts +20% vs 16384 tokens, short texts unchanged
 _TOKENIZE_CHUNK = 8192  # texts tokenized at once: bounds the memory of token-id lists
 
 
@@ -77,7 +78,8 @@ class TransformerEmbedder:
     Args:
         model_path: local model folder or hub id; ``None`` means :func:`default_model_path`.
         batch_size: texts per batch for full-length texts. Batches hold up to
-            ``batch_size * max_length`` tokens, so short texts go in larger batches.
+            ``batch_size * max_length`` padded tokens (at most 2048 on CPU, where smaller
+            batches stay in cache), so short texts go in larger batches.
         max_length: tokens kept per text (longer texts are truncated), as sentence-transformers.
         device: ``None``/``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda[:N]"``.
         dtype: ``"fp32"``; ``"bf16"`` (about 3x faster on CPUs with AVX512-BF16 or AMX, and on
@@ -189,6 +191,8 @@ class TransformerEmbedder:
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         budget = self.batch_size * self.max_length
+        if loaded.device.type == "cpu":  # CPU caches favour smaller batches than a GPU does
+            budget = min(budget, _CPU_TOKEN_BUDGET)
         with torch.inference_mode():
             for batch in length_batches(lengths[order], token_budget=budget, min_rows=self.batch_size):
                 positions = order[batch]
