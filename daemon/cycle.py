@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from connectors.base import OutgoingTask
@@ -65,7 +66,9 @@ def cycle_due(ctx: LoopContext) -> str:
             return "a selected batch is waiting to be pushed"
         waiting = waiting_count(session)
         latest = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
-        labeled = len(session.exec(select(LabelRecord.item_id).where(LabelRecord.status == LabelStatus.LABELED)).all())
+        labeled = int(session.exec(
+            select(func.count()).select_from(LabelRecord).where(LabelRecord.status == LabelStatus.LABELED)
+        ).one())
         paused = is_paused(session) is not None
     if queue_is_low(loop, waiting) and not paused:
         return f"queue low ({waiting} waiting)"

@@ -108,10 +108,19 @@ def _sample(session: Session, ctx: LoopContext) -> list[str]:
     if raw:
         chosen: list[str] = json.loads(raw)
     else:
-        ids = list(session.exec(select(PoolItem.item_id).where(col(PoolItem.is_embedded)).order_by(col(PoolItem.seq))))
+        # seqs, not ids: a million ints, then the ids of the chosen ones only (same sample as before)
+        seqs = np.fromiter(
+            session.exec(select(PoolItem.seq).where(col(PoolItem.is_embedded)).order_by(col(PoolItem.seq))),
+            dtype=np.int64,
+        )
         rng = np.random.default_rng([ctx.settings.loop.seed, 7])
-        size = min(ctx.settings.loop.stability_sample, len(ids))
-        chosen = [ids[p] for p in sorted(rng.choice(len(ids), size=size, replace=False))] if size else []
+        size = min(ctx.settings.loop.stability_sample, len(seqs))
+        picked = [int(seqs[p]) for p in sorted(rng.choice(len(seqs), size=size, replace=False))] if size else []
+        ids: dict[int | None, str] = {}
+        for start in range(0, len(picked), 500):
+            chunk = picked[start : start + 500]
+            ids.update(session.exec(select(PoolItem.seq, PoolItem.item_id).where(col(PoolItem.seq).in_(chunk))).all())
+        chosen = [ids[seq] for seq in picked]
         set_value(session, _SAMPLE_KEY, json.dumps(chosen))
     labeled = set(session.exec(select(LabelRecord.item_id).where(col(LabelRecord.item_id).in_(chosen))))
     return [item_id for item_id in chosen if item_id not in labeled]
