@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch' || echo 'torch==2.13.0')
 STAMP := $(VENV)/.installed
 
-.PHONY: venv ls-venv demo up test test-fast lint bench-labels bench-encode bench-score bench-cycle clean
+.PHONY: venv ls-venv demo up test test-fast lint bench-labels bench-encode bench-score bench-cycle bench-ray clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,9 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --check-untyped-defs --ignore-missing-imports tests
 
+bench-ray: venv
+	$(PY) bench/ray_backend.py
+
 bench-labels: venv
 	$(PY) bench/label_efficiency.py
 
@@ -47,9 +50,6 @@ bench-encode: venv
 
 bench-score: venv
 	$(PY) bench/score.py
-
-bench-cycle: venv ls-venv
-	$(PY) bench/cycle.py
 
 clean:
 	rm -rf $(VENV) .labelloop demo-run bench/out
