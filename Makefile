@@ -51,5 +51,8 @@ bench-encode: venv
 bench-score: venv
 	$(PY) bench/score.py
 
+bench-cycle: venv ls-venv
+	$(PY) bench/cycle.py
+
 clean:
 	rm -rf $(VENV) .labelloop demo-run bench/out
