@@ -35,6 +35,9 @@ def configure_logging(level: str | None = None) -> None:
 
 
 def main() -> None:
+    # transformers' weight-loading bar is noise in a service log; switchable only process-wide.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     configure_logging()
     from daemon.cli import app
 

@@ -127,10 +127,10 @@ def _store_embeddings(
     set_value(session, "embedding_source", byo_model_key(dim))
     new_rows = [row for row in rows if row.item_id not in existing]
     if new_rows:
-        cache = EmbeddingCache(data_dir / "embeddings", model_key=byo_model_key(dim), dim=dim)
         vectors = np.asarray([row.embedding for row in new_rows], dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        cache.put([byo_hash(row.item_id) for row in new_rows], vectors / np.maximum(norms, 1e-12))
+        with EmbeddingCache(data_dir / "embeddings", model_key=byo_model_key(dim), dim=dim) as cache:
+            cache.put([byo_hash(row.item_id) for row in new_rows], vectors / np.maximum(norms, 1e-12))
     return dim
 
 

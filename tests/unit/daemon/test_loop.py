@@ -305,3 +305,39 @@ def test_new_model_refreshes_waiting_tasks_and_withdraws_stale_ones(
     remaining = {t.remote_task_id for t in fake.list_tasks()}
     assert all(i.remote_task_id not in remaining for i in withdrawn)
     assert all(after[i.item_id].state != "withdrawn" for i in items if i.is_control)  # control is never withdrawn
+
+
+def test_bring_your_own_embeddings_need_no_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import numpy as np
+
+    from daemon.errors import PoolFileError
+
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(tmp_path)
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 16))
+    with (tmp_path / "vectors.jsonl").open("w") as handle:
+        for i in range(60):
+            vector = centers[i % 3] + 0.1 * rng.normal(size=16)
+            handle.write(json.dumps({"id": f"img-{i}", "embedding": vector.round(5).tolist(), "url": f"s3://x/{i}.png"}))
+            handle.write("\n")
+
+    def no_encoder() -> HashingEmbedder:
+        raise AssertionError("a pool with its own vectors must not load an encoder")
+
+    fake = FakeConnector()
+    ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=fake,
+                      embedder_factory=no_encoder)
+    report = add_pool_file(ctx.engine, tmp_path / "vectors.jsonl", pool=settings.pool, data_dir=settings.store.data_dir)
+    assert report.embedding_dim == 16 and report.added == 60
+    ensure_project(ctx)
+    first = run_cycle(ctx)
+    for item in batch_items(ctx, first.batch_id or ""):
+        fake.annotate(item.item_id, CLASSES[int(item.item_id.split("-")[1]) % 3])
+    second = run_cycle(ctx)
+    assert second.model_version is not None and second.batch_id is not None
+    (tmp_path / "texts.csv").write_text("id,text\nt1,plain text\n")
+    with pytest.raises(PoolFileError, match="precomputed embeddings"):
+        add_pool_file(ctx.engine, tmp_path / "texts.csv", pool=settings.pool, data_dir=settings.store.data_dir)
