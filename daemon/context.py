@@ -45,6 +45,7 @@ def default_embedder_factory(settings: Settings) -> Callable[[], Embedder]:
             batch_size=settings.model.encode_batch_size,
             max_length=settings.model.max_length,
             device=settings.model.device,
+            dtype=settings.model.dtype,
         )
 
     return build

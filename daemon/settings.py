@@ -77,6 +77,10 @@ class LoopSettings(_Section):
 class ModelSettings(_Section):
     encoder: str | None = None  # local path or hub id; None = bundled all-MiniLM-L6-v2
     device: str | None = None  # None = cuda when available, else cpu
+    # "auto" = bf16 where the hardware computes it natively (AVX512-BF16/AMX CPUs, GPUs), else fp32;
+    # bf16 vectors agree with fp32 to a mean cosine of 0.9999+ (bench/encode.py reports the minimum)
+    dtype: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    torch_threads: int | None = Field(default=None, gt=0)  # torch.set_num_threads at startup; None = torch's
     encode_batch_size: int = Field(default=64, gt=0)
     max_length: int = Field(default=256, gt=0)
     hidden_dim: int = Field(default=0, ge=0)
