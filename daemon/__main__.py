@@ -30,6 +30,8 @@ def configure_logging(level: str | None = None) -> None:
             "httpcore": {"level": "WARNING"},
             "urllib3": {"level": "WARNING"},
             "transformers": {"level": "ERROR"},
+            "ray": {"level": "WARNING"},
+            "ray.data": {"level": "WARNING"},
         },
     })
 
