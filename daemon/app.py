@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 
-from connectors.base import Connector
+from connectors.base import Connector, OutgoingTask, PredictionUpdate, ProjectInfo, PullResult, TaskSummary
 from connectors.errors import ConnectorUnavailable
 from connectors.label_studio import LabelStudioConnector
 from daemon.context import LoopContext, default_embedder_factory
@@ -18,7 +20,16 @@ from daemon.settings import Settings
 from daemon.store import make_engine
 from daemon.sync import SyncReport, sync
 
-__all__ = ["build_connector", "build_context", "one_cycle", "one_sync", "run_service", "write_config"]
+__all__ = [
+    "apply_torch_threads",
+    "build_connector",
+    "build_context",
+    "embed_backfill",
+    "one_cycle",
+    "one_sync",
+    "run_service",
+    "write_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +47,16 @@ def build_connector(settings: Settings) -> Connector:
     )
 
 
+def apply_torch_threads(settings: Settings) -> None:
+    """Set torch's intra-op thread count when ``model.torch_threads`` is configured (process-wide)."""
+    if settings.model.torch_threads is not None:
+        import torch  # only the commands that encode pay for importing torch
+
+        torch.set_num_threads(settings.model.torch_threads)
+
+
 def build_context(settings: Settings, *, connector: Connector | None = None) -> LoopContext:
+    apply_torch_threads(settings)
     return LoopContext(
         settings=settings,
         engine=make_engine(settings.store.url),
@@ -70,6 +90,65 @@ def one_sync(settings: Settings, *, connector: Connector | None = None) -> SyncR
         return sync(ctx)
     finally:
         lock.release()
+
+
+def embed_backfill(settings: Settings, *, progress: Callable[[int, int], None] | None = None) -> int:
+    """Embed every pool item that has no vector yet, refusing while a daemon runs on the store.
+
+    Needs no Label Studio token. Resumable: chunks already stored stay done after a kill.
+
+    Raises:
+        AlreadyRunning, ModelError.
+    """
+    from daemon.training import embed_pool
+
+    apply_torch_threads(settings)
+    lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir)
+    lock.acquire()
+    try:
+        ctx = LoopContext(
+            settings=settings,
+            engine=make_engine(settings.store.url),
+            connector=_OfflineConnector(),
+            embedder_factory=default_embedder_factory(settings),
+        )
+        return embed_pool(ctx, progress=progress)
+    finally:
+        lock.release()
+
+
+class _OfflineConnector:
+    """For commands that never talk to the annotation tool: every call is refused."""
+
+    def _refuse(self) -> ConnectorUnavailable:
+        return ConnectorUnavailable("this command works offline and does not talk to Label Studio")
+
+    def check(self) -> str:
+        raise self._refuse()
+
+    def ensure_project(self, *, classes: Sequence[str] | None) -> ProjectInfo:
+        raise self._refuse()
+
+    def push(self, tasks: Sequence[OutgoingTask]) -> Mapping[str, str]:
+        raise self._refuse()
+
+    def pull(self, *, since: datetime | None) -> PullResult:
+        raise self._refuse()
+
+    def list_tasks(self) -> Sequence[TaskSummary]:
+        raise self._refuse()
+
+    def count_waiting(self) -> int:
+        raise self._refuse()
+
+    def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> int:
+        raise self._refuse()
+
+    def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
+        raise self._refuse()
+
+    def register_webhook(self, url: str, headers: Mapping[str, str], actions: Sequence[str]) -> str:
+        raise self._refuse()
 
 
 def run_service(settings: Settings, *, connector: Connector | None = None) -> None:

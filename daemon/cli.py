@@ -257,9 +257,11 @@ def config_show(as_json: JsonOpt = False) -> None:
 
 
 def _register_extra_commands() -> None:
+    from daemon.cli_embed import register as register_embed
     from daemon.cli_simulate import register
 
     register(app)
+    register_embed(app)
 
 
 _register_extra_commands()

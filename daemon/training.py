@@ -6,14 +6,16 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from daemon.context import LoopContext, TrainedModel
 from daemon.pool import known_classes
+from daemon.progress import ProgressLog
 from daemon.store import LabelRecord, LabelStatus, ModelRun, PoolItem, get_value
 from models.cache import EmbeddingCache, embed_missing, model_key
 from models.classifier import ProxyClassifier
@@ -50,17 +52,24 @@ def encoder_key(ctx: LoopContext) -> str:
     return model_key(ctx.embedder())
 
 
-def embed_pool(ctx: LoopContext) -> int:
+def embed_pool(ctx: LoopContext, *, progress: Callable[[int, int], None] | None = None) -> int:
     """Embed every pool item that has no vector yet; return how many were embedded.
 
     Works in chunks and marks each chunk in the store after its vectors are cached,
     so a process killed midway continues where it stopped. With ``[scaleout] backend = "ray"``
     the chunks are Ray Data jobs (:func:`daemon.scaleout_ray.embed_pool_ray`).
+
+    Args:
+        progress: called as ``progress(done, total)`` after each chunk (local backend); ``None``
+            logs done/total, rate and ETA at most every 10 s instead.
     """
     if ctx.settings.scaleout.backend == "ray":
         from daemon.scaleout_ray import embed_pool_ray  # ray is an optional extra: import on use
 
         return embed_pool_ray(ctx)
+    report = progress if progress is not None else ProgressLog(log, "pool items embedded")
+    with Session(ctx.engine) as session:
+        total = session.exec(select(func.count()).where(col(PoolItem.is_embedded).is_(False))).one()
     done = 0
     while not ctx.stop.is_set():
         with Session(ctx.engine) as session:
@@ -79,6 +88,7 @@ def embed_pool(ctx: LoopContext) -> int:
                     session.add(item)
             session.commit()
         done += len(rows)
+        report(done, max(total, done))  # items added meanwhile are embedded too
     if done:
         log.info("embedded %s pool items", done)
     return done

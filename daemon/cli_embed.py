@@ -1,0 +1,79 @@
+"""``labelloop embed``: embed every pool item without a vector now, with a progress bar.
+
+Parsing (typer) -> :func:`daemon.app.embed_backfill` -> rendering (rich). ``daemon/cli.py`` calls
+:func:`register` to add the command. A killed run loses at most the chunk in flight: rerunning
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from daemon.errors import AlreadyRunning, ConfigError, DaemonError
+from models.errors import ModelError
+
+__all__ = ["register"]
+
+out = Console()
+err = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``embed`` command to ``app``."""
+    app.command("embed")(embed)
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second, as rich estimates it over its recent updates."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- items/s" if speed is None else f"{speed:,.0f} items/s", style="progress.data.speed")
+
+
+def embed() -> None:
+    """Embed every pool item that has no vector yet (a backfill), showing rate and ETA.
+
+    Refuses while the daemon runs on the same store. Interrupting is safe: rerun to continue.
+    """
+    from daemon.app import embed_backfill
+    from daemon.cli import settings
+
+    columns = (
+        TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("embed", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            done = embed_backfill(settings(), progress=progress)
+        except ConfigError as e:
+            err.print(f"[red]error:[/] {e}")
+            raise typer.Exit(2) from None
+        except AlreadyRunning as e:
+            err.print(f"[red]error:[/] {e} (stop the daemon, or let its embed stage do the work)")
+            raise typer.Exit(3) from None
+        except (DaemonError, ModelError) as e:
+            err.print(f"[red]error:[/] {e}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            completed = int(bar.tasks[0].completed)
+            err.print(f"interrupted after {completed} items; run `labelloop embed` again to continue")
+            raise typer.Exit(130) from None
+    out.print(f"embedded {done} pool items" if done else "every pool item already has a vector")
