@@ -54,10 +54,9 @@ def make_settings(tmp_path: Path, **loop: object) -> Settings:
     )
 
 
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[LoopContext, FakeConnector, dict[str, str]]:
-    monkeypatch.chdir(tmp_path)
-    settings = make_settings(tmp_path)
+def build_world(tmp_path: Path, **loop: object) -> tuple[LoopContext, FakeConnector, dict[str, str]]:
+    """A store with the synthetic pool imported and a project bound, on a fake Label Studio."""
+    settings = make_settings(tmp_path, **loop)
     gold = make_pool(tmp_path / "pool.csv")
     fake = FakeConnector()
     ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=fake,
@@ -65,6 +64,12 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[LoopContext,
     add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
     ensure_project(ctx)
     return ctx, fake, gold
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[LoopContext, FakeConnector, dict[str, str]]:
+    monkeypatch.chdir(tmp_path)
+    return build_world(tmp_path)
 
 
 def batch_items(ctx: LoopContext, batch_id: str) -> list[BatchItem]:
@@ -185,12 +190,7 @@ def test_rejected_push_parks_the_batch(
 
 def test_control_slice_is_marked_and_random(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    settings = make_settings(tmp_path, control_fraction=0.2)
-    gold = make_pool(tmp_path / "pool.csv")
-    ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=FakeConnector(),
-                      embedder_factory=lambda: HashingEmbedder(dim=64))
-    add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
-    ensure_project(ctx)
+    ctx, _, gold = build_world(tmp_path, control_fraction=0.2)
     batch_id = run_cycle(ctx).batch_id or ""
     control = [i for i in batch_items(ctx, batch_id) if i.is_control]
     assert len(control) == 2
@@ -212,13 +212,8 @@ def test_stopping_rule_pauses_and_resume_or_new_items_lift_it(tmp_path: Path, mo
     from daemon.pause import is_paused, lift_pause
 
     monkeypatch.chdir(tmp_path)
-    settings = make_settings(tmp_path, control_fraction=0.5, stop_kappa=0.5, stop_window=2, stability_sample=40)
-    gold = make_pool(tmp_path / "pool.csv")
-    fake = FakeConnector()
-    ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=fake,
-                      embedder_factory=lambda: HashingEmbedder(dim=64))
-    add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
-    ensure_project(ctx)
+    ctx, fake, gold = build_world(tmp_path, control_fraction=0.5, stop_kappa=0.5, stop_window=2, stability_sample=40)
+    settings = ctx.settings
     reports = []
     for _ in range(6):
         report = run_cycle(ctx)
@@ -279,13 +274,7 @@ def test_new_model_refreshes_waiting_tasks_and_withdraws_stale_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    settings = make_settings(tmp_path, strategy="margin", stale_score_ratio=1.0, control_fraction=0.2)
-    gold = make_pool(tmp_path / "pool.csv")
-    fake = FakeConnector()
-    ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=fake,
-                      embedder_factory=lambda: HashingEmbedder(dim=64))
-    add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
-    ensure_project(ctx)
+    ctx, fake, gold = build_world(tmp_path, strategy="margin", stale_score_ratio=1.0, control_fraction=0.2)
     first = run_cycle(ctx).batch_id or ""
     annotate_batch(ctx, fake, gold, first)
     second = run_cycle(ctx)
