@@ -27,7 +27,8 @@ from strategies import Prefilter
 
 __all__ = ["DEFAULT_CHUNK_ROWS", "Shortlist", "VectorSource", "as_float32", "shortlist"]
 
-DEFAULT_CHUNK_ROWS = 32_768  # 48 MB of float32 vectors at d = 384
+DEFAULT_CHUNK_ROWS = 8_192  # 12 MB of float32 at d = 384: under glibc's 32 MB mmap threshold, so the
+# head's temporaries reuse memory instead of faulting in fresh pages (1.4-1.8 s per 1M rows vs 2.7 s at 32k)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -127,7 +128,11 @@ def as_float32(vectors: npt.NDArray[np.floating]) -> Float32Array:
 
 
 class _RunningTop:
-    """The ``size`` best rows seen so far by (score, random key), with their probabilities."""
+    """The ``size`` best rows seen so far by (score, random key), with their probabilities.
+
+    Once full, a chunk costs O(contenders): only its rows at or above the current floor are
+    compared, and the rows they beat are overwritten in place.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -137,15 +142,29 @@ class _RunningTop:
         self.proba: FloatArray = np.empty((0, 0))
 
     def add(self, positions: IntArray, scores: FloatArray, keys: FloatArray, proba: FloatArray) -> None:
-        chunk = _best(scores, keys, self.size)  # at most `size` survive from the chunk
-        if not len(self.positions):
-            self.proba = np.empty((0, proba.shape[1]))
-        merged_scores = np.concatenate([self.scores, scores[chunk]])
-        merged_keys = np.concatenate([self.keys, keys[chunk]])
-        keep = _best(merged_scores, merged_keys, self.size)
-        self.positions = np.concatenate([self.positions, positions[chunk]])[keep]
-        self.scores, self.keys = merged_scores[keep], merged_keys[keep]
-        self.proba = np.concatenate([self.proba, proba[chunk]])[keep]
+        if len(self.positions) < self.size:  # filling up (the first chunk or two): merge by copying
+            if not len(self.positions):
+                self.proba = np.empty((0, proba.shape[1]))
+            merged_scores = np.concatenate([self.scores, scores])
+            merged_keys = np.concatenate([self.keys, keys])
+            keep = _best(merged_scores, merged_keys, self.size)
+            self.positions = np.concatenate([self.positions, positions])[keep]
+            self.scores, self.keys = merged_scores[keep], merged_keys[keep]
+            self.proba = np.concatenate([self.proba, proba])[keep]
+            return
+        contenders = np.flatnonzero(scores >= self.scores.min())
+        if not len(contenders):
+            return
+        contenders = contenders[_best(scores[contenders], keys[contenders], self.size)]
+        keep = _best(np.concatenate([self.scores, scores[contenders]]),
+                     np.concatenate([self.keys, keys[contenders]]), self.size)
+        is_kept = np.zeros(self.size + len(contenders), dtype=bool)
+        is_kept[keep] = True
+        evicted = np.flatnonzero(~is_kept[: self.size])
+        entering = contenders[np.flatnonzero(is_kept[self.size :])]
+        self.positions[evicted] = positions[entering]
+        self.scores[evicted], self.keys[evicted] = scores[entering], keys[entering]
+        self.proba[evicted] = proba[entering]
 
 
 def _best(scores: FloatArray, keys: FloatArray, size: int) -> IntArray:

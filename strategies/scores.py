@@ -57,6 +57,10 @@ def margin(proba: AnyFloatArray) -> FloatArray:
         ValueError: if ``proba`` is malformed.
     """
     check_proba(proba)
+    return _margin(proba)
+
+
+def _margin(proba: AnyFloatArray) -> FloatArray:
     top2 = np.partition(proba, -2, axis=1)[:, -2:].astype(np.float64)
     scores: FloatArray = 1.0 - (top2[:, 1] - top2[:, 0])
     return scores
@@ -138,7 +142,10 @@ def class_scarcity(proba: AnyFloatArray, label_counts: IntArray, *, smoothing: f
     """
     check_proba(proba)
     check_label_counts(label_counts, proba.shape[1])
-    weights = rarity(label_counts, smoothing=smoothing)
+    return _class_scarcity(proba, rarity(label_counts, smoothing=smoothing))
+
+
+def _class_scarcity(proba: AnyFloatArray, weights: FloatArray) -> FloatArray:
     scores: FloatArray = proba @ weights
     return np.clip(scores, 0.0, 1.0)
 
@@ -172,9 +179,10 @@ def scarce_margin(
     """
     if not scarcity_power >= 0:
         raise ValueError(f"scarcity_power must be >= 0, got {scarcity_power}")
-    scores: FloatArray = (
-        margin(proba) * class_scarcity(proba, label_counts, smoothing=smoothing) ** scarcity_power
-    )
+    check_proba(proba)  # once: this runs on every chunk of a million-row pool
+    check_label_counts(label_counts, proba.shape[1])
+    scarcity = _class_scarcity(proba, rarity(label_counts, smoothing=smoothing))
+    scores: FloatArray = _margin(proba) * (np.sqrt(scarcity) if scarcity_power == 0.5 else scarcity**scarcity_power)
     return scores
 
 
