@@ -77,7 +77,12 @@ def model_key(embedder: Embedder) -> str:
 
 
 class EmbeddingCache:
-    """Append-only float16 vectors in memory-mapped shards; one writer, any number of readers.
+    """Append-only float16 vectors in fixed-size shard files; one writer, any number of readers.
+
+    Rows are read with positioned reads (one per run of consecutive rows), not through memory
+    maps: a mapped page stays in the reader's RSS, so maps made a daemon that streamed or sampled
+    a million-row pool grow to the whole pool's size over a few cycles. The shard files are
+    plain arrays, so any other tool may still memory-map them.
 
     Args:
         root: folder holding one sub-folder per model key (created by the writer).
@@ -95,8 +100,7 @@ class EmbeddingCache:
     def __init__(
         self, root: Path, *, model_key: str, dim: int, shard_rows: int = 1 << 18, readonly: bool = False
     ) -> None:
-        self._writer: WriterLock | None = None  # set first: close() and __del__ rely on them
-        self._maps: dict[int, np.memmap[tuple[int, int], np.dtype[np.float16]]] = {}
+        self._writer: WriterLock | None = None  # set first: close() and __del__ rely on it
         if not _SAFE_KEY.fullmatch(model_key):
             raise ValueError(f"model_key must match {_SAFE_KEY.pattern}, got {model_key!r}")
         if dim < 1 or shard_rows < 1:
@@ -129,8 +133,7 @@ class EmbeddingCache:
         self.close()
 
     def close(self) -> None:
-        """Drop the memory maps and release the writer lock. Idempotent."""
-        self._maps.clear()
+        """Release the writer lock. Idempotent."""
         writer, self._writer = self._writer, None
         if writer is not None:
             release_writer_lock(writer)
@@ -183,9 +186,9 @@ class EmbeddingCache:
 
         For a caller with a faster float16 conversion than numpy's (whose cast is scalar code,
         ~1 s per million 384-d rows here). A chunk whose rows lie close together (a pool's
-        candidates, in pool order) is read with positioned reads of its span rather than through
-        the memory maps, so streaming a whole cache leaves no file pages mapped into the process
-        (they stay in the OS page cache, outside its RSS); scattered rows are gathered via the maps.
+        candidates, in pool order) is read with one positioned read of its span, scattered rows
+        one run at a time; nothing is mapped, so the pages read stay in the OS page cache,
+        outside the process's RSS.
 
         Raises:
             ValueError: ``chunk_rows`` < 1, or as :meth:`get`.
@@ -215,38 +218,36 @@ class EmbeddingCache:
         return positions
 
     def _gather(self, positions: IntArray) -> npt.NDArray[np.float16]:
-        """Rows (checked) through the memory maps, as stored."""
-        out = np.empty((len(positions), self.dim), dtype=_VECTOR)
-        with self._mutex:
-            size = len(self._index)
-            shards = positions // self.shard_rows
-            for shard in np.unique(shards):
-                selected = shards == shard
-                view = self._shard_view(int(shard), size)
-                out[selected] = view[positions[selected] - int(shard) * self.shard_rows]
-        return out
+        """Rows (checked), as stored: one positioned read per run of consecutive rows."""
+        rows, inverse = np.unique(positions, return_inverse=True)
+        stored = np.empty((len(rows), self.dim), dtype=_VECTOR)
+        if not len(rows):
+            return stored
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        with _ShardFiles(self) as files:
+            for first, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
+                stored[first:stop] = self._read_rows(int(rows[first]), int(rows[stop - 1]) + 1, files)
+        gathered: npt.NDArray[np.float16] = stored[inverse.reshape(-1)]
+        return gathered
 
-    def _read_rows(self, first: int, stop: int) -> npt.NDArray[np.float16]:
+    def _read_rows(self, first: int, stop: int, files: _ShardFiles | None = None) -> npt.NDArray[np.float16]:
         """Read rows ``[first, stop)`` (all committed) with positioned reads, shard by shard."""
         out = np.empty((stop - first, self.dim), dtype=_VECTOR)
         buffer = out.data.cast("B")
         row_bytes = self.dim * _VECTOR.itemsize
-        row = first
-        while row < stop:
-            shard, offset = divmod(row, self.shard_rows)
-            take = min(self.shard_rows - offset, stop - row)
-            target = buffer[(row - first) * row_bytes : (row - first + take) * row_bytes]
-            fd = os.open(self._shard_path(shard), os.O_RDONLY)
-            try:
-                done = 0
+        with _ShardFiles(self) if files is None else nullcontext(files) as opened:
+            row = first
+            while row < stop:
+                shard, offset = divmod(row, self.shard_rows)
+                take = min(self.shard_rows - offset, stop - row)
+                target = buffer[(row - first) * row_bytes : (row - first + take) * row_bytes]
+                fd, done = opened.fd(shard), 0
                 while done < len(target):
                     got = os.preadv(fd, [target[done:]], offset * row_bytes + done)
                     if got <= 0:
                         raise OSError(f"{self._shard_path(shard)} ended before row {row + take}")
                     done += got
-            finally:
-                os.close(fd)
-            row += take
+                row += take
         return out
 
     def put(self, hashes: Sequence[str], vectors: npt.NDArray[np.floating]) -> IntArray:
@@ -291,7 +292,6 @@ class EmbeddingCache:
             shard, offset = divmod(row, self.shard_rows)
             take = min(self.shard_rows - offset, len(vectors) - done)
             write_at(self._shard_path(shard), offset * self.dim * _VECTOR.itemsize, vectors[done : done + take])
-            self._maps.pop(shard, None)
             done += take
         write_at(self.directory / "keys.bin", first * DIGEST_BYTES, digests)
         self._index.extend(digests)
@@ -306,14 +306,6 @@ class EmbeddingCache:
         known = len(self._index)
         if size > known:
             self._index.extend(read_keys(self.directory / "keys.bin", start=known, stop=size))
-
-    def _shard_view(self, shard: int, size: int) -> np.memmap[tuple[int, int], np.dtype[np.float16]]:
-        rows_in_shard = min(self.shard_rows, size - shard * self.shard_rows)
-        view = self._maps.get(shard)
-        if view is None or view.shape[0] < rows_in_shard:
-            view = np.memmap(self._shard_path(shard), dtype=_VECTOR, mode="r", shape=(rows_in_shard, self.dim))
-            self._maps[shard] = view
-        return view
 
     def _shard_path(self, shard: int) -> Path:
         return self.directory / f"shard-{shard:05d}.f16"
@@ -334,6 +326,28 @@ class EmbeddingCache:
             partial.write_text(json.dumps(meta), encoding="utf-8")
             os.replace(partial, meta_path)
         return shard_rows
+
+
+class _ShardFiles:
+    """Read-only descriptors of a cache's shard files, opened on first use and closed on exit."""
+
+    def __init__(self, cache: EmbeddingCache) -> None:
+        self._cache = cache
+        self._fds: dict[int, int] = {}
+
+    def __enter__(self) -> _ShardFiles:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def fd(self, shard: int) -> int:
+        found = self._fds.get(shard)
+        if found is None:
+            found = self._fds[shard] = os.open(self._cache._shard_path(shard), os.O_RDONLY)
+        return found
 
 
 def embed_missing(

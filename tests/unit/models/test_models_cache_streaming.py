@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +48,16 @@ def test_stored_chunks_equal_get(tmp_path: Path, rows: npt.NDArray[np.intp]) -> 
             ]
 
 
-def test_streaming_in_pool_order_maps_no_shard(tmp_path: Path) -> None:
+def test_reads_map_no_shard_and_leave_no_file_open(tmp_path: Path) -> None:
+    """Pages of a memory-mapped shard would stay in the reader's RSS; positioned reads leave nothing."""
     with filled(tmp_path) as cache:
+        before = set(os.listdir("/proc/self/fd"))
         for _ in cache.iter_chunks(np.arange(0, 230, 3), chunk_rows=50):
             pass
-        assert cache._maps == {}  # positioned reads only: no file pages mapped into the process
-        cache.get(np.array([1, 200]))
-        assert cache._maps != {}
+        cache.get(np.array([1, 200, 5, 6, 7, 64]))
+        assert set(os.listdir("/proc/self/fd")) <= before
+        maps = Path("/proc/self/maps").read_text()
+        assert "shard-" not in maps
 
 
 def test_streaming_refuses_bad_rows(tmp_path: Path) -> None:
