@@ -13,11 +13,13 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from sqlmodel import Session, col, select
 
 from connectors.base import PredictionUpdate
 from daemon.context import LoopContext, TrainedModel
 from daemon.pool import known_classes
+from daemon.selection import label_counts
 from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus, PoolItem, get_value, set_value
 from daemon.sync import close_finished_batches
 from daemon.training import labeled_set, vectors_for
@@ -57,8 +59,9 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
         waiting = _waiting(session, strategy)
     if not waiting:
         return _done(ctx, model, RerankReport(0, 0))
-    proba = model.classifier.predict_proba(vectors_for(ctx, [w.content_hash for w in waiting]))
-    new_scores = _scores(ctx, model, strategy, waiting, proba)
+    vectors = vectors_for(ctx, [w.content_hash for w in waiting])
+    proba = model.classifier.predict_proba(vectors)
+    new_scores = _scores(ctx, model, strategy, vectors, proba)
     updates = [
         PredictionUpdate(w.remote_task_id, model.version, model.classes[int(np.argmax(row))], float(np.max(row)))
         for w, row in zip(waiting, proba, strict=True)
@@ -106,20 +109,20 @@ def _waiting(session: Session, strategy: str) -> list[_Waiting]:
 
 
 def _scores(
-    ctx: LoopContext, model: TrainedModel, strategy: str, waiting: list[_Waiting], proba: FloatArray
+    ctx: LoopContext, model: TrainedModel, strategy: str, vectors: npt.NDArray[np.float32], proba: FloatArray
 ) -> FloatArray:
     """The strategy's score of every waiting item under the new model (same scale as at selection)."""
     with Session(ctx.engine) as session:
         labeled = labeled_set(session)
         n_project_classes = len(known_classes(session))
     view = PoolView(
-        embeddings=vectors_for(ctx, [w.content_hash for w in waiting]),
+        embeddings=vectors,
         proba=proba,
-        label_counts=np.asarray([labeled.labels.count(c) for c in model.classes], dtype=np.intp),
+        label_counts=label_counts(model, labeled.labels),
         n_unseen_classes=max(0, n_project_classes - len(model.classes)),
         labeled_embeddings=vectors_for(ctx, labeled.hashes) if labeled.hashes else None,
     )
-    picked = select_batch(strategy, view, len(waiting), rng=np.random.default_rng(ctx.settings.loop.seed))
-    scores: FloatArray = np.zeros(len(waiting))
+    picked = select_batch(strategy, view, len(vectors), rng=np.random.default_rng(ctx.settings.loop.seed))
+    scores: FloatArray = np.zeros(len(vectors))
     scores[picked.positions] = picked.scores
     return scores

@@ -28,7 +28,7 @@ from daemon.training import active_cache, labeled_set, vectors_for
 from models.cache import EmbeddingCache
 from strategies import DEFAULT_STRATEGY, PoolView, Prefilter, prefilter, prefilter_scores, select_batch
 
-__all__ = ["pool_index", "select_next_batch", "strategy_name", "waiting_count"]
+__all__ = ["label_counts", "pool_index", "select_next_batch", "strategy_name", "waiting_count"]
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _strategy_picks(
 ) -> tuple[list[_Pick], str]:
     """Stream ``rest`` (positions into the candidates) once, then run the strategy on its shortlist."""
     name = strategy_name(ctx)
-    counts = _label_counts(model, inputs.labels)
+    counts = label_counts(model, inputs.labels)
     labeled_embeddings = vectors_for(ctx, inputs.labeled_hashes) if inputs.labeled_hashes else None
     n_unseen = max(0, inputs.n_classes - len(set(inputs.labels)))
     has_labeled = labeled_embeddings is not None
@@ -182,7 +182,8 @@ class _Pick:
     proba: npt.NDArray[np.float64] | None  # (C,) the model's probabilities for this item
 
 
-def _label_counts(model: TrainedModel | None, labels: Sequence[str]) -> npt.NDArray[np.intp]:
+def label_counts(model: TrainedModel | None, labels: Sequence[str]) -> npt.NDArray[np.intp]:
+    """Labels per class of ``model``, aligned with its probability columns; empty without a model."""
     if model is None:
         return np.zeros(0, dtype=np.intp)
     tally = Counter(labels)
