@@ -45,11 +45,8 @@ def active_cache(ctx: LoopContext) -> EmbeddingCache:
 
 
 def encoder_key(ctx: LoopContext) -> str:
-    with Session(ctx.engine) as session:
-        source = get_value(session, "embedding_source")
-    if source is not None and source.startswith("byo-d"):
-        return source
-    return model_key(ctx.embedder())
+    """The cache key of this pool's vectors: the encoder's model key, or ``byo-d<dim>``."""
+    return active_cache(ctx).model_key
 
 
 def embed_pool(ctx: LoopContext, *, progress: Callable[[int, int], None] | None = None) -> int:
