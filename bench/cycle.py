@@ -25,7 +25,6 @@ took (``CycleRun.stage_seconds``); "trigger" is the time from the annotation to 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -43,6 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "bench"))
+sys.path.insert(2, str(ROOT / "deploy"))
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -80,7 +80,8 @@ def main() -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
     print(f"labelloop bench/cycle: {n:,} items, batch {args.batch}, {args.rounds} rounds (+{args.warmup} warm-up), "
           f"mode {args.mode}; load {_load()}", flush=True)
-    ls_local = _ls_local()
+    import ls_local  # deploy/ls_local.py, a script beside the demo (not a package)
+
     shutil.rmtree(args.dir / "label-studio", ignore_errors=True)  # every run starts from an empty project
     server = ls_local.start(args.dir / "label-studio", template=ls_local.ensure_template(),
                             extra_env={"SSRF_PROTECTION_ENABLED": "false"})
@@ -123,16 +124,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--keep", action="store_true", help="keep the store, shards and Label Studio data")
     return parser
-
-
-def _ls_local() -> Any:
-    spec = importlib.util.spec_from_file_location("ls_local", ROOT / "deploy" / "ls_local.py")
-    if spec is None or spec.loader is None:
-        raise ImportError("deploy/ls_local.py not found")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ls_local"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _build_store(args: argparse.Namespace, pool: SyntheticPool) -> Any:
