@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from daemon.scoring import SCORING_DTYPE, AnyProba
 from models._types import Float32Array, FloatArray, IntArray
 from models.cache import EmbeddingCache, model_key
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["EncodeWorker", "RowScorer", "ScoreWorker", "SharedCache", "top_by_score_key"]
 
 Batch = dict[str, npt.NDArray[Any]]
-RowScorer = Callable[[FloatArray], FloatArray]
+RowScorer = Callable[[AnyProba], FloatArray]
 """``proba (n, C) -> scores (n,)``, higher = query sooner; must pickle (a module-level function)."""
 
 
@@ -119,7 +120,7 @@ class ScoreWorker:
         positions = block.column("position").to_numpy()
         keys = block.column("key").to_numpy()
         is_sample = block.column("is_sample").to_numpy(zero_copy_only=False)
-        proba = self._head.predict_proba(self._vectors(block), device=self._device)
+        proba = self._head.predict_proba(self._vectors(block), device=self._device, dtype=SCORING_DTYPE)
         scores = np.asarray(self._scorer(proba), dtype=np.float64)
         is_top = np.zeros(len(positions), dtype=bool)
         is_top[top_by_score_key(scores, keys, self._top_m)] = True

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from sqlmodel import Session, col, select
 from daemon._ray_workers import EncodeWorker, RowScorer, ScoreWorker, SharedCache, top_by_score_key
 from daemon.context import LoopContext
 from daemon.errors import ConfigError
-from daemon.scoring import Shortlist, shortlist
+from daemon.scoring import SCORING_DTYPE, Shortlist, shortlist
 from daemon.settings import ScaleoutSettings
 from daemon.store import PoolItem
 from daemon.training import active_cache
@@ -325,7 +326,8 @@ def shortlist_ray(
     """
     n = len(rows)
     if plan.n_top == 0:
-        return shortlist(cache, rows, plan, predict_proba=head.predict_proba, score=score, rng=rng)
+        return shortlist(cache, rows, plan, predict_proba=partial(head.predict_proba, dtype=SCORING_DTYPE), score=score,
+                         rng=rng)
     if not (0 < plan.n_top <= n and 0 <= plan.n_sample <= n):
         raise ValueError(f"cannot take {plan} of {n} rows")
     sample: IntArray = np.sort(rng.choice(n, size=plan.n_sample, replace=False)).astype(np.intp)

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +23,7 @@ from sqlmodel import Session, col, select
 from daemon.context import LoopContext, TrainedModel
 from daemon.pool import known_classes
 from daemon.pool_index import CandidateRows, PoolIndex, item_ids_of
-from daemon.scoring import DEFAULT_CHUNK_ROWS, ScoreFn, Shortlist, shortlist
+from daemon.scoring import DEFAULT_CHUNK_ROWS, SCORING_DTYPE, AnyProba, ScoreFn, Shortlist, shortlist
 from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus
 from daemon.training import active_cache, labeled_set, vectors_for
 from models.cache import EmbeddingCache
@@ -123,7 +124,7 @@ def _strategy_picks(
                      n_unseen_classes=n_unseen, has_labeled_embeddings=has_labeled)
     score: ScoreFn | None = None
     if model is not None and plan.n_top:
-        def score(proba: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        def score(proba: AnyProba) -> npt.NDArray[np.float64]:
             return prefilter_scores(name, proba, counts, n_unseen_classes=n_unseen,
                                     has_labeled_embeddings=has_labeled)
     rows = inputs.pool.cache_rows[rest]
@@ -160,8 +161,8 @@ def _shortlist(
 
         return shortlist_ray(cache, rows, plan, head=export_head(model.classifier), score=score, rng=rng,
                              settings=ctx.settings.scaleout)
-    return shortlist(cache, rows, plan, predict_proba=None if model is None else model.classifier.predict_proba,
-                     score=score, rng=rng, chunk_rows=DEFAULT_CHUNK_ROWS)
+    proba_fn = None if model is None else partial(model.classifier.predict_proba, dtype=SCORING_DTYPE)
+    return shortlist(cache, rows, plan, predict_proba=proba_fn, score=score, rng=rng, chunk_rows=DEFAULT_CHUNK_ROWS)
 
 
 def _read_inputs(ctx: LoopContext, cache: EmbeddingCache) -> _Inputs:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -11,8 +11,8 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from models._calibration import fit_temperature, stratified_folds
-from models._head import HeadSpec, train_head
-from models._types import FloatArray
+from models._head import TORCH_DTYPES, HeadSpec, Layers, fold_affine, forward_proba, train_head
+from models._types import Float32Array, FloatArray
 from models.device import select_device
 from models.errors import ModelNotFitted
 
@@ -106,28 +106,49 @@ class ProxyClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # 
         self._center = torch.from_numpy(center).to(device)
         self._scale = scale
         self._device = device
+        self._folded = fold_affine(head_layers(self._head), self._center, scale, self.temperature_)
         return self
 
-    def predict_proba(self, X: npt.ArrayLike, *, chunk_rows: int = 65536) -> FloatArray:
+    @overload
+    def predict_proba(
+        self, X: npt.ArrayLike, *, chunk_rows: int = ..., dtype: Literal["float64"] = ...
+    ) -> FloatArray: ...
+
+    @overload
+    def predict_proba(
+        self, X: npt.ArrayLike, *, chunk_rows: int = ..., dtype: Literal["float32"]
+    ) -> Float32Array: ...
+
+    def predict_proba(
+        self, X: npt.ArrayLike, *, chunk_rows: int = 65536, dtype: Literal["float64", "float32"] = "float64"
+    ) -> npt.NDArray[np.floating[Any]]:
         """Return class probabilities ``(n, C)`` in ``classes_`` order; rows sum to 1.
+
+        The head reads the raw float32 rows through weights that absorb the centring, scaling
+        and temperature (:func:`models._head.fold_affine`), and the softmax is float32.
 
         Args:
             X: ``(n, d)`` embeddings.
             chunk_rows: rows pushed through the head at once; bounds the working memory.
+            dtype: ``"float64"`` (scikit-learn's convention) or ``"float32"``, which skips
+                a copy of the result where a million rows are scored.
 
         Raises:
             ModelNotFitted: ``fit`` has not been called.
-            ValueError: ``X`` has the wrong width or non-finite values, or ``chunk_rows`` < 1.
+            ValueError: ``X`` has the wrong width or non-finite values, ``chunk_rows`` < 1 or
+                another ``dtype``.
         """
         features = self._check_predict_input(X)
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-        proba: FloatArray = np.empty((len(features), len(self.classes_)), dtype=np.float64)
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+        proba = np.empty((len(features), len(self.classes_)), dtype=dtype)
         with torch.inference_mode():
             for start in range(0, len(features), chunk_rows):
                 chunk = torch.from_numpy(features[start : start + chunk_rows]).to(self._device)
-                logits = self._head((chunk - self._center) / self._scale).double() / self.temperature_
-                proba[start : start + len(chunk)] = torch.softmax(logits, dim=1).cpu().numpy()
+                rows = forward_proba(chunk, self._folded, TORCH_DTYPES[dtype])
+                proba[start : start + len(chunk)] = rows.cpu().numpy()
         return proba
 
     def predict(self, X: npt.ArrayLike) -> npt.NDArray[Any]:
@@ -213,7 +234,9 @@ class ProxyClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # 
     def _check_predict_input(self, X: npt.ArrayLike) -> npt.NDArray[np.float32]:
         if not hasattr(self, "_head"):
             raise ModelNotFitted("ProxyClassifier is not fitted yet: call fit(X, y) first")
-        features = _as_features(X)
+        features = np.ascontiguousarray(X, dtype=np.float32)  # finiteness: checked on the logits
+        if features.ndim != 2:
+            raise ValueError(f"X must be 2-D (n, d), got shape {features.shape}")
         if features.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {features.shape[1]} features, the model was fitted on {self.n_features_in_}")
         return features
@@ -238,3 +261,8 @@ def _check_fit_input(
     if labels.shape != (features.shape[0],):
         raise ValueError(f"y must have shape ({features.shape[0]},), got {labels.shape}")
     return features, labels
+
+
+def head_layers(head: torch.nn.Module) -> Layers:
+    """The ``(W, b)`` of every linear layer of a head from :func:`models._head.train_head`, in order."""
+    return [(m.weight.detach(), m.bias.detach()) for m in head.modules() if isinstance(m, torch.nn.Linear)]

@@ -6,20 +6,22 @@ code: a few ``(out, in)`` matrices, the input centring and the temperature. Ship
 was trained on and of pickled torch modules.
 
 ``HeadWeights.predict_proba`` repeats ``ProxyClassifier.predict_proba`` operation for operation
-(float32 centring and layers, float64 temperature and softmax), so on the same device both give
-the same probabilities; a test pins that.
+(the same folded float32 layers and float32 softmax), so on the same device both give the same
+probabilities; a test pins that.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from models._head import TORCH_DTYPES, fold_affine, forward_proba
 from models._types import Float32Array, FloatArray
-from models.classifier import ProxyClassifier
+from models.classifier import ProxyClassifier, head_layers
 from models.device import select_device
 from models.errors import ModelNotFitted
 
@@ -50,39 +52,50 @@ class HeadWeights:
         """``d``, the input width."""
         return int(self.center.shape[0])
 
+    @overload
     def predict_proba(
-        self, X: npt.ArrayLike, *, device: str | None = "cpu", chunk_rows: int = 65536
-    ) -> FloatArray:
+        self, X: npt.ArrayLike, *, device: str | None = ..., chunk_rows: int = ..., dtype: Literal["float64"] = ...
+    ) -> FloatArray: ...
+
+    @overload
+    def predict_proba(
+        self, X: npt.ArrayLike, *, device: str | None = ..., chunk_rows: int = ..., dtype: Literal["float32"]
+    ) -> Float32Array: ...
+
+    def predict_proba(
+        self,
+        X: npt.ArrayLike,
+        *,
+        device: str | None = "cpu",
+        chunk_rows: int = 65536,
+        dtype: Literal["float64", "float32"] = "float64",
+    ) -> npt.NDArray[np.floating[Any]]:
         """Return class probabilities ``(n, C)`` in ``classes`` order; rows sum to 1.
 
         Args:
             X: ``(n, d)`` embeddings (any float dtype; computed in float32 like the classifier).
             device: ``"cpu"``, ``"cuda[:N]"``, or ``None``/``"auto"`` for CUDA when available.
             chunk_rows: rows pushed through the head at once, >= 1.
+            dtype: ``"float64"`` or ``"float32"``, as ``ProxyClassifier.predict_proba``.
 
         Raises:
-            ValueError: ``X`` is not ``(n, d)`` or has NaN/inf, or ``chunk_rows`` < 1.
+            ValueError: ``X`` is not ``(n, d)`` or has NaN/inf, ``chunk_rows`` < 1 or another ``dtype``.
         """
         features = np.ascontiguousarray(X, dtype=np.float32)
         if features.ndim != 2 or features.shape[1] != self.n_features:
             raise ValueError(f"X must have shape (n, {self.n_features}), got {features.shape}")
-        if not np.isfinite(features).all():
-            raise ValueError("X contains NaN or inf")
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        if dtype not in TORCH_DTYPES:
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         target = select_device(device)
-        center = torch.from_numpy(self.center).to(target)
         layers = [(torch.from_numpy(w).to(target), torch.from_numpy(b).to(target)) for w, b in self.layers]
-        proba: FloatArray = np.empty((len(features), len(self.classes)), dtype=np.float64)
+        folded = fold_affine(layers, torch.from_numpy(self.center).to(target), self.scale, self.temperature)
+        proba = np.empty((len(features), len(self.classes)), dtype=dtype)
         with torch.inference_mode():
             for start in range(0, len(features), chunk_rows):
-                hidden = (torch.from_numpy(features[start : start + chunk_rows]).to(target) - center) / self.scale
-                for depth, (weight, bias) in enumerate(layers):
-                    if depth:
-                        hidden = torch.nn.functional.gelu(hidden)
-                    hidden = torch.nn.functional.linear(hidden, weight, bias)
-                logits = hidden.double() / self.temperature
-                proba[start : start + len(hidden)] = torch.softmax(logits, dim=1).cpu().numpy()
+                chunk = torch.from_numpy(features[start : start + chunk_rows]).to(target)
+                proba[start : start + len(chunk)] = forward_proba(chunk, folded, TORCH_DTYPES[dtype]).cpu().numpy()
         return proba
 
 
@@ -94,8 +107,7 @@ def export_head(classifier: ProxyClassifier) -> HeadWeights:
     """
     if not hasattr(classifier, "_head"):
         raise ModelNotFitted("ProxyClassifier is not fitted yet: call fit(X, y) first")
-    linears = [m for m in classifier._head.modules() if isinstance(m, torch.nn.Linear)]
-    layers = tuple((_numpy(m.weight), _numpy(m.bias)) for m in linears)
+    layers = tuple((_numpy(weight), _numpy(bias)) for weight, bias in head_layers(classifier._head))
     return HeadWeights(
         layers=layers,
         center=_numpy(classifier._center),

@@ -26,7 +26,7 @@ from daemon.errors import ConfigError
 from daemon.pool import add_pool_file
 from daemon.project import ensure_project
 from daemon.scaleout_ray import connect, embed_missing_ray, shortlist_ray, vector_mode
-from daemon.scoring import shortlist
+from daemon.scoring import SCORING_DTYPE, shortlist
 from daemon.settings import ScaleoutSettings, load_settings
 from daemon.store import BatchItem, PoolItem, make_engine
 from models.cache import EmbeddingCache, embed_missing, model_key
@@ -139,8 +139,8 @@ def test_shortlist_on_ray_equals_in_process(local_ray: Any, tmp_path: Path, mode
     cache, rows, classifier, score = scoring_setup(tmp_path)
     plan = Prefilter(n_top=120, n_sample=150)
     here_rng, there_rng = np.random.default_rng(7), np.random.default_rng(7)
-    expected = shortlist(cache, rows, plan, predict_proba=classifier.predict_proba, score=score, rng=here_rng,
-                         chunk_rows=1000)
+    as_the_daemon = functools.partial(classifier.predict_proba, dtype=SCORING_DTYPE)  # as daemon.selection
+    expected = shortlist(cache, rows, plan, predict_proba=as_the_daemon, score=score, rng=here_rng, chunk_rows=1000)
     settings = ONE_ACTOR.model_copy(update={"vectors": mode})
     got = shortlist_ray(cache, rows, plan, head=export_head(classifier), score=score, rng=there_rng,
                         settings=settings)

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from daemon.scoring import shortlist
+from daemon.scoring import AnyProba, shortlist
 from strategies import REGISTRY, PoolView, arms, cold_start, prefilter, prefilter_scores, select_batch
 
 FloatArray = npt.NDArray[np.float64]
@@ -56,7 +56,7 @@ class World:
         proba: FloatArray = e / e.sum(axis=1, keepdims=True)
         return proba
 
-    def view(self, rows: IntArray | None, proba: FloatArray | None, n_unseen: int, has_labeled: bool) -> PoolView:
+    def view(self, rows: IntArray | None, proba: AnyProba | None, n_unseen: int, has_labeled: bool) -> PoolView:
         vectors = self.vectors if rows is None else self.vectors[rows]
         return PoolView(
             embeddings=vectors, proba=proba, label_counts=COUNTS if proba is not None else np.zeros(0, np.intp),
@@ -77,7 +77,7 @@ class World:
         plan = prefilter(name, k, n, label_counts=COUNTS if warm else None, n_unseen_classes=n_unseen,
                          has_labeled_embeddings=has_labeled)
 
-        def score(proba: FloatArray) -> FloatArray:
+        def score(proba: AnyProba) -> FloatArray:
             return prefilter_scores(name, proba, COUNTS, n_unseen_classes=n_unseen,
                                     has_labeled_embeddings=has_labeled)
 
