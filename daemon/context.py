@@ -61,6 +61,7 @@ class LoopContext:
     stop: threading.Event = field(default_factory=threading.Event)
     model: TrainedModel | None = None
     sync_count: int = 0
+    synced_at: float | None = None  # time.monotonic() when the last sync succeeded; None before one
     pool_index: PoolIndex | None = None  # pool order -> cache row; rebuilt from the store after a restart
     _embedder: Embedder | None = None
     _caches: dict[str, EmbeddingCache] = field(default_factory=dict)

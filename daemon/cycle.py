@@ -13,14 +13,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from connectors.base import OutgoingTask
 from connectors.errors import ConnectorError, ConnectorRejected
-from daemon.context import LoopContext
+from daemon.context import LoopContext, TrainedModel
 from daemon.pause import is_paused, update_stability
 from daemon.rerank import rerank_queue
 from daemon.selection import select_next_batch, strategy_name, waiting_count
@@ -44,6 +44,7 @@ __all__ = ["CycleReport", "cycle_due", "push_pending", "queue_is_low", "run_cycl
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_Timer = Callable[[str, Callable[[], Any]], Any]
 _PUSH_CHUNK = 100
 
 
@@ -83,8 +84,14 @@ def queue_is_low(loop: LoopSettings, waiting: int) -> bool:
     return waiting <= int(loop.low_water_fraction * loop.batch_size)
 
 
-def run_cycle(ctx: LoopContext, *, reason: str = "manual") -> CycleReport:
+def run_cycle(ctx: LoopContext, *, reason: str = "manual", synced_within_s: float = 0.0) -> CycleReport:
     """Run every stage once and record the cycle with each stage's duration.
+
+    Args:
+        reason: why the cycle runs, kept with its record.
+        synced_within_s: skip the sync stage when a sync succeeded this many seconds ago or
+            less (the webhook path syncs, then runs a cycle at once: a second pull would only
+            cost time at a million items). 0 always syncs.
 
     Raises:
         ConnectorError, ModelError: recorded as a failed cycle, then re-raised for the caller.
@@ -96,7 +103,7 @@ def run_cycle(ctx: LoopContext, *, reason: str = "manual") -> CycleReport:
         session.refresh(run)
     report = CycleReport(cycle_id=run.id or 0)
     try:
-        _stages(ctx, report)
+        _stages(ctx, report, synced_within_s)
     except ConnectorError as e:
         report.status, report.reason = "failed", f"{type(e).__name__}: {e}"
         raise
@@ -105,16 +112,23 @@ def run_cycle(ctx: LoopContext, *, reason: str = "manual") -> CycleReport:
     return report
 
 
-def _stages(ctx: LoopContext, report: CycleReport) -> None:
+def _stages(ctx: LoopContext, report: CycleReport, synced_within_s: float) -> None:
+    """sync → push_leftover → embed → train → stability → select → push → rerank.
+
+    Re-ranking the waiting tasks runs last: the next batch is in the annotators' hands first,
+    and the batch just pushed (chosen by this model) is not re-ranked. When re-ranking frees
+    room, a second select → push fills it in the same cycle.
+    """
     def timed(name: str, stage: Callable[[], T]) -> T:
         started = time.perf_counter()
         try:
             return stage()
         finally:
-            report.stage_seconds[name] = round(time.perf_counter() - started, 3)
+            report.stage_seconds[name] = round(report.stage_seconds.get(name, 0.0) + time.perf_counter() - started, 3)
 
+    fresh = ctx.synced_at is not None and time.monotonic() - ctx.synced_at <= synced_within_s
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("sync", lambda: sync(ctx)),
+        ("sync", (lambda: None) if fresh else (lambda: sync(ctx))),
         ("push_leftover", lambda: push_pending(ctx)),
         ("embed", lambda: embed_pool(ctx)),
     ]
@@ -127,10 +141,19 @@ def _stages(ctx: LoopContext, report: CycleReport) -> None:
     report.model_version = model.version if model else None
     if model is not None:
         timed("stability", lambda: update_stability(ctx, model))
-        timed("rerank", lambda: rerank_queue(ctx, model, strategy=strategy_name(ctx)))
     if ctx.stop.is_set():
         report.status = "stopped"
         return
+    _fill_queue(ctx, report, model, timed)
+    if model is None or ctx.stop.is_set():
+        return
+    reranked = timed("rerank", lambda: rerank_queue(ctx, model, strategy=strategy_name(ctx)))
+    if reranked.withdrawn and not ctx.stop.is_set() and report.status == "ok":
+        _fill_queue(ctx, report, model, timed)
+
+
+def _fill_queue(ctx: LoopContext, report: CycleReport, model: TrainedModel | None, timed: _Timer) -> None:
+    """Select and push a batch when the queue is low and the stopping rule has not paused it."""
     with Session(ctx.engine) as session:
         waiting = waiting_count(session)
         paused = is_paused(session)
@@ -138,14 +161,15 @@ def _stages(ctx: LoopContext, report: CycleReport) -> None:
         report.status, report.reason = "skipped", "paused by the stopping rule (labelloop resume)"
         return
     if not queue_is_low(ctx.settings.loop, waiting):
-        report.reason = f"retrained; {waiting} items still waiting, no new batch"
+        report.reason = report.reason or f"retrained; {waiting} items still waiting, no new batch"
         return
     batch = timed("select", lambda: select_next_batch(ctx, model, cycle_id=report.cycle_id))
     if batch is None:
-        report.status, report.reason = "skipped", "queue full or pool exhausted"
+        if report.batch_id is None:
+            report.status, report.reason = "skipped", "queue full or pool exhausted"
         return
     report.batch_id = batch.id
-    report.pushed = timed("push", lambda: push_pending(ctx))
+    report.pushed += timed("push", lambda: push_pending(ctx))
 
 
 def _finish(ctx: LoopContext, report: CycleReport) -> None:

@@ -1,8 +1,8 @@
 """Stale queue re-ranking: when a new model arrives, refresh what waits in Label Studio.
 
 Tasks chosen by an older model may have become uninformative (the new model is now sure
-about them). For every waiting task of ours the new model's prediction replaces the old
-pre-annotation, and unstarted tasks whose score fell below ``stale_score_ratio`` × their
+about them). For every waiting task of ours that an older model chose, the new model's
+prediction replaces the old pre-annotation, and unstarted tasks whose score fell below ``stale_score_ratio`` × their
 score at selection are withdrawn (never a task someone annotated, skipped or drafted;
 never a control item), which frees room for a batch chosen by the current model.
 """
@@ -56,7 +56,7 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
     with Session(ctx.engine) as session:
         if not loop.rerank_enabled or get_value(session, _KEY) == model.version:
             return RerankReport(0, 0)
-        waiting = _waiting(session, strategy)
+        waiting = _waiting(session, strategy, model.version)
     if not waiting:
         return _done(ctx, model, RerankReport(0, 0))
     vectors = vectors_for(ctx, [w.content_hash for w in waiting])
@@ -96,13 +96,15 @@ def _done(ctx: LoopContext, model: TrainedModel, report: RerankReport) -> Rerank
     return report
 
 
-def _waiting(session: Session, strategy: str) -> list[_Waiting]:
+def _waiting(session: Session, strategy: str, version: str) -> list[_Waiting]:
+    """Our pushed, unanswered, non-control tasks, except those ``version`` itself chose."""
     rows = session.exec(
         select(BatchItem, Batch.strategy, PoolItem.content_hash)
         .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
         .join(PoolItem, col(PoolItem.item_id) == col(BatchItem.item_id))
         .where(Batch.status == BatchStatus.PUSHED, BatchItem.state == BatchItemState.PENDING)
         .where(col(BatchItem.remote_task_id).is_not(None), col(BatchItem.is_control).is_(False))
+        .where(Batch.model_version != version)
     ).all()
     return [_Waiting(item.item_id, item.remote_task_id or "", digest, item.score, batch_strategy == strategy)
             for item, batch_strategy, digest in rows]

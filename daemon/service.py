@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_KEY = "daemon"
 HEARTBEAT_INTERVAL_S = 5.0
 HEALTH_EVENTS_KEPT = 1000
+_JUST_SYNCED_S = 2.0  # a webhook-triggered cycle skips its own pull when the trigger's sync is this fresh
 
 
 def prune_health_events(session: Session, *, keep: int = HEALTH_EVENTS_KEPT) -> None:
@@ -184,11 +185,11 @@ class Service:
     def sync_job(self, *, wait: bool = False) -> None:
         self._guarded("sync", lambda: sync(self.ctx), wait=wait)
 
-    def cycle_job(self, *, wait: bool = False) -> None:
+    def cycle_job(self, *, wait: bool = False, synced_within_s: float = 0.0) -> None:
         def body() -> None:
             reason = cycle_due(self.ctx)
             if reason:
-                run_cycle(self.ctx, reason=reason)
+                run_cycle(self.ctx, reason=reason, synced_within_s=synced_within_s)
 
         self._guarded("cycle", body, wait=wait)
 
@@ -210,7 +211,7 @@ class Service:
 
     def _triggered(self) -> None:
         self.sync_job(wait=True)
-        self.cycle_job(wait=True)
+        self.cycle_job(wait=True, synced_within_s=_JUST_SYNCED_S)  # no second pull right after this one
 
     def heartbeat(self, state: str = "running") -> None:
         beat = {"pid": os.getpid(), "state": state, "started_at": self.started_at.isoformat(),

@@ -8,6 +8,7 @@ state seen twice changes nothing. The watermark advances in the same transaction
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -77,6 +78,7 @@ def sync(ctx: LoopContext) -> SyncReport:
         closed = close_finished_batches(session)
         _advance_watermark(session, raw, result.watermark)
         session.commit()
+    ctx.synced_at = time.monotonic()
     if changed or closed:
         log.info("sync: %s tasks, %s label changes, %s unknown, %s batches closed",
                  len(result.tasks), changed, unknown, closed)

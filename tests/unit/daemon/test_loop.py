@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors.errors import ConnectorRejected, ConnectorUnavailable
 from connectors.fake import FakeConnector
@@ -17,7 +17,8 @@ from daemon.pool import add_pool_file
 from daemon.project import ensure_project
 from daemon.queries import batch_detail, list_batches, status_report
 from daemon.settings import Settings, load_settings
-from daemon.store import Batch, BatchItem, BatchStatus, CycleRun, LabelRecord, LabelStatus, make_engine
+from daemon.store import Batch, BatchItem, BatchStatus, CycleRun, LabelRecord, LabelStatus, ModelRun, make_engine
+from daemon.sync import sync
 from models.hashing import HashingEmbedder
 
 CLASSES = ["billing", "delivery", "fraud"]
@@ -247,8 +248,6 @@ def test_task_deleted_while_the_daemon_was_away_is_withdrawn(
 ) -> None:
     import dataclasses
 
-    from daemon.sync import sync
-
     ctx, fake, gold = world
     batch_id = run_cycle(ctx).batch_id or ""
     items = batch_items(ctx, batch_id)
@@ -294,6 +293,48 @@ def test_new_model_refreshes_waiting_tasks_and_withdraws_stale_ones(
     remaining = {t.remote_task_id for t in fake.list_tasks()}
     assert all(i.remote_task_id not in remaining for i in withdrawn)
     assert all(after[i.item_id].state != "withdrawn" for i in items if i.is_control)  # control is never withdrawn
+
+
+def test_rerank_runs_after_the_push_and_leaves_the_new_batch_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next batch reaches annotators before re-ranking; tasks the current model chose are not re-ranked."""
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold = build_world(tmp_path, strategy="margin", stale_score_ratio=0.0)
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    second = run_cycle(ctx)
+    for item in batch_items(ctx, second.batch_id or "")[:6]:
+        fake.annotate(item.item_id, gold[item.item_id])
+    fake.calls.clear()
+    third = run_cycle(ctx)
+    assert third.batch_id is not None and third.batch_id != second.batch_id
+    assert fake.calls.index("refresh_predictions") > max(i for i, c in enumerate(fake.calls) if c == "push")
+    assert list(third.stage_seconds)[-1] == "rerank"
+    new_tasks = {i.remote_task_id for i in batch_items(ctx, third.batch_id)}
+    refreshed = {rid for rid, updates in fake.predictions.items() if updates[-1].model_version == third.model_version}
+    assert refreshed and refreshed.isdisjoint(new_tasks)
+    assert refreshed == {i.remote_task_id for i in batch_items(ctx, second.batch_id or "")[6:]}
+
+
+def test_a_cycle_right_after_a_sync_skips_its_own_pull(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]],
+) -> None:
+    ctx, fake, gold = world
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    sync(ctx)
+    fake.calls.clear()
+    report = run_cycle(ctx, reason="webhook", synced_within_s=60.0)
+    assert "pull" not in fake.calls and report.batch_id is not None and report.model_version is not None
+    with Session(ctx.engine) as session:
+        latest = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
+    assert latest is not None and latest.n_labels == 10  # the labels the sync brought in were trained on
+    fake.calls.clear()
+    run_cycle(ctx, reason="timer")  # the default: always pull
+    assert "pull" in fake.calls
+    ctx.synced_at = None  # no sync yet in this process: the cycle pulls whatever it is told
+    fake.calls.clear()
+    run_cycle(ctx, synced_within_s=60.0)
+    assert "pull" in fake.calls
 
 
 def test_bring_your_own_embeddings_need_no_encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
