@@ -18,7 +18,8 @@ low-water mark, waits until the daemon is idle, then submits one more annotation
 the queue low. The latency is from just before that API call to the moment every task of the next
 batch is listed by Label Studio. The cycle that chose the batch says how long each of its stages
 took (``CycleRun.stage_seconds``); "trigger" is the time from the annotation to that cycle's start
-(Label Studio's request and webhook call, the triggered pull, the due check). The first
+(Label Studio's request and webhook call, the triggered pull, the due check). Re-ranking runs after the
+push, so it is listed but is not part of the latency. The first
 ``--warmup`` rounds (a cold daemon: index build, first model) are reported apart.
 """
 
@@ -350,10 +351,9 @@ def _report(args: argparse.Namespace, rounds: list[dict[str, Any]]) -> None:
     print(f"\n  {'stage':<14} {'mean s':>7} {'p95 s':>7} {'share':>6}")
     for name in names:
         values = sorted(r["stages"].get(name, 0.0) for r in measured)
-        share = sum(values) / total
-        print(f"  {name:<14} {statistics.mean(values):>7.3f} {_p95(values):>7.3f} "
-              f"{share:>6.1%}")
-    other = total - sum(sum(r["stages"].values()) for r in measured)
+        share = "after" if name in _AFTER_VISIBLE else f"{sum(values) / total:.1%}"
+        print(f"  {name:<14} {statistics.mean(values):>7.3f} {_p95(values):>7.3f} {share:>6}")
+    other = total - sum(v for r in measured for k, v in r["stages"].items() if k not in _AFTER_VISIBLE)
     print(f"  {'(rest)':<14} {other / len(measured):>7.3f} {'':>7} {other / total:>6.1%}   "
           "Label Studio listing the new tasks, clock steps")
     print(f"  loads during the rounds: {', '.join(r['load'].split()[0] for r in measured)}; now {_load()}; "
@@ -366,7 +366,9 @@ def _p95(ordered: list[float]) -> float:
 
 
 _ORDER = {name: i for i, name in enumerate(
-    ["trigger", "sync", "push_leftover", "embed", "train", "stability", "rerank", "select", "push"])}
+    ["trigger", "sync", "push_leftover", "embed", "train", "stability", "select", "push", "rerank"])}
+# Stages the cycle runs once the batch is pushed: not part of the latency ("after" in the share column).
+_AFTER_VISIBLE = frozenset({"rerank"})
 
 
 if __name__ == "__main__":
