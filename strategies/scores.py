@@ -146,7 +146,9 @@ def class_scarcity(proba: AnyFloatArray, label_counts: IntArray, *, smoothing: f
 
 
 def _class_scarcity(proba: AnyFloatArray, weights: FloatArray) -> FloatArray:
-    scores: FloatArray = proba @ weights
+    # einsum, not ``proba @ weights``: BLAS gemv on a (8192, C) chunk hands the work to every
+    # OpenBLAS thread, and on a busy 2-core machine that took 0.7-1.0 s per million rows (einsum: 0.03 s)
+    scores: FloatArray = np.einsum("ij,j->i", proba, weights, dtype=np.float64)
     return np.clip(scores, 0.0, 1.0)
 
 
