@@ -96,6 +96,11 @@ def simulate(
     kappa_threshold: Annotated[float, typer.Option(help="Stopping rule: agreement needed.")] = 0.99,
     kappa_window: Annotated[int, typer.Option(help="Stopping rule: consecutive rounds.")] = 3,
     name: Annotated[str | None, typer.Option(help="Data set name in outputs (default: the file's stem).")] = None,
+    keep_duplicates: Annotated[
+        bool,
+        typer.Option(help="Without an id column, keep every row (repeated texts, one text under two labels) "
+                     "instead of merging identical texts and refusing conflicting ones."),
+    ] = False,
 ) -> None:
     """Replay active learning on labeled data with an oracle; compare strategies by labels needed.
 
@@ -110,7 +115,8 @@ def simulate(
     if "all" in names:
         names = tuple(name for name in REGISTRY if name != "cold_start")
     request = SimulateRequest(
-        source=DataSource(data, test_file, test_fraction, text_field, label_field, id_field, embedding_field),
+        source=DataSource(data, test_file, test_fraction, text_field, label_field, id_field, embedding_field,
+                          keep_duplicates),
         strategies=tuple(dict.fromkeys(names)),
         seeds=tuple(range(seeds)),
         config=ReplayConfig(batch_size, budget, StoppingRule(kappa_threshold, kappa_window)),

@@ -48,10 +48,14 @@ def read_pool_file(
     text_field: str = "text",
     label_field: str = "label",
     embedding_field: str = "embedding",
+    keep_duplicates: bool = False,
 ) -> list[PoolRow]:
     """Read and validate every row of a pool file.
 
-    Items without an id column get a stable id from their content (``h-`` + sha256 prefix).
+    Items without an id column get a stable id from their content (``h-`` + sha256 prefix),
+    so the same text twice is one item, and the same text with two labels is refused. With
+    ``keep_duplicates`` they get ``row-<line>`` instead: every row is its own item (a
+    simulation replays a data set as it is, repeated and conflicting rows included).
     A row needs a non-empty text unless it carries an embedding (any modality).
 
     Raises:
@@ -68,7 +72,7 @@ def read_pool_file(
     dim: int | None = None
     for line, record in raw:
         try:
-            row = _to_row(line, record, fields)
+            row = _to_row(line, record, fields, keep_duplicates=keep_duplicates)
         except ValueError as e:
             problems.append((line, str(e)))
         else:
@@ -90,6 +94,9 @@ def read_pool_file(
 def _check_consistency(row: PoolRow, seen: dict[str, PoolRow], dim: int | None) -> tuple[int | None, str]:
     earlier = seen.get(row.item_id)
     if earlier is not None and (earlier.text, earlier.label) != (row.text, row.label):
+        if row.item_id.startswith("h-") and earlier.text == row.text:  # no id column: ids come from the text
+            return dim, (f"the same text is on line {earlier.line} with label {earlier.label!r}, here {row.label!r}; "
+                         "give every row an id (or, for simulate, pass --keep-duplicates)")
         return dim, f"id {row.item_id!r} appears again (line {earlier.line}) with other content"
     has_embedding = row.embedding is not None
     if seen and (next(iter(seen.values())).embedding is not None) != has_embedding:
@@ -168,7 +175,7 @@ def _parquet_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
             yield number, record
 
 
-def _to_row(line: int, record: Mapping[str, Any], fields: _Fields) -> PoolRow:
+def _to_row(line: int, record: Mapping[str, Any], fields: _Fields, *, keep_duplicates: bool) -> PoolRow:
     text = _text_value(record.get(fields.text_field))
     embedding = _embedding_value(record.get(fields.embedding_field))
     if not text and embedding is None:
@@ -177,8 +184,11 @@ def _to_row(line: int, record: Mapping[str, Any], fields: _Fields) -> PoolRow:
     if not item_id:
         if fields.id_field in record:
             raise ValueError(f"empty {fields.id_field!r}")
-        basis = text if embedding is None else json.dumps(embedding)
-        item_id = "h-" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:20]
+        if keep_duplicates:
+            item_id = f"row-{line}"
+        else:
+            basis = text if embedding is None else json.dumps(embedding)
+            item_id = "h-" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:20]
     label = _text_value(record.get(fields.label_field)) or None
     reserved = {fields.id_field, fields.text_field, fields.label_field, fields.embedding_field}
     meta = {key: _jsonable(value) for key, value in record.items() if key not in reserved}

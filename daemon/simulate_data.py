@@ -43,6 +43,9 @@ class DataSource:
             means use a ``split`` column (``test`` rows are held out) when there is
             one, else ``DEFAULT_TEST_FRACTION``.
         text_field, label_field, id_field, embedding_field: column names.
+        keep_duplicates: without an id column, keep every row as its own item (repeated
+            texts, and one text under two labels, stay as they are in the file) instead of
+            merging identical texts and refusing conflicting ones.
     """
 
     path: Path
@@ -52,6 +55,7 @@ class DataSource:
     label_field: str = "label"
     id_field: str = "id"
     embedding_field: str = "embedding"
+    keep_duplicates: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +176,7 @@ def _labeled_rows(source: DataSource, path: Path) -> tuple[list[PoolRow], int]:
         text_field=source.text_field,
         label_field=source.label_field,
         embedding_field=source.embedding_field,
+        keep_duplicates=source.keep_duplicates,
     )
     labeled = [row for row in rows if row.label is not None]
     return labeled, len(rows) - len(labeled)

@@ -69,6 +69,23 @@ def test_identical_duplicate_rows_collapse(tmp_path: Path) -> None:
     assert len(rows) == 1
 
 
+def test_one_text_under_two_labels_without_ids_names_both_lines_and_the_way_out(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.csv", "text,label\nhello,spam\nbye,ham\nhello,ham\n")
+    with pytest.raises(PoolFileError, match=r"line 4: the same text is on line 2 with label 'spam', here 'ham'.*"
+                       r"--keep-duplicates"):
+        read_pool_file(path)
+
+
+def test_keep_duplicates_makes_every_row_an_item(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.csv", "text,label\nhello,spam\nhello,spam\nhello,ham\n")
+    rows = read_pool_file(path, keep_duplicates=True)
+    assert [(r.item_id, r.text, r.label) for r in rows] == [
+        ("row-2", "hello", "spam"), ("row-3", "hello", "spam"), ("row-4", "hello", "ham")]
+    with_ids = write(tmp_path / "ids.csv", "id,text\n1,alpha\n1,beta\n")
+    with pytest.raises(PoolFileError, match="id '1' appears again"):  # real ids still must be unique
+        read_pool_file(with_ids, keep_duplicates=True)
+
+
 def test_embeddings_in_jsonl_and_csv(tmp_path: Path) -> None:
     jsonl = write(tmp_path / "e.jsonl", json.dumps({"id": "i1", "embedding": [1, 0, 0]}) + "\n")
     assert read_pool_file(jsonl)[0].embedding == (1.0, 0.0, 0.0)

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from daemon.errors import PoolFileError
 from daemon.simulate import Oracle, ReplayConfig, RoundRecord, replay, run_simulation
 from daemon.simulate_data import (
     DataSource,
@@ -255,6 +256,18 @@ def test_precomputed_embeddings_and_the_split_column_are_used(tmp_path: Path) ->
         loaded, ["margin"], [0], ReplayConfig(batch_size=10, budget=30), make_classifier=CentroidClassifier
     )
     assert [r.n_labels for r in result.records] == [10, 20, 30]
+
+
+def test_keep_duplicates_replays_repeated_and_conflicting_rows(tmp_path: Path) -> None:
+    path = tmp_path / "noisy.csv"
+    rows = [f"{word} message number {i % 10},{word}" for i in range(40) for word in ("spam", "ham")]
+    rows += ["spam message number 1,ham", "ham message number 2,spam"]  # the same texts under the other label
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(PoolFileError, match="keep-duplicates"):
+        load_simulation_data(DataSource(path), embedder=HashingEmbedder(dim=16), cache_dir=tmp_path / "cache")
+    loaded = load_simulation_data(DataSource(path, test_fraction=0.25, keep_duplicates=True),
+                                  embedder=HashingEmbedder(dim=16), cache_dir=tmp_path / "cache")
+    assert len(loaded.pool.labels) + len(loaded.test.labels) == 82
 
 
 def test_texts_are_embedded_once_through_the_cache(tmp_path: Path) -> None:
