@@ -28,6 +28,7 @@ from label_studio_sdk.core import ApiError
 from connectors import _ls_tasks as lt
 from connectors._label_config import ChoicesControl, choices_config, read_choices
 from connectors._ls_errors import TOKEN_ADVICE, display_url, translated
+from connectors._ls_webhooks import upsert_webhook
 from connectors.base import OutgoingTask, PredictionUpdate, ProjectInfo, PullResult, TaskSummary
 from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
 
@@ -338,40 +339,14 @@ class LabelStudioConnector:
             ConnectorAuthError, ConnectorUnavailable.
         """
         project = self._resolved()
-        wanted_headers, wanted_actions = dict(headers), sorted(set(actions))
         with translated(self.url, "register_webhook"):
-            ours = sorted(
-                (hook for hook in self._client.webhooks.list(project=str(project.project_id))
-                 if hook.url == url and hook.project == project.project_id),
-                key=lambda hook: hook.id or 0,
+            hook_id, outcome, same_url = upsert_webhook(
+                self._client, self.url, project.project_id, url, headers, actions
             )
-            try:
-                if not ours:
-                    created = self._client.webhooks.create(
-                        url=url, project=project.project_id, headers=wanted_headers, actions=wanted_actions,
-                        is_active=True, send_for_all_actions=False, send_payload=False,
-                    )
-                    hook_id, outcome = created.id, "created"
-                elif _webhook_matches(ours[0], wanted_headers, wanted_actions):
-                    hook_id, outcome = ours[0].id, "unchanged"
-                else:
-                    hook_id, outcome = ours[0].id, "updated"
-                    self._client.webhooks.update(
-                        int(ours[0].id or 0), url=url, headers=wanted_headers, actions=wanted_actions,
-                        is_active=True, send_for_all_actions=False, send_payload=False,
-                    )
-            except ApiError as e:
-                if e.status_code == 403 and "network address" in str(getattr(e, "body", "")):
-                    raise ConnectorRejected(
-                        f"Label Studio at {self.url} refuses to call {display_url(url)}: its SSRF protection "
-                        "blocks local and private addresses. Give the daemon a public webhook.public_url, or "
-                        "start Label Studio with USE_DEFAULT_BANNED_SUBNETS=false (or SSRF_PROTECTION_ENABLED=false)"
-                    ) from None
-                raise
-        if len(ours) > 1:
-            log.warning("project %s has %s webhooks to the same URL; using %s", project.project_id, len(ours), hook_id)
+        if same_url > 1:
+            log.warning("project %s has %s webhooks to the same URL; using %s", project.project_id, same_url, hook_id)
         log.info("webhook %s of project %s: %s", hook_id, project.project_id, outcome)
-        return str(hook_id)
+        return hook_id
 
     # -- internals -------------------------------------------------------------------
 
@@ -513,16 +488,6 @@ _NO_ANNOTATION = (
     lt.dm_filter("cancelled_annotations", "equal", "Number", 0),
 )
 _UNTOUCHED = (*_NO_ANNOTATION, lt.dm_filter("draft_exists", "equal", "Boolean", False))
-
-
-def _webhook_matches(hook: Any, headers: Mapping[str, str], actions: Sequence[str]) -> bool:
-    return (
-        dict(hook.headers or {}) == dict(headers)
-        and sorted(hook.actions or []) == sorted(actions)
-        and hook.is_active is True
-        and hook.send_for_all_actions is False
-        and hook.send_payload is False
-    )
 
 
 def _numeric(task_id: str) -> tuple[int, str]:

@@ -1,0 +1,70 @@
+"""The project webhook through which Label Studio tells the daemon about annotations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.core import ApiError
+
+from connectors._ls_errors import display_url
+from connectors.errors import ConnectorRejected
+
+__all__ = ["upsert_webhook"]
+
+
+def upsert_webhook(
+    client: LabelStudio,
+    base_url: str,
+    project_id: int,
+    url: str,
+    headers: Mapping[str, str],
+    actions: Sequence[str],
+) -> tuple[str, str, int]:
+    """Create, update or keep project ``project_id``'s webhook to ``url``.
+
+    The webhook fires only on ``actions`` (LS 1.23 turns ``send_for_all_actions`` on unless
+    told otherwise) and sends no payload. Of several webhooks to ``url`` the oldest is used.
+
+    Returns:
+        ``(webhook id, "created" | "updated" | "unchanged", webhooks of the project to url)``.
+
+    Raises:
+        ConnectorRejected: Label Studio refuses to call ``url`` (its SSRF protection).
+        ApiError, httpx errors: for the caller's ``translated`` block.
+    """
+    wanted_headers, wanted_actions = dict(headers), sorted(set(actions))
+    ours = sorted(
+        (hook for hook in client.webhooks.list(project=str(project_id))
+         if hook.url == url and hook.project == project_id),
+        key=lambda hook: hook.id or 0,
+    )
+    options: dict[str, Any] = {"headers": wanted_headers, "actions": wanted_actions, "is_active": True,
+                               "send_for_all_actions": False, "send_payload": False}
+    try:
+        if not ours:
+            created = client.webhooks.create(url=url, project=project_id, **options)
+            return str(created.id), "created", 1
+        if _matches(ours[0], wanted_headers, wanted_actions):
+            return str(ours[0].id), "unchanged", len(ours)
+        client.webhooks.update(int(ours[0].id or 0), url=url, **options)
+        return str(ours[0].id), "updated", len(ours)
+    except ApiError as e:
+        if e.status_code == 403 and "network address" in str(getattr(e, "body", "")):
+            raise ConnectorRejected(
+                f"Label Studio at {base_url} refuses to call {display_url(url)}: its SSRF protection "
+                "blocks local and private addresses. Give the daemon a public webhook.public_url, or "
+                "start Label Studio with USE_DEFAULT_BANNED_SUBNETS=false (or SSRF_PROTECTION_ENABLED=false)"
+            ) from None
+        raise
+
+
+def _matches(hook: Any, headers: Mapping[str, str], actions: Sequence[str]) -> bool:
+    return (
+        dict(hook.headers or {}) == dict(headers)
+        and sorted(hook.actions or []) == sorted(actions)
+        and hook.is_active is True
+        and hook.send_for_all_actions is False
+        and hook.send_payload is False
+    )
