@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,bench,ray]"
+	$(PY) -m pip install --quiet -e ".[dev,bench,ray,onnx]"
 	touch $(STAMP)
 
 ls-venv: venv
