@@ -37,9 +37,19 @@ class TrainedModel:
 
 
 def default_embedder_factory(settings: Settings) -> Callable[[], Embedder]:
-    """Return a factory for the configured transformer encoder (loaded lazily)."""
+    """Return a factory for the configured encoder: torch, or its ONNX Runtime export (loaded lazily)."""
 
     def build() -> Embedder:
+        if settings.model.backend == "onnx":
+            from models.onnx_embedder import OnnxEmbedder
+
+            return OnnxEmbedder(
+                settings.model.encoder,
+                cache_dir=settings.store.data_dir / "onnx",
+                precision=settings.model.dtype,
+                batch_size=settings.model.encode_batch_size,
+                max_length=settings.model.max_length,
+            )
         return TransformerEmbedder(
             settings.model.encoder,
             batch_size=settings.model.encode_batch_size,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -79,13 +79,24 @@ class ModelSettings(_Section):
     device: str | None = None  # None = cuda when available, else cpu
     # "auto" = bf16 where the hardware computes it natively (AVX512-BF16/AMX CPUs, GPUs), else fp32;
     # bf16 vectors agree with fp32 to a mean cosine of 0.9999+ (bench/encode.py reports the minimum)
-    dtype: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    dtype: Literal["fp32", "bf16", "fp16", "auto", "int8"] = "fp32"  # int8: backend "onnx" only
+    # "onnx" runs an ONNX Runtime export of the encoder on CPU (pip install 'labelloop[onnx]'), cached
+    # under <store.data_dir>/onnx; it takes dtype "fp32" (the torch vectors) or "int8" (own cache)
+    backend: Literal["torch", "onnx"] = "torch"
     torch_threads: int | None = Field(default=None, gt=0)  # torch.set_num_threads at startup; None = torch's
     encode_batch_size: int = Field(default=64, gt=0)
     max_length: int = Field(default=256, gt=0)
     hidden_dim: int = Field(default=0, ge=0)
     epochs: int = Field(default=200, gt=0)
     cv_folds: int = Field(default=5, ge=2)
+
+    @model_validator(mode="after")
+    def _dtype_fits_backend(self) -> ModelSettings:
+        if self.backend == "torch" and self.dtype == "int8":
+            raise ValueError('dtype "int8" needs backend = "onnx" (torch runs fp32, bf16, fp16 or auto)')
+        if self.backend == "onnx" and self.dtype not in ("fp32", "int8"):
+            raise ValueError(f'backend "onnx" runs dtype "fp32" or "int8", not "{self.dtype}"')
+        return self
 
 
 class StoreSettings(_Section):
