@@ -11,7 +11,7 @@ from label_studio_sdk.core import ApiError
 from connectors._ls_errors import display_url
 from connectors.errors import ConnectorRejected
 
-__all__ = ["upsert_webhook"]
+__all__ = ["deactivate_webhooks", "upsert_webhook"]
 
 
 def upsert_webhook(
@@ -35,11 +35,7 @@ def upsert_webhook(
         ApiError, httpx errors: for the caller's ``translated`` block.
     """
     wanted_headers, wanted_actions = dict(headers), sorted(set(actions))
-    ours = sorted(
-        (hook for hook in client.webhooks.list(project=str(project_id))
-         if hook.url == url and hook.project == project_id),
-        key=lambda hook: hook.id or 0,
-    )
+    ours = _to_url(client, project_id, url)
     options: dict[str, Any] = {"headers": wanted_headers, "actions": wanted_actions, "is_active": True,
                                "send_for_all_actions": False, "send_payload": False}
     try:
@@ -58,6 +54,27 @@ def upsert_webhook(
                 "start Label Studio with USE_DEFAULT_BANNED_SUBNETS=false (or SSRF_PROTECTION_ENABLED=false)"
             ) from None
         raise
+
+
+def deactivate_webhooks(client: LabelStudio, project_id: int, url: str) -> int:
+    """Switch off project ``project_id``'s active webhooks to ``url``; return how many.
+
+    Raises:
+        ApiError, httpx errors: for the caller's ``translated`` block.
+    """
+    active = [hook for hook in _to_url(client, project_id, url) if hook.is_active]
+    for hook in active:
+        client.webhooks.update(int(hook.id or 0), url=url, is_active=False)
+    return len(active)
+
+
+def _to_url(client: LabelStudio, project_id: int, url: str) -> list[Any]:
+    """The project's webhooks to ``url``, oldest first."""
+    return sorted(
+        (hook for hook in client.webhooks.list(project=str(project_id))
+         if hook.url == url and hook.project == project_id),
+        key=lambda hook: hook.id or 0,
+    )
 
 
 def _matches(hook: Any, headers: Mapping[str, str], actions: Sequence[str]) -> bool:

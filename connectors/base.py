@@ -183,3 +183,11 @@ class Connector(Protocol):
         secret: never log them.
         """
         ...
+
+    def deactivate_webhook(self, url: str) -> int:
+        """Stop the project calling ``url``; return how many of its webhooks were switched off.
+
+        The webhook is kept, inactive, so that ``register_webhook`` switches it back on
+        instead of adding another. Unknown URLs and inactive webhooks are left alone (0).
+        """
+        ...

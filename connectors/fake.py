@@ -40,6 +40,7 @@ class FakeWebhook:
     webhook_id: str
     headers: Mapping[str, str]
     actions: tuple[str, ...]
+    is_active: bool = True
 
 
 @dataclass(slots=True)
@@ -195,6 +196,14 @@ class FakeConnector:
         hook_id = known.webhook_id if known is not None else str(next(self._ids))
         self.webhooks[url] = FakeWebhook(hook_id, dict(headers), tuple(actions))
         return hook_id
+
+    def deactivate_webhook(self, url: str) -> int:
+        self._enter("deactivate_webhook")
+        known = self.webhooks.get(url)
+        if known is None or not known.is_active:
+            return 0
+        self.webhooks[url] = FakeWebhook(known.webhook_id, known.headers, known.actions, is_active=False)
+        return 1
 
     # -- test hooks ------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from label_studio_sdk.core import ApiError
 from connectors import _ls_tasks as lt
 from connectors._label_config import ChoicesControl, choices_config, read_choices
 from connectors._ls_errors import TOKEN_ADVICE, display_url, translated
-from connectors._ls_webhooks import upsert_webhook
+from connectors._ls_webhooks import deactivate_webhooks, upsert_webhook
 from connectors.base import OutgoingTask, PredictionUpdate, ProjectInfo, PullResult, TaskSummary
 from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
 
@@ -347,6 +347,19 @@ class LabelStudioConnector:
             log.warning("project %s has %s webhooks to the same URL; using %s", project.project_id, same_url, hook_id)
         log.info("webhook %s of project %s: %s", hook_id, project.project_id, outcome)
         return hook_id
+
+    def deactivate_webhook(self, url: str) -> int:
+        """Switch off the project's webhook to ``url`` (kept for ``register_webhook`` to reuse).
+
+        Raises:
+            ConnectorAuthError, ConnectorUnavailable, ConnectorRejected.
+        """
+        project = self._resolved()
+        with translated(self.url, "deactivate_webhook"):
+            count = deactivate_webhooks(self._client, project.project_id, url)
+        if count:
+            log.info("webhook of project %s switched off", project.project_id)
+        return count
 
     # -- internals -------------------------------------------------------------------
 

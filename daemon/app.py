@@ -150,6 +150,9 @@ class _OfflineConnector:
     def register_webhook(self, url: str, headers: Mapping[str, str], actions: Sequence[str]) -> str:
         raise self._refuse()
 
+    def deactivate_webhook(self, url: str) -> int:
+        raise self._refuse()
+
 
 def run_service(settings: Settings, *, connector: Connector | None = None) -> None:
     """Run the daemon until a signal. A refused token stops it at once; an unreachable server does not.

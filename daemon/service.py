@@ -134,6 +134,7 @@ class Service:
         self.started_at = ctx.clock()
         hook = ctx.settings.webhook
         self._webhook_pending = hook.enabled and hook.register_on_start  # registered once the project is known
+        self._webhook_registered = False  # switched off again on a graceful stop
         self._trigger = Coalescer(self._triggered, min_interval_s=hook.min_interval_s,
                                   on_error=lambda e: self._health("job_error", f"trigger: {type(e).__name__}"))
 
@@ -171,6 +172,7 @@ class Service:
                 server.stop()
             self._trigger.close()
             scheduler.shutdown(wait=True)
+            self._deactivate_webhook()
             self.heartbeat(state="stopped")
             self._health("stopped", "graceful shutdown")
 
@@ -272,7 +274,22 @@ class Service:
             self._health("webhook_error", str(e))
         else:
             log.info("Label Studio calls %s (webhook %s)", self.ctx.settings.webhook_url(), hook_id)
+            self._webhook_registered = True
         self._webhook_pending = False
+
+    def _deactivate_webhook(self) -> None:
+        """On a graceful stop, stop Label Studio calling us: with the daemon gone, every submitted
+        annotation would wait for a call that cannot connect. The next start switches it back on
+        (and its first full sync catches up on what happened meanwhile)."""
+        if not self._webhook_registered:
+            return
+        try:
+            self.ctx.connector.deactivate_webhook(self.ctx.settings.webhook_url())
+        except ConnectorError as e:
+            log.warning("could not switch the webhook off (%s); Label Studio keeps calling until the next start",
+                        type(e).__name__)
+        else:
+            log.info("webhook switched off until the next start")
 
     def _on_event(self, event: JobExecutionEvent) -> None:
         kind = {EVENT_JOB_ERROR: "job_error", EVENT_JOB_MISSED: "job_missed",

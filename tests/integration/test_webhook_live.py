@@ -232,11 +232,14 @@ def test_a_restart_reuses_the_webhook_and_edits_and_deletions_arrive(
                    what="the first batch", log=daemon.log)
     finally:
         assert daemon.stop() == 0
-    daemon.start()  # registers again: finds its webhook by URL
+    stopped = client.webhooks.list(project=str(project))
+    assert [hook.is_active for hook in stopped] == [False]  # nobody to call while the daemon is down
+    daemon.start()  # registers again: finds its webhook by URL and switches it back on
     try:
         wait_until(lambda: daemon.log.read_text().count("Label Studio calls http") == 2, timeout_s=60,
                    what="the second registration", log=daemon.log)
-        assert len(client.webhooks.list(project=str(project))) == 1
+        restarted = client.webhooks.list(project=str(project))
+        assert [(hook.id, hook.is_active) for hook in restarted] == [(stopped[0].id, True)]
         item_id, task_id = sorted(our_tasks(client, project).items())[0]
         other = "fraud" if daemon.gold[item_id] != "fraud" else "billing"
         annotation = ls_helpers.annotate(client, task_id, daemon.gold[item_id])

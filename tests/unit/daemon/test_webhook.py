@@ -373,6 +373,31 @@ def test_register_false_never_touches_the_project(tmp_path: Path, counted: list[
     assert "register_webhook" not in fake.calls and counted == ["sync"]
 
 
+def test_a_graceful_stop_switches_the_webhook_off_and_a_start_back_on(tmp_path: Path, counted: list[str]) -> None:
+    fake = FakeConnector(classes=["a", "b"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/webhook"
+    for run in range(2):
+        service = make_service(tmp_path, fake, port=port)
+        runner = threading.Thread(target=service.run)
+        runner.start()
+        wait_for(lambda: url in fake.webhooks and fake.webhooks[url].is_active)
+        service.ctx.stop.set()
+        runner.join(timeout=10)
+        assert not runner.is_alive() and fake.webhooks[url].is_active is False, run
+    assert fake.calls.count("deactivate_webhook") == 2 and len(fake.webhooks) == 1
+
+
+def test_a_stop_without_a_registered_webhook_touches_nothing(tmp_path: Path, counted: list[str]) -> None:
+    fake = FakeConnector(classes=["a", "b"])
+    service = make_service(tmp_path, fake, register=False)
+    service.ctx.stop.set()
+    service.run()
+    assert "deactivate_webhook" not in fake.calls
+
+
 # -- registration in Label Studio (the SDK on httpx.MockTransport) ------------------------
 
 LS_URL = "http://ls.test:8080"
@@ -443,6 +468,20 @@ def test_label_studio_registration_updates_our_webhook_found_by_url(caplog: pyte
     assert api.hooks[0]["headers"] == {SECRET_HEADER: SECRET} and api.hooks[0]["is_active"] is True
     assert api.hooks[1]["url"] == "http://elsewhere:1/hook"  # someone else's webhook is not touched
     assert SECRET not in caplog.text and "old-secret-value-123" not in caplog.text
+
+
+def test_label_studio_deactivation_switches_off_only_our_active_webhook() -> None:
+    ours = {"id": 3, "url": HOOK_URL, "project": 1, "headers": {}, "actions": ["ANNOTATION_CREATED"],
+            "is_active": True, "send_for_all_actions": False, "send_payload": False}
+    other = {**ours, "id": 2, "url": "http://elsewhere:1/hook"}
+    api = FakeLabelStudioWebhooks([ours, other])
+    connector = ls_connector(api)
+    assert connector.deactivate_webhook(HOOK_URL) == 1
+    assert connector.deactivate_webhook(HOOK_URL) == 0  # already off: no write
+    assert connector.deactivate_webhook("http://unknown:1/hook") == 0
+    connector.close()
+    assert [(method, body.get("is_active")) for method, body in api.writes] == [("PATCH", False)]
+    assert api.hooks[0]["is_active"] is False and api.hooks[1]["is_active"] is True
 
 
 def test_label_studio_refusing_a_local_url_is_explained() -> None:
