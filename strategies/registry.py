@@ -12,7 +12,7 @@ from strategies.arms import (
     diverse_arm,
     margin_candidates,
     random_arm,
-    scarce_candidates,
+    scarce_diverse_arm,
     scarce_margin_arm,
     scarcity_arm,
     top_score_arm,
@@ -63,27 +63,28 @@ REGISTRY: dict[str, Strategy] = {
     "entropy": _entry("entropy", top_score_arm(scores.entropy)),
     "scarcity": _entry("scarcity", scarcity_arm),
     "scarce_margin": _entry("scarce_margin", scarce_margin_arm),
-    "scarce_margin_diverse": _entry("scarce_margin_diverse", diverse_arm(scarce_candidates)),
+    "scarce_margin_diverse": _entry("scarce_margin_diverse", scarce_diverse_arm),
     "margin_diverse": _entry("margin_diverse", diverse_arm(margin_candidates)),
     "modal_margin": _entry("modal_margin", modal_margin_arm),
     "modal_ranked_batch": _entry("modal_ranked_batch", modal_ranked_batch_arm),
 }
 DEFAULT_STRATEGY = "scarce_margin_diverse"
-"""The daemon's default. Over the n unlabeled rows, with C seen classes:
+"""The daemon's default. Over the n unlabeled rows, with C seen classes and a batch of k:
 
 1. ``base = margin · class_scarcity ** 0.5``, i.e.
    ``(1 - (p_top1 - p_top2)) · (sum_c p(c|x) · r_c) ** 0.5`` with
    ``r_c = (1 / (count_c + 1)) / max_c' (1 / (count_c' + 1))``; O(n·C).
-2. If ``n_unseen > 0``: ``lam = n_unseen / (C + n_unseen)`` and, on the top
-   ``m`` rows by ``base`` plus 5,000 uniform rows (all rows when at most 5,000
-   lie outside the top),
-   ``final = (1 - lam) · base + lam · nov / max(nov)`` with
-   ``nov = (1 - max cos(x, labeled)) / 2`` (normalised entropy when no labeled
-   embeddings are given). Otherwise ``final = base``.
-3. Keep the top ``m = min(n, max(k, clip(10·k, 2000, 20000)))`` rows by ``final``;
-   weight them ``w = 0.25 + 0.75 · minmax(final)``; pick ``k`` by weighted greedy
-   k-center: each pick maximises ``w · distance to the nearest labeled row (≤ 2,000
-   drawn) or earlier pick``. ``Selection.scores`` are the picks' ``final``.
+2. Shortlist the top ``m = min(n, max(k, clip(ceil(k · max(10, 160 / (C + n_unseen))),
+   200, 20000)))`` rows by ``base``: 80 rows per pick for two classes, falling to 10
+   for 16 classes or more (:func:`strategies.arms.candidate_pool_size`).
+3. If ``n_unseen > 0``, add the ``ceil(lam · k)`` rows with the highest novelty
+   ``(1 - max cos(x, labeled)) / 2`` among 5,000 uniform rows outside the top (all of
+   them when at most 5,000 lie outside it), ``lam = n_unseen / (C + n_unseen)``. With no
+   labeled embeddings, step 2 ranks by ``(1 - lam) · base + lam · normalised entropy``
+   instead and nothing is added.
+4. Weight the shortlist ``w = 0.25 + 0.75 · minmax(base)``; pick ``k`` by weighted
+   greedy k-center: each pick maximises ``w · distance to the nearest labeled row
+   (≤ 2,000 drawn) or earlier pick``. ``Selection.scores`` are the picks' ``base``.
 """
 
 

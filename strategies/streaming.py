@@ -36,7 +36,7 @@ __all__ = ["Prefilter", "prefilter", "prefilter_scores"]
 
 # name -> (score, n_top): the per-row score its pre-filter ranks by and how many rows it keeps.
 _TOP_K = "k"  # the k best rows
-_POOL = "pool"  # arms.candidate_pool_size(k, n) rows, before the diversity step
+_POOL = "pool"  # arms.candidate_pool_size(k, n, n_classes=...) rows, before the diversity step
 _RANKED = "ranked"  # modal_arms.RANKED_POOL rows (at least k)
 _SCORED: dict[str, tuple[str, str]] = {
     "least_confidence": ("least_confidence", _TOP_K),
@@ -98,16 +98,16 @@ def prefilter(
         check_label_counts(label_counts)
     if strategy == "random":
         return Prefilter(n_top=0, n_sample=k)
-    is_cold = label_counts is None or int(np.count_nonzero(label_counts)) < 2
-    if strategy == COLD_START or is_cold:
+    if strategy == COLD_START or label_counts is None or int(np.count_nonzero(label_counts)) < 2:
         return Prefilter(n_top=0, n_sample=min(n, max(cold_start.SAMPLE_SIZE, k)))
     _, size_rule = _SCORED[strategy]
+    n_classes = int(label_counts.shape[0]) + n_unseen_classes
     if strategy.startswith("scarce_margin") and n_unseen_classes > 0:
-        size = arms.candidate_pool_size(k, n)
+        size = arms.candidate_pool_size(k, n, n_classes=n_classes)
         explore = arms.explore_sample_size(n, size) if has_labeled_embeddings else 0
         return Prefilter(n_top=size, n_sample=explore)
     if size_rule == _POOL:
-        return Prefilter(n_top=arms.candidate_pool_size(k, n), n_sample=0)
+        return Prefilter(n_top=arms.candidate_pool_size(k, n, n_classes=n_classes), n_sample=0)
     if size_rule == _RANKED:
         return Prefilter(n_top=min(n, max(k, modal_arms.RANKED_POOL)), n_sample=0)
     return Prefilter(n_top=k, n_sample=0)

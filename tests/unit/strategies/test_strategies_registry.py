@@ -168,6 +168,31 @@ def test_diverse_strategies_skip_near_duplicates() -> None:
         assert np.count_nonzero(picked < n_dup) <= 2, name
 
 
+@pytest.mark.parametrize("name", ["margin_diverse", "scarce_margin_diverse"])
+def test_diverse_shortlist_is_shallow_with_many_classes_and_deep_with_two(name: str) -> None:
+    """The 300 most uncertain rows are near-duplicates. With 20 classes a batch of 30 is still
+    spread over those 300 only (10 rows per pick); with 2 classes the shortlist is 2,400 rows deep
+    and distance pulls most picks from further down."""
+    k, n = 30, 3000
+    for n_classes, is_shallow in ((20, True), (2, False)):
+        gen = rng(7)
+        proba = gen.dirichlet(np.full(n_classes, 0.3), size=n)
+        top = np.argsort(-strategies.scores.margin(proba))[: 10 * k]
+        embeddings = unit_rows(gen, n, d=16)
+        embeddings[top] = embeddings[top[0]] + 1e-3 * gen.normal(size=(top.size, 16))
+        embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+        view = PoolView(
+            embeddings=embeddings,
+            proba=proba,
+            label_counts=np.full(n_classes, 5, dtype=np.intp),  # equal counts: scarce_margin ranks by margin
+            n_unseen_classes=0,
+            labeled_embeddings=unit_rows(gen, 40, d=16),
+        )
+        picked = select_batch(name, view, k, rng=rng()).positions
+        inside = np.count_nonzero(np.isin(picked, top))
+        assert inside == k if is_shallow else inside < k // 2, (name, n_classes, inside)
+
+
 def novel_cluster_view() -> PoolView:
     """3000 seen items (20 uncertain, the rest confident) near the labeled ones; 30 hidden items
     on the opposite side of the sphere that the proxy confidently calls class 0."""

@@ -29,9 +29,9 @@ def plan(name: str, k: int = 100, n: int = N, **kwargs: object) -> Prefilter:
         ("scarcity", Prefilter(100, 0)),
         ("modal_margin", Prefilter(100, 0)),
         ("modal_ranked_batch", Prefilter(2_000, 0)),
-        ("margin_diverse", Prefilter(2_000, 0)),
+        ("margin_diverse", Prefilter(5_334, 0)),  # 3 classes: 160 / 3 rows per pick
         ("scarce_margin", Prefilter(100, 0)),
-        ("scarce_margin_diverse", Prefilter(2_000, 0)),
+        ("scarce_margin_diverse", Prefilter(5_334, 0)),
     ],
 )
 def test_plan_of_each_strategy_on_a_large_pool(name: str, expected: Prefilter) -> None:
@@ -39,17 +39,18 @@ def test_plan_of_each_strategy_on_a_large_pool(name: str, expected: Prefilter) -
 
 
 def test_unseen_classes_add_the_exploration_sample_only_with_labeled_rows() -> None:
-    assert plan("scarce_margin_diverse", 1000, n_unseen_classes=3) == Prefilter(10_000, EXPLORE_SAMPLE)
-    assert plan("scarce_margin", 1000, n_unseen_classes=3) == Prefilter(10_000, EXPLORE_SAMPLE)
-    assert plan("scarce_margin_diverse", 1000, n_unseen_classes=3, has_labeled_embeddings=False) == Prefilter(
+    # 3 seen + 13 unseen classes: 10 rows per pick
+    assert plan("scarce_margin_diverse", 1000, n_unseen_classes=13) == Prefilter(10_000, EXPLORE_SAMPLE)
+    assert plan("scarce_margin", 1000, n_unseen_classes=13) == Prefilter(10_000, EXPLORE_SAMPLE)
+    assert plan("scarce_margin_diverse", 1000, n_unseen_classes=13, has_labeled_embeddings=False) == Prefilter(
         10_000, 0
     )
 
 
 def test_small_pools_are_read_whole() -> None:
-    size = candidate_pool_size(100, 6_000)
+    size = candidate_pool_size(100, 6_000, n_classes=3)
     assert explore_sample_size(6_000, size) == 6_000  # at most EXPLORE_SAMPLE rows outside the top
-    assert plan("scarce_margin_diverse", 100, 6_000, n_unseen_classes=1) == Prefilter(2_000, 6_000)
+    assert plan("scarce_margin_diverse", 100, 6_000, n_unseen_classes=1) == Prefilter(4_000, 6_000)
     assert explore_sample_size(100_000, size) == EXPLORE_SAMPLE
     assert plan("cold_start", 5, 300) == Prefilter(0, 300)
 
@@ -88,3 +89,17 @@ def test_scores_match_the_strategy_formulas() -> None:
     np.testing.assert_array_equal(scores.scarce_explore(proba, COUNTS, n_unseen_classes=0), base)
     with pytest.raises(ValueError):
         scores.scarce_explore(proba, COUNTS, n_unseen_classes=-1)
+
+
+def test_candidate_pool_depth_falls_with_the_number_of_classes() -> None:
+    assert candidate_pool_size(25, 100_000, n_classes=2) == 2_000  # 80 rows per pick for a binary task
+    assert candidate_pool_size(25, 100_000, n_classes=4) == 1_000
+    assert candidate_pool_size(50, 100_000, n_classes=77) == 500  # never below 10 rows per pick
+    assert candidate_pool_size(50, 100_000, n_classes=1) == candidate_pool_size(50, 100_000, n_classes=2)
+    assert candidate_pool_size(5, 100_000, n_classes=77) == 200  # the floor for small batches
+    assert candidate_pool_size(5_000, 100_000, n_classes=2) == 20_000  # the cap
+    assert candidate_pool_size(50, 300, n_classes=77) == 300  # never more rows than the pool
+    assert plan("margin_diverse", 50, label_counts=np.ones(77, dtype=np.intp)) == Prefilter(500, 0)
+    assert plan("margin_diverse", 50, label_counts=np.ones(7, dtype=np.intp), n_unseen_classes=70) == Prefilter(
+        500, 0
+    )
