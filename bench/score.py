@@ -25,6 +25,7 @@ median of ``--repeat`` runs. These are figures to read, not timed tests.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pickle
@@ -112,7 +113,7 @@ def _train(args: argparse.Namespace, pool: SyntheticPool) -> None:
     from models.cache import EmbeddingCache
     from models.classifier import ProxyClassifier
 
-    path = args.dir / f"model-{pool.n}.pkl"
+    path = args.dir / f"model-{pool.n}-{_code_digest()}.pkl"  # a pickle of older head code would not load
     if path.exists():
         return
     labels = pool.labels()
@@ -132,7 +133,9 @@ def _run_worker(args: argparse.Namespace, variant: str, n: int) -> dict[str, Any
                "--dim", str(args.dim), "--classes", str(args.classes), "--k", str(args.k),
                "--chunk-rows", str(args.chunk_rows), "--repeat", str(args.repeat)]
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}  # as `labelloop run`
-    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
+    if out.returncode:
+        sys.exit(f"the {variant} worker failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
@@ -145,7 +148,7 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     from models.cache import EmbeddingCache
 
     chunk_rows = args.chunk_rows or DEFAULT_CHUNK_ROWS
-    state = pickle.loads((args.dir / f"model-{args.n}.pkl").read_bytes())
+    state = pickle.loads((args.dir / f"model-{args.n}-{_code_digest()}.pkl").read_bytes())
     classifier, labeled = state["classifier"], state["labeled"]
     counts = np.asarray([int((state["names"] == c).sum()) for c in classifier.classes_], dtype=np.intp)
     scenario = {"counts": counts, "n_unseen": args.classes - len(classifier.classes_)}
@@ -213,17 +216,18 @@ def _streamed(
     args: argparse.Namespace, cache: Any, classifier: Any, rows: Any, anchors: Any, scenario: dict[str, Any],
     chunk_rows: int,
 ) -> tuple[list[Phase], Any]:
-    from daemon.scoring import shortlist
+    from daemon.scoring import SCORING_DTYPE, shortlist
     from strategies import DEFAULT_STRATEGY, PoolView, Prefilter, prefilter, prefilter_scores, select_batch
 
     counts, n_unseen = scenario["counts"], scenario["n_unseen"]
+    proba_fn = functools.partial(classifier.predict_proba, dtype=SCORING_DTYPE)  # as daemon.selection asks
 
     def score(proba: Any) -> Any:
         return prefilter_scores(DEFAULT_STRATEGY, proba, counts, n_unseen_classes=n_unseen,
                                 has_labeled_embeddings=True)
 
     def top(plan: Prefilter, seed: int = 0) -> Any:
-        return shortlist(cache, rows, plan, predict_proba=classifier.predict_proba, score=score,
+        return shortlist(cache, rows, plan, predict_proba=proba_fn, score=score,
                          rng=np.random.default_rng(seed), chunk_rows=chunk_rows)
 
     read, _ = _measure("read the shards (float16 -> float32)", 1, lambda: _read_all(cache, rows, chunk_rows))
@@ -233,7 +237,7 @@ def _streamed(
 
     def batch() -> Any:
         rng = np.random.default_rng(0)
-        short = shortlist(cache, rows, plan, predict_proba=classifier.predict_proba, score=score, rng=rng,
+        short = shortlist(cache, rows, plan, predict_proba=proba_fn, score=score, rng=rng,
                           chunk_rows=chunk_rows)
         view = PoolView(embeddings=cache.get(rows[short.positions]), proba=short.proba, label_counts=counts,
                         n_unseen_classes=n_unseen, labeled_embeddings=anchors)
@@ -242,6 +246,14 @@ def _streamed(
     diverse, (picked, shortlisted) = _measure("diverse batch (pass + select on the shortlist)", args.repeat, batch)
     diverse["shortlist rows"] = shortlisted
     return [read, top1000, diverse], picked
+
+
+def _code_digest() -> str:
+    """A short digest of the head's code, so a kept --dir never unpickles a model of older code."""
+    import hashlib
+
+    sources = [ROOT / "models" / name for name in ("classifier.py", "_head.py", "_calibration.py")]
+    return hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:10]
 
 
 def _read_all(cache: Any, rows: Any, chunk_rows: int) -> int:

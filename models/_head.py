@@ -137,6 +137,7 @@ def forward_proba(features: torch.Tensor, folded: Layers, dtype: torch.dtype = t
         if depth:
             hidden = nn.functional.gelu(hidden)
         hidden = nn.functional.linear(hidden, weight, bias)
-    if not bool(torch.isfinite(hidden).all()):
+    proba = torch.softmax(hidden.to(dtype), dim=1)
+    if not bool(torch.isfinite(proba.sum())):  # one reduction: a NaN/inf logit leaves NaN in its row
         raise ValueError("X contains NaN or inf (or values so large that the logits overflow)")
-    return torch.softmax(hidden.to(dtype), dim=1)
+    return proba
