@@ -22,7 +22,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
-from label_studio_sdk import LabelStudio
+from label_studio_sdk import LabelStudio, PredictionRequest
 from label_studio_sdk.core import ApiError
 
 from connectors import _ls_tasks as lt
@@ -35,6 +35,7 @@ from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejec
 __all__ = ["LabelStudioConnector"]
 
 log = logging.getLogger(__name__)
+_PREDICTION_CHUNK = 500  # predictions per bulk import request
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,25 +278,25 @@ class LabelStudioConnector:
             ConnectorUnavailable, ConnectorRejected.
         """
         project = self._resolved()
-        done = 0
-        versions: set[str] = set()
+        wanted = [(u, u.predicted_label) for u in updates
+                  if u.predicted_label is not None and u.predicted_label in project.control.classes
+                  and u.remote_task_id.isdigit()]
+        versions = {update.model_version for update, _ in wanted}
         with translated(self.url, "refresh_predictions"):
-            for update in updates:
-                if update.predicted_label not in project.control.classes or not update.remote_task_id.isdigit():
-                    continue
-                extra: dict[str, Any] = {} if update.predicted_score is None else {"score": update.predicted_score}
-                self._client.predictions.create(
-                    task=int(update.remote_task_id),
-                    result=lt.choices_result(update.predicted_label, control=project.control),
-                    model_version=update.model_version,
-                    **extra,
-                )
-                versions.add(update.model_version)
-                done += 1
+            for start in range(0, len(wanted), _PREDICTION_CHUNK):  # one request per chunk, not per task
+                self._client.projects.import_predictions(id=project.project_id, request=[
+                    PredictionRequest(
+                        task=int(update.remote_task_id),
+                        result=lt.choices_result(label, control=project.control),
+                        model_version=update.model_version,
+                        score=update.predicted_score,
+                    )
+                    for update, label in wanted[start : start + _PREDICTION_CHUNK]
+                ])
             if len(versions) == 1:
                 self._client.projects.update(id=project.project_id, model_version=versions.pop())
-        log.info("refresh_predictions: %s of %s tasks in project %s", done, len(updates), project.project_id)
-        return done
+        log.info("refresh_predictions: %s of %s tasks in project %s", len(wanted), len(updates), project.project_id)
+        return len(wanted)
 
     def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
         """Delete the given tasks that nobody annotated, skipped or drafted; return the ids now gone.
