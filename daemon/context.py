@@ -6,6 +6,8 @@ a restart can rebuild (the trained head is retrained from the stored labels in s
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,15 +19,19 @@ from sqlalchemy.engine import Engine
 
 from connectors.base import Connector
 from daemon.pool_index import PoolIndex
-from daemon.settings import Settings
+from daemon.settings import ModelSettings, Settings
 from daemon.store import utcnow
 from models.cache import EmbeddingCache
+from models.device import select_device
 from models.embedder import Embedder, TransformerEmbedder
+from models.errors import EmbedderUnavailable
 
 if TYPE_CHECKING:
     from models.classifier import ProxyClassifier
 
-__all__ = ["LoopContext", "TrainedModel", "default_embedder_factory"]
+__all__ = ["LoopContext", "TrainedModel", "default_embedder_factory", "encoder_backend"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -40,25 +46,42 @@ def default_embedder_factory(settings: Settings) -> Callable[[], Embedder]:
     """Return a factory for the configured encoder: torch, or its ONNX Runtime export (loaded lazily)."""
 
     def build() -> Embedder:
-        if settings.model.backend == "onnx":
+        model = settings.model
+        backend = encoder_backend(model)
+        if backend == "onnx":
             from models.onnx_embedder import OnnxEmbedder
 
-            return OnnxEmbedder(
-                settings.model.encoder,
-                cache_dir=settings.store.data_dir / "onnx",
-                precision=settings.model.dtype,
-                batch_size=settings.model.encode_batch_size,
-                max_length=settings.model.max_length,
-            )
-        return TransformerEmbedder(
-            settings.model.encoder,
-            batch_size=settings.model.encode_batch_size,
-            max_length=settings.model.max_length,
-            device=settings.model.device,
-            dtype=settings.model.dtype,
-        )
+            onnx = OnnxEmbedder(model.encoder, cache_dir=settings.store.data_dir / "onnx", precision=model.dtype,
+                                batch_size=model.encode_batch_size, max_length=model.max_length)
+            if model.backend == "onnx" or model.dtype == "int8":
+                return onnx
+            try:  # "auto": export and load now, and fall back to torch (the same vectors) if that fails
+                onnx.encode(["labelloop"])
+            except EmbedderUnavailable as e:
+                log.warning("encoder: ONNX Runtime path unavailable (%s); using torch", e)
+            else:
+                log.info("encoder: ONNX Runtime fp32 on the CPU (backend auto)")
+                return onnx
+        return TransformerEmbedder(model.encoder, batch_size=model.encode_batch_size, max_length=model.max_length,
+                                   device=model.device, dtype=model.dtype)
 
     return build
+
+
+def encoder_backend(model: ModelSettings) -> str:
+    """``"torch"`` or ``"onnx"``: what ``model.backend`` means on this machine.
+
+    ``"auto"`` is ONNX Runtime for int8, and for fp32 on a CPU where onnxruntime and onnx are
+    installed; torch for GPUs, bf16/fp16/auto dtypes, or without onnxruntime.
+    """
+    if model.backend != "auto":
+        return model.backend
+    if model.dtype == "int8":
+        return "onnx"
+    if model.dtype != "fp32" or select_device(model.device).type != "cpu":
+        return "torch"
+    has_runtime = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+    return "onnx" if has_runtime else "torch"
 
 
 @dataclass(slots=True)

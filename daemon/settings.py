@@ -79,10 +79,12 @@ class ModelSettings(_Section):
     device: str | None = None  # None = cuda when available, else cpu
     # "auto" = bf16 where the hardware computes it natively (AVX512-BF16/AMX CPUs, GPUs), else fp32;
     # bf16 vectors agree with fp32 to a mean cosine of 0.9999+ (bench/encode.py reports the minimum)
-    dtype: Literal["fp32", "bf16", "fp16", "auto", "int8"] = "fp32"  # int8: backend "onnx" only
+    dtype: Literal["fp32", "bf16", "fp16", "auto", "int8"] = "fp32"  # int8: backend "onnx" (or "auto")
     # "onnx" runs an ONNX Runtime export of the encoder on CPU (pip install 'labelloop[onnx]'), cached
-    # under <store.data_dir>/onnx; it takes dtype "fp32" (the torch vectors) or "int8" (own cache)
-    backend: Literal["torch", "onnx"] = "torch"
+    # under <store.data_dir>/onnx; it takes dtype "fp32" (the torch vectors) or "int8" (own cache).
+    # "auto": onnx for fp32/int8 on a CPU where onnxruntime is installed (2x torch's speed, the same
+    # vectors), torch otherwise (GPUs, bf16/fp16, no onnxruntime, or an encoder that fails to export)
+    backend: Literal["auto", "torch", "onnx"] = "auto"
     torch_threads: int | None = Field(default=None, gt=0)  # torch.set_num_threads at startup; None = torch's
     encode_batch_size: int = Field(default=64, gt=0)
     max_length: int = Field(default=256, gt=0)
@@ -96,6 +98,10 @@ class ModelSettings(_Section):
             raise ValueError('dtype "int8" needs backend = "onnx" (torch runs fp32, bf16, fp16 or auto)')
         if self.backend == "onnx" and self.dtype not in ("fp32", "int8"):
             raise ValueError(f'backend "onnx" runs dtype "fp32" or "int8", not "{self.dtype}"')
+        if self.backend != "torch" and self.dtype == "int8" and (self.device or "cpu").startswith("cuda"):
+            raise ValueError('dtype "int8" runs on ONNX Runtime\'s CPU provider: drop device = "cuda" or use bf16')
+        if self.backend == "onnx" and (self.device or "cpu").startswith("cuda"):
+            raise ValueError('backend "onnx" runs on the CPU: use backend "torch" (or "auto") with device "cuda"')
         return self
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from models.embedder import DEFAULT_MODEL_ID, Embedder, TransformerEmbedder, default_model_path
     from models.errors import CacheError, EmbedderUnavailable, ModelError, ModelNotFitted
     from models.hashing import HashingEmbedder
+    from models.onnx_embedder import OnnxEmbedder
     from models.quality import QualityEstimate, estimate_quality
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "HashingEmbedder",
     "ModelError",
     "ModelNotFitted",
+    "OnnxEmbedder",
     "ProxyClassifier",
     "QualityEstimate",
     "TransformerEmbedder",
@@ -45,6 +47,7 @@ _HOME = {
     "models.embedder": ("DEFAULT_MODEL_ID", "Embedder", "TransformerEmbedder", "default_model_path"),
     "models.errors": ("CacheError", "EmbedderUnavailable", "ModelError", "ModelNotFitted"),
     "models.hashing": ("HashingEmbedder",),
+    "models.onnx_embedder": ("OnnxEmbedder",),
     "models.quality": ("QualityEstimate", "estimate_quality"),
 }
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}

@@ -85,7 +85,7 @@ def test_dtype_setting_reaches_the_embedder(tmp_path: Path, monkeypatch: pytest.
     embedder = default_embedder_factory(settings_for(tmp_path))()
     assert isinstance(embedder, TransformerEmbedder) and embedder.dtype == "auto"
     with pytest.raises(Exception, match="dtype"):
-        settings_for(tmp_path, dtype="int8")
+        settings_for(tmp_path, dtype="int8", backend="torch")
 
 
 def test_torch_threads_is_applied_only_when_set(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ def test_all_names_resolve_and_are_pinned() -> None:
             "ProxyClassifier",
             "QualityEstimate",
             "TransformerEmbedder",
+            "OnnxEmbedder",
             "content_hash",
             "default_model_path",
             "embed_missing",
@@ -43,7 +44,9 @@ def test_error_tree() -> None:
 
 
 def test_embedders_satisfy_the_protocol() -> None:
-    embedders: list[models.Embedder] = [models.HashingEmbedder(dim=8), models.TransformerEmbedder()]
+    embedders: list[models.Embedder] = [
+        models.HashingEmbedder(dim=8), models.TransformerEmbedder(), models.OnnxEmbedder()
+    ]
     assert all(hasattr(e, "encode") for e in embedders)
 
 
