@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from label_studio_sdk import LabelStudio
 
-from connectors.base import OutgoingTask
+from connectors.base import OutgoingTask, PredictionUpdate
 from connectors.errors import ConnectorAuthError, ConnectorRejected
 from connectors.label_studio import LabelStudioConnector
 from tests.integration import ls_helpers
@@ -63,6 +63,21 @@ def test_pushed_task_carries_our_keys_meta_and_a_pre_annotation(
     assert prediction.score == pytest.approx(0.61)
     assert prediction.result == ls_helpers.choices_result("pos")
     assert not ls_client.tasks.get(id=mapping["unknown-label-0"]).predictions  # left out, not rejected
+
+
+def test_refreshed_predictions_belong_to_the_project_and_the_task_can_still_be_annotated(
+    ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory
+) -> None:
+    project_id = ls_project(("pos", "neg"))
+    connector = ls_connector(project_id)
+    mapping = connector.push(_tasks(3))
+    updates = [PredictionUpdate(mapping[f"item-{n}"], "mv-2", "neg", 0.9) for n in range(3)]
+    assert connector.refresh_predictions([*updates, PredictionUpdate(mapping["item-0"], "mv-2", "nope", 0.5)]) == 3
+    task = ls_client.tasks.get(id=mapping["item-1"])
+    assert {p.model_version for p in task.predictions or []} == {"mv-1", "mv-2"}
+    assert ls_client.projects.get(id=project_id).model_version == "mv-2"
+    annotation = ls_helpers.annotate(ls_client, int(mapping["item-1"]), "neg")  # an annotator submits as usual
+    assert annotation > 0
 
 
 def test_import_ids_come_back_in_payload_order_across_chunks_and_pages(
