@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import sys
 import tempfile
 import threading
 import warnings
@@ -354,10 +356,20 @@ def _fuse(source: Path, raw: Path, target: Path) -> None:
     """ORT's offline BERT fusions; the session adds its own graph optimisations at load."""
     from onnxruntime.transformers import optimizer
 
+    _quiet_fusion_loggers()
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
     heads, hidden = int(config.get("num_attention_heads", 0)), int(config.get("hidden_size", 0))
     fused = optimizer.optimize_model(str(raw), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
     fused.save_model_to_file(str(target))
+
+
+def _quiet_fusion_loggers() -> None:
+    """Keep ORT's fusion passes (top-level modules ``onnx_model``, ``fusion_*``, each logging at INFO
+    under its own name) out of the daemon's log, which otherwise gets a dozen lines per export."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        origin = str(getattr(sys.modules.get(name), "__file__", "") or "")
+        if isinstance(logger, logging.Logger) and f"onnxruntime{os.sep}transformers" in origin:
+            logger.setLevel(logging.WARNING)
 
 
 def _quantize(fused: Path, target: Path) -> None:
