@@ -275,10 +275,19 @@ def _answer(client: LabelStudio, task_id: str, item: str, truth: Any, answered: 
     try:
         _annotate(client, int(task_id), _class_name(int(truth[int(item[3:])])))
     except ApiError as e:
-        if e.status_code != 404:
+        if e.status_code != 404 and not _unlinked(client, int(task_id)):
             raise
         return
     answered.add(item)
+
+
+def _unlinked(client: LabelStudio, task_id: int) -> bool:
+    """True when a re-ranking withdrawal has just taken the task: Label Studio 1.23's delete action
+    first sets ``project=None`` and deletes later, and an annotation meanwhile fails with a 500."""
+    try:
+        return getattr(client.tasks.get(id=str(task_id)), "project", None) is None
+    except ApiError as e:
+        return e.status_code == 404
 
 
 def _waiting(engine: Any) -> list[tuple[str, str]]:
