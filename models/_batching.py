@@ -1,12 +1,15 @@
-"""Group length-sorted texts into batches that waste little compute on padding."""
+"""Group length-sorted texts into batches that waste little compute on padding, and run them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from models._types import IntArray
+import numpy as np
 
-__all__ = ["length_batches"]
+from models._types import Float32Array, IntArray
+
+__all__ = ["CPU_TOKEN_BUDGET", "TOKENIZE_CHUNK", "check_texts", "encode_in_length_order", "length_batches"]
 
 
 def length_batches(sorted_lengths: IntArray, *, token_budget: int, min_rows: int) -> Iterator[slice]:
@@ -38,3 +41,50 @@ def length_batches(sorted_lengths: IntArray, *, token_budget: int, min_rows: int
             stop += 1
         yield slice(start, stop)
         start = stop
+
+
+TOKENIZE_CHUNK = 8192  # texts tokenized at once: bounds the memory of token-id lists
+CPU_TOKEN_BUDGET = 2048  # measured: long texts +20% vs 16384 tokens, short texts unchanged
+
+
+def check_texts(texts: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless every text is a ``str`` (empty strings are fine)."""
+    if not all(isinstance(text, str) for text in texts):
+        raise ValueError("texts must all be str")
+
+
+def encode_in_length_order(
+    texts: Sequence[str],
+    tokenizer: Any,
+    run: Callable[[list[list[int]]], Float32Array],
+    *,
+    dim: int,
+    max_length: int,
+    token_budget: int,
+    min_rows: int,
+) -> Float32Array:
+    """Tokenize ``texts`` in chunks, run them through ``run`` in length-sorted batches, return caller order.
+
+    Args:
+        texts: ``n`` strings (see :func:`check_texts`).
+        tokenizer: a Hugging Face tokenizer (truncates to ``max_length`` tokens).
+        run: one batch's token ids → its ``(b, dim)`` vectors.
+        dim: the vectors' width.
+        max_length: tokens kept per text.
+        token_budget, min_rows: as :func:`length_batches`.
+
+    Returns:
+        ``(n, dim)`` float32, row ``i`` for ``texts[i]``.
+    """
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        chunk = list(texts[start : start + TOKENIZE_CHUNK])
+        token_ids: list[list[int]] = tokenizer(
+            chunk, truncation=True, max_length=max_length, return_attention_mask=False, return_token_type_ids=False
+        )["input_ids"]
+        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.intp, count=len(token_ids))
+        order = np.argsort(lengths, kind="stable")
+        for batch in length_batches(lengths[order], token_budget=token_budget, min_rows=min_rows):
+            positions = order[batch]
+            out[start + positions] = run([token_ids[p] for p in positions])
+    return out

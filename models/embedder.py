@@ -10,9 +10,9 @@ need no padding and no attention mask, and because it can run in bfloat16.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from models._batching import length_batches
+from models._batching import CPU_TOKEN_BUDGET, check_texts, encode_in_length_order
+from models._lazy import LazyLoad
 from models._model_files import default_model_path, folder_revision, resolve_source
 from models._types import Float32Array
 from models.device import select_device
@@ -34,8 +35,6 @@ DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _CPU_BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-_CPU_TOKEN_BUDGET = 2048  # measured: long texts +20% vs 16384 tokens, short texts unchanged
-_TOKENIZE_CHUNK = 8192  # texts tokenized at once: bounds the memory of token-id lists
 
 
 class Embedder(Protocol):
@@ -69,7 +68,7 @@ class _Loaded:
     pad_id: int
 
 
-class TransformerEmbedder:
+class TransformerEmbedder(LazyLoad["_Loaded"]):
     """Mean-pooled, L2-normalised sentence vectors from a Hugging Face encoder.
 
     Weights load lazily on the first ``encode``; ``revision`` and ``dim`` only read files, so a
@@ -101,22 +100,10 @@ class TransformerEmbedder:
         self.max_length = max_length
         self.device = device
         self.dtype = dtype
-        self._loaded: _Loaded | None = None
-        self._load_lock = threading.Lock()
+        self._init_lazy()
         self._source: Path | None = None
         self._revision: str | None = None
         self._dim: int | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickle the settings and file-derived ids, not the loaded weights or the lock."""
-        state = self.__dict__.copy()
-        state["_loaded"] = None
-        del state["_load_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._load_lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
@@ -168,36 +155,18 @@ class TransformerEmbedder:
             ValueError: a text is not a ``str``, or a constructor argument is out of range.
         """
         self._check_params()
-        if not all(isinstance(text, str) for text in texts):
-            raise ValueError("texts must all be str")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        check_texts(texts)
         if len(texts) == 0:
-            return out
+            return np.empty((0, self.dim), dtype=np.float32)
         loaded = self._load()
-        for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            chunk = list(texts[start : start + _TOKENIZE_CHUNK])
-            out[start : start + len(chunk)] = self._encode_chunk(loaded, chunk)
-        return out
-
-    def _encode_chunk(self, loaded: _Loaded, texts: list[str]) -> Float32Array:
-        token_ids: list[list[int]] = loaded.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.intp, count=len(token_ids))
-        order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
         budget = self.batch_size * self.max_length
         if loaded.device.type == "cpu":  # CPU caches favour smaller batches than a GPU does
-            budget = min(budget, _CPU_TOKEN_BUDGET)
+            budget = min(budget, CPU_TOKEN_BUDGET)
         with torch.inference_mode():
-            for batch in length_batches(lengths[order], token_budget=budget, min_rows=self.batch_size):
-                positions = order[batch]
-                out[positions] = _pooled(loaded, [token_ids[p] for p in positions])
-        return out
+            return encode_in_length_order(
+                texts, loaded.tokenizer, partial(_pooled, loaded), dim=self.dim, max_length=self.max_length,
+                token_budget=budget, min_rows=self.batch_size,
+            )
 
     def _check_params(self) -> None:
         if self.batch_size < 1:
@@ -211,12 +180,6 @@ class TransformerEmbedder:
         if self._source is None:
             self._source = resolve_source(self.model_path)
         return self._source
-
-    def _load(self) -> _Loaded:
-        with self._load_lock:  # two threads' first encode must not load the weights twice
-            if self._loaded is None:
-                self._loaded = self._load_unlocked()
-            return self._loaded
 
     def _load_unlocked(self) -> _Loaded:
         source = self._resolve()

@@ -22,10 +22,10 @@ import os
 import re
 import sys
 import tempfile
-import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from models._batching import length_batches
+from models._batching import CPU_TOKEN_BUDGET, check_texts, encode_in_length_order
+from models._lazy import LazyLoad
 from models._types import Float32Array
 from models.embedder import TransformerEmbedder
 from models.errors import EmbedderUnavailable
@@ -43,8 +44,6 @@ __all__ = ["PRECISIONS", "OnnxEmbedder", "default_onnx_cache_dir"]
 PRECISIONS = ("fp32", "int8")
 _RECIPE = "v1-eager-bertfuse-int8pc-xffn2"  # bump when the export or quantisation recipe changes
 _OPSET = 17
-_TOKEN_BUDGET = 2048
-_TOKENIZE_CHUNK = 8192
 _KEY_PROP = "labelloop_key"
 # The FFN's second dense layer (3072 -> hidden) stays fp32 in int8: its GELU inputs have outliers that
 # per-tensor activation quantisation handles badly (min cosine to fp32 0.987 quantised, 0.995 left out).
@@ -65,7 +64,7 @@ class _Loaded:
     pad_id: int
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(LazyLoad["_Loaded"]):
     """Mean-pooled, L2-normalised sentence vectors from an ONNX export of a Hugging Face encoder.
 
     Identity: ``model_id`` is the torch embedder's. In ``"fp32"`` the ``revision`` is the torch
@@ -101,19 +100,7 @@ class OnnxEmbedder:
         self.max_length = max_length
         self.threads = threads
         self._files = TransformerEmbedder(model_path)  # model_id, revision and dim, read from files
-        self._loaded: _Loaded | None = None
-        self._load_lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickle the settings, not the session or the lock."""
-        state = self.__dict__.copy()
-        state["_loaded"] = None
-        del state["_load_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._load_lock = threading.Lock()
+        self._init_lazy()
 
     @property
     def model_id(self) -> str:
@@ -162,33 +149,14 @@ class OnnxEmbedder:
             ValueError: a text is not a ``str``, or a constructor argument is out of range.
         """
         self._check_params()
-        if not all(isinstance(text, str) for text in texts):
-            raise ValueError("texts must all be str")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        check_texts(texts)
         if len(texts) == 0:
-            return out
+            return np.empty((0, self.dim), dtype=np.float32)
         loaded = self._load()
-        for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            chunk = list(texts[start : start + _TOKENIZE_CHUNK])
-            out[start : start + len(chunk)] = self._encode_chunk(loaded, chunk)
-        return out
-
-    def _encode_chunk(self, loaded: _Loaded, texts: list[str]) -> Float32Array:
-        token_ids: list[list[int]] = loaded.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.max_length,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.intp, count=len(token_ids))
-        order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        budget = min(self.batch_size * self.max_length, _TOKEN_BUDGET)
-        for batch in length_batches(lengths[order], token_budget=budget, min_rows=self.batch_size):
-            positions = order[batch]
-            out[positions] = _run(loaded, [token_ids[p] for p in positions])
-        return out
+        return encode_in_length_order(
+            texts, loaded.tokenizer, partial(_run, loaded), dim=self.dim, max_length=self.max_length,
+            token_budget=min(self.batch_size * self.max_length, CPU_TOKEN_BUDGET), min_rows=self.batch_size,
+        )
 
     def _check_params(self) -> None:
         if self.precision not in PRECISIONS:
@@ -212,12 +180,6 @@ class OnnxEmbedder:
             "onnxruntime": ort.__version__,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-    def _load(self) -> _Loaded:
-        with self._load_lock:  # two threads' first encode must not export or load twice
-            if self._loaded is None:
-                self._loaded = self._load_unlocked()
-            return self._loaded
 
     def _load_unlocked(self) -> _Loaded:
         ort, _ = _import_onnx()
