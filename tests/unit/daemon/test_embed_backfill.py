@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,40 +21,10 @@ from daemon.progress import ProgressLog, eta_text
 from daemon.settings import Settings, load_settings
 from daemon.store import PoolItem, make_engine
 from daemon.training import embed_pool
-from models._types import Float32Array
 from models.embedder import Embedder, TransformerEmbedder
-from models.hashing import HashingEmbedder
+from tests.doubles import CountingEmbedder
 
 runner = CliRunner()
-
-
-class CountingEmbedder:
-    """A HashingEmbedder that counts encoded texts and can fail on a given call."""
-
-    def __init__(self, *, fail_on_call: int | None = None) -> None:
-        self.inner = HashingEmbedder(dim=16)
-        self.fail_on_call = fail_on_call
-        self.calls = 0
-        self.encoded = 0
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def revision(self) -> str:
-        return self.inner.revision
-
-    @property
-    def dim(self) -> int:
-        return self.inner.dim
-
-    def encode(self, texts: Sequence[str]) -> Float32Array:
-        self.calls += 1
-        if self.calls == self.fail_on_call:
-            raise RuntimeError("killed midway")
-        self.encoded += len(texts)
-        return self.inner.encode(texts)
 
 
 def settings_for(tmp_path: Path, **model: object) -> Settings:
@@ -103,7 +73,7 @@ def test_backfill_killed_after_a_chunk_resumes_with_the_rest(tmp_path: Path, mon
     monkeypatch.setattr("daemon.training._CHUNK", 8)
     settings = settings_for(tmp_path)
     write_pool(tmp_path / "pool.jsonl", 20)
-    first = context(settings, CountingEmbedder(fail_on_call=2))
+    first = context(settings, CountingEmbedder(dim=16, fail_on_call=2))
     add_pool_file(first.engine, tmp_path / "pool.jsonl", pool=settings.pool, data_dir=settings.store.data_dir)
     with pytest.raises(RuntimeError, match="killed midway"):
         embed_pool(first)
@@ -111,11 +81,11 @@ def test_backfill_killed_after_a_chunk_resumes_with_the_rest(tmp_path: Path, mon
     for cache in first._caches.values():
         cache.close()  # the "killed" process lets go of the cache's writer lock
 
-    rerun_embedder = CountingEmbedder()
+    rerun_embedder = CountingEmbedder(dim=16)
     rerun = context(settings, rerun_embedder)
     seen: list[tuple[int, int]] = []
     assert embed_pool(rerun, progress=lambda done, total: seen.append((done, total))) == 12
-    assert rerun_embedder.encoded == 12  # only the rest was encoded
+    assert len(rerun_embedder.encoded) == 12  # only the rest was encoded
     assert unembedded(rerun) == 0
     assert seen == [(8, 12), (12, 12)]  # increasing counts, the right total
 
@@ -135,7 +105,7 @@ def test_progress_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
 def test_embed_command_on_a_tiny_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LABELLOOP_LABEL_STUDIO__API_KEY", raising=False)  # needs no token
-    embedder = CountingEmbedder()
+    embedder = CountingEmbedder(dim=16)
 
     def factory(settings: Settings) -> Callable[[], Embedder]:
         return lambda: embedder
@@ -147,7 +117,7 @@ def test_embed_command_on_a_tiny_pool(tmp_path: Path, monkeypatch: pytest.Monkey
 
     result = runner.invoke(app, ["embed"])
     assert result.exit_code == 0, result.output
-    assert "embedded 5 pool items" in result.output and embedder.encoded == 5
+    assert "embedded 5 pool items" in result.output and len(embedder.encoded) == 5
     again = runner.invoke(app, ["embed"])
     assert again.exit_code == 0 and "already has a vector" in again.output
-    assert embedder.encoded == 5
+    assert len(embedder.encoded) == 5

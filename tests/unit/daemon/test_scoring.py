@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,31 +12,11 @@ import pytest
 from daemon.scoring import shortlist
 from models.cache import EmbeddingCache
 from strategies import Prefilter, scores
+from tests.doubles import ArraySource
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 D, C = 8, 4
-
-
-class RecordingSource:
-    """An in-memory stand-in for the embedding cache that records every array it hands out."""
-
-    def __init__(self, vectors: npt.NDArray[np.float32]) -> None:
-        self.vectors = vectors
-        self.handed_out: list[int] = []  # rows per array returned
-
-    def get(self, rows: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        out = self.vectors[np.asarray(rows, dtype=np.intp)]
-        self.handed_out.append(len(out))
-        return out
-
-    def iter_stored_chunks(
-        self, rows: npt.ArrayLike, chunk_rows: int = 65536
-    ) -> Iterator[tuple[slice, npt.NDArray[np.float32]]]:
-        positions = np.asarray(rows, dtype=np.intp)
-        for start in range(0, len(positions), chunk_rows):
-            span = slice(start, min(start + chunk_rows, len(positions)))
-            yield span, self.get(positions[span])
 
 
 def pool(n: int, seed: int = 0) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
@@ -69,7 +49,7 @@ def full_top(vectors: npt.NDArray[np.float32], weights: npt.NDArray[np.float32],
 def test_streamed_top_equals_the_top_of_the_whole_pool(chunk_rows: int) -> None:
     vectors, weights = pool(1200)
     rows = np.arange(1200)
-    got = shortlist(RecordingSource(vectors), rows, Prefilter(n_top=50, n_sample=0), predict_proba=head(weights),
+    got = shortlist(ArraySource(vectors), rows, Prefilter(n_top=50, n_sample=0), predict_proba=head(weights),
                     score=scores.margin, rng=np.random.default_rng(0), chunk_rows=chunk_rows)
     assert set(got.positions.tolist()) == full_top(vectors, weights, 50)
     assert np.all(np.diff(got.positions) > 0)
@@ -80,14 +60,14 @@ def test_streamed_top_equals_the_top_of_the_whole_pool(chunk_rows: int) -> None:
 def test_positions_index_the_rows_passed_not_the_cache() -> None:
     vectors, weights = pool(500)
     rows = np.arange(0, 500, 2)  # every other cache row is a candidate
-    got = shortlist(RecordingSource(vectors), rows, Prefilter(n_top=10, n_sample=0), predict_proba=head(weights),
+    got = shortlist(ArraySource(vectors), rows, Prefilter(n_top=10, n_sample=0), predict_proba=head(weights),
                     score=scores.margin, rng=np.random.default_rng(0), chunk_rows=64)
     assert set(rows[got.positions].tolist()) == {int(rows[p]) for p in full_top(vectors[rows], weights, 10)}
 
 
 def test_sample_rows_are_uniform_distinct_and_carry_their_probabilities() -> None:
     vectors, weights = pool(300)
-    got = shortlist(RecordingSource(vectors), np.arange(300), Prefilter(n_top=20, n_sample=40),
+    got = shortlist(ArraySource(vectors), np.arange(300), Prefilter(n_top=20, n_sample=40),
                     predict_proba=head(weights), score=scores.margin, rng=np.random.default_rng(3), chunk_rows=32)
     top = full_top(vectors, weights, 20)
     assert top <= set(got.positions.tolist())
@@ -100,7 +80,7 @@ def test_sample_is_uniform_over_many_draws() -> None:
     vectors, _ = pool(30)
     hits = np.zeros(30)
     for seed in range(2000):
-        got = shortlist(RecordingSource(vectors), np.arange(30), Prefilter(n_top=0, n_sample=3),
+        got = shortlist(ArraySource(vectors), np.arange(30), Prefilter(n_top=0, n_sample=3),
                         predict_proba=None, score=None, rng=np.random.default_rng(seed))
         hits[got.positions] += 1
     assert np.abs(hits / 2000 - 0.1).max() < 0.03  # each row 3/30 of the time
@@ -111,13 +91,13 @@ def test_ties_are_broken_at_random_and_the_same_whatever_the_chunking() -> None:
     flat = lambda proba: np.zeros(len(proba))  # noqa: E731  every row ties
     picks = []
     for chunk_rows in (1, 13, 200):
-        got = shortlist(RecordingSource(vectors), np.arange(200), Prefilter(n_top=5, n_sample=0),
+        got = shortlist(ArraySource(vectors), np.arange(200), Prefilter(n_top=5, n_sample=0),
                         predict_proba=head(weights), score=flat, rng=np.random.default_rng(9), chunk_rows=chunk_rows)
         picks.append(got.positions.tolist())
     assert picks[0] == picks[1] == picks[2]
     seen = set()
     for seed in range(50):
-        got = shortlist(RecordingSource(vectors), np.arange(200), Prefilter(n_top=5, n_sample=0),
+        got = shortlist(ArraySource(vectors), np.arange(200), Prefilter(n_top=5, n_sample=0),
                         predict_proba=head(weights), score=flat, rng=np.random.default_rng(seed), chunk_rows=16)
         seen.update(got.positions.tolist())
     assert len(seen) > 100  # not the first five rows every time
@@ -127,7 +107,7 @@ def test_ties_are_broken_at_random_and_the_same_whatever_the_chunking() -> None:
 def test_no_array_grows_with_the_pool(n: int) -> None:
     """Functional memory check: every array read or scored is at most one chunk, or the shortlist."""
     vectors, weights = pool(n)
-    source, predicted = RecordingSource(vectors), list[int]()
+    source, predicted = ArraySource(vectors), list[int]()
     chunk_rows, plan = 256, Prefilter(n_top=30, n_sample=20)
     got = shortlist(source, np.arange(n), plan, predict_proba=head(weights, predicted), score=scores.margin,
                     rng=np.random.default_rng(0), chunk_rows=chunk_rows)
@@ -138,7 +118,7 @@ def test_no_array_grows_with_the_pool(n: int) -> None:
 
 def test_unscored_plans_read_only_the_sample() -> None:
     vectors, weights = pool(5000)
-    source, predicted = RecordingSource(vectors), list[int]()
+    source, predicted = ArraySource(vectors), list[int]()
     got = shortlist(source, np.arange(5000), Prefilter(n_top=0, n_sample=12), predict_proba=head(weights, predicted),
                     score=None, rng=np.random.default_rng(0), chunk_rows=5)
     assert sum(source.handed_out) == 12 and max(predicted) <= 5
@@ -150,7 +130,7 @@ def test_unscored_plans_read_only_the_sample() -> None:
 
 def test_bad_plans_are_refused() -> None:
     vectors, weights = pool(10)
-    source = RecordingSource(vectors)
+    source = ArraySource(vectors)
     with pytest.raises(ValueError):
         shortlist(source, np.arange(10), Prefilter(n_top=11, n_sample=0), predict_proba=head(weights),
                   score=scores.margin, rng=np.random.default_rng(0))

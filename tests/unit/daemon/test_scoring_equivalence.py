@@ -8,35 +8,18 @@ numbers differ, so the two are compared as distributions over many seeds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from daemon.scoring import AnyProba, shortlist
 from strategies import REGISTRY, PoolView, arms, cold_start, prefilter, prefilter_scores, select_batch
+from tests.doubles import ArraySource
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 D, C = 6, 4
 COUNTS = np.array([40, 12, 5, 2], dtype=np.intp)
-
-
-class ArraySource:
-    def __init__(self, vectors: npt.NDArray[np.float32]) -> None:
-        self.vectors = vectors
-
-    def get(self, rows: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        return self.vectors[np.asarray(rows, dtype=np.intp)]
-
-    def iter_stored_chunks(
-        self, rows: npt.ArrayLike, chunk_rows: int = 65536
-    ) -> Iterator[tuple[slice, npt.NDArray[np.float32]]]:
-        positions = np.asarray(rows, dtype=np.intp)
-        for start in range(0, len(positions), chunk_rows):
-            span = slice(start, min(start + chunk_rows, len(positions)))
-            yield span, self.get(positions[span])
 
 
 class World:

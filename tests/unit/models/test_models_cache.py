@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from models._types import Float32Array
 from models.cache import EmbeddingCache, content_hash, embed_missing, model_key
 from models.errors import CacheError
 from models.hashing import HashingEmbedder
+from tests.doubles import CountingEmbedder
 
 DIM = 8
 KEY = "test-model"
@@ -35,35 +35,6 @@ def unit_rows(n: int, seed: int = 0) -> Float32Array:
 
 def open_cache(root: Path, **kwargs: object) -> EmbeddingCache:
     return EmbeddingCache(root, model_key=KEY, dim=DIM, **kwargs)  # type: ignore[arg-type]
-
-
-class CountingEmbedder:
-    """Wraps an embedder, records every text it encodes, and can fail on the n-th call."""
-
-    def __init__(self, *, fail_on_call: int | None = None) -> None:
-        self.inner = HashingEmbedder(dim=DIM)
-        self.encoded: list[str] = []
-        self.calls = 0
-        self.fail_on_call = fail_on_call
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def revision(self) -> str:
-        return self.inner.revision
-
-    @property
-    def dim(self) -> int:
-        return self.inner.dim
-
-    def encode(self, texts: Sequence[str]) -> Float32Array:
-        self.calls += 1
-        if self.calls == self.fail_on_call:
-            raise RuntimeError("killed midway")
-        self.encoded.extend(texts)
-        return self.inner.encode(texts)
 
 
 def test_content_hash_is_sha256_of_utf8() -> None:
@@ -248,7 +219,7 @@ def test_model_key_is_filesystem_safe_and_tracks_the_revision() -> None:
 
 
 def test_embed_missing_encodes_only_distinct_misses(tmp_path: Path) -> None:
-    embedder = CountingEmbedder()
+    embedder = CountingEmbedder(dim=DIM)
     texts = ["a b", "c d", "a b", "e f"]
     with EmbeddingCache(tmp_path, model_key=model_key(embedder), dim=DIM) as cache:
         rows = embed_missing(embedder, cache, texts)
@@ -264,13 +235,13 @@ def test_embed_missing_encodes_only_distinct_misses(tmp_path: Path) -> None:
 def test_embed_missing_resumes_after_a_failure_midway(tmp_path: Path) -> None:
     texts = [f"text number {i}" for i in range(10)]
     progress: list[tuple[int, int]] = []
-    failing = CountingEmbedder(fail_on_call=3)
+    failing = CountingEmbedder(dim=DIM, fail_on_call=3)
     with EmbeddingCache(tmp_path, model_key=model_key(failing), dim=DIM) as cache:
         with pytest.raises(RuntimeError, match="killed midway"):
             embed_missing(failing, cache, texts, batch_rows=3, progress=lambda d, n: progress.append((d, n)))
         assert progress == [(3, 10), (6, 10)]
         assert len(cache) == 6  # the two chunks before the failure are kept
-    healthy = CountingEmbedder()
+    healthy = CountingEmbedder(dim=DIM)
     with EmbeddingCache(tmp_path, model_key=model_key(healthy), dim=DIM) as cache:
         rows = embed_missing(healthy, cache, texts, batch_rows=3)
         assert healthy.encoded == texts[6:]
@@ -279,7 +250,7 @@ def test_embed_missing_resumes_after_a_failure_midway(tmp_path: Path) -> None:
 
 def test_embed_missing_refuses_a_cache_of_another_model(tmp_path: Path) -> None:
     with open_cache(tmp_path) as cache, pytest.raises(ValueError, match="does not match"):
-        embed_missing(CountingEmbedder(), cache, ["x"])
+        embed_missing(CountingEmbedder(dim=DIM), cache, ["x"])
 
 
 _APPEND_FOREVER = """
@@ -287,6 +258,7 @@ import sys
 from pathlib import Path
 from models.cache import EmbeddingCache, content_hash
 from models.hashing import HashingEmbedder
+from tests.doubles import CountingEmbedder
 embedder = HashingEmbedder(dim=DIM)
 with EmbeddingCache(Path(sys.argv[1]), model_key="killed", dim=DIM, shard_rows=50) as cache:
     start = 0
