@@ -38,7 +38,7 @@ from daemon.scoring import SCORING_DTYPE, Shortlist, shortlist
 from daemon.settings import ScaleoutSettings
 from daemon.store import PoolItem
 from daemon.training import active_cache
-from models.cache import EmbeddingCache, content_hash, model_key
+from models.cache import EmbeddingCache, content_hash, missing_positions, model_key
 from models.errors import EmbedderUnavailable, ModelError
 from strategies import Prefilter
 
@@ -151,7 +151,7 @@ def embed_missing_ray(
         raise ValueError(f"embedder {model_key(embedder)} (dim {embedder.dim}) does not match cache {cache.model_key}")
     hashes = [content_hash(text) for text in texts]
     rows = cache.lookup(hashes)
-    todo = _distinct_missing(hashes, rows)
+    todo = missing_positions(hashes, rows)
     if not todo:
         return rows
     ray = connect(settings)
@@ -159,16 +159,6 @@ def embed_missing_ray(
                                settings=settings)
     _append_streamed(cache, batches, total=len(todo), chunk_rows=store_chunk_rows, progress=progress, stop=stop)
     return cache.lookup(hashes)
-
-
-def _distinct_missing(hashes: list[str], rows: npt.NDArray[np.intp]) -> list[int]:
-    todo: list[int] = []
-    seen: set[str] = set()
-    for position in np.flatnonzero(rows < 0):
-        if hashes[position] not in seen:
-            seen.add(hashes[position])
-            todo.append(int(position))
-    return todo
 
 
 def _encoded_batches(

@@ -48,7 +48,7 @@ from models.errors import CacheError
 if TYPE_CHECKING:  # typing only: the cache must not import torch (the CLI reads it)
     from models.embedder import Embedder
 
-__all__ = ["EmbeddingCache", "content_hash", "embed_missing", "model_key"]
+__all__ = ["EmbeddingCache", "content_hash", "embed_missing", "missing_positions", "model_key"]
 
 log = logging.getLogger(__name__)
 
@@ -383,12 +383,7 @@ def embed_missing(
         raise ValueError(f"embedder {model_key(embedder)} (dim {embedder.dim}) does not match cache {cache.model_key}")
     hashes = [content_hash(text) for text in texts]
     rows = cache.lookup(hashes)
-    todo: list[int] = []
-    seen: set[str] = set()
-    for position in np.flatnonzero(rows < 0):
-        if hashes[position] not in seen:
-            seen.add(hashes[position])
-            todo.append(int(position))
+    todo = missing_positions(hashes, rows)
     for start in range(0, len(todo), batch_rows):
         chunk = todo[start : start + batch_rows]
         cache.put([hashes[p] for p in chunk], embedder.encode([texts[p] for p in chunk]))
@@ -397,3 +392,14 @@ def embed_missing(
     if todo:
         rows = cache.lookup(hashes)
     return rows
+
+
+def missing_positions(hashes: list[str], rows: npt.NDArray[np.intp]) -> list[int]:
+    """Positions whose row is -1 (not cached), the first of each distinct hash only, in order."""
+    todo: list[int] = []
+    seen: set[str] = set()
+    for position in np.flatnonzero(rows < 0):
+        if hashes[position] not in seen:
+            seen.add(hashes[position])
+            todo.append(int(position))
+    return todo
