@@ -16,8 +16,19 @@ from daemon.cycle import cycle_due, run_cycle
 from daemon.pool import add_pool_file
 from daemon.project import ensure_project
 from daemon.queries import batch_detail, list_batches, status_report
+from daemon.rerank import RerankReport
 from daemon.settings import Settings, load_settings
-from daemon.store import Batch, BatchItem, BatchStatus, CycleRun, LabelRecord, LabelStatus, ModelRun, make_engine
+from daemon.store import (
+    Batch,
+    BatchItem,
+    BatchItemState,
+    BatchStatus,
+    CycleRun,
+    LabelRecord,
+    LabelStatus,
+    ModelRun,
+    make_engine,
+)
 from daemon.sync import sync
 from models.hashing import HashingEmbedder
 
@@ -314,6 +325,29 @@ def test_rerank_runs_after_the_push_and_leaves_the_new_batch_alone(
     refreshed = {rid for rid, updates in fake.predictions.items() if updates[-1].model_version == third.model_version}
     assert refreshed and refreshed.isdisjoint(new_tasks)
     assert refreshed == {i.remote_task_id for i in batch_items(ctx, second.batch_id or "")[6:]}
+
+
+def test_room_freed_by_reranking_is_filled_in_the_same_cycle(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, fake, gold = world
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+
+    def withdraw_everything(ctx: LoopContext, model: object, *, strategy: str) -> RerankReport:
+        with Session(ctx.engine) as session:
+            pending = list(session.exec(select(BatchItem).where(BatchItem.state == BatchItemState.PENDING)))
+            for item in pending:
+                item.state = BatchItemState.WITHDRAWN
+                session.add(item)
+            session.commit()
+        return RerankReport(refreshed=0, withdrawn=len(pending))
+
+    monkeypatch.setattr("daemon.cycle.rerank_queue", withdraw_everything)
+    report = run_cycle(ctx)
+    with Session(ctx.engine) as session:
+        chosen = list(session.exec(select(Batch).where(Batch.cycle_id == report.cycle_id)))
+    assert len(chosen) == 2 and report.batch_id in {b.id for b in chosen}  # selected, withdrawn, selected again
+    assert report.pushed == sum(b.size for b in chosen)
 
 
 def test_a_cycle_right_after_a_sync_skips_its_own_pull(
