@@ -190,3 +190,12 @@ def test_pickles_without_its_session(fp32: OnnxEmbedder) -> None:
     clone = pickle.loads(pickle.dumps(fp32))
     assert clone._loaded is None
     np.testing.assert_allclose(clone.encode(REAL[:2]), vectors, atol=1e-6)
+
+
+def test_the_fusion_passes_do_not_log_at_info(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    OnnxEmbedder(cache_dir=tmp_path).encode(["a fresh export"])
+    fusion = [r for r in caplog.records if r.levelno < logging.WARNING and not r.name.startswith(("models", "daemon"))]
+    assert not fusion, sorted({r.name for r in fusion})
