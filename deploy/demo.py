@@ -246,9 +246,17 @@ class Annotator:
                 json={"result": [{"from_name": "label", "to_name": "text", "type": "choices",
                                   "value": {"choices": [label]}}], "lead_time": 3.0},
             )
+            if response.is_error and self._withdrawn(task["id"]):
+                continue  # re-ranking took this task away meanwhile, as it can from a person
             response.raise_for_status()
             answered.append(label)
         return answered
+
+    def _withdrawn(self, task_id: int) -> bool:
+        """True when the daemon withdrew the task: it is gone (404), or Label Studio 1.23's delete
+        action has unlinked it from the project (an annotation then fails with a 500)."""
+        response = self.client.get(f"/api/tasks/{task_id}")
+        return response.status_code == 404 or (response.is_success and response.json().get("project") is None)
 
     def _next(self, project_id: str) -> dict | None:
         response = self.client.get(f"/api/projects/{project_id}/next")
