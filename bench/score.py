@@ -13,7 +13,9 @@ own subprocess (with ``OMP_WAIT_POLICY=PASSIVE``, as ``labelloop run`` sets) so 
   ``predict_proba`` over the pool, the scores, then ``select_batch`` on the full pool.
 * ``streamed`` -- the daemon's path (``daemon.scoring.shortlist``): one pass over the shards in
   chunks (float16 read -> float32 -> head -> pre-filter score -> running top), then
-  ``select_batch`` on the shortlist only.
+  ``select_batch`` on the shortlist only. With the daemon's default ``scoring_prefilter = "auto"``
+  the pass runs a bfloat16 head where the CPU computes bfloat16 natively and re-scores its deeper
+  top in float32; "float32 only" times the plain pass and says whether it found the same rows.
 
 Phases: *score + top-1000* (head, scarce-margin score and the 1,000 best rows; "proba given" is
 the same without the head), *diverse batch* (the default strategy's 1,000 picks, including its own
@@ -216,36 +218,42 @@ def _streamed(
     args: argparse.Namespace, cache: Any, classifier: Any, rows: Any, anchors: Any, scenario: dict[str, Any],
     chunk_rows: int,
 ) -> tuple[list[Phase], Any]:
-    from daemon.scoring import SCORING_DTYPE, shortlist
+    from daemon.scoring import SCORING_DTYPE, coarse_proba_for, shortlist
     from strategies import DEFAULT_STRATEGY, PoolView, Prefilter, prefilter, prefilter_scores, select_batch
 
     counts, n_unseen = scenario["counts"], scenario["n_unseen"]
     proba_fn = functools.partial(classifier.predict_proba, dtype=SCORING_DTYPE)  # as daemon.selection asks
+    coarse_fn = coarse_proba_for(classifier, len(rows), "auto")  # the daemon's default scoring_prefilter
 
     def score(proba: Any) -> Any:
         return prefilter_scores(DEFAULT_STRATEGY, proba, counts, n_unseen_classes=n_unseen,
                                 has_labeled_embeddings=True)
 
-    def top(plan: Prefilter, seed: int = 0) -> Any:
+    def top(plan: Prefilter, coarse: Any = coarse_fn) -> Any:
         return shortlist(cache, rows, plan, predict_proba=proba_fn, score=score,
-                         rng=np.random.default_rng(seed), chunk_rows=chunk_rows)
+                         rng=np.random.default_rng(0), chunk_rows=chunk_rows, coarse_proba=coarse)
 
     read, _ = _measure("read the shards (float16 -> float32)", 1, lambda: _read_all(cache, rows, chunk_rows))
-    top1000, _ = _measure("score + top-1000", args.repeat, lambda: top(Prefilter(n_top=1000, n_sample=0)))
+    plan_1000 = Prefilter(n_top=1000, n_sample=0)
+    top1000, found = _measure("score + top-1000", args.repeat, lambda: top(plan_1000))
+    top1000["pre-filter"] = ("bfloat16, re-scored in float32" if coarse_fn else "none (float32 only)") + (
+        f"; bfloat16 head {classifier.bfloat16_speedup():.1f}x float32")
+    float32_only, exact = _measure("score + top-1000, float32 only", args.repeat, lambda: top(plan_1000, None))
+    float32_only["same rows"] = bool(np.array_equal(found.positions, exact.positions))
     plan = prefilter(DEFAULT_STRATEGY, args.k, len(rows), label_counts=counts, n_unseen_classes=n_unseen,
                      has_labeled_embeddings=True)
 
     def batch() -> Any:
         rng = np.random.default_rng(0)
         short = shortlist(cache, rows, plan, predict_proba=proba_fn, score=score, rng=rng,
-                          chunk_rows=chunk_rows)
+                          chunk_rows=chunk_rows, coarse_proba=coarse_fn)
         view = PoolView(embeddings=cache.get(rows[short.positions]), proba=short.proba, label_counts=counts,
                         n_unseen_classes=n_unseen, labeled_embeddings=anchors)
         return short.positions[select_batch(DEFAULT_STRATEGY, view, args.k, rng=rng).positions], len(short.positions)
 
     diverse, (picked, shortlisted) = _measure("diverse batch (pass + select on the shortlist)", args.repeat, batch)
     diverse["shortlist rows"] = shortlisted
-    return [read, top1000, diverse], picked
+    return [read, top1000, float32_only, diverse], picked
 
 
 def _code_digest() -> str:
@@ -293,6 +301,8 @@ def _report(results: list[dict[str, Any]]) -> None:
             continue
         for phase in result["phases"]:
             extra = f"  ({phase['shortlist rows']:,} rows shortlisted)" if "shortlist rows" in phase else ""
+            extra += f"  (pre-filter: {phase['pre-filter']})" if "pre-filter" in phase else ""
+            extra += f"  (same rows as with the pre-filter: {phase['same rows']})" if "same rows" in phase else ""
             print(f"{result['n']:>11,}  {result['variant']:<9} {phase['name']:<46} {phase['s']:>9.3f} "
                   f"{phase['min s']:>7.3f} {phase['peak RSS (MB)']:>12,.0f}{extra}")
         batch = result["batch"]

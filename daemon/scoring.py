@@ -8,6 +8,12 @@ Selection runs in two stages so that memory and pairwise work do not grow with t
     plus the probabilities of the ``plan.n_sample`` rows drawn uniformly
     beforehand (:func:`strategies.prefilter` says how many of each). One chunk of vectors and
     probabilities is alive at a time, plus O(n_top + n_sample) kept rows.
+    With a ``coarse_proba`` (a bfloat16 head, several times faster where the hardware has
+    bfloat16 products), the pass ranks by the coarse scores and keeps a deeper top
+    (:func:`coarse_top_size`); those rows alone are then re-read, re-scored in float32 and
+    cut to ``plan.n_top``. The result is the float32 shortlist unless a row outside the
+    deeper top could have beaten it, judged by the largest coarse error seen on the
+    re-scored rows; then the pass is repeated in float32 (logged).
 (b) the caller gathers the shortlisted vectors, builds a :class:`strategies.PoolView` on them
     and calls :func:`strategies.select_batch`; see :mod:`strategies.streaming` for why the batch
     has the distribution it would have on the whole pool.
@@ -15,9 +21,12 @@ Selection runs in two stages so that memory and pairwise work do not grow with t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final, Protocol
+from functools import partial
+from typing import Final, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +34,20 @@ import torch
 
 from strategies import Prefilter
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "SCORING_DTYPE", "AnyProba", "Shortlist", "VectorSource", "as_float32", "shortlist"]
+__all__ = [
+    "COARSE_MIN_ROWS",
+    "DEFAULT_CHUNK_ROWS",
+    "SCORING_DTYPE",
+    "AnyProba",
+    "Shortlist",
+    "VectorSource",
+    "as_float32",
+    "coarse_proba_for",
+    "coarse_top_size",
+    "shortlist",
+]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_ROWS = 8_192  # 12 MB of float32 at d = 384: under glibc's 32 MB mmap threshold, so the
 # head's temporaries reuse memory instead of faulting in fresh pages (1.4-1.8 s per 1M rows vs 2.7 s at 32k)
@@ -33,6 +55,13 @@ DEFAULT_CHUNK_ROWS = 8_192  # 12 MB of float32 at d = 384: under glibc's 32 MB m
 # The pass asks the head for float32 probabilities: half the memory traffic of float64 per chunk,
 # and scores (margins, scarcity) need no more than float32's 1e-7 resolution to rank.
 SCORING_DTYPE: Final = "float32"
+
+COARSE_MIN_ROWS = 65_536  # below this a float32 pass takes < 50 ms: a coarse one would save nothing
+COARSE_MIN_SPEEDUP = 2.0  # "auto" uses a bfloat16 pre-filter only where it runs this much faster
+COARSE_DEPTH = 2  # the coarse pass keeps COARSE_DEPTH * n_top + COARSE_EXTRA rows for re-scoring
+COARSE_EXTRA = 2_048
+COARSE_SAFETY = 2.0  # a row left out is assumed off by at most this times the largest error seen
+_TINY = 1e-6  # float32 resolves scores in [0, 1] to ~1e-7: below this, rankings are rounding noise anyway
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -50,6 +79,32 @@ class VectorSource(Protocol):
     def iter_stored_chunks(
         self, rows: npt.ArrayLike, chunk_rows: int = ...
     ) -> Iterator[tuple[slice, npt.NDArray[np.floating]]]: ...
+
+
+class CoarseCapable(Protocol):
+    """The part of :class:`models.classifier.ProxyClassifier` a coarse pre-filter needs."""
+
+    def predict_proba(
+        self, X: Float32Array, *, dtype: Literal["float32"], head_dtype: Literal["float32", "bfloat16"]
+    ) -> Float32Array: ...
+
+    def bfloat16_speedup(self) -> float: ...
+
+
+def coarse_proba_for(
+    classifier: CoarseCapable, n_rows: int, mode: Literal["auto", "bfloat16", "off"]
+) -> ProbaFn | None:
+    """The ``coarse_proba`` :func:`shortlist` should use for ``n_rows`` rows, or None for one float32 pass.
+
+    ``"auto"``: a bfloat16 head for pools of at least :data:`COARSE_MIN_ROWS` rows on hardware
+    where it runs at least :data:`COARSE_MIN_SPEEDUP` times faster than float32 (measured once per
+    process); ``"bfloat16"``: whenever the pool has that many rows; ``"off"``: never.
+    """
+    if mode == "off" or n_rows < COARSE_MIN_ROWS:
+        return None
+    if mode == "auto" and classifier.bfloat16_speedup() < COARSE_MIN_SPEEDUP:
+        return None
+    return partial(classifier.predict_proba, dtype=SCORING_DTYPE, head_dtype="bfloat16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +129,14 @@ def shortlist(
     score: ScoreFn | None,
     rng: np.random.Generator,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    coarse_proba: ProbaFn | None = None,
 ) -> Shortlist:
     """Return the top ``plan.n_top`` rows by ``score`` plus ``plan.n_sample`` uniform rows.
 
     Ties in ``score`` are broken uniformly at random, as :func:`strategies.select.top_k` does.
     With ``plan.n_top == 0`` no row is scored and only the sample's vectors are read.
+    With ``coarse_proba`` the pass runs in two stages (see the module docstring); it returns
+    the same shortlist and leaves ``rng`` in the same state.
 
     Args:
         source: the embedding cache (or a stand-in).
@@ -88,6 +146,8 @@ def shortlist(
         score: (c, C) probabilities → (c,) pre-filter scores; required when ``plan.n_top > 0``.
         rng: draws the sample and breaks ties.
         chunk_rows: >= 1, rows read and scored at once; bounds the memory in use.
+        coarse_proba: like ``predict_proba`` but cheaper and approximate (probabilities off
+            by up to ~1e-2), or None for one float32 pass.
 
     Raises:
         ValueError: ``plan`` asks for a top without ``score`` and ``predict_proba``, or for more
@@ -102,17 +162,105 @@ def shortlist(
         return Shortlist(sample, drawn)
     if predict_proba is None or score is None:
         raise ValueError("a plan with a top needs predict_proba and score")
+    if coarse_proba is not None and coarse_top_size(plan.n_top, n) < n:
+        state = rng.bit_generator.state
+        found = _two_stage(source, rows, plan, sample, predict_proba, coarse_proba, score, rng, chunk_rows)
+        if found is not None:
+            return found
+        rng.bit_generator.state = state  # the float32 pass draws the same tie-breaking keys again
     best = _RunningTop(plan.n_top)
     sample_proba: list[AnyProba] = []
-    for span, stored in source.iter_stored_chunks(rows, chunk_rows):
-        proba = predict_proba(as_float32(stored))
-        best.add(np.arange(span.start, span.stop, dtype=np.intp), score(proba), rng.random(len(proba)), proba)
+    for span, _, proba, values in _scored_chunks(source.iter_stored_chunks(rows, chunk_rows), predict_proba, score):
+        best.add(np.arange(span.start, span.stop, dtype=np.intp), values, rng.random(len(proba)), proba)
         lo, hi = np.searchsorted(sample, [span.start, span.stop])
         sample_proba.append(proba[sample[lo:hi] - span.start])
     positions = np.concatenate([best.positions, sample])
     kept_proba = np.concatenate([best.proba, *sample_proba]) if sample_proba else best.proba
     unique, first = np.unique(positions, return_index=True)
     return Shortlist(unique.astype(np.intp), kept_proba[first])
+
+
+def coarse_top_size(n_top: int, n: int) -> int:
+    """Rows a coarse pass keeps for re-scoring in float32 to find the top ``n_top`` of ``n``."""
+    return min(n, COARSE_DEPTH * n_top + COARSE_EXTRA)
+
+
+def _two_stage(
+    source: VectorSource,
+    rows: IntArray,
+    plan: Prefilter,
+    sample: IntArray,
+    predict_proba: ProbaFn,
+    coarse_proba: ProbaFn,
+    score: ScoreFn,
+    rng: np.random.Generator,
+    chunk_rows: int,
+) -> Shortlist | None:
+    """The shortlist found by a coarse pass and a float32 re-scoring of its deeper top, or None when unsure."""
+    deeper = _RunningTop(coarse_top_size(plan.n_top, len(rows)))
+    sample_proba: list[AnyProba] = []
+    chunks = source.iter_stored_chunks(rows, chunk_rows)
+    for span, vectors, coarse, values in _scored_chunks(chunks, coarse_proba, score):
+        deeper.add(np.arange(span.start, span.stop, dtype=np.intp), values, rng.random(len(coarse)),
+                   coarse[:, :0])  # the coarse probabilities are not kept
+        lo, hi = np.searchsorted(sample, [span.start, span.stop])
+        if hi > lo:
+            sample_proba.append(predict_proba(vectors[sample[lo:hi] - span.start]))
+    order = np.argsort(deeper.positions)  # increasing rows: the re-read walks the shards forward
+    positions, coarse_scores, keys = deeper.positions[order], deeper.scores[order], deeper.keys[order]
+    proba = _predict_rows(source, rows[positions], predict_proba, chunk_rows)
+    exact = score(proba)
+    keep = _best(exact, keys, plan.n_top)
+    if not _rules_out_the_rest(exact, coarse_scores, float(exact[keep].min())):
+        log.info("scoring: the coarse pre-filter could not rule out rows beyond its top %s; scoring the pool "
+                 "again in float32", len(positions))
+        return None
+    top, top_proba = positions[keep], proba[keep]
+    all_positions = np.concatenate([top, sample])
+    kept_proba = np.concatenate([top_proba, *sample_proba]) if sample_proba else top_proba
+    unique, first = np.unique(all_positions, return_index=True)
+    return Shortlist(unique.astype(np.intp), kept_proba[first])
+
+
+def _rules_out_the_rest(exact: FloatArray, coarse: FloatArray, cut: float) -> bool:
+    """Whether no row outside the re-scored ones can score ``cut`` or more in float32.
+
+    A coarse head moves every logit by a small amount, so every probability, and with it a
+    margin, a scarcity or an entropy, by a bounded *factor*: scores move by a ratio, not by an
+    absolute amount (a confident row's score of 1e-4 moves by ~1e-6, an uncertain row's 0.9 by
+    ~1e-2). The largest log-ratio seen on the re-scored rows, times :data:`COARSE_SAFETY`, bounds
+    how far any row's score may have moved; a row left out scored at most ``min(coarse)``.
+    Scores below float32's resolution (``_TINY``) are not compared by ratio.
+    """
+    measurable = np.minimum(exact, coarse) > _TINY
+    if not measurable.any():
+        return False
+    worst = float(np.max(np.abs(np.log(coarse[measurable]) - np.log(exact[measurable]))))
+    bound = float(coarse.min()) * float(np.exp(COARSE_SAFETY * worst)) + _TINY
+    return cut > bound
+
+
+def _scored_chunks(
+    chunks: Iterator[tuple[slice, npt.NDArray[np.floating]]], predict_proba: ProbaFn, score: ScoreFn
+) -> Iterator[tuple[slice, Float32Array, AnyProba, FloatArray]]:
+    """Yield ``(span, float32 vectors, proba, scores)`` per chunk, in order.
+
+    Each chunk's scores are computed on a worker thread while the next chunk is read and passed
+    through the head: the head (torch) and the scores (numpy) release the GIL, so on two cores the
+    pass takes about the longer of the two instead of their sum. ``score`` must be thread-safe
+    (the strategies' scores are pure functions).
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-score") as worker:
+        pending: tuple[slice, Float32Array, AnyProba, Future[FloatArray]] | None = None
+        for span, stored in chunks:
+            vectors = as_float32(stored)
+            proba = predict_proba(vectors)
+            job = worker.submit(score, proba)
+            if pending is not None:
+                yield pending[0], pending[1], pending[2], pending[3].result()
+            pending = (span, vectors, proba, job)
+        if pending is not None:
+            yield pending[0], pending[1], pending[2], pending[3].result()
 
 
 def _predict_rows(source: VectorSource, rows: IntArray, predict_proba: ProbaFn, chunk_rows: int) -> AnyProba:

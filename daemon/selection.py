@@ -23,7 +23,15 @@ from sqlmodel import Session, col, select
 from daemon.context import LoopContext, TrainedModel
 from daemon.pool import known_classes
 from daemon.pool_index import CandidateRows, PoolIndex, item_ids_of
-from daemon.scoring import DEFAULT_CHUNK_ROWS, SCORING_DTYPE, AnyProba, ScoreFn, Shortlist, shortlist
+from daemon.scoring import (
+    DEFAULT_CHUNK_ROWS,
+    SCORING_DTYPE,
+    AnyProba,
+    ScoreFn,
+    Shortlist,
+    coarse_proba_for,
+    shortlist,
+)
 from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus
 from daemon.training import active_cache, labeled_set, vectors_for
 from models.cache import EmbeddingCache
@@ -161,8 +169,11 @@ def _shortlist(
 
         return shortlist_ray(cache, rows, plan, head=export_head(model.classifier), score=score, rng=rng,
                              settings=ctx.settings.scaleout)
-    proba_fn = None if model is None else partial(model.classifier.predict_proba, dtype=SCORING_DTYPE)
-    return shortlist(cache, rows, plan, predict_proba=proba_fn, score=score, rng=rng, chunk_rows=DEFAULT_CHUNK_ROWS)
+    if model is None:
+        return shortlist(cache, rows, plan, predict_proba=None, score=score, rng=rng, chunk_rows=DEFAULT_CHUNK_ROWS)
+    return shortlist(cache, rows, plan, predict_proba=partial(model.classifier.predict_proba, dtype=SCORING_DTYPE),
+                     score=score, rng=rng, chunk_rows=DEFAULT_CHUNK_ROWS,
+                     coarse_proba=coarse_proba_for(model.classifier, len(rows), ctx.settings.model.scoring_prefilter))
 
 
 def _read_inputs(ctx: LoopContext, cache: EmbeddingCache) -> _Inputs:

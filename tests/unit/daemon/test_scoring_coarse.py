@@ -1,0 +1,165 @@
+"""The coarse (bfloat16) pre-filter finds the float32 shortlist or falls back; scores run on a worker thread."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from daemon.scoring import COARSE_MIN_ROWS, coarse_proba_for, coarse_top_size, shortlist
+from models.classifier import ProxyClassifier
+from strategies import Prefilter, prefilter_scores, scores
+from tests.doubles import ArraySource
+
+Float32Array = npt.NDArray[np.float32]
+D, C = 32, 12
+
+
+def clustered_pool(n: int, seed: int) -> tuple[Float32Array, npt.NDArray[np.str_]]:
+    """Unit rows around C centres, so a head trained on a few of them is confident on most rows."""
+    gen = np.random.default_rng(seed)
+    centres = gen.normal(size=(C, D))
+    classes = gen.integers(0, C, size=n)
+    vectors = centres[classes] + 0.8 * gen.normal(size=(n, D))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32), np.asarray([f"c{c}" for c in classes])
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[ProxyClassifier, Float32Array]:
+    vectors, names = clustered_pool(6000, seed=0)
+    classifier = ProxyClassifier(random_state=0, calibrate=False).fit(vectors[:300], names[:300])
+    return classifier, vectors
+
+
+def scarce(classifier: ProxyClassifier) -> partial[npt.NDArray[np.float64]]:
+    counts = np.full(len(classifier.classes_), 25, dtype=np.intp)
+    counts[0] = 2
+    return partial(prefilter_scores, "scarce_margin_diverse", label_counts=counts, has_labeled_embeddings=True)
+
+
+@pytest.mark.parametrize(("seed", "n_top", "n_sample"), [(0, 50, 0), (1, 200, 0), (2, 100, 300), (3, 400, 50)])
+def test_the_coarse_pass_finds_the_float32_shortlist_and_leaves_rng_alike(
+    trained: tuple[ProxyClassifier, Float32Array], seed: int, n_top: int, n_sample: int
+) -> None:
+    classifier, vectors = trained
+    rows = np.arange(len(vectors))
+    plan = Prefilter(n_top=n_top, n_sample=n_sample)
+    exact_fn = partial(classifier.predict_proba, dtype="float32")
+    coarse_fn = partial(classifier.predict_proba, dtype="float32", head_dtype="bfloat16")
+    assert coarse_top_size(n_top, len(rows)) < len(rows)  # the two-stage path really runs
+    exact_rng, coarse_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+    exact = shortlist(ArraySource(vectors), rows, plan, predict_proba=exact_fn, score=scarce(classifier),
+                      rng=exact_rng, chunk_rows=700)
+    source = ArraySource(vectors)
+    got = shortlist(source, rows, plan, predict_proba=exact_fn, score=scarce(classifier), rng=coarse_rng,
+                    chunk_rows=700, coarse_proba=coarse_fn)
+    np.testing.assert_array_equal(got.positions, exact.positions)
+    assert got.proba is not None and exact.proba is not None
+    np.testing.assert_allclose(got.proba, exact.proba, atol=1e-6)  # the float32 probabilities, not bfloat16's
+    assert coarse_rng.random() == exact_rng.random()
+    assert sum(source.handed_out) < 2 * len(vectors)  # one pass plus the re-read top, not a second pass
+
+
+def test_a_coarse_head_that_is_too_far_off_falls_back_to_float32(
+    trained: tuple[ProxyClassifier, Float32Array], caplog: pytest.LogCaptureFixture
+) -> None:
+    classifier, vectors = trained
+    rows = np.arange(len(vectors))
+    exact_fn = partial(classifier.predict_proba, dtype="float32")
+
+    def scrambled(x: Float32Array) -> npt.NDArray[np.floating]:  # right shape, wrong rows: ranks nothing right
+        proba: npt.NDArray[np.floating] = exact_fn(x)[::-1].copy()
+        return proba
+
+    plan = Prefilter(n_top=100, n_sample=20)
+    exact_rng, coarse_rng = np.random.default_rng(5), np.random.default_rng(5)
+    exact = shortlist(ArraySource(vectors), rows, plan, predict_proba=exact_fn, score=scores.margin, rng=exact_rng,
+                      chunk_rows=512)
+    with caplog.at_level(logging.INFO, logger="daemon.scoring"):
+        got = shortlist(ArraySource(vectors), rows, plan, predict_proba=exact_fn, score=scores.margin,
+                        rng=coarse_rng, chunk_rows=512, coarse_proba=scrambled)
+    np.testing.assert_array_equal(got.positions, exact.positions)
+    assert coarse_rng.random() == exact_rng.random()
+    assert "scoring the pool again in float32" in caplog.text
+
+
+def test_a_top_as_deep_as_the_pool_skips_the_coarse_pass(trained: tuple[ProxyClassifier, Float32Array]) -> None:
+    classifier, vectors = trained
+    calls: list[int] = []
+
+    def coarse(x: Float32Array) -> npt.NDArray[np.float32]:
+        calls.append(len(x))
+        proba: npt.NDArray[np.float32] = classifier.predict_proba(x, dtype="float32")
+        return proba
+
+    few = vectors[:1000]
+    shortlist(ArraySource(few), np.arange(1000), Prefilter(n_top=600, n_sample=0),
+              predict_proba=partial(classifier.predict_proba, dtype="float32"), score=scores.margin,
+              rng=np.random.default_rng(0), coarse_proba=coarse)
+    assert calls == []
+
+
+def test_bfloat16_probabilities_are_close_to_float32_and_sum_to_one(
+    trained: tuple[ProxyClassifier, Float32Array],
+) -> None:
+    classifier, vectors = trained
+    exact = classifier.predict_proba(vectors, dtype="float32")
+    coarse = classifier.predict_proba(vectors, dtype="float32", head_dtype="bfloat16")
+    assert 0 < float(np.abs(coarse - exact).max()) < 0.05  # rounded, not the same arithmetic
+    np.testing.assert_allclose(coarse.sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="head_dtype"):
+        classifier.predict_proba(vectors[:2], head_dtype="float16")  # type: ignore[call-overload]
+
+
+class _Head:
+    def __init__(self, speedup: float) -> None:
+        self.speedup = speedup
+
+    def predict_proba(self, X: Float32Array, *, dtype: str, head_dtype: str) -> Float32Array:
+        return X
+
+    def bfloat16_speedup(self) -> float:
+        return self.speedup
+
+
+@pytest.mark.parametrize(
+    ("mode", "speedup", "n", "used"),
+    [
+        ("auto", 4.0, COARSE_MIN_ROWS, True),
+        ("auto", 1.2, COARSE_MIN_ROWS, False),  # emulated bfloat16: slower or barely faster
+        ("auto", 4.0, COARSE_MIN_ROWS - 1, False),  # a small pool: float32 is fast enough
+        ("bfloat16", 0.5, COARSE_MIN_ROWS, True),
+        ("off", 4.0, 10 * COARSE_MIN_ROWS, False),
+    ],
+)
+def test_coarse_proba_for_follows_the_setting(mode: str, speedup: float, n: int, used: bool) -> None:
+    got = coarse_proba_for(_Head(speedup), n, mode)  # type: ignore[arg-type]
+    assert (got is not None) == used
+    if got is not None:
+        assert got.keywords == {"dtype": "float32", "head_dtype": "bfloat16"}  # type: ignore[attr-defined]
+
+
+def test_the_measured_speedup_is_a_positive_number(trained: tuple[ProxyClassifier, Float32Array]) -> None:
+    classifier, _ = trained
+    assert classifier.bfloat16_speedup() > 0
+    assert classifier.bfloat16_speedup() == classifier.bfloat16_speedup()  # measured once, then cached
+
+
+def test_a_score_that_fails_on_a_later_chunk_fails_the_pass(trained: tuple[ProxyClassifier, Float32Array]) -> None:
+    classifier, vectors = trained
+    calls: list[int] = []
+
+    def flaky(proba: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:  # runs on the scoring thread
+        calls.append(len(proba))
+        if len(calls) == 3:
+            raise ValueError("proba contains NaN or inf")
+        return scores.margin(proba)
+
+    with pytest.raises(ValueError, match="NaN"):
+        shortlist(ArraySource(vectors), np.arange(len(vectors)), Prefilter(n_top=10, n_sample=0),
+                  predict_proba=partial(classifier.predict_proba, dtype="float32"), score=flaky,
+                  rng=np.random.default_rng(0), chunk_rows=1000)
