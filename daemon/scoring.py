@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from daemon._coarse import COARSE_MIN_ROWS, COARSE_MIN_SPEEDUP, coarse_top_size, rules_out_the_rest
 from strategies import Prefilter
 
 __all__ = [
@@ -56,12 +57,6 @@ DEFAULT_CHUNK_ROWS = 8_192  # 12 MB of float32 at d = 384: under glibc's 32 MB m
 # and scores (margins, scarcity) need no more than float32's 1e-7 resolution to rank.
 SCORING_DTYPE: Final = "float32"
 
-COARSE_MIN_ROWS = 65_536  # below this a float32 pass takes < 50 ms: a coarse one would save nothing
-COARSE_MIN_SPEEDUP = 2.0  # "auto" uses a bfloat16 pre-filter only where it runs this much faster
-COARSE_DEPTH = 2  # the coarse pass keeps COARSE_DEPTH * n_top + COARSE_EXTRA rows for re-scoring
-COARSE_EXTRA = 2_048
-COARSE_SAFETY = 2.0  # a row left out is assumed off by at most this times the largest error seen
-_TINY = 1e-6  # float32 resolves scores in [0, 1] to ~1e-7: below this, rankings are rounding noise anyway
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -180,11 +175,6 @@ def shortlist(
     return Shortlist(unique.astype(np.intp), kept_proba[first])
 
 
-def coarse_top_size(n_top: int, n: int) -> int:
-    """Rows a coarse pass keeps for re-scoring in float32 to find the top ``n_top`` of ``n``."""
-    return min(n, COARSE_DEPTH * n_top + COARSE_EXTRA)
-
-
 def _two_stage(
     source: VectorSource,
     rows: IntArray,
@@ -211,7 +201,7 @@ def _two_stage(
     proba = _predict_rows(source, rows[positions], predict_proba, chunk_rows)
     exact = score(proba)
     keep = _best(exact, keys, plan.n_top)
-    if not _rules_out_the_rest(exact, coarse_scores, float(exact[keep].min())):
+    if not rules_out_the_rest(exact, coarse_scores, float(exact[keep].min())):
         log.info("scoring: the coarse pre-filter could not rule out rows beyond its top %s; scoring the pool "
                  "again in float32", len(positions))
         return None
@@ -220,24 +210,6 @@ def _two_stage(
     kept_proba = np.concatenate([top_proba, *sample_proba]) if sample_proba else top_proba
     unique, first = np.unique(all_positions, return_index=True)
     return Shortlist(unique.astype(np.intp), kept_proba[first])
-
-
-def _rules_out_the_rest(exact: FloatArray, coarse: FloatArray, cut: float) -> bool:
-    """Whether no row outside the re-scored ones can score ``cut`` or more in float32.
-
-    A coarse head moves every logit by a small amount, so every probability, and with it a
-    margin, a scarcity or an entropy, by a bounded *factor*: scores move by a ratio, not by an
-    absolute amount (a confident row's score of 1e-4 moves by ~1e-6, an uncertain row's 0.9 by
-    ~1e-2). The largest log-ratio seen on the re-scored rows, times :data:`COARSE_SAFETY`, bounds
-    how far any row's score may have moved; a row left out scored at most ``min(coarse)``.
-    Scores below float32's resolution (``_TINY``) are not compared by ratio.
-    """
-    measurable = np.minimum(exact, coarse) > _TINY
-    if not measurable.any():
-        return False
-    worst = float(np.max(np.abs(np.log(coarse[measurable]) - np.log(exact[measurable]))))
-    bound = float(coarse.min()) * float(np.exp(COARSE_SAFETY * worst)) + _TINY
-    return cut > bound
 
 
 def _scored_chunks(

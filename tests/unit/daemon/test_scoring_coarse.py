@@ -9,7 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from daemon.scoring import COARSE_MIN_ROWS, coarse_proba_for, coarse_top_size, shortlist
+from daemon._coarse import COARSE_MIN_ROWS, coarse_top_size, rules_out_the_rest
+from daemon.scoring import coarse_proba_for, shortlist
 from models.classifier import ProxyClassifier
 from strategies import Prefilter, prefilter_scores, scores
 from tests.doubles import ArraySource
@@ -163,3 +164,15 @@ def test_a_score_that_fails_on_a_later_chunk_fails_the_pass(trained: tuple[Proxy
         shortlist(ArraySource(vectors), np.arange(len(vectors)), Prefilter(n_top=10, n_sample=0),
                   predict_proba=partial(classifier.predict_proba, dtype="float32"), score=flaky,
                   rng=np.random.default_rng(0), chunk_rows=1000)
+
+
+def test_rows_left_out_are_bounded_by_the_largest_ratio_seen() -> None:
+    exact = np.array([0.9, 0.5, 0.2, 0.1])
+    same = exact.copy()
+    assert rules_out_the_rest(exact, same, cut=0.11)  # nothing moved: anything above the floor is safe
+    assert not rules_out_the_rest(exact, same, cut=0.1)
+    off = exact * np.array([1.0, 1.1, 1.0, 1.0])  # one row moved by 10%: others may have moved 21% (x2 margin)
+    assert not rules_out_the_rest(exact, off, cut=0.12)
+    assert rules_out_the_rest(exact, off, cut=0.122)
+    tiny = np.full(4, 1e-8)  # below float32's resolution nothing can be ruled out
+    assert not rules_out_the_rest(tiny, tiny, cut=1e-8)
