@@ -5,14 +5,17 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["COARSE_MIN_ROWS", "COARSE_MIN_SPEEDUP", "coarse_top_size", "rules_out_the_rest"]
+__all__ = ["COARSE_MIN_ROWS", "COARSE_MIN_SPEEDUP", "INTERCHANGEABLE", "coarse_top_size", "rules_out_the_rest"]
 
 COARSE_MIN_ROWS = 65_536  # below this a float32 pass takes < 50 ms: a coarse one would save nothing
 COARSE_MIN_SPEEDUP = 2.0  # "auto" uses a bfloat16 pre-filter only where it runs this much faster
 COARSE_DEPTH = 2  # the coarse pass keeps COARSE_DEPTH * n_top + COARSE_EXTRA rows for re-scoring
 COARSE_EXTRA = 2_048
 COARSE_SAFETY = 2.0  # a row left out is assumed off by at most this times the largest error seen
-_TINY = 1e-6  # float32 resolves scores in [0, 1] to ~1e-7: below this, rankings are rounding noise anyway
+_TINY = 1e-6  # float32 resolves scores in [0, 1] to ~1e-7: below this, ratios are rounding noise
+# Rows scoring below this are ones the model is 99.999% sure of: when the cut falls among them, which
+# of them fill the last places is not worth a second pass (their float32 order is near its resolution)
+INTERCHANGEABLE = 1e-5
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -23,18 +26,20 @@ def coarse_top_size(n_top: int, n: int) -> int:
 
 
 def rules_out_the_rest(exact: FloatArray, coarse: FloatArray, cut: float) -> bool:
-    """Whether no row outside the re-scored ones can score ``cut`` or more in float32.
+    """Whether no row outside the re-scored ones can score ``cut`` or more in float32, or above ``INTERCHANGEABLE``.
 
     A coarse head moves every logit by a small amount, so every probability, and with it a
     margin, a scarcity or an entropy, by a bounded *factor*: scores move by a ratio, not by an
     absolute amount (a confident row's score of 1e-4 moves by ~1e-6, an uncertain row's 0.9 by
     ~1e-2). The largest log-ratio seen on the re-scored rows, times :data:`COARSE_SAFETY`, bounds
     how far any row's score may have moved; a row left out scored at most ``min(coarse)``.
-    Scores below float32's resolution (``_TINY``) are not compared by ratio.
+    Scores below float32's resolution (``_TINY``) are not compared by ratio. When every row left
+    out scores at most :data:`INTERCHANGEABLE`, so does the cut (or it would be above the bound),
+    and the rows kept differ from float32's only among such near-certain rows.
     """
     measurable = np.minimum(exact, coarse) > _TINY
     if not measurable.any():
         return False
     worst = float(np.max(np.abs(np.log(coarse[measurable]) - np.log(exact[measurable]))))
     bound = float(coarse.min()) * float(np.exp(COARSE_SAFETY * worst)) + _TINY
-    return cut > bound
+    return cut > bound or bound <= INTERCHANGEABLE

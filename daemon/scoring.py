@@ -13,7 +13,8 @@ Selection runs in two stages so that memory and pairwise work do not grow with t
     (:func:`coarse_top_size`); those rows alone are then re-read, re-scored in float32 and
     cut to ``plan.n_top``. The result is the float32 shortlist unless a row outside the
     deeper top could have beaten it, judged by the largest coarse error seen on the
-    re-scored rows; then the pass is repeated in float32 (logged).
+    re-scored rows; then the pass is repeated in float32 (logged). Rows the model is
+    99.999% sure of (scores <= 1e-5) count as interchangeable (:mod:`daemon._coarse`).
 (b) the caller gathers the shortlisted vectors, builds a :class:`strategies.PoolView` on them
     and calls :func:`strategies.select_batch`; see :mod:`strategies.streaming` for why the batch
     has the distribution it would have on the whole pool.

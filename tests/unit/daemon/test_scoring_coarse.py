@@ -174,5 +174,11 @@ def test_rows_left_out_are_bounded_by_the_largest_ratio_seen() -> None:
     off = exact * np.array([1.0, 1.1, 1.0, 1.0])  # one row moved by 10%: others may have moved 21% (x2 margin)
     assert not rules_out_the_rest(exact, off, cut=0.12)
     assert rules_out_the_rest(exact, off, cut=0.122)
-    tiny = np.full(4, 1e-8)  # below float32's resolution nothing can be ruled out
+    tiny = np.full(4, 1e-8)  # below float32's resolution no ratio can be measured: nothing is ruled out
     assert not rules_out_the_rest(tiny, tiny, cut=1e-8)
+
+
+def test_a_cut_among_near_certain_rows_needs_no_second_pass() -> None:
+    exact = np.array([0.4, 0.2, 3e-6, 2e-6])  # the cut falls among rows the model is 99.999% sure of
+    assert rules_out_the_rest(exact, exact * 1.05, cut=2.5e-6)  # rows left out score <= ~2.3e-6
+    assert not rules_out_the_rest(exact * 10, exact * 10.5, cut=2e-5)  # 10x higher: they are not
