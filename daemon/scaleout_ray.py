@@ -60,13 +60,22 @@ def connect(settings: ScaleoutSettings) -> Any:
     """Return the ``ray`` module, connected: reuse a live connection, else ``ray.init`` one.
 
     ``ray_address`` ``None`` starts a private local instance (``local_num_cpus`` CPUs);
-    ``"auto"`` joins the cluster ``ray start`` began on this machine; ``"ray://host:10001"``
-    connects through Ray Client.
+    ``"auto"`` joins the cluster ``ray start`` made this machine a node of; ``"host:port"``
+    joins the cluster whose head (GCS) listens there, and this machine must be one of its nodes.
+    A ``"ray://"`` (Ray Client) address is refused: Ray Data jobs need a driver with a local
+    raylet, which Ray Client does not give (ray-project/ray#42739).
 
     Raises:
-        ConfigError: ``ray`` is not installed (the message says ``pip install 'labelloop[ray]'``).
+        ConfigError: ``ray`` is not installed (the message says ``pip install 'labelloop[ray]'``),
+            or ``ray_address`` is a ``ray://`` address.
         EmbedderUnavailable: the cluster cannot be reached.
     """
+    if (settings.ray_address or "").startswith("ray://"):
+        raise ConfigError(
+            f"scaleout.ray_address = {settings.ray_address!r} connects through Ray Client, which cannot run "
+            "Ray Data jobs; make this machine a node of the cluster (ray start --address=<head>:6379) "
+            "and set scaleout.ray_address = 'auto'"
+        )
     try:
         import ray
         import ray.data
@@ -140,7 +149,7 @@ def embed_missing_ray(
         ``(n,)`` cache rows in the order of ``texts``; ``-1`` only when stopped early.
 
     Raises:
-        ConfigError: ``ray`` is not installed.
+        ConfigError: ``ray`` is not installed, or ``ray_address`` is a Ray Client (``ray://``) address.
         ValueError: the encoder does not match the cache, or ``store_chunk_rows`` < 1.
         EmbedderUnavailable: the cluster is unreachable or the job failed (what was appended stays).
     """
@@ -241,7 +250,7 @@ def embed_pool_ray(ctx: LoopContext) -> int:
     midway re-reads them next time and sends only the texts the cache still lacks.
 
     Raises:
-        ConfigError: ``ray`` is not installed.
+        ConfigError: ``ray`` is not installed, or ``ray_address`` is a Ray Client (``ray://``) address.
         EmbedderUnavailable: the cluster is unreachable or a job failed.
     """
     settings, done = ctx.settings.scaleout, 0
@@ -311,7 +320,7 @@ def shortlist_ray(
 
     Raises:
         ValueError: as :func:`daemon.scoring.shortlist`.
-        ConfigError: ``ray`` is not installed.
+        ConfigError: ``ray`` is not installed, or ``ray_address`` is a Ray Client (``ray://``) address.
         ModelError: the cluster is unreachable or the scoring job failed.
     """
     n = len(rows)

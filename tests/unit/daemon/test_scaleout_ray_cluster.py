@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from daemon.errors import ConfigError
 from daemon.scaleout_ray import connect, embed_missing_ray, shortlist_ray, vector_mode
 from daemon.scoring import SCORING_DTYPE, shortlist
 from daemon.settings import ScaleoutSettings
@@ -167,6 +168,20 @@ def joined(cluster: TwoNodes) -> None:
     assert ray.is_initialized()
     assert ray.get_runtime_context().gcs_address == cluster.address
     assert {node["NodeID"] for node in ray.nodes() if node["Alive"]} == cluster.node_ids
+
+
+def test_a_ray_client_address_is_refused_before_connecting(tmp_path: Path) -> None:
+    """Refuse ``ray://``: over Ray Client every Ray Data job fails.
+
+    Seen on this module's cluster with a Ray Client server on the head (Ray 2.60): the first
+    ``iter_batches`` raised ``AttributeError: 'Worker' object has no attribute 'core_worker'``;
+    Ray's maintainers say Ray Data does not support Ray Client (ray-project/ray#42739).
+    """
+    client = CLUSTER_SETTINGS.model_copy(update={"ray_address": "ray://head:10001"})
+    with pytest.raises(ConfigError, match=r"Ray Client.*ray start --address=<head>:6379.*'auto'"):
+        connect(client)
+    with new_cache(tmp_path, HashingEmbedder(16)) as cache, pytest.raises(ConfigError, match="Ray Client"):
+        embed_missing_ray(functools.partial(HashingEmbedder, 16), cache, ["a text"], settings=client)
 
 
 def test_connect_joins_the_cluster_by_address_and_uses_the_object_store(two_nodes: TwoNodes) -> None:
