@@ -3,27 +3,25 @@
 The Hugging Face model is wrapped with the mean pooling and L2 normalisation of
 :class:`models.embedder.TransformerEmbedder`, exported to ONNX with dynamic batch and sequence axes,
 passed through ONNX Runtime's BERT fusions (attention, embedding and skip layer norms, bias GELU)
-and, for ``precision="int8"``, dynamically quantised. The file is written once per model revision,
-precision and tool versions under ``cache_dir`` and reused; every later start only loads it.
+and, for ``precision="int8"``, dynamically quantised (:mod:`models._onnx_export`). The file is
+written once per model revision, precision and tool versions under ``cache_dir`` and reused; every
+later start only loads it.
 
-Exporter: the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) on the model loaded
-with eager attention. It needs nothing beyond torch, takes about a second, and produces the
-attention pattern ORT's BERT optimizer fuses; the torch.export-based exporter (torch's default
-since 2.9) needs ``onnxscript``, takes several seconds, and its graph does not fuse to ORT's
-``Attention`` op.
+Short texts in int8: dynamic quantisation scales each activation tensor (the whole batch) by its
+extreme values, and a text of a few tokens has no long mean to average the rounding out, so its
+vector strays furthest from fp32 (min cosine 0.967-0.986 at 2-9 tokens, dips below 0.99 up to 30).
+They are also the cheapest texts to encode. So in int8, texts of at most ``fp32_max_tokens`` tokens
+run through the fp32 export instead, which is opened (and exported, with the fp32 embedder's file
+name and key) the first time such a text comes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
-import sys
-import tempfile
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,24 +29,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoTokenizer
 
+from models import _onnx_export
 from models._batching import CPU_TOKEN_BUDGET, check_texts, encode_in_length_order
 from models._lazy import LazyLoad
+from models._onnx_export import KEY_PROP, OPSET, RECIPE, import_onnx
 from models._types import Float32Array
 from models.embedder import TransformerEmbedder
 from models.errors import EmbedderUnavailable
 
-__all__ = ["PRECISIONS", "OnnxEmbedder", "default_onnx_cache_dir"]
+__all__ = ["FP32_MAX_TOKENS", "PRECISIONS", "OnnxEmbedder", "default_onnx_cache_dir"]
 
 PRECISIONS = ("fp32", "int8")
-_RECIPE = "v1-eager-bertfuse-int8pc-xffn2"  # bump when the export or quantisation recipe changes
-_OPSET = 17
-_KEY_PROP = "labelloop_key"
-# The FFN's second dense layer (3072 -> hidden) stays fp32 in int8: its GELU inputs have outliers that
-# per-tensor activation quantisation handles badly (min cosine to fp32 0.987 quantised, 0.995 left out).
-_FFN_OUT = re.compile(r"layer\.\d+/output/dense/MatMul$")
-_INSTALL_HINT = "install the ONNX extra: pip install 'labelloop[onnx]'"
+# In int8, texts of at most this many tokens ([CLS] and [SEP] included) run in fp32. Measured with every
+# text in int8 on the four shared data sets plus 3,000 1-3-word strings (35,736 texts, encoded as one
+# call): min cosine to torch fp32 0.967-0.986 at 2-9 tokens, 0.986-0.990 at 10-15, dips to 0.988-0.990
+# up to 30, then >= 0.9925 at 33-64 tokens and >= 0.9946 above. The price: texts this short lose int8's
+# speed-up (about 20-30% on one or two threads on Banking77); longer texts keep it.
+FP32_MAX_TOKENS = 32
+_export = _onnx_export.export  # a module attribute, so tests can count exports
 
 
 def default_onnx_cache_dir() -> Path:
@@ -57,11 +57,27 @@ def default_onnx_cache_dir() -> Path:
     return Path(root) / "labelloop" / "onnx"
 
 
+class _SessionOnFirstUse(LazyLoad[Any]):
+    """An ONNX Runtime session opened by ``open_session()`` when first asked for, once across threads."""
+
+    def __init__(self, open_session: Callable[[], Any]) -> None:
+        self.open_session = open_session
+        self._init_lazy()
+
+    def get(self) -> Any:
+        return self._load()
+
+    def _load_unlocked(self) -> Any:
+        return self.open_session()
+
+
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     tokenizer: Any
-    session: Any  # onnxruntime.InferenceSession
+    session: Any  # onnxruntime.InferenceSession for the embedder's precision
     pad_id: int
+    short_session: _SessionOnFirstUse | None = None  # int8 only: fp32, for rows of <= short_max_tokens
+    short_max_tokens: int = 0
 
 
 class OnnxEmbedder(LazyLoad["_Loaded"]):
@@ -70,8 +86,10 @@ class OnnxEmbedder(LazyLoad["_Loaded"]):
     Identity: ``model_id`` is the torch embedder's. In ``"fp32"`` the ``revision`` is the torch
     embedder's too, so both share one embedding cache: the export computes the same function with
     the same weights (min cosine to torch fp32 >= 0.9999 in the tests, 0.999999 on the benchmark
-    texts), exactly as bf16 does today. ``"int8"`` vectors are different vectors (min cosine about
-    0.995), so its revision is ``<torch revision>+onnx-int8-<recipe>`` and it gets its own cache.
+    texts), exactly as bf16 does today. ``"int8"`` vectors are different vectors (min cosine to torch
+    fp32 0.9925 on the shared data sets, mean 0.998 on long texts), so its revision is
+    ``<torch revision>+onnx-int8-<recipe>`` plus ``-fp32le<n>`` when texts of up to ``n`` tokens run
+    in fp32, and it gets its own cache.
 
     Args:
         model_path: local model folder or hub id; ``None`` means the bundled all-MiniLM-L6-v2.
@@ -81,6 +99,9 @@ class OnnxEmbedder(LazyLoad["_Loaded"]):
         batch_size: rows a batch needs before it may close at a length change (as the torch path).
         max_length: tokens kept per text (longer texts are truncated).
         threads: ONNX Runtime intra-op threads; ``None`` means ``torch.get_num_threads()``.
+        fp32_max_tokens: in ``"int8"``, texts of at most this many tokens ([CLS] and [SEP]
+            included, >= 0) run through the fp32 export instead; 0 runs every text in int8.
+            Ignored in ``"fp32"``.
     """
 
     def __init__(
@@ -92,6 +113,7 @@ class OnnxEmbedder(LazyLoad["_Loaded"]):
         batch_size: int = 64,
         max_length: int = 256,
         threads: int | None = None,
+        fp32_max_tokens: int = FP32_MAX_TOKENS,
     ) -> None:
         self.model_path = model_path
         self.cache_dir = cache_dir
@@ -99,6 +121,7 @@ class OnnxEmbedder(LazyLoad["_Loaded"]):
         self.batch_size = batch_size
         self.max_length = max_length
         self.threads = threads
+        self.fp32_max_tokens = fp32_max_tokens
         self._files = TransformerEmbedder(model_path)  # model_id, revision and dim, read from files
         self._init_lazy()
 
@@ -115,7 +138,10 @@ class OnnxEmbedder(LazyLoad["_Loaded"]):
             EmbedderUnavailable: the model folder cannot be found.
         """
         base = self._files.revision
-        return base if self.precision == "fp32" else f"{base}+onnx-{self.precision}-{_RECIPE}"
+        if self.precision == "fp32":
+            return base
+        routed = f"-fp32le{self.fp32_max_tokens}" if self.fp32_max_tokens > 0 else ""
+        return f"{base}+onnx-{self.precision}-{RECIPE}{routed}"
 
     @property
     def dim(self) -> int:
@@ -133,7 +159,7 @@ class OnnxEmbedder(LazyLoad["_Loaded"]):
         Raises:
             EmbedderUnavailable: onnxruntime or onnx is missing, or the model folder is.
         """
-        return self._cache_root() / f"{_slug(self.model_id)}-{self.precision}-{self._export_key()[:16]}.onnx"
+        return self._onnx_path(self.precision)
 
     def encode(self, texts: Sequence[str]) -> Float32Array:
         """Embed ``texts`` in the caller's order, exporting the model first if no valid file is cached.
@@ -167,36 +193,55 @@ class OnnxEmbedder(LazyLoad["_Loaded"]):
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
+        if self.fp32_max_tokens < 0:
+            raise ValueError(f"fp32_max_tokens must be >= 0, got {self.fp32_max_tokens}")
 
     def _cache_root(self) -> Path:
         return default_onnx_cache_dir() if self.cache_dir is None else Path(self.cache_dir)
 
-    def _export_key(self) -> str:
+    def _onnx_path(self, precision: str) -> Path:
+        return self._cache_root() / f"{_slug(self.model_id)}-{precision}-{self._export_key(precision)[:16]}.onnx"
+
+    def _export_key(self, precision: str) -> str:
         """Hash of everything the exported file depends on; stored in the file and checked on load."""
-        ort, onnx = _import_onnx()
+        ort, onnx = import_onnx()
         parts = {
-            "model_id": self.model_id, "revision": self._files.revision, "precision": self.precision,
-            "recipe": _RECIPE, "opset": _OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
+            "model_id": self.model_id, "revision": self._files.revision, "precision": precision,
+            "recipe": RECIPE, "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": ort.__version__,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
     def _load_unlocked(self) -> _Loaded:
-        ort, _ = _import_onnx()
+        session = self._session(self.precision)
         source = self._files._resolve()
-        key, path = self._export_key(), self.onnx_path
-        session = _open_session(ort, path, key, self._threads())
-        if session is None:  # missing, unreadable, or made for something else: export afresh
-            _export(source, path, key=key, precision=self.precision)
-            session = _open_session(ort, path, key, self._threads())
-            if session is None:
-                raise EmbedderUnavailable(f"the ONNX file just exported to {path} does not load")
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(source))
         except (OSError, ValueError, KeyError) as e:
             raise EmbedderUnavailable(f"cannot load the tokenizer from {source}: {e}") from e
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return _Loaded(tokenizer=tokenizer, session=session, pad_id=int(pad_id))
+        short_session = None
+        if self.precision == "int8" and self.fp32_max_tokens > 0:
+            short_session = _SessionOnFirstUse(partial(self._session, "fp32"))
+        return _Loaded(tokenizer=tokenizer, session=session, pad_id=int(pad_id),
+                       short_session=short_session, short_max_tokens=self.fp32_max_tokens)
+
+    def _session(self, precision: str) -> Any:
+        """Open the cached file for ``precision``, exporting it first if it is missing or stale.
+
+        Raises:
+            EmbedderUnavailable: onnxruntime is missing, or the model cannot be exported or loaded.
+        """
+        ort, _ = import_onnx()
+        source = self._files._resolve()
+        key, path = self._export_key(precision), self._onnx_path(precision)
+        session = _open_session(ort, path, key, self._threads())
+        if session is None:  # missing, unreadable, or made for something else: export afresh
+            _export(source, path, key=key, precision=precision)
+            session = _open_session(ort, path, key, self._threads())
+            if session is None:
+                raise EmbedderUnavailable(f"the ONNX file just exported to {path} does not load")
+        return session
 
     def _threads(self) -> int:
         return self.threads if self.threads is not None else torch.get_num_threads()
@@ -214,7 +259,7 @@ def _open_session(ort: Any, path: Path, key: str, threads: int) -> Any | None:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except _load_errors(ort):
         return None
-    if session.get_modelmeta().custom_metadata_map.get(_KEY_PROP) != key:
+    if session.get_modelmeta().custom_metadata_map.get(KEY_PROP) != key:
         return None
     return session
 
@@ -228,120 +273,33 @@ def _load_errors(ort: Any) -> tuple[type[Exception], ...]:
 
 
 def _run(loaded: _Loaded, token_ids: list[list[int]]) -> Float32Array:
+    """Run one batch, its rows of at most ``short_max_tokens`` tokens on the fp32 session if any: ``(b, dim)``."""
+    lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.intp, count=len(token_ids))
+    is_short = lengths <= loaded.short_max_tokens
+    if loaded.short_session is None or not is_short.any():
+        return _run_session(loaded.session, token_ids, pad_id=loaded.pad_id)
+    if is_short.all():
+        return _run_session(loaded.short_session.get(), token_ids, pad_id=loaded.pad_id)
+    short_rows, long_rows = np.flatnonzero(is_short), np.flatnonzero(~is_short)
+    short = _run_session(loaded.short_session.get(), [token_ids[p] for p in short_rows], pad_id=loaded.pad_id)
+    long = _run_session(loaded.session, [token_ids[p] for p in long_rows], pad_id=loaded.pad_id)
+    out: Float32Array = np.empty((len(token_ids), short.shape[1]), dtype=np.float32)
+    out[short_rows], out[long_rows] = short, long
+    return out
+
+
+def _run_session(session: Any, token_ids: list[list[int]], *, pad_id: int) -> Float32Array:
     """Pad one batch, run the graph (pooling and normalisation included): ``(b, dim)``."""
     width = max(len(ids) for ids in token_ids)
-    ids = np.full((len(token_ids), width), loaded.pad_id, dtype=np.int64)
+    ids = np.full((len(token_ids), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(token_ids), width), dtype=np.int64)
     for row, row_ids in enumerate(token_ids):
         ids[row, : len(row_ids)] = row_ids
         mask[row, : len(row_ids)] = 1
-    (vectors,) = loaded.session.run(None, {"input_ids": ids, "attention_mask": mask})
+    (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
     result: Float32Array = np.asarray(vectors, dtype=np.float32)
     return result
 
 
-def _import_onnx() -> tuple[Any, Any]:
-    """Import onnxruntime and onnx, or say how to install them.
-
-    Raises:
-        EmbedderUnavailable: either package is missing.
-    """
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as e:
-        raise EmbedderUnavailable(f"the ONNX backend needs onnxruntime and onnx ({e}): {_INSTALL_HINT}") from e
-    return onnxruntime, onnx
-
-
 def _slug(model_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", model_id).strip("-._")[-40:].lstrip("-._") or "model"
-
-
-
-class _Pooled(torch.nn.Module):
-    """The encoder plus mean pooling over real tokens and L2 normalisation, as ``TransformerEmbedder``."""
-
-    def __init__(self, encoder: torch.nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        summed = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(summed, dim=1)
-
-
-def _export(source: Path, path: Path, *, key: str, precision: str) -> None:
-    """Export, fuse, maybe quantise, tag with ``key``; publish at ``path`` atomically (tmp + rename).
-
-    Raises:
-        EmbedderUnavailable: the model cannot be loaded, exported, optimised or quantised.
-    """
-    _, onnx = _import_onnx()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as work_dir:
-        work = Path(work_dir)
-        try:
-            _export_fp32(source, work / "raw.onnx")
-            _fuse(source, work / "raw.onnx", work / "fused.onnx")
-            final = work / "fused.onnx"
-            if precision == "int8":
-                _quantize(work / "fused.onnx", work / "int8.onnx")
-                final = work / "int8.onnx"
-            model = onnx.load(str(final))
-            onnx.helper.set_model_props(model, {_KEY_PROP: key})
-            onnx.save(model, str(work / "tagged.onnx"))
-        except (RuntimeError, ValueError, TypeError, KeyError, OSError) as e:
-            raise EmbedderUnavailable(f"cannot export the model in {source} to ONNX ({precision}): {e}") from e
-        os.replace(work / "tagged.onnx", path)
-
-
-def _export_fp32(source: Path, target: Path) -> None:
-    encoder = AutoModel.from_pretrained(str(source), attn_implementation="eager").eval()
-    ids = torch.ones((2, 8), dtype=torch.long)
-    axes = {0: "batch", 1: "tokens"}
-    with warnings.catch_warnings(), torch.no_grad():
-        # the TorchScript exporter's own deprecation notice and tracer warnings about constant shapes
-        # that are constant for an encoder (padding of an already full-length mask, is_causal)
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _Pooled(encoder), (ids, torch.ones_like(ids)), str(target),
-            input_names=["input_ids", "attention_mask"], output_names=["vectors"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "vectors": {0: "batch"}},
-            opset_version=_OPSET, dynamo=False,
-        )
-
-
-def _fuse(source: Path, raw: Path, target: Path) -> None:
-    """ORT's offline BERT fusions; the session adds its own graph optimisations at load."""
-    from onnxruntime.transformers import optimizer
-
-    _quiet_fusion_loggers()
-    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    heads, hidden = int(config.get("num_attention_heads", 0)), int(config.get("hidden_size", 0))
-    fused = optimizer.optimize_model(str(raw), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=0)
-    fused.save_model_to_file(str(target))
-
-
-def _quiet_fusion_loggers() -> None:
-    """Keep ORT's fusion passes (top-level modules ``onnx_model``, ``fusion_*``, each logging at INFO
-    under its own name) out of the daemon's log, which otherwise gets a dozen lines per export."""
-    for name, logger in list(logging.root.manager.loggerDict.items()):
-        origin = str(getattr(sys.modules.get(name), "__file__", "") or "")
-        if isinstance(logger, logging.Logger) and f"onnxruntime{os.sep}transformers" in origin:
-            logger.setLevel(logging.WARNING)
-
-
-def _quantize(fused: Path, target: Path) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    graph = onnx.load(str(fused), load_external_data=False).graph
-    excluded = [node.name for node in graph.node if node.op_type == "MatMul" and _FFN_OUT.search(node.name)]
-    quantize_dynamic(
-        str(fused), str(target), weight_type=QuantType.QInt8, per_channel=True,
-        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=excluded,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},  # types of fused-op outputs
-    )

@@ -106,8 +106,8 @@ def test_int8_stays_close_to_fp32(int8: OnnxEmbedder, reference: Float32Array) -
     cosines = _cosines(int8.encode(REAL), reference[: len(REAL)])
     assert cosines.min() >= 0.99
     assert cosines.mean() >= 0.995
-    degenerate = _cosines(int8.encode(["", "Hi"]), reference[len(REAL) :])  # 2-3 tokens: quantisation shows most
-    assert degenerate.min() >= 0.97
+    degenerate = _cosines(int8.encode(["", "Hi"]), reference[len(REAL) :])  # 2-3 tokens: they run in fp32
+    assert degenerate.min() >= 0.99
 
 
 def test_fp32_shares_the_torch_cache_and_int8_does_not(fp32: OnnxEmbedder, int8: OnnxEmbedder) -> None:
@@ -175,7 +175,9 @@ def test_a_failed_export_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
-@pytest.mark.parametrize("bad", [{"precision": "bf16"}, {"batch_size": 0}, {"max_length": 1}, {"threads": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"precision": "bf16"}, {"batch_size": 0}, {"max_length": 1}, {"threads": 0}, {"fp32_max_tokens": -1}]
+)
 def test_bad_parameters_are_refused_at_use(tmp_path: Path, bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         OnnxEmbedder(cache_dir=tmp_path, **bad).encode(["hello"])
