@@ -7,13 +7,16 @@ Both encoders load the bundled all-MiniLM-L6-v2 (``models.embedder.default_model
 this one process with the same ``torch.set_num_threads``, and see the same texts:
 
 * *short*: Banking77 queries (``/work/shared/data/banking77/data.csv``, ~15 tokens each);
-* *long*: AG News articles joined four at a time (~200 tokens each, under the 256-token limit).
+* *long*: AG News articles joined four at a time (~200 tokens each, under the 256-token limit);
+* *tiny*: texts of at most five words from SMS Spam, TREC-6 and Banking77, in a seeded random
+  order (~8 tokens each): where int8 quantisation strays furthest from fp32.
 
 Variants: ours in fp32, bf16 and ``"auto"`` (bf16 where the CPU computes it natively, else fp32);
 ours on ONNX Runtime in fp32 and int8 (``models.onnx_embedder``, ``intra_op_num_threads`` = the same
-threads; exported once to ``bench/out/onnx``, the export is not timed); and sentence-transformers in
-fp32 (the reference) and bf16 (its model cast with ``.to(bfloat16)``), with its default
-``batch_size=32``. Each repeat runs every variant once, in alternation, after one untimed warm-up
+threads; exported once to ``bench/out/onnx``, the export is not timed), int8 as shipped (texts of at
+most ``FP32_MAX_TOKENS`` tokens run in fp32) and with every text in int8 ("no fp32 route"); and
+sentence-transformers in fp32 (the reference) and bf16 (its model cast with ``.to(bfloat16)``), with
+its default ``batch_size=32``. Each repeat runs every variant once, in alternation, after one untimed warm-up
 each; a variant's figure is its best repeat (the least disturbed by other jobs on the machine). The
 1-, 5- and 15-minute load averages are printed with the results, since other jobs share these
 cores. Cosines are per text, to sentence-transformers fp32 and to our torch fp32 (min and mean).
@@ -37,7 +40,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from models.embedder import TransformerEmbedder, default_model_path, resolve_dtype
-from models.onnx_embedder import OnnxEmbedder
+from models.onnx_embedder import FP32_MAX_TOKENS, OnnxEmbedder
 
 DATA = Path("/work/shared/data")
 OUT = Path(__file__).resolve().parent / "out" / "encode.json"
@@ -53,7 +56,10 @@ def text_sets(n: int) -> dict[str, list[str]]:
     short = read_texts(DATA / "banking77" / "data.csv")[:n]
     news = read_texts(DATA / "ag_news" / "data.csv")
     long = [" ".join(news[i : i + 4]) for i in range(0, 4 * n, 4)]
-    return {"short": short, "long": long[:n]}
+    few_words = [text for name in ("sms_spam", "trec6", "banking77") for text in read_texts(DATA / name / "data.csv")
+                 if len(text.split()) <= 5]
+    tiny = [few_words[p] for p in np.random.default_rng(0).permutation(len(few_words))[:n]]
+    return {"short": short, "long": long[:n], "tiny": tiny}
 
 
 def ours(dtype: str) -> Callable[[Sequence[str]], Vectors]:
@@ -61,8 +67,11 @@ def ours(dtype: str) -> Callable[[Sequence[str]], Vectors]:
     return embedder.encode
 
 
-def ours_onnx(precision: str, threads: int) -> Callable[[Sequence[str]], Vectors]:
-    embedder = OnnxEmbedder(cache_dir=OUT.parent / "onnx", precision=precision, threads=threads)
+def ours_onnx(
+    precision: str, threads: int, *, fp32_max_tokens: int = FP32_MAX_TOKENS
+) -> Callable[[Sequence[str]], Vectors]:
+    embedder = OnnxEmbedder(cache_dir=OUT.parent / "onnx", precision=precision, threads=threads,
+                            fp32_max_tokens=fp32_max_tokens)
     return embedder.encode
 
 
@@ -104,6 +113,7 @@ def main() -> None:
         f"labelloop auto (= {str(auto).removeprefix('torch.')})": ours("auto"),
         "labelloop onnx fp32": ours_onnx("fp32", args.threads),
         "labelloop onnx int8": ours_onnx("int8", args.threads),
+        "labelloop onnx int8, no fp32 route": ours_onnx("int8", args.threads, fp32_max_tokens=0),
     }
     results: list[dict[str, object]] = []
     load_before = os.getloadavg()
