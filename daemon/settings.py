@@ -117,7 +117,9 @@ class ScaleoutSettings(_Section):
     """Where embedding backfill and pool scoring run; the daemon and its store stay the coordinator."""
 
     backend: Literal["local", "ray"] = "local"  # "ray" needs: pip install 'labelloop[ray]'
-    ray_address: str | None = None  # None = a private local instance; "auto"; "ray://host:10001"
+    # None = a private local instance; "auto" or "head:6379" = the cluster this machine is a node of
+    # (`ray start --address=head:6379`); Ray Client ("ray://") cannot run Ray Data jobs and is refused
+    ray_address: str | None = None
     local_num_cpus: int | None = Field(default=None, gt=0)  # the private instance's CPUs; None = all
     actors: int | None = Field(default=None, gt=0)  # per job; None = one per GPU share, else one per CPU
     gpus_per_actor: float = Field(default=1.0, gt=0)  # requested only when the cluster reports GPUs
@@ -125,6 +127,16 @@ class ScaleoutSettings(_Section):
     embed_job_rows: int = Field(default=100_000, gt=0)  # pool items per Ray embedding job
     score_chunk_rows: int = Field(default=65_536, gt=0)  # candidates an actor scores at once
     vectors: Literal["auto", "shared_path", "object_store"] = "auto"  # how scoring workers get vectors
+
+    @model_validator(mode="after")
+    def _no_ray_client(self) -> ScaleoutSettings:
+        if (self.ray_address or "").startswith("ray://"):
+            raise ValueError(
+                f"ray_address {self.ray_address!r} is a Ray Client address, and Ray Data jobs cannot run over "
+                "Ray Client: make this machine a node of the cluster (ray start --address=<head>:6379) and set "
+                'ray_address = "auto"'
+            )
+        return self
 
 
 class PoolSettings(_Section):

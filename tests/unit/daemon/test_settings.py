@@ -49,3 +49,12 @@ def test_secret_is_masked_and_placeholders_refused(tmp_path: Path, monkeypatch: 
         load_settings(label_studio={"api_key": "changeme"}).api_key()
     with pytest.raises(ConfigError):
         load_settings().api_key()
+
+
+def test_a_ray_client_address_is_refused_when_the_settings_load(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[scaleout]\nbackend = "ray"\nray_address = "ray://head:10001"\n')
+    with pytest.raises(ConfigError, match=r"(?s)scaleout.*Ray Client.*ray start --address"):
+        load_settings(config)
+    config.write_text('[scaleout]\nbackend = "ray"\nray_address = "head:6379"\n')
+    assert load_settings(config).scaleout.ray_address == "head:6379"
