@@ -1,15 +1,17 @@
-"""The default strategy's shortlist (strategies.arms.scarce_shortlist)."""
+"""The default strategy: its shortlist (strategies.arms.scarce_shortlist) and the batch spread over it."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
 from strategies import PoolView, scores
-from strategies.arms import candidate_pool_size, scarce_shortlist
+from strategies.arms import WEIGHT_FLOOR, candidate_pool_size, scarce_diverse_arm, scarce_shortlist
 from strategies.geometry import novelty
+from strategies.select import k_center_greedy
 
 N, K, D = 1_500, 20, 12
 
@@ -62,3 +64,42 @@ def test_without_labeled_rows_entropy_stands_in_for_novelty() -> None:
     explore = scores.scarce_explore(pool.proba, pool.label_counts, n_unseen_classes=2)
     assert positions.tolist() == np.argsort(-explore)[: candidate_pool_size(K, N, n_classes=6)].tolist()
     np.testing.assert_allclose(values, explore[positions])
+
+
+def cover(pool: PoolView, weights_of: Callable[[npt.NDArray[np.float64], int], npt.NDArray[np.float64]]) -> list[int]:
+    """The weighted k-center cover of the shortlist; ``weights_of(values, n_informative)``."""
+    shortlist, values = scarce_shortlist(pool, K, rng=np.random.default_rng(0))
+    size = candidate_pool_size(K, N, n_classes=pool.label_counts.size + pool.n_unseen_classes)
+    picks = k_center_greedy(
+        pool.embeddings[shortlist],
+        K,
+        rng=np.random.default_rng(0),
+        anchors=pool.labeled_embeddings,
+        weights=weights_of(values, size),
+    )
+    return shortlist[picks].tolist()
+
+
+def by_informativeness(values: npt.NDArray[np.float64], _: int) -> npt.NDArray[np.float64]:
+    unit = (values - values.min()) / (values.max() - values.min())
+    weights: npt.NDArray[np.float64] = WEIGHT_FLOOR + (1.0 - WEIGHT_FLOOR) * unit
+    return weights
+
+
+def even_over_informative(values: npt.NDArray[np.float64], n_informative: int) -> npt.NDArray[np.float64]:
+    weights: npt.NDArray[np.float64] = np.where(np.arange(values.size) < n_informative, 1.0, WEIGHT_FLOOR)
+    return weights
+
+
+def test_while_classes_are_unseen_the_batch_covers_the_informative_rows_evenly() -> None:
+    pool = view(4)
+    picked, _ = scarce_diverse_arm(pool, K, rng=np.random.default_rng(0))
+    assert picked.tolist() == cover(pool, even_over_informative)
+    assert picked.tolist() != cover(pool, by_informativeness)  # the test has power
+
+
+def test_once_every_class_is_seen_informative_rows_weigh_more() -> None:
+    pool = view(0)
+    picked, _ = scarce_diverse_arm(pool, K, rng=np.random.default_rng(0))
+    assert picked.tolist() == cover(pool, by_informativeness)
+    assert picked.tolist() != cover(pool, even_over_informative)
