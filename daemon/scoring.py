@@ -257,8 +257,9 @@ def as_float32(vectors: npt.NDArray[np.floating]) -> Float32Array:
 class _RunningTop:
     """The ``size`` best rows seen so far by (score, random key), with their probabilities.
 
-    Once full, a chunk costs O(contenders): only its rows at or above the current floor are
-    compared, and the rows they beat are overwritten in place.
+    Once full, a chunk costs O(contenders): only its rows that beat the worst kept (score, key)
+    are compared, and the rows they beat are overwritten in place. (Comparing every row at the
+    floor instead made each row of a pool whose scores tie at 0 a contender: 0.13 s per 1M rows.)
     """
 
     def __init__(self, size: int) -> None:
@@ -279,7 +280,9 @@ class _RunningTop:
             self.scores, self.keys = merged_scores[keep], merged_keys[keep]
             self.proba = np.concatenate([self.proba, proba])[keep]
             return
-        contenders = np.flatnonzero(scores >= self.scores.min())
+        floor = self.scores.min()  # the worst kept row is (floor, floor_key): only rows beating it contend
+        floor_key = self.keys[self.scores == floor].min()
+        contenders = np.flatnonzero((scores > floor) | ((scores == floor) & (keys > floor_key)))
         if not len(contenders):
             return
         contenders = contenders[_best(scores[contenders], keys[contenders], self.size)]
