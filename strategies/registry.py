@@ -82,7 +82,9 @@ DEFAULT_STRATEGY = "scarce_margin_diverse"
    them when at most 5,000 lie outside it), ``lam = n_unseen / (C + n_unseen)``. With no
    labeled embeddings, step 2 ranks by ``(1 - lam) · base + lam · normalised entropy``
    instead and nothing is added.
-4. Weight the shortlist ``w = 0.25 + 0.75 · minmax(base)``; pick ``k`` by weighted
+4. Weight the shortlist ``w = 0.25 + 0.75 · minmax(base)`` once every class has a label;
+   while ``n_unseen > 0``, ``w = 1`` for the rows of step 2 (the model cannot rank rows of
+   a class it has never seen) and 0.25 for the novel rows of step 3. Pick ``k`` by weighted
    greedy k-center: each pick maximises ``w · distance to the nearest labeled row
    (≤ 2,000 drawn) or earlier pick``. ``Selection.scores`` are the picks' ``base``.
 """
