@@ -5,12 +5,19 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["COARSE_MIN_ROWS", "COARSE_MIN_SPEEDUP", "INTERCHANGEABLE", "coarse_top_size", "rules_out_the_rest"]
+__all__ = [
+    "COARSE_MIN_ROWS",
+    "COARSE_MIN_SPEEDUP",
+    "INTERCHANGEABLE",
+    "coarse_top_size",
+    "left_out_bound",
+    "rules_out_the_rest",
+]
 
 COARSE_MIN_ROWS = 65_536  # below this a float32 pass takes < 50 ms: a coarse one would save nothing
 COARSE_MIN_SPEEDUP = 2.0  # "auto" uses a bfloat16 pre-filter only where it runs this much faster
-COARSE_DEPTH = 2  # the coarse pass keeps COARSE_DEPTH * n_top + COARSE_EXTRA rows for re-scoring
-COARSE_EXTRA = 2_048
+COARSE_DEPTH = 8  # the coarse pass keeps COARSE_DEPTH * n_top + COARSE_EXTRA rows for re-scoring:
+COARSE_EXTRA = 8_192  # re-scoring 12k rows costs ~20 ms, and a deep floor lets flat scores be ruled out
 COARSE_SAFETY = 2.0  # a row left out is assumed off by at most this times the largest error seen
 _TINY = 1e-6  # float32 resolves scores in [0, 1] to ~1e-7: below this, ratios are rounding noise
 # Rows scoring below this are ones the model is 99.999% sure of: when the cut falls among them, which
@@ -37,9 +44,22 @@ def rules_out_the_rest(exact: FloatArray, coarse: FloatArray, cut: float) -> boo
     out scores at most :data:`INTERCHANGEABLE`, so does the cut (or it would be above the bound),
     and the rows kept differ from float32's only among such near-certain rows.
     """
+    bound = left_out_bound(exact, coarse)
+    return cut > bound or bound <= INTERCHANGEABLE
+
+
+def left_out_bound(exact: FloatArray, coarse: FloatArray) -> float:
+    """The most a row outside the re-scored ones may score in float32 (inf when it cannot be bounded).
+
+    With no ratio measurable (every re-scored row scores <= ``_TINY`` in one head or the other,
+    as when a confident head gives most rows a score of exactly 0), a row left out scored at most
+    ``min(coarse)``; if that is <= ``_TINY`` too, the coarse head was 99.9999% sure of it, and its
+    float32 score could reach :data:`INTERCHANGEABLE` only through a logit error of ~2.3, ten
+    times the largest seen (bench/score.py's pool: score ratios up to e^0.25). Such rows are
+    bounded by :data:`INTERCHANGEABLE`; otherwise by nothing.
+    """
     measurable = np.minimum(exact, coarse) > _TINY
     if not measurable.any():
-        return False
+        return INTERCHANGEABLE if float(coarse.min()) <= _TINY else float("inf")
     worst = float(np.max(np.abs(np.log(coarse[measurable]) - np.log(exact[measurable]))))
-    bound = float(coarse.min()) * float(np.exp(COARSE_SAFETY * worst)) + _TINY
-    return cut > bound or bound <= INTERCHANGEABLE
+    return float(coarse.min()) * float(np.exp(COARSE_SAFETY * worst)) + _TINY

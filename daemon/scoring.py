@@ -33,7 +33,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from daemon._coarse import COARSE_MIN_ROWS, COARSE_MIN_SPEEDUP, coarse_top_size, rules_out_the_rest
+from daemon._coarse import (
+    COARSE_MIN_ROWS,
+    COARSE_MIN_SPEEDUP,
+    coarse_top_size,
+    left_out_bound,
+    rules_out_the_rest,
+)
 from strategies import Prefilter
 
 __all__ = [
@@ -202,9 +208,11 @@ def _two_stage(
     proba = _predict_rows(source, rows[positions], predict_proba, chunk_rows)
     exact = score(proba)
     keep = _best(exact, keys, plan.n_top)
-    if not rules_out_the_rest(exact, coarse_scores, float(exact[keep].min())):
-        log.info("scoring: the coarse pre-filter could not rule out rows beyond its top %s; scoring the pool "
-                 "again in float32", len(positions))
+    cut = float(exact[keep].min())
+    if not rules_out_the_rest(exact, coarse_scores, cut):
+        log.info("scoring: the coarse pre-filter could not rule out rows beyond its top %s (they may score up "
+                 "to %.3g, the cut is %.3g); scoring the pool again in float32", len(positions),
+                 left_out_bound(exact, coarse_scores), cut)
         return None
     top, top_proba = positions[keep], proba[keep]
     all_positions = np.concatenate([top, sample])

@@ -31,7 +31,7 @@ def clustered_pool(n: int, seed: int) -> tuple[Float32Array, npt.NDArray[np.str_
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[ProxyClassifier, Float32Array]:
-    vectors, names = clustered_pool(6000, seed=0)
+    vectors, names = clustered_pool(30_000, seed=0)
     classifier = ProxyClassifier(random_state=0, calibrate=False).fit(vectors[:300], names[:300])
     return classifier, vectors
 
@@ -174,8 +174,9 @@ def test_rows_left_out_are_bounded_by_the_largest_ratio_seen() -> None:
     off = exact * np.array([1.0, 1.1, 1.0, 1.0])  # one row moved by 10%: others may have moved 21% (x2 margin)
     assert not rules_out_the_rest(exact, off, cut=0.12)
     assert rules_out_the_rest(exact, off, cut=0.122)
-    tiny = np.full(4, 1e-8)  # below float32's resolution no ratio can be measured: nothing is ruled out
-    assert not rules_out_the_rest(tiny, tiny, cut=1e-8)
+    unmeasurable = np.array([1e-8, 1e-8, 0.0, 2e-7])  # no ratio measurable, and a coarse floor of 3e-6:
+    assert not rules_out_the_rest(unmeasurable, np.array([2e-5, 1e-5, 2e-6, 3e-6]), cut=0.0)  # no bound
+    assert rules_out_the_rest(unmeasurable, np.zeros(4), cut=0.0)  # every score tied at 0: near-certain rows
 
 
 def test_a_cut_among_near_certain_rows_needs_no_second_pass() -> None:
