@@ -77,7 +77,8 @@ def cover(pool: PoolView, weights_of: Callable[[npt.NDArray[np.float64], int], n
         anchors=pool.labeled_embeddings,
         weights=weights_of(values, size),
     )
-    return shortlist[picks].tolist()
+    covered: list[int] = shortlist[picks].tolist()
+    return covered
 
 
 def by_informativeness(values: npt.NDArray[np.float64], _: int) -> npt.NDArray[np.float64]:
