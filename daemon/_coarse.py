@@ -16,8 +16,8 @@ __all__ = [
 
 COARSE_MIN_ROWS = 65_536  # below this a float32 pass takes < 50 ms: a coarse one would save nothing
 COARSE_MIN_SPEEDUP = 2.0  # "auto" uses a bfloat16 pre-filter only where it runs this much faster
-COARSE_DEPTH = 8  # the coarse pass keeps COARSE_DEPTH * n_top + COARSE_EXTRA rows for re-scoring:
-COARSE_EXTRA = 8_192  # re-scoring 12k rows costs ~20 ms, and a deep floor lets flat scores be ruled out
+COARSE_DEPTH = 2  # the coarse pass keeps COARSE_DEPTH * n_top + COARSE_EXTRA rows for re-scoring; 8x + 8192
+COARSE_EXTRA = 2_048  # cost 0.1-0.2 s more per 1M rows (a deeper running top merges more rows per chunk)
 COARSE_SAFETY = 2.0  # a row left out is assumed off by at most this times the largest error seen
 _TINY = 1e-6  # float32 resolves scores in [0, 1] to ~1e-7: below this, ratios are rounding noise
 # Rows scoring below this are ones the model is 99.999% sure of: when the cut falls among them, which

@@ -31,7 +31,7 @@ def clustered_pool(n: int, seed: int) -> tuple[Float32Array, npt.NDArray[np.str_
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[ProxyClassifier, Float32Array]:
-    vectors, names = clustered_pool(30_000, seed=0)
+    vectors, names = clustered_pool(12_000, seed=0)
     classifier = ProxyClassifier(random_state=0, calibrate=False).fit(vectors[:300], names[:300])
     return classifier, vectors
 
