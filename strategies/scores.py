@@ -61,9 +61,35 @@ def margin(proba: AnyFloatArray) -> FloatArray:
 
 
 def _margin(proba: AnyFloatArray) -> FloatArray:
-    top2 = np.partition(proba, -2, axis=1)[:, -2:].astype(np.float64)
-    scores: FloatArray = 1.0 - (top2[:, 1] - top2[:, 0])
+    best, second = _top_two(proba)
+    scores: FloatArray = 1.0 - (best.astype(np.float64) - second)
     return scores
+
+
+_COLUMN_SCAN_MIN_ROWS = 512  # below this, a per-row partition is as fast as the column scan's setup
+_COLUMN_SCAN_MAX_CLASSES = 256  # above this, the scan's per-column passes cost more than partitioning
+
+
+def _top_two(proba: AnyFloatArray) -> tuple[AnyFloatArray, AnyFloatArray]:
+    """Each row's largest and second-largest value, ``((n,), (n,))``; equal when the top is tied.
+
+    ``np.partition`` along short rows runs one selection per row (0.20 s per million 77-class
+    rows here); a running maximum over the columns of the transposed array is a few vector
+    operations per class (0.12 s, the transpose included) and gives the same values exactly.
+    """
+    n, n_classes = proba.shape
+    if n < _COLUMN_SCAN_MIN_ROWS or n_classes > _COLUMN_SCAN_MAX_CLASSES:
+        top2 = np.partition(proba, -2, axis=1)[:, -2:]
+        return top2[:, 1], top2[:, 0]
+    columns = np.ascontiguousarray(proba.T)
+    best = np.maximum(columns[0], columns[1])
+    second = np.minimum(columns[0], columns[1])
+    beaten = np.empty_like(best)
+    for column in columns[2:]:
+        np.minimum(best, column, out=beaten)  # what the column contributes below the running best
+        np.maximum(second, beaten, out=second)
+        np.maximum(best, column, out=best)
+    return best, second
 
 
 def entropy(proba: AnyFloatArray) -> FloatArray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -101,6 +103,28 @@ def test_ties_are_broken_at_random_and_the_same_whatever_the_chunking() -> None:
                         predict_proba=head(weights), score=flat, rng=np.random.default_rng(seed), chunk_rows=16)
         seen.update(got.positions.tolist())
     assert len(seen) > 100  # not the first five rows every time
+
+
+def test_chunks_that_finish_out_of_order_are_taken_in_order() -> None:
+    """Workers score chunks in parallel; a slow early chunk must not hand later rows its tie-break keys."""
+    vectors, weights = pool(400)
+    plain = head(weights)
+    calls = itertools.count()
+
+    def slow_first(x: npt.NDArray[np.float32]) -> FloatArray:
+        if next(calls) == 0:
+            time.sleep(0.2)  # the next chunks finish first
+        return plain(x)
+
+    coarse = lambda proba: np.round(scores.margin(proba), 1)  # noqa: E731  many ties, broken by the keys
+    plan = Prefilter(n_top=40, n_sample=10)
+    whole = shortlist(ArraySource(vectors), np.arange(400), plan, predict_proba=plain, score=coarse,
+                      rng=np.random.default_rng(3), chunk_rows=400)
+    chunked = shortlist(ArraySource(vectors), np.arange(400), plan, predict_proba=slow_first, score=coarse,
+                        rng=np.random.default_rng(3), chunk_rows=50)
+    assert chunked.positions.tolist() == whole.positions.tolist()
+    assert whole.proba is not None and chunked.proba is not None
+    np.testing.assert_allclose(chunked.proba, whole.proba)
 
 
 @pytest.mark.parametrize("n", [1_000, 20_000])

@@ -18,6 +18,21 @@ def test_margin_by_hand() -> None:
     np.testing.assert_allclose(scores.margin(np.array([[0.6, 0.3, 0.1]])), [0.7])
 
 
+@pytest.mark.parametrize(("n", "n_classes", "dtype"), [(3000, 2, np.float32), (4096, 77, np.float32),
+                                                      (700, 3, np.float64), (100, 9, np.float64),
+                                                      (800, 300, np.float64)])
+def test_margin_on_large_pools_equals_the_partition_answer_exactly(n: int, n_classes: int, dtype: Any) -> None:
+    """The column scan used from 512 rows on gives partition's values bit for bit, ties included."""
+    proba = np.random.default_rng(n).dirichlet(np.full(n_classes, 0.3), size=n).astype(dtype)
+    proba[:7] = 0.0
+    proba[:7, [0, n_classes - 1]] = 0.5  # a tied top: margin 1
+    top2 = np.partition(proba, -2, axis=1)[:, -2:].astype(np.float64)
+    expected = 1.0 - (top2[:, 1] - top2[:, 0])
+    got = scores.margin(proba)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got[:7], 1.0)
+
+
 def test_least_confidence_by_hand() -> None:
     np.testing.assert_allclose(scores.least_confidence(TWO), [0.5, 0.0, 0.2])
 
