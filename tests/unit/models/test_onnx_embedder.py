@@ -6,7 +6,6 @@ import os
 import pickle
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-import models.onnx_embedder as onnx_embedder
 from models._types import Float32Array
 from models.cache import model_key
 from models.embedder import Embedder, TransformerEmbedder
@@ -44,37 +42,8 @@ SENTENCES = [*REAL, "", "Hi"]
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx")
-
-
-@pytest.fixture(scope="module")
 def reference() -> Float32Array:
     return TransformerEmbedder(device="cpu").encode(SENTENCES)
-
-
-@pytest.fixture(scope="module")
-def fp32(cache_dir: Path) -> OnnxEmbedder:
-    return OnnxEmbedder(cache_dir=cache_dir, precision="fp32")
-
-
-@pytest.fixture(scope="module")
-def int8(cache_dir: Path) -> OnnxEmbedder:
-    return OnnxEmbedder(cache_dir=cache_dir, precision="int8")
-
-
-@pytest.fixture
-def export_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Count exports, still running the real one."""
-    calls: list[Path] = []
-    real: Callable[..., None] = onnx_embedder._export
-
-    def counting(source: Path, path: Path, **kwargs: Any) -> None:
-        calls.append(path)
-        real(source, path, **kwargs)
-
-    monkeypatch.setattr(onnx_embedder, "_export", counting)
-    return calls
 
 
 def _cosines(a: Float32Array, b: Float32Array) -> Float32Array:

@@ -6,14 +6,10 @@ tokens, batched together as ``encode`` batches them); with it, they are the fp32
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pytest
 
-import models.onnx_embedder as onnx_embedder
 from models._onnx_export import RECIPE
 from models._types import Float32Array
 from models.embedder import TransformerEmbedder
@@ -32,35 +28,6 @@ LONG = (
     "was still sent to the old address, and now the courier says it was delivered and signed for by "
     "someone I do not know. Can you cancel those payments and send a new card to the right address?"
 )
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("onnx-short")
-
-
-@pytest.fixture(scope="module")
-def fp32(cache_dir: Path) -> OnnxEmbedder:
-    return OnnxEmbedder(cache_dir=cache_dir, precision="fp32")
-
-
-@pytest.fixture(scope="module")
-def int8(cache_dir: Path) -> OnnxEmbedder:
-    return OnnxEmbedder(cache_dir=cache_dir, precision="int8")
-
-
-@pytest.fixture
-def export_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Record exported paths, still running the real export."""
-    calls: list[Path] = []
-    real: Callable[..., None] = onnx_embedder._export
-
-    def counting(source: Path, path: Path, **kwargs: Any) -> None:
-        calls.append(path)
-        real(source, path, **kwargs)
-
-    monkeypatch.setattr(onnx_embedder, "_export", counting)
-    return calls
 
 
 def _cosines(a: Float32Array, b: Float32Array) -> Float32Array:
