@@ -19,10 +19,10 @@ def test_margin_by_hand() -> None:
 
 
 @pytest.mark.parametrize(("n", "n_classes", "dtype"), [(3000, 2, np.float32), (4096, 77, np.float32),
-                                                      (700, 3, np.float64), (100, 9, np.float64),
-                                                      (800, 300, np.float64)])
+                                                      (9000, 40, np.float64), (1500, 3, np.float64),
+                                                      (100, 9, np.float64), (2000, 300, np.float64)])
 def test_margin_on_large_pools_equals_the_partition_answer_exactly(n: int, n_classes: int, dtype: Any) -> None:
-    """The column scan used from 512 rows on gives partition's values bit for bit, ties included."""
+    """The blocked column scan (1,024+ rows, <= 100 classes) gives partition's values bit for bit, ties included."""
     proba = np.random.default_rng(n).dirichlet(np.full(n_classes, 0.3), size=n).astype(dtype)
     proba[:7] = 0.0
     proba[:7, [0, n_classes - 1]] = 0.5  # a tied top: margin 1
