@@ -105,22 +105,21 @@ def test_ties_are_broken_at_random_and_the_same_whatever_the_chunking() -> None:
     assert len(seen) > 100  # not the first five rows every time
 
 
-def test_chunks_that_finish_out_of_order_are_taken_in_order() -> None:
-    """Workers score chunks in parallel; a slow early chunk must not hand later rows its tie-break keys."""
+def test_a_slow_score_off_the_main_thread_keeps_the_chunks_in_order() -> None:
+    """Scores run on a worker thread; a slow first chunk must not let later ones take its tie-break keys."""
     vectors, weights = pool(400)
-    plain = head(weights)
     calls = itertools.count()
 
-    def slow_first(x: npt.NDArray[np.float32]) -> FloatArray:
+    def rounded(proba: FloatArray) -> FloatArray:  # many ties, broken by the keys drawn per chunk
         if next(calls) == 0:
-            time.sleep(0.2)  # the next chunks finish first
-        return plain(x)
+            time.sleep(0.2)  # the main thread meanwhile reads and predicts the next chunks
+        values: FloatArray = np.round(scores.margin(proba), 1)
+        return values
 
-    coarse = lambda proba: np.round(scores.margin(proba), 1)  # noqa: E731  many ties, broken by the keys
     plan = Prefilter(n_top=40, n_sample=10)
-    whole = shortlist(ArraySource(vectors), np.arange(400), plan, predict_proba=plain, score=coarse,
+    whole = shortlist(ArraySource(vectors), np.arange(400), plan, predict_proba=head(weights), score=rounded,
                       rng=np.random.default_rng(3), chunk_rows=400)
-    chunked = shortlist(ArraySource(vectors), np.arange(400), plan, predict_proba=slow_first, score=coarse,
+    chunked = shortlist(ArraySource(vectors), np.arange(400), plan, predict_proba=head(weights), score=rounded,
                         rng=np.random.default_rng(3), chunk_rows=50)
     assert chunked.positions.tolist() == whole.positions.tolist()
     assert whole.proba is not None and chunked.proba is not None
