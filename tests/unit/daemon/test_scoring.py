@@ -110,7 +110,7 @@ def test_a_slow_score_off_the_main_thread_keeps_the_chunks_in_order() -> None:
     vectors, weights = pool(400)
     calls = itertools.count()
 
-    def rounded(proba: FloatArray) -> FloatArray:  # many ties, broken by the keys drawn per chunk
+    def rounded(proba: npt.NDArray[np.floating]) -> FloatArray:  # many ties, broken by the keys drawn per chunk
         if next(calls) == 0:
             time.sleep(0.2)  # the main thread meanwhile reads and predicts the next chunks
         values: FloatArray = np.round(scores.margin(proba), 1)
