@@ -154,7 +154,8 @@ class ProxyClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # 
         and temperature (:func:`models._head.fold_affine`), and the softmax is float32.
 
         Args:
-            X: ``(n, d)`` embeddings.
+            X: ``(n, d)`` embeddings; a float16 array (the embedding store's own rows) is widened
+                chunk by chunk instead of converted as a whole.
             chunk_rows: rows pushed through the head at once; bounds the working memory.
             dtype: ``"float64"`` (scikit-learn's convention) or ``"float32"``, which skips
                 a copy of the result where a million rows are scored.
@@ -175,6 +176,11 @@ class ProxyClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # 
         if dtype not in TORCH_DTYPES:
             raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
         layers = self._layers(head_dtype)
+        if len(features) <= chunk_rows:  # one chunk (a scoring pass's): hand over the head's array, no copy
+            with torch.inference_mode():
+                rows = forward_proba(torch.from_numpy(features).to(self._device), layers, TORCH_DTYPES[dtype])
+                single: npt.NDArray[np.floating[Any]] = rows.cpu().numpy()
+                return single
         proba = np.empty((len(features), len(self.classes_)), dtype=dtype)
         with torch.inference_mode():
             for start in range(0, len(features), chunk_rows):
@@ -283,10 +289,13 @@ class ProxyClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # 
         if self.class_weight not in (None, "balanced"):
             raise ValueError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
 
-    def _check_predict_input(self, X: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    def _check_predict_input(self, X: npt.ArrayLike) -> npt.NDArray[np.float32] | npt.NDArray[np.float16]:
         if not hasattr(self, "_head"):
             raise ModelNotFitted("ProxyClassifier is not fitted yet: call fit(X, y) first")
-        features = np.ascontiguousarray(X, dtype=np.float32)  # finiteness: checked on the logits
+        if isinstance(X, np.ndarray) and X.dtype == np.float16:  # as stored: torch widens it, per chunk
+            features: npt.NDArray[np.float32] | npt.NDArray[np.float16] = np.ascontiguousarray(X)
+        else:
+            features = np.ascontiguousarray(X, dtype=np.float32)  # finiteness: checked on the logits
         if features.ndim != 2:
             raise ValueError(f"X must be 2-D (n, d), got shape {features.shape}")
         if features.shape[1] != self.n_features_in_:

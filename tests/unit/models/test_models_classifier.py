@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -178,3 +180,43 @@ def test_predict_refuses_another_width() -> None:
     features, labels = blobs(5)
     with pytest.raises(ValueError, match="features"):
         ProxyClassifier(device="cpu").fit(features, labels).predict_proba(np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("head_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("chunk_rows", [7, 100_000])
+def test_float16_rows_give_the_probabilities_of_their_float32_values(head_dtype: str, chunk_rows: int) -> None:
+    """The embedding store's float16 rows are widened inside the head: exactly as if widened first."""
+    features, labels = blobs(30, spread=2.0)
+    model = ProxyClassifier(device="cpu", hidden_dim=8).fit(features, labels)
+    stored = features.astype(np.float16)
+    got = model.predict_proba(stored, chunk_rows=chunk_rows, dtype="float32", head_dtype=head_dtype)  # type: ignore[call-overload]
+    widened = model.predict_proba(stored.astype(np.float32), chunk_rows=chunk_rows, dtype="float32",
+                                  head_dtype=head_dtype)  # type: ignore[call-overload]
+    np.testing.assert_array_equal(got, widened)
+
+
+def test_float16_rows_too_big_for_the_staging_buffers_are_widened_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    features, labels = blobs(30, spread=2.0)
+    model = ProxyClassifier(device="cpu").fit(features, labels)
+    stored = features.astype(np.float16)
+    staged = model.predict_proba(stored, dtype="float32")
+    monkeypatch.setattr("models._head._STAGING_MAX_BYTES", 64)  # every chunk now takes the fresh-tensor path
+    np.testing.assert_array_equal(model.predict_proba(stored, dtype="float32"), staged)
+
+
+def test_a_result_is_not_overwritten_by_later_calls_on_this_or_another_thread() -> None:
+    """The float16 staging buffers are reused per thread; what predict_proba returns must never be one."""
+    features, labels = blobs(40, spread=2.0)
+    model = ProxyClassifier(device="cpu").fit(features, labels)
+    halves = features[:60].astype(np.float16), features[60:].astype(np.float16)
+    expected = [model.predict_proba(half, dtype="float32").copy() for half in halves]
+    first = model.predict_proba(halves[0], dtype="float32")
+    model.predict_proba(halves[1], dtype="float32")
+    np.testing.assert_array_equal(first, expected[0])
+
+    def repeat(which: int) -> bool:
+        return all(np.array_equal(model.predict_proba(halves[which], dtype="float32"), expected[which])
+                   for _ in range(200))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        assert all(pool.map(repeat, [0, 1, 0, 1]))
