@@ -6,10 +6,11 @@ Selection runs in two stages so that memory and pairwise work do not grow with t
     ``predict_proba`` → the strategy's own per-row pre-filter score
     (:func:`strategies.prefilter_scores`) → a bounded running top of ``plan.n_top`` rows,
     plus the probabilities of the ``plan.n_sample`` rows drawn uniformly
-    beforehand (:func:`strategies.prefilter` says how many of each). One chunk of vectors and
-    probabilities is alive at a time, plus O(n_top + n_sample) kept rows.
+    beforehand (:func:`strategies.prefilter` says how many of each). Three chunks of vectors
+    and probabilities are alive at a time (one being read, one in the head, one being scored:
+    :func:`_scored_chunks`), plus O(n_top + n_sample) kept rows.
     With a ``coarse_proba`` (a bfloat16 head, several times faster where the hardware has
-    bfloat16 products), the pass ranks by the coarse scores and keeps a deeper top
+    bfloat16 products; it reads the float16 rows as stored), the pass ranks by the coarse scores and keeps a deeper top
     (:func:`coarse_top_size`); those rows alone are then re-read, re-scored in float32 and
     cut to ``plan.n_top``. The result is the float32 shortlist unless a row outside the
     deeper top could have beaten it, judged by the largest coarse error seen on the
@@ -69,7 +70,9 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 Float32Array = npt.NDArray[np.float32]
 AnyProba = npt.NDArray[np.float64] | npt.NDArray[np.float32]
+StoredRows = npt.NDArray[np.floating]  # rows as the store keeps them: float16 (or float32)
 ProbaFn = Callable[[Float32Array], AnyProba]
+StoredProbaFn = Callable[[StoredRows], AnyProba]  # a coarse head reads the stored rows and widens them itself
 ScoreFn = Callable[[AnyProba], FloatArray]
 
 
@@ -87,7 +90,7 @@ class CoarseCapable(Protocol):
     """The part of :class:`models.classifier.ProxyClassifier` a coarse pre-filter needs."""
 
     def predict_proba(
-        self, X: Float32Array, *, dtype: Literal["float32"], head_dtype: Literal["float32", "bfloat16"]
+        self, X: StoredRows, *, dtype: Literal["float32"], head_dtype: Literal["float32", "bfloat16"]
     ) -> Float32Array: ...
 
     def bfloat16_speedup(self) -> float: ...
@@ -95,7 +98,7 @@ class CoarseCapable(Protocol):
 
 def coarse_proba_for(
     classifier: CoarseCapable, n_rows: int, mode: Literal["auto", "bfloat16", "off"]
-) -> ProbaFn | None:
+) -> StoredProbaFn | None:
     """The ``coarse_proba`` :func:`shortlist` should use for ``n_rows`` rows, or None for one float32 pass.
 
     ``"auto"``: a bfloat16 head for pools of at least :data:`COARSE_MIN_ROWS` rows on hardware
@@ -131,7 +134,7 @@ def shortlist(
     score: ScoreFn | None,
     rng: np.random.Generator,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    coarse_proba: ProbaFn | None = None,
+    coarse_proba: StoredProbaFn | None = None,
 ) -> Shortlist:
     """Return the top ``plan.n_top`` rows by ``score`` plus ``plan.n_sample`` uniform rows.
 
@@ -149,7 +152,8 @@ def shortlist(
         rng: draws the sample and breaks ties.
         chunk_rows: >= 1, rows read and scored at once; bounds the memory in use.
         coarse_proba: like ``predict_proba`` but cheaper and approximate (probabilities off
-            by up to ~1e-2), or None for one float32 pass.
+            by up to ~1e-2), and given the rows as stored (float16 from the embedding cache), or
+            None for one float32 pass.
 
     Raises:
         ValueError: ``plan`` asks for a top without ``score`` and ``predict_proba``, or for more
@@ -172,7 +176,8 @@ def shortlist(
         rng.bit_generator.state = state  # the float32 pass draws the same tie-breaking keys again
     best = _RunningTop(plan.n_top)
     sample_proba: list[AnyProba] = []
-    for span, _, proba, values in _scored_chunks(source.iter_stored_chunks(rows, chunk_rows), predict_proba, score):
+    widened = _widened(predict_proba)
+    for span, _, proba, values in _scored_chunks(source.iter_stored_chunks(rows, chunk_rows), widened, score):
         best.add(np.arange(span.start, span.stop, dtype=np.intp), values, rng.random(len(proba)), proba)
         lo, hi = np.searchsorted(sample, [span.start, span.stop])
         sample_proba.append(proba[sample[lo:hi] - span.start])
@@ -188,7 +193,7 @@ def _two_stage(
     plan: Prefilter,
     sample: IntArray,
     predict_proba: ProbaFn,
-    coarse_proba: ProbaFn,
+    coarse_proba: StoredProbaFn,
     score: ScoreFn,
     rng: np.random.Generator,
     chunk_rows: int,
@@ -197,12 +202,12 @@ def _two_stage(
     deeper = _RunningTop(coarse_top_size(plan.n_top, len(rows)))
     sample_proba: list[AnyProba] = []
     chunks = source.iter_stored_chunks(rows, chunk_rows)
-    for span, vectors, coarse, values in _scored_chunks(chunks, coarse_proba, score):
+    for span, stored, coarse, values in _scored_chunks(chunks, coarse_proba, score):
         deeper.add(np.arange(span.start, span.stop, dtype=np.intp), values, rng.random(len(coarse)),
                    coarse[:, :0])  # the coarse probabilities are not kept
         lo, hi = np.searchsorted(sample, [span.start, span.stop])
         if hi > lo:
-            sample_proba.append(predict_proba(vectors[sample[lo:hi] - span.start]))
+            sample_proba.append(predict_proba(as_float32(stored[sample[lo:hi] - span.start])))
     order = np.argsort(deeper.positions)  # increasing rows: the re-read walks the shards forward
     positions, coarse_scores, keys = deeper.positions[order], deeper.scores[order], deeper.keys[order]
     proba = _predict_rows(source, rows[positions], predict_proba, chunk_rows)
@@ -221,27 +226,46 @@ def _two_stage(
     return Shortlist(unique.astype(np.intp), kept_proba[first])
 
 
-def _scored_chunks(
-    chunks: Iterator[tuple[slice, npt.NDArray[np.floating]]], predict_proba: ProbaFn, score: ScoreFn
-) -> Iterator[tuple[slice, Float32Array, AnyProba, FloatArray]]:
-    """Yield ``(span, float32 vectors, proba, scores)`` per chunk, in order.
+def _widened(predict_proba: ProbaFn) -> StoredProbaFn:
+    def widened(stored: StoredRows) -> AnyProba:
+        return predict_proba(as_float32(stored))
 
-    Each chunk's scores are computed on a worker thread while the next chunk is read and passed
-    through the head: the head (torch) and the scores (numpy) release the GIL, so on two cores the
-    pass takes about the longer of the two instead of their sum. ``score`` must be thread-safe
-    (the strategies' scores are pure functions).
+    return widened
+
+
+def _scored_chunks(
+    chunks: Iterator[tuple[slice, StoredRows]], predict_proba: StoredProbaFn, score: ScoreFn
+) -> Iterator[tuple[slice, StoredRows, AnyProba, FloatArray]]:
+    """Yield ``(span, stored rows, proba, scores)`` per chunk, in order.
+
+    Three threads share the work of a chunk, each on a different one: a reader thread reads the
+    next chunk (positioned reads: the copy out of the page cache releases the GIL) while this
+    thread passes the current one through the head and a worker thread scores the previous one
+    (the head in torch and the scores in numpy release the GIL too). On two cores the pass then
+    takes about the longest of the three instead of their sum. ``score`` must be thread-safe (the
+    strategies' scores are pure functions); ``chunks`` is only ever advanced by the reader.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-score") as worker:
-        pending: tuple[slice, Float32Array, AnyProba, Future[FloatArray]] | None = None
-        for span, stored in chunks:
-            vectors = as_float32(stored)
-            proba = predict_proba(vectors)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-read") as reader, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-score") as worker:
+        pending: tuple[slice, StoredRows, AnyProba, Future[FloatArray]] | None = None
+        for span, stored in _read_ahead(chunks, reader):
+            proba = predict_proba(stored)
             job = worker.submit(score, proba)
             if pending is not None:
                 yield pending[0], pending[1], pending[2], pending[3].result()
-            pending = (span, vectors, proba, job)
+            pending = (span, stored, proba, job)
         if pending is not None:
             yield pending[0], pending[1], pending[2], pending[3].result()
+
+
+def _read_ahead(
+    chunks: Iterator[tuple[slice, StoredRows]], reader: ThreadPoolExecutor
+) -> Iterator[tuple[slice, StoredRows]]:
+    """Yield ``chunks`` in order, each read on ``reader`` while the one before it is being used."""
+    upcoming = reader.submit(next, chunks, None)
+    while (chunk := upcoming.result()) is not None:
+        upcoming = reader.submit(next, chunks, None)
+        yield chunk
 
 
 def _predict_rows(source: VectorSource, rows: IntArray, predict_proba: ProbaFn, chunk_rows: int) -> AnyProba:

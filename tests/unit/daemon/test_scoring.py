@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +124,51 @@ def test_a_slow_score_off_the_main_thread_keeps_the_chunks_in_order() -> None:
     assert chunked.positions.tolist() == whole.positions.tolist()
     assert whole.proba is not None and chunked.proba is not None
     np.testing.assert_allclose(chunked.proba, whole.proba)
+
+
+class FailingSource(ArraySource):
+    """Reads fail (a disk error, a shard deleted under the daemon) after ``good`` chunks."""
+
+    def __init__(self, vectors: npt.NDArray[np.float32], good: int) -> None:
+        super().__init__(vectors)
+        self.good = good
+
+    def iter_stored_chunks(
+        self, rows: npt.ArrayLike, chunk_rows: int = 65536
+    ) -> Iterator[tuple[slice, npt.NDArray[np.float32]]]:
+        for done, chunk in enumerate(super().iter_stored_chunks(rows, chunk_rows)):
+            if done == self.good:
+                raise OSError("shard 3: Input/output error")
+            yield chunk
+
+
+@pytest.mark.parametrize("good", [0, 1, 5])
+def test_a_read_that_fails_midway_fails_the_pass(good: int) -> None:
+    """Chunks are read on a thread of their own; its error must reach the caller, not end the pass early."""
+    vectors, weights = pool(1000)
+    source = FailingSource(vectors, good)
+    with pytest.raises(OSError, match="shard 3"):
+        shortlist(source, np.arange(1000), Prefilter(n_top=10, n_sample=5), predict_proba=head(weights),
+                  score=scores.margin, rng=np.random.default_rng(0), chunk_rows=100)
+    assert len(source.handed_out) == good + 1  # the failing chunk is fetched, then nothing more
+
+
+def test_float16_rows_are_widened_before_a_float32_head() -> None:
+    vectors, weights = pool(600)
+    stored = vectors.astype(np.float16)
+    seen_dtypes: list[np.dtype[np.generic]] = []
+
+    def checked(x: npt.NDArray[np.float32]) -> FloatArray:
+        seen_dtypes.append(x.dtype)
+        return head(weights)(x)
+
+    plan = Prefilter(n_top=20, n_sample=10)
+    got = shortlist(ArraySource(stored), np.arange(600), plan, predict_proba=checked,  # type: ignore[arg-type]
+                    score=scores.margin, rng=np.random.default_rng(1), chunk_rows=64)
+    want = shortlist(ArraySource(stored.astype(np.float32)), np.arange(600), plan, predict_proba=head(weights),
+                     score=scores.margin, rng=np.random.default_rng(1), chunk_rows=64)
+    assert set(seen_dtypes) == {np.dtype(np.float32)}
+    np.testing.assert_array_equal(got.positions, want.positions)
 
 
 @pytest.mark.parametrize("n", [1_000, 20_000])
