@@ -14,6 +14,10 @@ rebuild them byte for byte:
   class are a seeded draw. The balanced test set (40 per class) is kept.
 * ``sms_spam_lt``: every ham train item plus a seeded draw of spam items so spam
   is 2 % of the pool (about 78 of 3,900); the test set keeps its 13 % spam.
+* ``trec50``: TREC's own fine-grained labels (``label_fine``, 50 question types, a natural
+  long tail from 962 train items down to 4), with the source's train/test split; only 42
+  of the 50 types occur among the 500 test questions, most of them 1-10 times. The few
+  questions that appear twice under two fine labels are left out.
 
 Rows are read with ``daemon.pool_files.read_pool_file``, as the simulator reads them,
 so duplicate texts are merged the same way in both.
@@ -37,6 +41,7 @@ __all__ = [
     "bench_datasets",
     "geometric_sizes",
     "sms_spam_long_tail",
+    "trec_fine",
 ]
 
 DATA_ROOT = Path("/work/shared/data")
@@ -126,6 +131,17 @@ def sms_spam_long_tail(out_path: Path, *, spam_share: float = 0.02) -> Path:
     return _write(out_path, pool, test)
 
 
+def trec_fine(out_path: Path) -> Path:
+    """Write TREC with its 50 fine-grained labels as the label column to ``out_path``."""
+    rows = read_pool_file(DATA_ROOT / "trec6" / "data.csv", label_field="label_fine", keep_duplicates=True)
+    labels_of: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        labels_of[row.text].add(str(row.label))
+    rows = [row for row in rows if len(labels_of[row.text]) == 1]  # a few texts carry two fine labels: dropped
+    train = [row for row in rows if row.meta.get("split") != "test"]
+    return _write(out_path, train, [row for row in rows if row.meta.get("split") == "test"])
+
+
 def bench_datasets(work_dir: Path) -> list[BenchDataset]:
     """Return every benchmark data set, deriving the long-tail CSVs into ``work_dir`` first.
 
@@ -149,5 +165,8 @@ def bench_datasets(work_dir: Path) -> list[BenchDataset]:
         ),
         BenchDataset(
             "sms_spam_lt", sms_spam_long_tail(derived / "sms_spam_lt.csv"), 25, 500, "binary, spam cut to 2%"
+        ),
+        BenchDataset(
+            "trec50", trec_fine(derived / "trec50.csv"), 25, 600, "50 fine question types, natural long tail"
         ),
     ]
