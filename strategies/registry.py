@@ -74,9 +74,9 @@ DEFAULT_STRATEGY = "scarce_margin_diverse"
 1. ``base = margin · class_scarcity ** 0.5``, i.e.
    ``(1 - (p_top1 - p_top2)) · (sum_c p(c|x) · r_c) ** 0.5`` with
    ``r_c = (1 / (count_c + 1)) / max_c' (1 / (count_c' + 1))``; O(n·C).
-2. Shortlist the top ``m = min(n, max(k, clip(ceil(k · max(4, 160 / (C + n_unseen))),
-   200, 20000)))`` rows by ``base``: 80 rows per pick for two classes, falling to 4
-   for 40 classes or more (:func:`strategies.arms.candidate_pool_size`).
+2. Shortlist the top ``m = min(n, max(k, clip(ceil(k · max(3, 160 / (C + n_unseen))),
+   150, 20000)))`` rows by ``base``: 80 rows per pick for two classes, falling to 3 for
+   about 53 classes or more (:func:`strategies.arms.candidate_pool_size`).
 3. If ``n_unseen > 0``, add the ``ceil(lam · k)`` rows with the highest novelty
    ``(1 - max cos(x, labeled)) / 2`` among 5,000 uniform rows outside the top (all of
    them when at most 5,000 lie outside it), ``lam = n_unseen / (C + n_unseen)``. With no

@@ -95,13 +95,13 @@ def test_candidate_pool_depth_falls_with_the_number_of_classes() -> None:
     assert candidate_pool_size(25, 100_000, n_classes=2) == 2_000  # 80 rows per pick for a binary task
     assert candidate_pool_size(25, 100_000, n_classes=4) == 1_000
     assert candidate_pool_size(50, 100_000, n_classes=20) == 400  # 160 / 20 = 8 rows per pick
-    assert candidate_pool_size(100, 100_000, n_classes=77) == 400  # never below 4 rows per pick
-    assert candidate_pool_size(50, 100_000, n_classes=77) == 200  # ... nor below the floor
+    assert candidate_pool_size(100, 100_000, n_classes=77) == 300  # never below 3 rows per pick
+    assert candidate_pool_size(40, 100_000, n_classes=77) == 150  # ... nor below the floor
     assert candidate_pool_size(50, 100_000, n_classes=1) == candidate_pool_size(50, 100_000, n_classes=2)
-    assert candidate_pool_size(5, 100_000, n_classes=77) == 200  # the floor for small batches
+    assert candidate_pool_size(5, 100_000, n_classes=77) == 150  # the floor for small batches
     assert candidate_pool_size(5_000, 100_000, n_classes=2) == 20_000  # the cap
     assert candidate_pool_size(100, 300, n_classes=77) == 300  # never more rows than the pool
-    assert plan("margin_diverse", 50, label_counts=np.ones(77, dtype=np.intp)) == Prefilter(200, 0)
+    assert plan("margin_diverse", 50, label_counts=np.ones(77, dtype=np.intp)) == Prefilter(150, 0)
     assert plan("margin_diverse", 50, label_counts=np.ones(7, dtype=np.intp), n_unseen_classes=70) == Prefilter(
-        200, 0
+        150, 0
     )
