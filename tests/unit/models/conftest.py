@@ -1,4 +1,4 @@
-"""Fixtures shared by the ONNX embedder tests: one export cache and one embedder per precision per module."""
+"""Shared by the ONNX embedder tests: one export cache and one embedder per precision per module, and row cosines."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import models.onnx_embedder as onnx_embedder
+from models._types import Float32Array
 from models.onnx_embedder import OnnxEmbedder
 
 
@@ -39,3 +41,9 @@ def export_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     monkeypatch.setattr(onnx_embedder, "_export", counting)
     return calls
+
+
+def row_cosines(a: Float32Array, b: Float32Array) -> Float32Array:
+    """Cosine of each row of ``a`` with the same row of ``b`` (the embedders' rows are unit length)."""
+    cosines: Float32Array = np.einsum("ij,ij->i", a, b)
+    return cosines

@@ -18,6 +18,7 @@ from models.cache import model_key
 from models.embedder import Embedder, TransformerEmbedder
 from models.errors import EmbedderUnavailable
 from models.onnx_embedder import OnnxEmbedder
+from tests.unit.models.conftest import row_cosines
 
 LONG = (
     "I moved to a new flat last month and updated my address in the app, but the replacement card "
@@ -46,11 +47,6 @@ def reference() -> Float32Array:
     return TransformerEmbedder(device="cpu").encode(SENTENCES)
 
 
-def _cosines(a: Float32Array, b: Float32Array) -> Float32Array:
-    cosines: Float32Array = np.einsum("ij,ij->i", a, b)
-    return cosines
-
-
 def test_the_long_sentences_exceed_128_tokens(fp32: OnnxEmbedder) -> None:
     fp32.encode(["warm-up"])
     assert fp32._loaded is not None
@@ -62,7 +58,7 @@ def test_fp32_matches_the_torch_embedder(fp32: OnnxEmbedder, reference: Float32A
     vectors = fp32.encode(SENTENCES)
     assert vectors.shape == (len(SENTENCES), 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert _cosines(vectors, reference).min() >= 0.9999
+    assert row_cosines(vectors, reference).min() >= 0.9999
 
 
 def test_fp32_order_is_the_callers(fp32: OnnxEmbedder) -> None:
@@ -72,10 +68,10 @@ def test_fp32_order_is_the_callers(fp32: OnnxEmbedder) -> None:
 
 
 def test_int8_stays_close_to_fp32(int8: OnnxEmbedder, reference: Float32Array) -> None:
-    cosines = _cosines(int8.encode(REAL), reference[: len(REAL)])
+    cosines = row_cosines(int8.encode(REAL), reference[: len(REAL)])
     assert cosines.min() >= 0.99
     assert cosines.mean() >= 0.995
-    degenerate = _cosines(int8.encode(["", "Hi"]), reference[len(REAL) :])  # 2-3 tokens: they run in fp32
+    degenerate = row_cosines(int8.encode(["", "Hi"]), reference[len(REAL) :])  # 2-3 tokens: they run in fp32
     assert degenerate.min() >= 0.99
 
 
@@ -107,7 +103,7 @@ def test_a_corrupt_file_is_replaced(
     embedder.onnx_path.write_bytes(b"not an onnx model")
     vectors = embedder.encode(SENTENCES)
     assert export_calls == [embedder.onnx_path]
-    assert _cosines(vectors, reference).min() >= 0.9999
+    assert row_cosines(vectors, reference).min() >= 0.9999
 
 
 def test_a_file_made_for_something_else_is_replaced(
@@ -119,7 +115,7 @@ def test_a_file_made_for_something_else_is_replaced(
     shutil.copyfile(int8.onnx_path, embedder.onnx_path)  # a valid model, but int8: its key differs
     vectors = embedder.encode(SENTENCES)
     assert export_calls == [embedder.onnx_path]
-    assert _cosines(vectors, reference).min() >= 0.9999
+    assert row_cosines(vectors, reference).min() >= 0.9999
 
 
 def test_the_file_name_follows_precision_and_versions(fp32: OnnxEmbedder, int8: OnnxEmbedder) -> None:

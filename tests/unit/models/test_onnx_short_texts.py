@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from models._onnx_export import RECIPE
-from models._types import Float32Array
 from models.embedder import TransformerEmbedder
 from models.onnx_embedder import FP32_MAX_TOKENS, OnnxEmbedder
+from tests.unit.models.conftest import row_cosines
 
 # The empty string, 1-3-word strings, and the short texts of the shared data sets (SMS Spam, Banking77,
 # TREC) on which unrouted int8 strayed furthest from fp32 when encoded together.
@@ -30,11 +30,6 @@ LONG = (
 )
 
 
-def _cosines(a: Float32Array, b: Float32Array) -> Float32Array:
-    cosines: Float32Array = np.einsum("ij,ij->i", a, b)
-    return cosines
-
-
 def _token_counts(embedder: OnnxEmbedder, texts: list[str]) -> list[int]:
     embedder.encode(["warm-up"])
     assert embedder._loaded is not None
@@ -48,8 +43,8 @@ def test_the_short_texts_are_short(int8: OnnxEmbedder) -> None:
 
 def test_int8_keeps_short_texts_close_to_fp32(int8: OnnxEmbedder) -> None:
     reference = TransformerEmbedder(device="cpu").encode(SHORT)
-    together = _cosines(int8.encode(SHORT), reference)
-    alone = _cosines(np.vstack([int8.encode([text]) for text in SHORT]), reference)
+    together = row_cosines(int8.encode(SHORT), reference)
+    alone = row_cosines(np.vstack([int8.encode([text]) for text in SHORT]), reference)
     assert together.min() >= 0.99 and alone.min() >= 0.99
 
 
@@ -62,7 +57,7 @@ def test_a_batch_of_short_and_long_texts_splits_by_length(int8: OnnxEmbedder, fp
     vectors = int8.encode(texts)
     np.testing.assert_allclose(vectors[[0, 2]], fp32.encode([texts[0], texts[2]]), atol=1e-5)
     np.testing.assert_allclose(vectors[1], int8.encode([LONG])[0], atol=1e-5)  # int8: not fp32's vector
-    assert _cosines(vectors[1:2], fp32.encode([LONG]))[0] < 0.99999
+    assert row_cosines(vectors[1:2], fp32.encode([LONG]))[0] < 0.99999
 
 
 def test_the_threshold_counts_special_tokens(cache_dir: Path, fp32: OnnxEmbedder) -> None:
@@ -71,7 +66,7 @@ def test_the_threshold_counts_special_tokens(cache_dir: Path, fp32: OnnxEmbedder
     assert _token_counts(embedder, [five, six]) == [6, 7]
     vectors, reference = embedder.encode([five, six]), fp32.encode([five, six])
     np.testing.assert_allclose(vectors[0], reference[0], atol=1e-5)
-    assert _cosines(vectors[1:], reference[1:])[0] < 0.99999
+    assert row_cosines(vectors[1:], reference[1:])[0] < 0.99999
 
 
 def test_the_fp32_file_is_exported_only_when_a_short_text_comes(tmp_path: Path, export_calls: list[Path]) -> None:
@@ -87,7 +82,7 @@ def test_the_fp32_file_is_exported_only_when_a_short_text_comes(tmp_path: Path, 
 
 def test_zero_runs_every_text_in_int8(cache_dir: Path, int8: OnnxEmbedder, fp32: OnnxEmbedder) -> None:
     unrouted = OnnxEmbedder(cache_dir=cache_dir, precision="int8", fp32_max_tokens=0)
-    assert _cosines(unrouted.encode(["Hi"]), fp32.encode(["Hi"]))[0] < 0.99999
+    assert row_cosines(unrouted.encode(["Hi"]), fp32.encode(["Hi"]))[0] < 0.99999
     unrouted.encode(["warm-up"])
     assert unrouted._loaded is not None and unrouted._loaded.short_session is None
 
