@@ -25,8 +25,9 @@ import httpx
 from label_studio_sdk import LabelStudio, PredictionRequest
 from label_studio_sdk.core import ApiError
 
+from connectors import _ls_lookup as lk
 from connectors import _ls_tasks as lt
-from connectors._label_config import ChoicesControl, choices_config, read_choices
+from connectors._label_config import ChoicesControl, read_choices
 from connectors._ls_errors import TOKEN_ADVICE, display_url, translated
 from connectors._ls_webhooks import deactivate_webhooks, upsert_webhook
 from connectors.base import OutgoingTask, PredictionUpdate, ProjectInfo, PullResult, TaskSummary
@@ -163,7 +164,13 @@ class LabelStudioConnector:
                 found = self._client.projects.get(id=self.project_id)
                 project_id, title, config = int(found.id or self.project_id), found.title, found.label_config
             else:
-                project_id, title, config = self._find_or_create(classes)
+                project_id, title, config = lk.find_or_create_project(
+                    self._client,
+                    title=self.project_title,
+                    classes=classes,
+                    text_key=self.text_key,
+                    display_url=self.url,
+                )
         control = read_choices(config or "", project_id=str(project_id))
         if control.data_key is not None and control.data_key != self.text_key:
             raise ConnectorRejected(
@@ -190,7 +197,7 @@ class LabelStudioConnector:
         for task in tasks:
             unique.setdefault(task.item_id, task)  # push order is kept: LS serves tasks by id
         with translated(self.url, "push"):
-            remote = self._find_by_item_ids(list(unique))
+            remote = self._find_by_item_ids(project, list(unique))
             missing = [task for item_id, task in unique.items() if item_id not in remote]
             for start in range(0, len(missing), self.import_chunk_size):
                 remote.update(self._import(project, missing[start : start + self.import_chunk_size]))
@@ -260,7 +267,7 @@ class LabelStudioConnector:
             ConnectorUnavailable, ConnectorRejected.
         """
         project = self._resolved()
-        query = lt.dm_query([lt.OURS, *_NO_ANNOTATION])
+        query = lt.dm_query([lt.OURS, *lk.NO_ANNOTATION])
         with translated(self.url, "count_waiting"):
             page: Any = self._client.tasks.list(
                 project=project.project_id, query=query, fields="task_only", include="id", page=1, page_size=1
@@ -314,7 +321,9 @@ class LabelStudioConnector:
         remaining: set[str] = set()
         with translated(self.url, "withdraw"):
             for chunk in lt.id_chunks(numeric, max_items=self.lookup_chunk_size):
-                remaining |= self._delete_untouched(project, [int(task_id) for task_id in chunk])
+                remaining |= lk.delete_untouched(
+                    self._client, project.project_id, [int(task_id) for task_id in chunk], page_size=self.page_size
+                )
         gone = [task_id for task_id in remote_task_ids if task_id not in remaining]
         self._known_task_ids.difference_update(gone)
         log.info(
@@ -364,21 +373,6 @@ class LabelStudioConnector:
 
     # -- internals -------------------------------------------------------------------
 
-    def _delete_untouched(self, project: _Project, task_ids: list[int]) -> set[str]:
-        """Delete the untouched ones among ``task_ids``; return the ids that still exist."""
-        by_id = [lt.dm_filter("id", "in_list", "Number", task_ids)]
-        candidates = [
-            int(task.id) for task in self._iter_tasks(project, [*by_id, *_UNTOUCHED], fields="task_only", include="id")
-        ]
-        if candidates:  # the action re-applies the filters, so a task touched since is kept
-            self._client.actions.create(
-                id="delete_tasks",
-                project=project.project_id,
-                filters=cast(Any, {"conjunction": "and", "items": [*by_id, *_UNTOUCHED]}),
-                selected_items=cast(Any, {"all": False, "included": candidates}),
-            )
-        return {str(task.id) for task in self._iter_tasks(project, by_id, fields="task_only", include="id")}
-
     def _resolved(self) -> _Project:
         if self._project is None:
             self.ensure_project(classes=None)
@@ -386,79 +380,17 @@ class LabelStudioConnector:
             raise ConnectorRejected("no Label Studio project")
         return self._project
 
-    def _find_or_create(self, classes: Sequence[str] | None) -> tuple[int, str | None, str | None]:
-        pager: Any = self._client.projects.list(
-            title=self.project_title, include="id,title,label_config", page_size=100
-        )
-        matches = sorted(
-            ((int(p.id), p) for p in pager if p.title == self.project_title and p.id is not None),
-            key=lambda match: match[0],
-        )
-        if len(matches) > 1:
-            log.warning(
-                "%s projects are titled %r; using the oldest, %s",
-                len(matches),
-                self.project_title,
-                matches[0][0],
-            )
-        if matches:
-            found = matches[0][1]
-            return matches[0][0], found.title, found.label_config
-        if not classes:
-            raise ConnectorRejected(
-                f"Label Studio at {self.url} has no project titled {self.project_title!r} "
-                "and no classes were given to create one"
-            )
-        config = choices_config(classes, text_key=self.text_key)
-        created = self._client.projects.create(
-            title=self.project_title,
-            label_config=config,
-            description="Active-learning batches pushed by labelloop.",
-        )
-        log.info("created Label Studio project %s (%s classes)", created.id, len(classes))
-        return int(created.id or 0), self.project_title, created.label_config or config
-
     def _iter_tasks(
         self, project: _Project, filters: Sequence[Mapping[str, Any]], *, fields: str, include: str
     ) -> Iterator[Any]:
-        """Yield matching tasks by ascending id, paging on ``id >`` (stable under inserts/deletes)."""
-        after = 0
-        while True:
-            query = lt.dm_query([*filters, lt.dm_filter("id", "greater", "Number", after)], ordering="tasks:id")
-            page: Any = self._client.tasks.list(
-                project=project.project_id,
-                query=query,
-                fields=fields,
-                include=include,
-                page=1,
-                page_size=self.page_size,
-            )
-            items = list(page.items or [])
-            yield from items
-            if len(items) < self.page_size:
-                return
-            after = max(int(task.id) for task in items)
+        return lk.iter_tasks(
+            self._client, project.project_id, filters, fields=fields, include=include, page_size=self.page_size
+        )
 
-    def _find_by_item_ids(self, item_ids: Sequence[str]) -> dict[str, str]:
-        """Existing tasks for these items; the oldest wins if an item has several."""
-        project = self._resolved()
-        found: dict[str, str] = {}
-        duplicates = 0
-        for chunk in lt.id_chunks(item_ids, max_items=self.lookup_chunk_size):
-            by_item = lt.dm_filter(f"data.{lt.DATA_ITEM_ID}", "in_list", "String", chunk)
-            for task in self._iter_tasks(project, [by_item], fields="task_only", include="id,data"):
-                item_id = str(task.data.get(lt.DATA_ITEM_ID))
-                if item_id in found:
-                    duplicates += 1
-                else:
-                    found[item_id] = str(task.id)
-        if duplicates:
-            log.warning(
-                "project %s holds %s duplicate tasks for the same items; using the oldest of each",
-                project.project_id,
-                duplicates,
-            )
-        return found
+    def _find_by_item_ids(self, project: _Project, item_ids: Sequence[str]) -> dict[str, str]:
+        return lk.find_by_item_ids(
+            self._client, project.project_id, item_ids, page_size=self.page_size, chunk_size=self.lookup_chunk_size
+        )
 
     def _import(self, project: _Project, chunk: Sequence[OutgoingTask]) -> dict[str, str]:
         payload = [lt.task_payload(task, control=project.control, text_key=self.text_key) for task in chunk]
@@ -479,7 +411,7 @@ class LabelStudioConnector:
         task_ids = list(getattr(response, "task_ids", None) or [])
         if len(task_ids) == len(chunk):  # verified: ids come back in payload order
             return {task.item_id: str(task_id) for task, task_id in zip(chunk, task_ids, strict=True)}
-        return self._find_by_item_ids([task.item_id for task in chunk])
+        return self._find_by_item_ids(project, [task.item_id for task in chunk])
 
     def _learn_annotators(self, listed: Sequence[Any]) -> None:
         wanted = {
@@ -495,13 +427,6 @@ class LabelStudioConnector:
             users = []  # a token without user listing rights: annotators stay user ids
         self._annotators.update({int(user.id): str(user.email or user.username or user.id) for user in users})
         self._annotators.update({who: str(who) for who in wanted - self._annotators.keys()})  # ask once
-
-
-_NO_ANNOTATION = (
-    lt.dm_filter("total_annotations", "equal", "Number", 0),
-    lt.dm_filter("cancelled_annotations", "equal", "Number", 0),
-)
-_UNTOUCHED = (*_NO_ANNOTATION, lt.dm_filter("draft_exists", "equal", "Boolean", False))
 
 
 def _numeric(task_id: str) -> tuple[int, str]:
