@@ -218,12 +218,12 @@ def _streamed(
     args: argparse.Namespace, cache: Any, classifier: Any, rows: Any, anchors: Any, scenario: dict[str, Any],
     chunk_rows: int,
 ) -> tuple[list[Phase], Any]:
-    from daemon.scoring import SCORING_DTYPE, coarse_proba_for, shortlist
+    from daemon.scoring import SCORING_DTYPE, coarse_head_for, shortlist
     from strategies import DEFAULT_STRATEGY, PoolView, Prefilter, prefilter, prefilter_scores, select_batch
 
     counts, n_unseen = scenario["counts"], scenario["n_unseen"]
     proba_fn = functools.partial(classifier.predict_proba, dtype=SCORING_DTYPE)  # as daemon.selection asks
-    coarse_fn = coarse_proba_for(classifier, len(rows), "auto")  # the daemon's default scoring_prefilter
+    coarse_fn = coarse_head_for(classifier, len(rows), "auto")  # the daemon's default scoring_prefilter
 
     def score(proba: Any) -> Any:
         return prefilter_scores(DEFAULT_STRATEGY, proba, counts, n_unseen_classes=n_unseen,
@@ -231,7 +231,7 @@ def _streamed(
 
     def top(plan: Prefilter, coarse: Any = coarse_fn) -> Any:
         return shortlist(cache, rows, plan, predict_proba=proba_fn, score=score,
-                         rng=np.random.default_rng(0), chunk_rows=chunk_rows, coarse_proba=coarse)
+                         rng=np.random.default_rng(0), chunk_rows=chunk_rows, coarse=coarse)
 
     read, _ = _measure("read the shards (float16 -> float32)", 1, lambda: _read_all(cache, rows, chunk_rows))
     plan_1000 = Prefilter(n_top=1000, n_sample=0)
@@ -246,7 +246,7 @@ def _streamed(
     def batch() -> Any:
         rng = np.random.default_rng(0)
         short = shortlist(cache, rows, plan, predict_proba=proba_fn, score=score, rng=rng,
-                          chunk_rows=chunk_rows, coarse_proba=coarse_fn)
+                          chunk_rows=chunk_rows, coarse=coarse_fn)
         view = PoolView(embeddings=cache.get(rows[short.positions]), proba=short.proba, label_counts=counts,
                         n_unseen_classes=n_unseen, labeled_embeddings=anchors)
         return short.positions[select_batch(DEFAULT_STRATEGY, view, args.k, rng=rng).positions], len(short.positions)

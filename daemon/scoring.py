@@ -9,8 +9,9 @@ Selection runs in two stages so that memory and pairwise work do not grow with t
     beforehand (:func:`strategies.prefilter` says how many of each). Three chunks of vectors
     and probabilities are alive at a time (one being read, one in the head, one being scored:
     :func:`_scored_chunks`), plus O(n_top + n_sample) kept rows.
-    With a ``coarse_proba`` (a bfloat16 head, several times faster where the hardware has
-    bfloat16 products; it reads the float16 rows as stored), the pass ranks by the coarse scores and keeps a deeper top
+    With a ``coarse`` head (:class:`CoarseHead`: a bfloat16 head, several times faster where the
+    hardware has bfloat16 products; it reads the float16 rows as stored and hands its logits to
+    the scoring thread, which takes their softmax), the pass ranks by the coarse scores and keeps a deeper top
     (:func:`coarse_top_size`); those rows alone are then re-read, re-scored in float32 and
     cut to ``plan.n_top``. The result is the float32 shortlist unless a row outside the
     deeper top could have beaten it, judged by the largest coarse error seen on the
@@ -27,8 +28,7 @@ import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -48,10 +48,11 @@ __all__ = [
     "DEFAULT_CHUNK_ROWS",
     "SCORING_DTYPE",
     "AnyProba",
+    "CoarseHead",
     "Shortlist",
     "VectorSource",
     "as_float32",
-    "coarse_proba_for",
+    "coarse_head_for",
     "coarse_top_size",
     "shortlist",
 ]
@@ -72,8 +73,9 @@ Float32Array = npt.NDArray[np.float32]
 AnyProba = npt.NDArray[np.float64] | npt.NDArray[np.float32]
 StoredRows = npt.NDArray[np.floating]  # rows as the store keeps them: float16 (or float32)
 ProbaFn = Callable[[Float32Array], AnyProba]
-StoredProbaFn = Callable[[StoredRows], AnyProba]  # a coarse head reads the stored rows and widens them itself
+StoredProbaFn = Callable[[StoredRows], AnyProba]
 ScoreFn = Callable[[AnyProba], FloatArray]
+_HeadOut = TypeVar("_HeadOut", bound=np.ndarray)  # type: ignore[type-arg]  # what the pass's head hands the scorer
 
 
 class VectorSource(Protocol):
@@ -89,17 +91,32 @@ class VectorSource(Protocol):
 class CoarseCapable(Protocol):
     """The part of :class:`models.classifier.ProxyClassifier` a coarse pre-filter needs."""
 
-    def predict_proba(
-        self, X: StoredRows, *, dtype: Literal["float32"], head_dtype: Literal["float32", "bfloat16"]
-    ) -> Float32Array: ...
+    def coarse_logits(self, X: StoredRows) -> Float32Array: ...
+
+    def proba_from_logits(self, logits: Float32Array) -> Float32Array: ...
 
     def bfloat16_speedup(self) -> float: ...
 
 
-def coarse_proba_for(
+@dataclass(frozen=True, slots=True)
+class CoarseHead:
+    """A cheaper, approximate head for the first stage of :func:`shortlist`, in two steps.
+
+    Attributes:
+        logits: the rows as stored (float16 from the embedding cache) → ``(c, C)`` logits; runs
+            on the pass's own thread.
+        proba: logits → ``(c, C)`` probabilities, off by up to ~1e-2 from the float32 head's;
+            runs on the scoring thread, before the score. Both must be thread-safe.
+    """
+
+    logits: Callable[[StoredRows], Float32Array]
+    proba: Callable[[Float32Array], AnyProba]
+
+
+def coarse_head_for(
     classifier: CoarseCapable, n_rows: int, mode: Literal["auto", "bfloat16", "off"]
-) -> StoredProbaFn | None:
-    """The ``coarse_proba`` :func:`shortlist` should use for ``n_rows`` rows, or None for one float32 pass.
+) -> CoarseHead | None:
+    """The ``coarse`` head :func:`shortlist` should use for ``n_rows`` rows, or None for one float32 pass.
 
     ``"auto"``: a bfloat16 head for pools of at least :data:`COARSE_MIN_ROWS` rows on hardware
     where it runs at least :data:`COARSE_MIN_SPEEDUP` times faster than float32 (measured once per
@@ -109,7 +126,7 @@ def coarse_proba_for(
         return None
     if mode == "auto" and classifier.bfloat16_speedup() < COARSE_MIN_SPEEDUP:
         return None
-    return partial(classifier.predict_proba, dtype=SCORING_DTYPE, head_dtype="bfloat16")
+    return CoarseHead(logits=classifier.coarse_logits, proba=classifier.proba_from_logits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +151,13 @@ def shortlist(
     score: ScoreFn | None,
     rng: np.random.Generator,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    coarse_proba: StoredProbaFn | None = None,
+    coarse: CoarseHead | None = None,
 ) -> Shortlist:
     """Return the top ``plan.n_top`` rows by ``score`` plus ``plan.n_sample`` uniform rows.
 
     Ties in ``score`` are broken uniformly at random, as :func:`strategies.select.top_k` does.
     With ``plan.n_top == 0`` no row is scored and only the sample's vectors are read.
-    With ``coarse_proba`` the pass runs in two stages (see the module docstring); it returns
+    With a ``coarse`` head the pass runs in two stages (see the module docstring); it returns
     the same shortlist and leaves ``rng`` in the same state.
 
     Args:
@@ -151,9 +168,7 @@ def shortlist(
         score: (c, C) probabilities → (c,) pre-filter scores; required when ``plan.n_top > 0``.
         rng: draws the sample and breaks ties.
         chunk_rows: >= 1, rows read and scored at once; bounds the memory in use.
-        coarse_proba: like ``predict_proba`` but cheaper and approximate (probabilities off
-            by up to ~1e-2), and given the rows as stored (float16 from the embedding cache), or
-            None for one float32 pass.
+        coarse: a cheaper, approximate head (:class:`CoarseHead`), or None for one float32 pass.
 
     Raises:
         ValueError: ``plan`` asks for a top without ``score`` and ``predict_proba``, or for more
@@ -168,9 +183,9 @@ def shortlist(
         return Shortlist(sample, drawn)
     if predict_proba is None or score is None:
         raise ValueError("a plan with a top needs predict_proba and score")
-    if coarse_proba is not None and coarse_top_size(plan.n_top, n) < n:
+    if coarse is not None and coarse_top_size(plan.n_top, n) < n:
         state = rng.bit_generator.state
-        found = _two_stage(source, rows, plan, sample, predict_proba, coarse_proba, score, rng, chunk_rows)
+        found = _two_stage(source, rows, plan, sample, predict_proba, coarse, score, rng, chunk_rows)
         if found is not None:
             return found
         rng.bit_generator.state = state  # the float32 pass draws the same tie-breaking keys again
@@ -193,7 +208,7 @@ def _two_stage(
     plan: Prefilter,
     sample: IntArray,
     predict_proba: ProbaFn,
-    coarse_proba: StoredProbaFn,
+    coarse: CoarseHead,
     score: ScoreFn,
     rng: np.random.Generator,
     chunk_rows: int,
@@ -202,9 +217,9 @@ def _two_stage(
     deeper = _RunningTop(coarse_top_size(plan.n_top, len(rows)))
     sample_proba: list[AnyProba] = []
     chunks = source.iter_stored_chunks(rows, chunk_rows)
-    for span, stored, coarse, values in _scored_chunks(chunks, coarse_proba, score):
-        deeper.add(np.arange(span.start, span.stop, dtype=np.intp), values, rng.random(len(coarse)),
-                   coarse[:, :0])  # the coarse probabilities are not kept
+    for span, stored, _, values in _scored_chunks(chunks, coarse.logits, _of_proba(coarse.proba, score)):
+        deeper.add(np.arange(span.start, span.stop, dtype=np.intp), values, rng.random(len(values)),
+                   np.empty((len(values), 0)))  # the coarse probabilities are not kept
         lo, hi = np.searchsorted(sample, [span.start, span.stop])
         if hi > lo:
             sample_proba.append(predict_proba(as_float32(stored[sample[lo:hi] - span.start])))
@@ -226,6 +241,15 @@ def _two_stage(
     return Shortlist(unique.astype(np.intp), kept_proba[first])
 
 
+def _of_proba(proba: Callable[[Float32Array], AnyProba], score: ScoreFn) -> Callable[[Float32Array], FloatArray]:
+    """``score`` of the coarse probabilities of a chunk's logits: the scoring thread's work in a coarse pass."""
+
+    def scored(logits: Float32Array) -> FloatArray:
+        return score(proba(logits))
+
+    return scored
+
+
 def _widened(predict_proba: ProbaFn) -> StoredProbaFn:
     def widened(stored: StoredRows) -> AnyProba:
         return predict_proba(as_float32(stored))
@@ -234,9 +258,11 @@ def _widened(predict_proba: ProbaFn) -> StoredProbaFn:
 
 
 def _scored_chunks(
-    chunks: Iterator[tuple[slice, StoredRows]], predict_proba: StoredProbaFn, score: ScoreFn
-) -> Iterator[tuple[slice, StoredRows, AnyProba, FloatArray]]:
-    """Yield ``(span, stored rows, proba, scores)`` per chunk, in order.
+    chunks: Iterator[tuple[slice, StoredRows]],
+    head: Callable[[StoredRows], _HeadOut],
+    score: Callable[[_HeadOut], FloatArray],
+) -> Iterator[tuple[slice, StoredRows, _HeadOut, FloatArray]]:
+    """Yield ``(span, stored rows, head output, scores)`` per chunk, in order.
 
     Three threads share the work of a chunk, each on a different one: a reader thread reads the
     next chunk (positioned reads: the copy out of the page cache releases the GIL) while this
@@ -247,13 +273,13 @@ def _scored_chunks(
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-read") as reader, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-score") as worker:
-        pending: tuple[slice, StoredRows, AnyProba, Future[FloatArray]] | None = None
+        pending: tuple[slice, StoredRows, _HeadOut, Future[FloatArray]] | None = None
         for span, stored in _read_ahead(chunks, reader):
-            proba = predict_proba(stored)
-            job = worker.submit(score, proba)
+            out = head(stored)
+            job = worker.submit(score, out)
             if pending is not None:
                 yield pending[0], pending[1], pending[2], pending[3].result()
-            pending = (span, stored, proba, job)
+            pending = (span, stored, out, job)
         if pending is not None:
             yield pending[0], pending[1], pending[2], pending[3].result()
 

@@ -29,7 +29,7 @@ from daemon.scoring import (
     AnyProba,
     ScoreFn,
     Shortlist,
-    coarse_proba_for,
+    coarse_head_for,
     shortlist,
 )
 from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus
@@ -173,7 +173,7 @@ def _shortlist(
         return shortlist(cache, rows, plan, predict_proba=None, score=score, rng=rng, chunk_rows=DEFAULT_CHUNK_ROWS)
     return shortlist(cache, rows, plan, predict_proba=partial(model.classifier.predict_proba, dtype=SCORING_DTYPE),
                      score=score, rng=rng, chunk_rows=DEFAULT_CHUNK_ROWS,
-                     coarse_proba=coarse_proba_for(model.classifier, len(rows), ctx.settings.model.scoring_prefilter))
+                     coarse=coarse_head_for(model.classifier, len(rows), ctx.settings.model.scoring_prefilter))
 
 
 def _read_inputs(ctx: LoopContext, cache: EmbeddingCache) -> _Inputs:

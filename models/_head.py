@@ -18,6 +18,7 @@ __all__ = [
     "bfloat16_speedup",
     "cast_layers",
     "fold_affine",
+    "forward_logit_columns",
     "forward_proba",
     "train_head",
 ]
@@ -164,7 +165,25 @@ def forward_proba(features: torch.Tensor, folded: Layers, dtype: torch.dtype = t
     return proba
 
 
+def forward_logit_columns(features: torch.Tensor, folded: Layers) -> torch.Tensor:
+    """Logits ``(C, m)`` float32 of raw rows ``(m, d)``, one column per row: :func:`forward_proba` before its softmax.
+
+    The product runs as ``W @ x.T`` (as fast as ``x @ W.T``) in the layers' own dtype, so the
+    class axis comes out first. Seen from numpy as the ``(m, C)`` transpose, a softmax or score
+    over each row's classes then reduces across rows, in whole-vector operations: on 75 classes
+    that took 0.06 s per 1M rows against torch's row-wise softmax's 0.12 s. Non-finite rows are
+    not checked for here (the softmax does, :func:`models.classifier.ProxyClassifier.proba_from_logits`).
+    """
+    hidden = _to_layer_dtype(features, folded[0][0].dtype).T
+    for depth, (weight, bias) in enumerate(folded):
+        if depth:
+            hidden = nn.functional.gelu(hidden)
+        hidden = torch.addmm(bias[:, None], weight, hidden)
+    return hidden.float()
+
+
 _STAGING_MAX_BYTES = 16 << 20  # per thread: a scoring chunk of 8,192 x 384 float32 rows fits, in 12 MB
+_WIDEN_BLOCK_BYTES = 3 << 19  # float32 rows widened at once on the way to bfloat16: 1.5 MB, in a 2 MB L2
 _staging = threading.local()
 
 
@@ -174,27 +193,34 @@ def _to_layer_dtype(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     A scoring pass converts each of ~120 chunks per million rows. Fresh float32 and bfloat16
     tensors for every chunk cost page faults that took longer than the conversions themselves
     (1M x 384 rows: 0.28 s, against 0.12 s into reused buffers), and torch's direct float16 ->
-    bfloat16 cast is slower than going through float32 (0.23-0.31 s). Chunks bigger than
-    :data:`_STAGING_MAX_BYTES` of float32 are converted into fresh tensors, so what a thread keeps
-    stays small.
+    bfloat16 cast is slower than going through float32 (0.23-0.31 s). On the way to bfloat16
+    the float32 step is taken :data:`_WIDEN_BLOCK_BYTES` at a time, so it never leaves the
+    core's cache: 0.25 s for the widening and the product per 1M rows, against 0.34 s through
+    a whole float32 chunk. Chunks bigger than :data:`_STAGING_MAX_BYTES` of float32 are
+    converted into fresh tensors, so what a thread keeps stays small.
     """
     if features.dtype != torch.float16:
         return features.to(dtype)
     if features.device.type != "cpu" or features.numel() * 4 > _STAGING_MAX_BYTES:
         return features.to(torch.float32).to(dtype)
     n, d = features.shape
-    wide = _staging_buffer("wide", torch.float32, d, n)[:n]
-    wide.copy_(features)
     if dtype == torch.float32:
-        return wide
-    narrow = _staging_buffer("narrow", dtype, d, n)[:n]
-    return narrow.copy_(wide)
+        wide = _staging_buffer("wide", torch.float32, d, max(n, _STAGING_MAX_BYTES // (4 * d)))[:n]
+        return wide.copy_(features)
+    narrow = _staging_buffer("narrow", dtype, d, max(n, _STAGING_MAX_BYTES // (4 * d)))[:n]
+    block = max(1, _WIDEN_BLOCK_BYTES // (4 * d))
+    step = _staging_buffer("step", torch.float32, d, block)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        narrow[start:stop].copy_(step[: stop - start].copy_(features[start:stop]))
+    return narrow
 
 
 def _staging_buffer(name: str, dtype: torch.dtype, width: int, rows: int) -> torch.Tensor:
+    """This thread's ``name`` buffer, at least ``(rows, width)`` in ``dtype`` (reallocated when it is not)."""
     buffer: torch.Tensor | None = getattr(_staging, name, None)
     if buffer is None or buffer.dtype != dtype or buffer.shape[1] != width or buffer.shape[0] < rows:
-        buffer = torch.empty((max(rows, _STAGING_MAX_BYTES // (4 * width)), width), dtype=dtype)
+        buffer = torch.empty((rows, width), dtype=dtype)
         setattr(_staging, name, buffer)
     return buffer
 

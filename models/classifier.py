@@ -19,6 +19,7 @@ from models._head import (
     bfloat16_speedup,
     cast_layers,
     fold_affine,
+    forward_logit_columns,
     forward_proba,
     train_head,
 )
@@ -187,6 +188,50 @@ class ProxyClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # 
                 chunk = torch.from_numpy(features[start : start + chunk_rows]).to(self._device)
                 rows = forward_proba(chunk, layers, TORCH_DTYPES[dtype])
                 proba[start : start + len(chunk)] = rows.cpu().numpy()
+        return proba
+
+    def coarse_logits(self, X: npt.ArrayLike, *, chunk_rows: int = 65536) -> Float32Array:
+        """Return the bfloat16 head's logits ``(n, C)`` float32, column-major, for a coarse pre-filter.
+
+        :meth:`proba_from_logits` turns them into what ``predict_proba(X, dtype="float32",
+        head_dtype="bfloat16")`` returns, up to float32 rounding. The split lets a scoring pass
+        run the product and the softmax on different threads, and the column-major layout (the
+        transpose of a C-contiguous ``(C, n)`` array) makes the softmax and the scores over each
+        row's classes whole-vector operations across rows.
+
+        Raises:
+            ModelNotFitted: ``fit`` has not been called.
+            ValueError: ``X`` has the wrong width, or ``chunk_rows`` < 1.
+        """
+        features = self._check_predict_input(X)
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        layers = self._layers("bfloat16")
+        with torch.inference_mode():
+            if len(features) <= chunk_rows:  # one chunk (a scoring pass's): hand over the head's array, no copy
+                single: Float32Array = forward_logit_columns(torch.from_numpy(features).to(self._device),
+                                                             layers).cpu().numpy().T
+                return single
+            columns = np.empty((len(self.classes_), len(features)), dtype=np.float32)
+            for start in range(0, len(features), chunk_rows):
+                chunk = torch.from_numpy(features[start : start + chunk_rows]).to(self._device)
+                columns[:, start : start + len(chunk)] = forward_logit_columns(chunk, layers).cpu().numpy()
+        logits: Float32Array = columns.T
+        return logits
+
+    @staticmethod
+    def proba_from_logits(logits: Float32Array) -> Float32Array:
+        """Return the softmax of each row of ``logits`` ``(n, C)``, a new array in the same memory layout.
+
+        Raises:
+            ValueError: a row holds NaN or inf (the message :meth:`predict_proba` gives).
+        """
+        proba: Float32Array = logits - logits.max(axis=1, keepdims=True)
+        np.exp(proba, out=proba)
+        sums = proba.sum(axis=1, keepdims=True)  # >= 1: each row's largest entry is now exp(0)
+        if not np.isfinite(sums).all():
+            raise ValueError("X contains NaN or inf (or values so large that the logits overflow)")
+        proba *= 1.0 / sums
         return proba
 
     def bfloat16_speedup(self) -> float:

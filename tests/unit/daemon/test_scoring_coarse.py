@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 
 from daemon._coarse import COARSE_MIN_ROWS, coarse_top_size, rules_out_the_rest
-from daemon.scoring import coarse_proba_for, shortlist
+from daemon.scoring import CoarseHead, coarse_head_for, shortlist
 from models.classifier import ProxyClassifier
 from strategies import Prefilter, prefilter_scores, scores
 from tests.doubles import ArraySource
@@ -36,6 +36,14 @@ def trained() -> tuple[ProxyClassifier, Float32Array]:
     return classifier, vectors
 
 
+def bfloat16_head(classifier: ProxyClassifier) -> CoarseHead:
+    return CoarseHead(logits=classifier.coarse_logits, proba=classifier.proba_from_logits)
+
+
+def as_given(proba: Float32Array) -> Float32Array:
+    return proba
+
+
 def scarce(classifier: ProxyClassifier) -> partial[npt.NDArray[np.float64]]:
     counts = np.full(len(classifier.classes_), 25, dtype=np.intp)
     counts[0] = 2
@@ -50,14 +58,13 @@ def test_the_coarse_pass_finds_the_float32_shortlist_and_leaves_rng_alike(
     rows = np.arange(len(vectors))
     plan = Prefilter(n_top=n_top, n_sample=n_sample)
     exact_fn = partial(classifier.predict_proba, dtype="float32")
-    coarse_fn = partial(classifier.predict_proba, dtype="float32", head_dtype="bfloat16")
     assert coarse_top_size(n_top, len(rows)) < len(rows)  # the two-stage path really runs
     exact_rng, coarse_rng = np.random.default_rng(seed), np.random.default_rng(seed)
     exact = shortlist(ArraySource(vectors), rows, plan, predict_proba=exact_fn, score=scarce(classifier),
                       rng=exact_rng, chunk_rows=700)
     source = ArraySource(vectors)
     got = shortlist(source, rows, plan, predict_proba=exact_fn, score=scarce(classifier), rng=coarse_rng,
-                    chunk_rows=700, coarse_proba=coarse_fn)
+                    chunk_rows=700, coarse=bfloat16_head(classifier))
     np.testing.assert_array_equal(got.positions, exact.positions)
     assert got.proba is not None and exact.proba is not None
     np.testing.assert_allclose(got.proba, exact.proba, atol=1e-6)  # the float32 probabilities, not bfloat16's
@@ -82,7 +89,7 @@ def test_a_coarse_head_that_is_too_far_off_falls_back_to_float32(
                       chunk_rows=512)
     with caplog.at_level(logging.INFO, logger="daemon.scoring"):
         got = shortlist(ArraySource(vectors), rows, plan, predict_proba=exact_fn, score=scores.margin,
-                        rng=coarse_rng, chunk_rows=512, coarse_proba=scrambled)
+                        rng=coarse_rng, chunk_rows=512, coarse=CoarseHead(logits=scrambled, proba=as_given))
     np.testing.assert_array_equal(got.positions, exact.positions)
     assert coarse_rng.random() == exact_rng.random()
     assert "scoring the pool again in float32" in caplog.text
@@ -100,7 +107,7 @@ def test_a_top_as_deep_as_the_pool_skips_the_coarse_pass(trained: tuple[ProxyCla
     few = vectors[:1000]
     shortlist(ArraySource(few), np.arange(1000), Prefilter(n_top=600, n_sample=0),
               predict_proba=partial(classifier.predict_proba, dtype="float32"), score=scores.margin,
-              rng=np.random.default_rng(0), coarse_proba=coarse)
+              rng=np.random.default_rng(0), coarse=CoarseHead(logits=coarse, proba=as_given))
     assert calls == []
 
 
@@ -116,12 +123,51 @@ def test_bfloat16_probabilities_are_close_to_float32_and_sum_to_one(
         classifier.predict_proba(vectors[:2], head_dtype="float16")  # type: ignore[call-overload]
 
 
+@pytest.mark.parametrize("chunk_rows", [65536, 1000])
+def test_coarse_logits_give_the_bfloat16_probabilities_column_major(
+    trained: tuple[ProxyClassifier, Float32Array], chunk_rows: int
+) -> None:
+    classifier, vectors = trained
+    stored = vectors.astype(np.float16)  # as the embedding cache keeps them
+    logits = classifier.coarse_logits(stored, chunk_rows=chunk_rows)
+    assert logits.shape == (len(vectors), len(classifier.classes_)) and logits.dtype == np.float32
+    assert logits.flags.f_contiguous  # the scores over each row's classes run across rows
+    proba = classifier.proba_from_logits(logits)
+    assert proba.flags.f_contiguous
+    expected = classifier.predict_proba(stored, dtype="float32", head_dtype="bfloat16")
+    np.testing.assert_allclose(proba, expected, atol=2e-6)
+    assert logits.argmax(axis=1).tolist() == expected.argmax(axis=1).tolist()
+
+
+def test_coarse_logits_of_a_hidden_layer_head_match_its_probabilities() -> None:
+    vectors, names = clustered_pool(2_000, seed=3)
+    classifier = ProxyClassifier(hidden_dim=16, random_state=0).fit(vectors[:400], names[:400])
+    proba = classifier.proba_from_logits(classifier.coarse_logits(vectors))
+    np.testing.assert_allclose(proba, classifier.predict_proba(vectors, dtype="float32", head_dtype="bfloat16"),
+                               atol=2e-6)
+
+
+def test_a_non_finite_row_is_refused_by_the_coarse_softmax(trained: tuple[ProxyClassifier, Float32Array]) -> None:
+    classifier, vectors = trained
+    broken = vectors[:50].copy()
+    broken[7, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        classifier.proba_from_logits(classifier.coarse_logits(broken))
+    huge = vectors[:50].copy()
+    huge[9] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        classifier.proba_from_logits(classifier.coarse_logits(huge))
+
+
 class _Head:
     def __init__(self, speedup: float) -> None:
         self.speedup = speedup
 
-    def predict_proba(self, X: Float32Array, *, dtype: str, head_dtype: str) -> Float32Array:
+    def coarse_logits(self, X: Float32Array) -> Float32Array:
         return X
+
+    def proba_from_logits(self, logits: Float32Array) -> Float32Array:
+        return logits
 
     def bfloat16_speedup(self) -> float:
         return self.speedup
@@ -137,11 +183,12 @@ class _Head:
         ("off", 4.0, 10 * COARSE_MIN_ROWS, False),
     ],
 )
-def test_coarse_proba_for_follows_the_setting(mode: str, speedup: float, n: int, used: bool) -> None:
-    got = coarse_proba_for(_Head(speedup), n, mode)  # type: ignore[arg-type]
+def test_coarse_head_for_follows_the_setting(mode: str, speedup: float, n: int, used: bool) -> None:
+    head = _Head(speedup)
+    got = coarse_head_for(head, n, mode)  # type: ignore[arg-type]
     assert (got is not None) == used
     if got is not None:
-        assert got.keywords == {"dtype": "float32", "head_dtype": "bfloat16"}  # type: ignore[attr-defined]
+        assert got.logits == head.coarse_logits and got.proba == head.proba_from_logits
 
 
 def test_the_measured_speedup_is_a_positive_number(trained: tuple[ProxyClassifier, Float32Array]) -> None:

@@ -195,6 +195,20 @@ def test_float16_rows_give_the_probabilities_of_their_float32_values(head_dtype:
     np.testing.assert_array_equal(got, widened)
 
 
+def test_float16_rows_widened_block_by_block_on_the_way_to_bfloat16_are_widened_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    features, labels = blobs(30, spread=2.0)
+    model = ProxyClassifier(device="cpu").fit(features, labels)
+    stored = features.astype(np.float16)
+    expected = model.predict_proba(stored.astype(np.float32), dtype="float32", head_dtype="bfloat16")
+    monkeypatch.setattr("models._head._WIDEN_BLOCK_BYTES", 7 * 4 * features.shape[1])  # 7 rows at a time
+    assert len(stored) % 7 and len(stored) > 7 * 3  # several blocks and a short last one
+    np.testing.assert_array_equal(model.predict_proba(stored, dtype="float32", head_dtype="bfloat16"), expected)
+    np.testing.assert_array_equal(model.proba_from_logits(model.coarse_logits(stored)),
+                                  model.proba_from_logits(model.coarse_logits(stored.astype(np.float32))))
+
+
 def test_float16_rows_too_big_for_the_staging_buffers_are_widened_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     features, labels = blobs(30, spread=2.0)
     model = ProxyClassifier(device="cpu").fit(features, labels)
