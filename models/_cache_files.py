@@ -11,7 +11,9 @@ import numpy.typing as npt
 from models._digest_index import DIGEST_BYTES
 from models._types import IntArray
 
-__all__ = ["assign_new_rows", "committed_rows", "read_keys", "repair_tail", "write_at"]
+__all__ = ["assign_new_rows", "committed_rows", "read_into", "read_keys", "repair_tail", "write_at"]
+
+_IOV_MAX = 1024  # buffers per preadv call: POSIX's minimum for IOV_MAX is 16, Linux's is 1024
 
 
 def committed_rows(directory: Path, *, row_bytes: int, shard_rows: int) -> int:
@@ -50,6 +52,29 @@ def read_keys(path: Path, *, start: int, stop: int) -> npt.NDArray[np.uint8]:
     if len(raw) != (stop - start) * DIGEST_BYTES:
         raise OSError(f"{path} is shorter than {stop} rows")
     return np.frombuffer(raw, dtype=np.uint8).reshape(stop - start, DIGEST_BYTES).copy()
+
+
+def read_into(fd: int, buffers: list[memoryview], offset: int, *, path: Path) -> None:
+    """Fill ``buffers``, in order, from the bytes of ``fd`` that start at ``offset``.
+
+    One scattered positioned read (``preadv``) per :data:`_IOV_MAX` buffers, repeated after a
+    short read (a read may stop anywhere, even inside a buffer).
+
+    Raises:
+        OSError: the file ends before every buffer is full.
+    """
+    pending = [buffer for buffer in buffers if len(buffer)]
+    first = 0
+    while first < len(pending):
+        got = os.preadv(fd, pending[first : first + _IOV_MAX], offset)
+        if got <= 0:
+            raise OSError(f"{path} ended at byte {offset}, before the rows asked for")
+        offset += got
+        while first < len(pending) and got >= len(pending[first]):
+            got -= len(pending[first])
+            first += 1
+        if got:
+            pending[first] = pending[first][got:]
 
 
 def write_at(path: Path, offset: int, values: npt.NDArray[np.generic]) -> None:

@@ -36,6 +36,7 @@ import numpy.typing as npt
 from models._cache_files import (
     assign_new_rows,
     committed_rows,
+    read_into,
     read_keys,
     repair_tail,
     write_at,
@@ -203,9 +204,10 @@ class EmbeddingCache:
             if last - first + 1 > _DENSE_FACTOR * len(chunk):
                 yield span, self._gather(chunk)
                 continue
-            block = self._read_rows(first, last + 1)
-            is_run = len(chunk) == len(block) and bool((np.diff(chunk) == 1).all())
-            yield span, block if is_run else block[chunk - first]
+            if bool((np.diff(chunk) > 0).all()):  # a pool's candidates, in pool order
+                yield span, self._read_runs(chunk)
+            else:
+                yield span, self._read_runs(np.arange(first, last + 1))[chunk - first]
 
     def _checked_rows(self, rows: npt.ArrayLike) -> IntArray:
         positions = np.asarray(rows, dtype=np.intp)
@@ -226,29 +228,49 @@ class EmbeddingCache:
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         with _ShardFiles(self) as files:
             for first, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
-                stored[first:stop] = self._read_rows(int(rows[first]), int(rows[stop - 1]) + 1, files)
+                stored[first:stop] = self._read_runs(np.arange(rows[first], rows[stop - 1] + 1), files)
         gathered: npt.NDArray[np.float16] = stored[inverse.reshape(-1)]
         return gathered
 
-    def _read_rows(self, first: int, stop: int, files: _ShardFiles | None = None) -> npt.NDArray[np.float16]:
-        """Read rows ``[first, stop)`` (all committed) with positioned reads, shard by shard."""
-        out = np.empty((stop - first, self.dim), dtype=_VECTOR)
-        buffer = out.data.cast("B")
+    def _read_runs(self, rows: IntArray, files: _ShardFiles | None = None) -> npt.NDArray[np.float16]:
+        """Rows ``rows`` (checked, committed, strictly increasing), read with the span they cover.
+
+        Each shard's part of the span is one scattered positioned read (:func:`read_into`): every
+        run of consecutive rows lands in its place in the result and the rows between runs (a
+        chunk's already-labeled rows) in a scratch buffer. Reading the span and then picking the
+        rows from it copied every row twice: 0.07 s against 0.035 s per 1M rows, alone, and ~0.15
+        CPU-seconds in a scoring pass that shares the cores with the head.
+        """
+        out = np.empty((len(rows), self.dim), dtype=_VECTOR)
+        if not len(rows):
+            return out
         row_bytes = self.dim * _VECTOR.itemsize
+        target = out.data.cast("B")
+        starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1).tolist()  # where each run starts
+        stops = [*starts[1:], len(rows)]
+        skipped = [int(rows[start] - rows[start - 1] - 1) for start in starts[1:]]
+        scratch = memoryview(bytearray(max(skipped, default=0) * row_bytes))
+        pieces = [target[starts[0] * row_bytes : stops[0] * row_bytes]]  # contiguous in the file from rows[0]
+        for start, stop, gap in zip(starts[1:], stops[1:], skipped, strict=True):
+            pieces += [scratch[: gap * row_bytes], target[start * row_bytes : stop * row_bytes]]
         with _ShardFiles(self) if files is None else nullcontext(files) as opened:
-            row = first
-            while row < stop:
-                shard, offset = divmod(row, self.shard_rows)
-                take = min(self.shard_rows - offset, stop - row)
-                target = buffer[(row - first) * row_bytes : (row - first + take) * row_bytes]
-                fd, done = opened.fd(shard), 0
-                while done < len(target):
-                    got = os.preadv(fd, [target[done:]], offset * row_bytes + done)
-                    if got <= 0:
-                        raise OSError(f"{self._shard_path(shard)} ended before row {row + take}")
-                    done += got
-                row += take
+            self._read_span(opened, int(rows[0]), pieces, row_bytes)
         return out
+
+    def _read_span(self, opened: _ShardFiles, row: int, pieces: list[memoryview], row_bytes: int) -> None:
+        """Fill ``pieces`` with the rows that follow ``row`` in the shards, cutting them at shard ends."""
+        shard, offset = divmod(row, self.shard_rows)
+        room = (self.shard_rows - offset) * row_bytes  # bytes left in this shard
+        batch: list[memoryview] = []
+        for piece in pieces:
+            while len(piece) > room:
+                batch.append(piece[:room])
+                piece = piece[room:]
+                read_into(opened.fd(shard), batch, offset * row_bytes, path=self._shard_path(shard))
+                shard, offset, room, batch = shard + 1, 0, self.shard_rows * row_bytes, []
+            batch.append(piece)
+            room -= len(piece)
+        read_into(opened.fd(shard), batch, offset * row_bytes, path=self._shard_path(shard))
 
     def put(self, hashes: Sequence[str], vectors: npt.NDArray[np.floating]) -> IntArray:
         """Store vectors for hashes not cached yet; return the row of every hash, ``(len(hashes),)``.

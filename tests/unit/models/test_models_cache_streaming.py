@@ -25,7 +25,8 @@ def filled(tmp_path: Path, n: int = 230, shard_rows: int = 64) -> EmbeddingCache
     "rows",
     [
         np.arange(230),  # a whole cache in order: positioned reads across shard boundaries
-        np.arange(3, 200, 2),  # candidates with gaps: their dense span is read, then picked
+        np.arange(3, 200, 2),  # candidates with gaps: their dense span is read, one-row gaps into scratch
+        np.r_[60:63, 65:70, 127:130, 131:140, 190:229],  # runs and gaps that cross shard ends (every 64 rows)
         np.arange(229, -1, -1),  # reversed
         np.array([0, 229, 5, 128, 64, 63]),  # scattered: through the maps
         np.array([], dtype=np.intp),
@@ -46,6 +47,39 @@ def test_stored_chunks_equal_get(tmp_path: Path, rows: npt.NDArray[np.intp]) -> 
             assert [(s.start, s.stop) for s in spans] == [
                 (a, min(a + chunk_rows, len(rows))) for a in range(0, len(rows), chunk_rows)
             ]
+
+
+def test_short_reads_are_resumed_inside_a_buffer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel may return fewer bytes than asked, anywhere; every row still arrives whole and in place."""
+    real_preadv = os.preadv
+    calls: list[int] = []
+
+    def stingy(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append(len(buffers))
+        budget, taken = 13, list[memoryview]()  # 13 bytes a call: never a whole row of 5 float16 values
+        for buffer in buffers:
+            taken.append(buffer[: min(len(buffer), budget)])
+            budget -= len(taken[-1])
+        return real_preadv(fd, [b for b in taken if len(b)], offset)
+
+    rows = np.r_[3:40, 42:60, 61:70, 72:100]  # dense: one scattered read of the span per shard
+    with filled(tmp_path) as cache:
+        expected = cache.get(rows)
+        monkeypatch.setattr("models._cache_files.os.preadv", stingy)
+        got = np.concatenate([v for _, v in cache.iter_stored_chunks(rows, chunk_rows=1000)])
+    np.testing.assert_array_equal(got.astype(np.float32), expected)
+    assert len(calls) > 20 and max(calls) > 1  # many short reads, each handed several buffers
+
+
+def test_a_shard_cut_short_under_a_reader_is_an_error_not_zeros(tmp_path: Path) -> None:
+    with filled(tmp_path) as writer:
+        reader = EmbeddingCache(tmp_path, model_key="m", dim=D, readonly=True)
+        shard = next(tmp_path.rglob("shard-00001.f16"))
+        os.truncate(shard, 10 * D * 2)  # rows 74.. are gone from the file the reader counted on
+        with pytest.raises(OSError, match="shard-00001"):
+            list(reader.iter_stored_chunks(np.r_[60:70, 80:90]))
+        reader.close()
+        del writer
 
 
 def test_reads_map_no_shard_and_leave_no_file_open(tmp_path: Path) -> None:
