@@ -45,8 +45,9 @@ def check_proba(proba: npt.NDArray[np.floating]) -> None:
     if proba.shape[0] == 0:
         return
     # two passes over the array, the row sums and the minimum: a NaN or inf reaches its row's sum,
-    # and entries >= 0 in rows summing to 1 are at most 1
-    row_sums = proba.sum(axis=1, dtype=np.float64)
+    # and entries >= 0 in rows summing to 1 are at most 1. Float32 sums (half the time of float64 on
+    # a scoring pass's chunks) are off by ~C * 6e-8, far inside the tolerance for any C up to 10^4
+    row_sums = proba.sum(axis=1, dtype=np.promote_types(proba.dtype, np.float32))
     if not np.isfinite(row_sums).all():
         raise ValueError("proba contains NaN or inf")
     if proba.min() < 0.0:
