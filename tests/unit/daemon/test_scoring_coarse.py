@@ -8,6 +8,7 @@ from functools import partial
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 
 from daemon._coarse import COARSE_MIN_ROWS, coarse_top_size, rules_out_the_rest
 from daemon.scoring import CoarseHead, coarse_head_for, shortlist
@@ -70,6 +71,32 @@ def test_the_coarse_pass_finds_the_float32_shortlist_and_leaves_rng_alike(
     np.testing.assert_allclose(got.proba, exact.proba, atol=1e-6)  # the float32 probabilities, not bfloat16's
     assert coarse_rng.random() == exact_rng.random()
     assert sum(source.handed_out) < 2 * len(vectors)  # one pass plus the re-read top, not a second pass
+
+
+@pytest.mark.parametrize(("threads", "in_the_head"), [(4, 2), (2, 1), (1, 1)])
+def test_the_coarse_head_runs_on_two_torch_threads_fewer_and_the_setting_comes_back(
+    trained: tuple[ProxyClassifier, Float32Array], threads: int, in_the_head: int
+) -> None:
+    """The reader and the scorer keep a core each; the float32 re-scoring after the pass gets them all back."""
+    classifier, vectors = trained
+    seen: list[int] = []
+
+    def counting(stored: Float32Array) -> Float32Array:
+        seen.append(torch.get_num_threads())
+        return classifier.coarse_logits(stored)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        shortlist(ArraySource(vectors), np.arange(len(vectors)), Prefilter(n_top=50, n_sample=0),
+                  predict_proba=partial(classifier.predict_proba, dtype="float32"), score=scarce(classifier),
+                  rng=np.random.default_rng(0), chunk_rows=2000,
+                  coarse=CoarseHead(logits=counting, proba=classifier.proba_from_logits))
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {in_the_head}
+    assert after == threads
 
 
 def test_a_coarse_head_that_is_too_far_off_falls_back_to_float32(
