@@ -204,10 +204,10 @@ def _to_layer_dtype(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if features.device.type != "cpu" or features.numel() * 4 > _STAGING_MAX_BYTES:
         return features.to(torch.float32).to(dtype)
     n, d = features.shape
+    chunk_rows = max(n, _STAGING_MAX_BYTES // (4 * d))  # sized once for any chunk that fits
     if dtype == torch.float32:
-        wide = _staging_buffer("wide", torch.float32, d, max(n, _STAGING_MAX_BYTES // (4 * d)))[:n]
-        return wide.copy_(features)
-    narrow = _staging_buffer("narrow", dtype, d, max(n, _STAGING_MAX_BYTES // (4 * d)))[:n]
+        return _staging_buffer("wide", torch.float32, d, chunk_rows)[:n].copy_(features)
+    narrow = _staging_buffer("narrow", dtype, d, chunk_rows)[:n]
     block = max(1, _WIDEN_BLOCK_BYTES // (4 * d))
     step = _staging_buffer("step", torch.float32, d, block)
     for start in range(0, n, block):

@@ -207,7 +207,7 @@ class EmbeddingCache:
             if bool((np.diff(chunk) > 0).all()):  # a pool's candidates, in pool order
                 yield span, self._read_runs(chunk)
             else:
-                yield span, self._read_runs(np.arange(first, last + 1))[chunk - first]
+                yield span, self._read_contiguous(first, last + 1)[chunk - first]
 
     def _checked_rows(self, rows: npt.ArrayLike) -> IntArray:
         positions = np.asarray(rows, dtype=np.intp)
@@ -228,11 +228,18 @@ class EmbeddingCache:
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         with _ShardFiles(self) as files:
             for first, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)], strict=True):
-                stored[first:stop] = self._read_runs(np.arange(rows[first], rows[stop - 1] + 1), files)
+                stored[first:stop] = self._read_contiguous(int(rows[first]), int(rows[stop - 1]) + 1, files)
         gathered: npt.NDArray[np.float16] = stored[inverse.reshape(-1)]
         return gathered
 
-    def _read_runs(self, rows: IntArray, files: _ShardFiles | None = None) -> npt.NDArray[np.float16]:
+    def _read_contiguous(self, first: int, stop: int, files: _ShardFiles | None = None) -> npt.NDArray[np.float16]:
+        """Read rows ``[first, stop)`` (all committed) with one positioned read per shard."""
+        out = np.empty((stop - first, self.dim), dtype=_VECTOR)
+        with _ShardFiles(self) if files is None else nullcontext(files) as opened:
+            self._read_span(opened, first, [out.data.cast("B")], self.dim * _VECTOR.itemsize)
+        return out
+
+    def _read_runs(self, rows: IntArray) -> npt.NDArray[np.float16]:
         """Rows ``rows`` (checked, committed, strictly increasing), read with the span they cover.
 
         Each shard's part of the span is one scattered positioned read (:func:`read_into`): every
@@ -246,14 +253,15 @@ class EmbeddingCache:
             return out
         row_bytes = self.dim * _VECTOR.itemsize
         target = out.data.cast("B")
-        starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1).tolist()  # where each run starts
-        stops = [*starts[1:], len(rows)]
-        skipped = [int(rows[start] - rows[start - 1] - 1) for start in starts[1:]]
+        starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)  # where each run starts
+        skipped = (rows[starts[1:]] - rows[starts[1:] - 1] - 1).tolist()  # rows between a run and the next
+        starts_list = starts.tolist()
+        stops = [*starts_list[1:], len(rows)]
         scratch = memoryview(bytearray(max(skipped, default=0) * row_bytes))
-        pieces = [target[starts[0] * row_bytes : stops[0] * row_bytes]]  # contiguous in the file from rows[0]
-        for start, stop, gap in zip(starts[1:], stops[1:], skipped, strict=True):
+        pieces = [target[: stops[0] * row_bytes]]  # contiguous in the file from rows[0]
+        for start, stop, gap in zip(starts_list[1:], stops[1:], skipped, strict=True):
             pieces += [scratch[: gap * row_bytes], target[start * row_bytes : stop * row_bytes]]
-        with _ShardFiles(self) if files is None else nullcontext(files) as opened:
+        with _ShardFiles(self) as opened:
             self._read_span(opened, int(rows[0]), pieces, row_bytes)
         return out
 
