@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="output folder")
     parser.add_argument("--calibrate", action="store_true", help="temperature-calibrate the head as the daemon")
+    parser.add_argument(
+        "--no-class-names",
+        dest="class_names",
+        action="store_false",
+        help="do not embed the class names (the default strategy then finds unseen classes without them)",
+    )
     return parser.parse_args(argv)
 
 
@@ -200,20 +207,35 @@ def ranking(summaries: dict[str, list[StrategySummary]]) -> list[dict[str, Any]]
     return sorted(table, key=lambda row: row["mean AULC rank"])
 
 
+NO_NAMES = DEFAULT_STRATEGY + "_no_names"  # the default strategy without the class names, for comparison
+
+
+def with_unnamed_default(result: Any, unnamed: Any) -> Any:
+    """Add ``unnamed``'s default-strategy arms to ``result`` as the strategy :data:`NO_NAMES`."""
+    records = tuple(replace(record, strategy=NO_NAMES) for record in unnamed.records)
+    return replace(result, strategies=(*result.strategies, NO_NAMES), records=result.records + records)
+
+
 def run_dataset(
     entry: Any, names: tuple[str, ...], args: argparse.Namespace
 ) -> tuple[list[StrategySummary], dict[str, Any]]:
     data = load_simulation_data(
-        DataSource(entry.path), embedder=TransformerEmbedder(), cache_dir=args.out / "cache", name=entry.name
+        DataSource(entry.path),
+        embedder=TransformerEmbedder(),
+        cache_dir=args.out / "cache",
+        name=entry.name,
+        use_class_names=args.class_names,
     )
-    result = run_simulation(
-        data,
-        names,
-        tuple(range(args.seeds)),
-        ReplayConfig(batch_size=entry.batch_size, budget=entry.budget),
+    run = partial(
+        run_simulation,
+        seeds=tuple(range(args.seeds)),
+        config=ReplayConfig(batch_size=entry.batch_size, budget=entry.budget),
         make_classifier=partial(proxy_classifier, calibrate=args.calibrate),
         jobs=args.jobs,
     )
+    result = run(data, names)
+    if data.class_prototypes is not None and DEFAULT_STRATEGY in names:
+        result = with_unnamed_default(result, run(replace(data, class_prototypes=None), (DEFAULT_STRATEGY,)))
     summaries = summarise(result)
     write_outputs(result, summaries, args.out / entry.name)
     ref = result.reference

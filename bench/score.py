@@ -253,7 +253,25 @@ def _streamed(
 
     diverse, (picked, shortlisted) = _measure("diverse batch (pass + select on the shortlist)", args.repeat, batch)
     diverse["shortlist rows"] = shortlisted
-    return [read, top1000, float32_only, diverse], picked
+    return [read, top1000, float32_only, diverse, *_names_pass(args, cache, rows, counts, n_unseen, chunk_rows)], picked
+
+
+def _names_pass(
+    args: argparse.Namespace, cache: Any, rows: Any, counts: Any, n_unseen: int, chunk_rows: int
+) -> list[Phase]:
+    """The extra pass while unseen classes have names: the rows nearest each name (daemon.named_rows)."""
+    from daemon.named_rows import nearest_rows
+    from strategies.named import named_share
+
+    if n_unseen == 0:
+        return []
+    names = np.random.default_rng(2).normal(size=(n_unseen, args.dim)).astype(np.float32)  # stand-ins for names
+    names /= np.linalg.norm(names, axis=1, keepdims=True)
+    depth = named_share(args.k, n_prototypes=n_unseen, n_seen_classes=len(counts), n_unseen_classes=n_unseen)
+    phase, found = _measure(f"rows nearest {n_unseen} unseen class names ({depth} each)", args.repeat,
+                            lambda: nearest_rows(cache, rows, names, depth, chunk_rows=chunk_rows))
+    phase["rows found"] = len(found)
+    return [phase]
 
 
 def _code_digest() -> str:

@@ -45,6 +45,7 @@ class SimulateRequest:
     calibrate: bool
     jobs: int
     name: str | None = None
+    use_class_names: bool = True
 
 
 def register(app: typer.Typer) -> None:
@@ -101,6 +102,11 @@ def simulate(
         typer.Option(help="Without an id column, keep every row (repeated texts, one text under two labels) "
                      "instead of merging identical texts and refusing conflicting ones."),
     ] = False,
+    class_names: Annotated[
+        bool,
+        typer.Option(help="Embed the class names so the default strategy can look for unseen classes "
+                     "(text files only), as the daemon does with loop.use_class_names."),
+    ] = True,
 ) -> None:
     """Replay active learning on labeled data with an oracle; compare strategies by labels needed.
 
@@ -126,6 +132,7 @@ def simulate(
         calibrate=calibrate,
         jobs=jobs,
         name=name,
+        use_class_names=class_names,
     )
     try:
         result, summaries, written = run_request(request)
@@ -145,7 +152,11 @@ def run_request(request: SimulateRequest) -> tuple[SimulationResult, list[Strate
     """
     # The encoder loads lazily: a file that carries its own vectors never loads it.
     data = load_simulation_data(
-        request.source, embedder=_embedder(request.encoder), cache_dir=request.cache_dir, name=request.name
+        request.source,
+        embedder=_embedder(request.encoder),
+        cache_dir=request.cache_dir,
+        name=request.name,
+        use_class_names=request.use_class_names,
     )
     result = run_simulation(
         data,

@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy.engine import Engine
 
 from connectors.base import Connector
@@ -96,6 +98,7 @@ class LoopContext:
     sync_count: int = 0
     synced_at: float | None = None  # time.monotonic() when the last sync succeeded; None before one
     pool_index: PoolIndex | None = None  # pool order -> cache row; rebuilt from the store after a restart
+    name_vectors: dict[tuple[str, str], npt.NDArray[np.float32]] = field(default_factory=dict)  # (model, class)
     _embedder: Embedder | None = None
     _caches: dict[str, EmbeddingCache] = field(default_factory=dict)
 

@@ -21,6 +21,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from daemon.context import LoopContext, TrainedModel
+from daemon.named_rows import nearest_rows, unseen_prototypes
 from daemon.pool import known_classes
 from daemon.pool_index import CandidateRows, PoolIndex, item_ids_of
 from daemon.scoring import (
@@ -73,7 +74,7 @@ class _Inputs:
     room: int
     labels: list[str]
     labeled_hashes: list[str]
-    n_classes: int
+    classes: list[str]
     n_batches: int
 
 
@@ -126,10 +127,12 @@ def _strategy_picks(
     name = strategy_name(ctx)
     counts = label_counts(model, inputs.labels)
     labeled_embeddings = vectors_for(ctx, inputs.labeled_hashes) if inputs.labeled_hashes else None
-    n_unseen = max(0, inputs.n_classes - len(set(inputs.labels)))
+    n_unseen = max(0, len(inputs.classes) - len(set(inputs.labels)))
     has_labeled = labeled_embeddings is not None
+    prototypes = unseen_prototypes(ctx, cache, sorted(set(inputs.classes) - set(inputs.labels)))
     plan = prefilter(name, k, len(rest), label_counts=None if model is None else counts,
-                     n_unseen_classes=n_unseen, has_labeled_embeddings=has_labeled)
+                     n_unseen_classes=n_unseen, has_labeled_embeddings=has_labeled,
+                     n_prototypes=0 if prototypes is None else len(prototypes))
     score: ScoreFn | None = None
     if model is not None and plan.n_top:
         def score(proba: AnyProba) -> npt.NDArray[np.float64]:
@@ -137,12 +140,15 @@ def _strategy_picks(
                                     has_labeled_embeddings=has_labeled)
     rows = inputs.pool.cache_rows[rest]
     short = _shortlist(ctx, cache, rows, plan, model, score, rng)
+    if plan.n_named and prototypes is not None:
+        short = _with_named_rows(cache, rows, short, nearest_rows(cache, rows, prototypes, plan.n_named), model)
     view = PoolView(
         embeddings=cache.get(rows[short.positions]),
         proba=short.proba,
         label_counts=counts,
         n_unseen_classes=n_unseen,
         labeled_embeddings=labeled_embeddings,
+        unseen_prototypes=prototypes,
     )
     picked = select_batch(name, view, k, rng=rng)
     chosen = [
@@ -151,6 +157,24 @@ def _strategy_picks(
     ]
     log.debug("select: %s of %s rows shortlisted for %s", len(short.positions), len(rest), name)
     return chosen, picked.strategy
+
+
+def _with_named_rows(
+    cache: EmbeddingCache,
+    rows: npt.NDArray[np.intp],
+    short: Shortlist,
+    named: npt.NDArray[np.intp],
+    model: TrainedModel | None,
+) -> Shortlist:
+    """Add the rows nearest the unseen classes' names (positions into ``rows``) to the shortlist."""
+    extra = np.setdiff1d(named, short.positions)
+    if extra.size == 0:
+        return short
+    positions = np.concatenate([short.positions, extra]).astype(np.intp)
+    if short.proba is None or model is None:
+        return Shortlist(positions, None)
+    extra_proba = model.classifier.predict_proba(cache.get(rows[extra]), dtype=SCORING_DTYPE)
+    return Shortlist(positions, np.concatenate([short.proba, extra_proba.astype(short.proba.dtype)]))
 
 
 def _shortlist(
@@ -181,9 +205,9 @@ def _read_inputs(ctx: LoopContext, cache: EmbeddingCache) -> _Inputs:
         room = ctx.settings.label_studio.max_waiting_tasks - waiting_count(session)
         pool = pool_index(ctx, session, cache).candidates(session)
         labeled = labeled_set(session)
-        n_classes = len(known_classes(session))
+        classes = known_classes(session)
         n_batches = int(session.exec(select(func.count()).select_from(Batch)).one())
-    return _Inputs(pool, room, labeled.labels, labeled.hashes, n_classes, n_batches)
+    return _Inputs(pool, room, labeled.labels, labeled.hashes, classes, n_batches)
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,6 +168,9 @@ def _run_arm(
         config=config,
         make_classifier=make_classifier,
         eval_classes=eval_classes,
+        class_prototypes=None if data.class_prototypes is None else dict(
+            zip(data.classes, data.class_prototypes, strict=True)
+        ),
     )
     log.info(
         "%s: %s seed %s done in %.1fs (%s rounds)",

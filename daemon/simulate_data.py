@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from daemon.errors import PoolFileError
 from daemon.pool_files import PoolRow, read_pool_file
+from models.class_names import embed_class_names
 from models.embedder import Embedder
 
 __all__ = ["DataSource", "LabeledSplit", "SimulationData", "load_simulation_data", "stratified_test_mask"]
@@ -30,6 +31,7 @@ LabelArray = npt.NDArray[np.object_]
 SPLIT_FIELD = "split"
 DEFAULT_TEST_FRACTION = 0.2
 SPLIT_SEED = 0  # the held-out set is the same for every seed and strategy
+PRECOMPUTED = "precomputed-d"  # the encoder key of vectors read from the file
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,9 @@ class SimulationData:
         encoder: the cache key of the encoder, or ``precomputed-d<dim>``.
         embed_s: seconds spent encoding (0 when every vector came from the cache).
         n_unlabeled_dropped: rows without a label, which cannot be replayed.
+        class_prototypes: (len(classes), d) float32 vectors of the class names, by the same
+            encoder as the pool (:func:`models.class_names.embed_class_names`), aligned with
+            ``classes``; None for precomputed vectors or when names are not to be used.
     """
 
     name: str
@@ -92,6 +97,7 @@ class SimulationData:
     encoder: str
     embed_s: float
     n_unlabeled_dropped: int
+    class_prototypes: Float32Array | None = None
 
     def pool_counts(self) -> dict[str, int]:
         """Return items per class in the pool, for every declared class (0 when absent)."""
@@ -100,7 +106,12 @@ class SimulationData:
 
 
 def load_simulation_data(
-    source: DataSource, *, embedder: Embedder | None, cache_dir: Path, name: str | None = None
+    source: DataSource,
+    *,
+    embedder: Embedder | None,
+    cache_dir: Path,
+    name: str | None = None,
+    use_class_names: bool = True,
 ) -> SimulationData:
     """Read, split and embed a labeled data set.
 
@@ -109,6 +120,8 @@ def load_simulation_data(
         embedder: encodes texts when the file has no vectors; may be None only then.
         cache_dir: folder of the embedding cache (created if missing).
         name: short name for outputs; the file's stem when None.
+        use_class_names: embed the class names too (text files only), as the daemon does
+            with ``loop.use_class_names``, so the default strategy can look for unseen classes.
 
     Raises:
         PoolFileError: a file is unreadable, has fewer than two classes or an empty side.
@@ -128,6 +141,9 @@ def load_simulation_data(
     embed_s = time.perf_counter() - started
     n_pool = len(pool_rows)
     classes = tuple(sorted({str(row.label) for row in pool_rows + test_rows}))
+    prototypes = None
+    if use_class_names and embedder is not None and not encoder.startswith(PRECOMPUTED):
+        prototypes = embed_class_names(embedder, classes)
     return SimulationData(
         name=name or source.path.stem,
         pool=LabeledSplit(vectors[:n_pool], _labels(pool_rows)),
@@ -136,6 +152,7 @@ def load_simulation_data(
         encoder=encoder,
         embed_s=embed_s,
         n_unlabeled_dropped=dropped,
+        class_prototypes=prototypes,
     )
 
 
@@ -209,7 +226,7 @@ def _vectors(rows: list[PoolRow], embedder: Embedder | None, cache_dir: Path) ->
         raw = np.asarray([row.embedding for row in rows], dtype=np.float32)
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         unit: Float32Array = (raw / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-        return unit, f"precomputed-d{raw.shape[1]}"
+        return unit, f"{PRECOMPUTED}{raw.shape[1]}"
     if embedder is None:
         raise ValueError("the file carries no embedding column, so an encoder is needed")
     return _cached_encode([row.text for row in rows], embedder, cache_dir)

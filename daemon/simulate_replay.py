@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -123,6 +123,7 @@ def replay(
     config: ReplayConfig,
     make_classifier: ClassifierFactory,
     eval_classes: Sequence[str] | None = None,
+    class_prototypes: Mapping[str, FloatArray] | None = None,
 ) -> list[RoundRecord]:
     """Run one arm: select, annotate, refit, evaluate, until the budget or the pool runs out.
 
@@ -136,6 +137,8 @@ def replay(
         config: batch size, budget, stopping rule.
         make_classifier: ``seed -> unfitted classifier``; a fresh one is fitted each round.
         eval_classes: classes to average over; the test set's classes when None.
+        class_prototypes: declared class name -> (d,) unit vector of the name, in the pool's
+            space; the view carries those of the classes not seen yet. None: no names.
 
     Returns:
         One record per round, in order.
@@ -143,7 +146,7 @@ def replay(
     classes = tuple(eval_classes) if eval_classes is not None else tuple(sorted(set(test.labels.tolist())))
     rng = np.random.default_rng([seed, zlib.crc32(strategy.encode())])
     budget = min(config.budget, pool.shape[0])
-    state = _ArmState(pool.shape[0])
+    state = _ArmState(pool.shape[0], class_prototypes)
     records: list[RoundRecord] = []
     while len(state.labels) < budget:
         candidates = np.flatnonzero(~state.is_labeled)
@@ -180,7 +183,8 @@ def replay(
 class _ArmState:
     """The learner's side of one arm: what it has labeled and the head fitted on it."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, prototypes: Mapping[str, FloatArray] | None = None) -> None:
+        self.prototypes = prototypes
         self.is_labeled = np.zeros(n, dtype=bool)
         self.positions: list[int] = []
         self.labels: list[str] = []
@@ -211,7 +215,18 @@ class _ArmState:
             label_counts=np.asarray([self.counts[c] for c in classes], dtype=np.intp),
             n_unseen_classes=max(0, n_classes - len(self.counts)),
             labeled_embeddings=pool[self.positions] if self.positions else None,
+            unseen_prototypes=self._unseen_prototypes(pool.dtype),
         )
+
+    def _unseen_prototypes(self, dtype: np.dtype[Any]) -> FloatArray | None:
+        """(u, d) name vectors of the declared classes without a label yet, by name; None without names."""
+        if self.prototypes is None:
+            return None
+        unseen = sorted(name for name in self.prototypes if name not in self.counts)
+        if not unseen:
+            return None
+        stacked: FloatArray = np.stack([self.prototypes[name] for name in unseen]).astype(dtype)
+        return stacked
 
     def refit(self, pool: FloatArray, classifier: Classifier) -> float:
         """Fit ``classifier`` on the revealed labels; score the rest; return the fit time in s."""

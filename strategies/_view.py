@@ -26,6 +26,9 @@ class PoolView:
         n_unseen_classes: >= 0, classes the project declares that have no label yet.
         labeled_embeddings: (m, d) already-labeled items, same space as
             ``embeddings``; None when unknown.
+        unseen_prototypes: (u, d) vectors of the names of unseen classes, same space as
+            ``embeddings``, rows L2-normalised, ``u <= n_unseen_classes``; None when the
+            names are unknown or not embedded in the pool's space (see :mod:`strategies.named`).
     """
 
     embeddings: AnyFloatArray
@@ -33,6 +36,7 @@ class PoolView:
     label_counts: IntArray
     n_unseen_classes: int = 0
     labeled_embeddings: AnyFloatArray | None = None
+    unseen_prototypes: AnyFloatArray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +84,11 @@ def validate_view(view: PoolView, k: int) -> None:
         check_embeddings(view.labeled_embeddings, "labeled_embeddings")
         if view.labeled_embeddings.shape[1] != d:
             raise ValueError(f"labeled_embeddings must have {d} columns, got {view.labeled_embeddings.shape}")
+    if view.unseen_prototypes is not None:
+        check_embeddings(view.unseen_prototypes, "unseen_prototypes")
+        if view.unseen_prototypes.shape[1] != d:
+            raise ValueError(f"unseen_prototypes must have {d} columns, got {view.unseen_prototypes.shape}")
+        if view.unseen_prototypes.shape[0] > view.n_unseen_classes:
+            raise ValueError(
+                f"{view.unseen_prototypes.shape[0]} unseen_prototypes for {view.n_unseen_classes} unseen classes"
+            )

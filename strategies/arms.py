@@ -8,6 +8,7 @@ candidate set of :func:`candidate_pool_size` rows.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -17,6 +18,7 @@ from strategies._types import AnyFloatArray, FloatArray, IntArray
 from strategies._view import PoolView
 from strategies.cold_start import representative
 from strategies.geometry import novelty
+from strategies.named import named_share, nearest_to_names
 from strategies.select import k_center_greedy, top_k
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "diverse_arm",
     "explore_sample_size",
     "margin_candidates",
+    "names_first",
     "random_arm",
     "scarce_candidates",
     "scarce_diverse_arm",
@@ -290,6 +293,54 @@ def _pick(
     anchors = subsample_anchors(view, rng)
     picks = k_center_greedy(view.embeddings[pool], k, rng=rng, anchors=anchors, weights=weights)
     return pool[picks], values[picks]
+
+
+def names_first(arm: Arm) -> Arm:
+    """Build an arm that gives part of the batch to rows nearest the unseen classes' names.
+
+    With ``view.unseen_prototypes`` set, the first ``m =`` :func:`strategies.named.named_share`
+    picks are :func:`strategies.named.nearest_to_names` (one row per name, clearest match
+    first); ``arm`` picks the other ``k - m`` from the remaining rows, with the named rows
+    counted as labeled so its diversity step stays away from them. Without prototypes it is
+    ``arm`` itself. The named rows score their ``base`` (:func:`strategies.scores.scarce_margin`)
+    when the view has probabilities, else their cosine similarity to their name.
+    """
+
+    def wrapped(view: PoolView, k: int, *, rng: np.random.Generator) -> tuple[IntArray, FloatArray]:
+        prototypes = view.unseen_prototypes
+        n_named = 0 if prototypes is None else named_share(
+            k,
+            n_prototypes=prototypes.shape[0],
+            n_seen_classes=int(np.count_nonzero(view.label_counts)),
+            n_unseen_classes=view.n_unseen_classes,
+        )
+        if prototypes is None or n_named == 0:
+            return arm(view, k, rng=rng)
+        named, similarity = nearest_to_names(view.embeddings, prototypes, n_named, rng=rng)
+        named_values = (
+            similarity if view.proba is None else scores.scarce_margin(view.proba[named], view.label_counts)
+        )
+        if n_named == k:
+            return named, named_values
+        is_rest = np.ones(view.embeddings.shape[0], dtype=bool)
+        is_rest[named] = False
+        rest = np.flatnonzero(is_rest)
+        labeled = view.embeddings[named]
+        if view.labeled_embeddings is not None:
+            labeled = np.concatenate([view.labeled_embeddings, labeled.astype(view.labeled_embeddings.dtype)])
+        remaining = replace(
+            view,
+            embeddings=view.embeddings[rest],
+            proba=None if view.proba is None else view.proba[rest],
+            labeled_embeddings=labeled,
+            unseen_prototypes=None,
+        )
+        positions, values = arm(remaining, k - n_named, rng=rng)
+        picked: IntArray = np.concatenate([named, rest[positions]]).astype(np.intp)
+        return picked, np.concatenate([named_values, values]).astype(np.float64)
+
+    wrapped.__doc__ = arm.__doc__
+    return wrapped
 
 
 def margin_candidates(view: PoolView, size: int, *, rng: np.random.Generator) -> tuple[IntArray, FloatArray]:

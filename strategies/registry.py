@@ -11,6 +11,7 @@ from strategies.arms import (
     cold_start_arm,
     diverse_arm,
     margin_candidates,
+    names_first,
     random_arm,
     scarce_diverse_arm,
     scarce_margin_arm,
@@ -39,14 +40,14 @@ def is_cold_start(view: PoolView) -> bool:
     return int(np.count_nonzero(view.label_counts)) < 2
 
 
-def _entry(name: str, arm: Arm, *, needs_model: bool = True) -> Strategy:
-    """Wrap ``arm`` with validation and, if ``needs_model``, the cold-start fallback."""
+def _entry(name: str, arm: Arm, *, needs_model: bool = True, cold: Arm = cold_start_arm) -> Strategy:
+    """Wrap ``arm`` with validation and, if ``needs_model``, the fallback to ``cold`` at a cold start."""
 
     def strategy(view: PoolView, k: int, *, rng: np.random.Generator) -> Selection:
         if not isinstance(rng, np.random.Generator):
             raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         validate_view(view, k)
-        used, run = (COLD_START, cold_start_arm) if needs_model and is_cold_start(view) else (name, arm)
+        used, run = (COLD_START, cold) if needs_model and is_cold_start(view) else (name, arm)
         positions, values = run(view, k, rng=rng)
         return Selection(positions=positions, scores=values, strategy=used)
 
@@ -63,7 +64,9 @@ REGISTRY: dict[str, Strategy] = {
     "entropy": _entry("entropy", top_score_arm(scores.entropy)),
     "scarcity": _entry("scarcity", scarcity_arm),
     "scarce_margin": _entry("scarce_margin", scarce_margin_arm),
-    "scarce_margin_diverse": _entry("scarce_margin_diverse", scarce_diverse_arm),
+    "scarce_margin_diverse": _entry(
+        "scarce_margin_diverse", names_first(scarce_diverse_arm), cold=names_first(cold_start_arm)
+    ),
     "margin_diverse": _entry("margin_diverse", diverse_arm(margin_candidates)),
     "modal_margin": _entry("modal_margin", modal_margin_arm),
     "modal_ranked_batch": _entry("modal_ranked_batch", modal_ranked_batch_arm),
@@ -87,6 +90,10 @@ DEFAULT_STRATEGY = "scarce_margin_diverse"
    a class it has never seen) and 0.25 for the novel rows of step 3. Pick ``k`` by weighted
    greedy k-center: each pick maximises ``w · distance to the nearest labeled row
    (≤ 2,000 drawn) or earlier pick``. ``Selection.scores`` are the picks' ``base``.
+
+With ``view.unseen_prototypes`` (the unseen classes' names, embedded), the first
+``min(u, ceil(lam · k))`` picks are the rows nearest those names, one per name
+(:func:`strategies.arms.names_first`), at a cold start too, and steps 1-4 pick the rest.
 """
 
 

@@ -7,7 +7,9 @@ probabilities (:func:`prefilter_scores`), a uniform sample of ``n_sample`` rows,
 
 1. stream the pool once in chunks, keep the ``n_top`` best rows by :func:`prefilter_scores`
    (ties broken uniformly at random) and the probabilities of the ``n_sample`` rows it drew
-   uniformly beforehand;
+   uniformly beforehand; and, when the plan's ``n_named`` is set (the default strategy while
+   classes with a name vector are unseen), the ``n_named`` rows most similar to each of the
+   view's ``unseen_prototypes``;
 2. build a :class:`strategies.PoolView` of only those rows (the union, in any order) and call
    :func:`strategies.select_batch` with the same ``k``.
 
@@ -17,6 +19,9 @@ pool is a uniform sample of the view's rows wherever the strategy draws one (the
 cold-start draws read all of a view that is exactly their sample; the default strategy's
 exploration sample reads every row outside its top, :func:`strategies.arms.explore_sample_size`).
 What differs is only which random numbers are drawn, so the same seed gives another batch.
+The named rows are the pool's own nearest rows to each name, so the named picks are exactly
+those of the whole pool; the named rows not picked stay in the view and may join the
+exploration sample's candidates, a slight excess of rows near the unseen classes' names.
 
 Pure numpy, like the rest of the package: no I/O, no global RNG.
 """
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from strategies import arms, cold_start, modal_arms, scores
+from strategies import arms, cold_start, modal_arms, named, scores
 from strategies._checks import check_k, check_label_counts
 from strategies._types import AnyFloatArray, FloatArray, IntArray
 from strategies.registry import COLD_START, REGISTRY
@@ -50,6 +55,7 @@ _SCORED: dict[str, tuple[str, str]] = {
     "modal_ranked_batch": ("margin", _RANKED),
 }
 _UNSCORED = ("random", COLD_START)
+_NAMED = ("scarce_margin_diverse",)  # strategies that read unseen_prototypes (strategies.arms.names_first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +66,13 @@ class Prefilter:
         n_top: in ``[0, n]``, rows to keep by :func:`prefilter_scores`, best first; 0 when
             the strategy reads no score (random, cold start).
         n_sample: in ``[0, n]``, rows to draw uniformly without replacement from the pool.
+        n_named: in ``[0, n]``, rows to keep per unseen-class prototype: the ``n_named`` rows
+            most similar to each (cosine); 0 when the strategy reads no prototypes.
     """
 
     n_top: int
     n_sample: int
+    n_named: int = 0
 
 
 def prefilter(
@@ -74,6 +83,7 @@ def prefilter(
     label_counts: IntArray | None,
     n_unseen_classes: int = 0,
     has_labeled_embeddings: bool = False,
+    n_prototypes: int = 0,
 ) -> Prefilter:
     """Return which rows ``select_batch(strategy, view, k)`` reads of an ``n``-row view.
 
@@ -85,6 +95,7 @@ def prefilter(
             no ``proba`` (a cold start).
         n_unseen_classes: >= 0, as in the view.
         has_labeled_embeddings: whether the view will carry ``labeled_embeddings`` (m >= 1).
+        n_prototypes: >= 0, rows of the view's ``unseen_prototypes`` (0 for None).
 
     Returns:
         The plan; ``n_top + n_sample`` may exceed the rows it names (the two can overlap).
@@ -96,6 +107,25 @@ def prefilter(
     check_k(k, n)
     if label_counts is not None:
         check_label_counts(label_counts)
+    plan = _plan(strategy, k, n, label_counts, n_unseen_classes, has_labeled_embeddings)
+    if strategy not in _NAMED or n_prototypes <= 0:
+        return plan
+    n_seen = 0 if label_counts is None else int(np.count_nonzero(label_counts))
+    share = named.named_share(
+        k, n_prototypes=n_prototypes, n_seen_classes=n_seen, n_unseen_classes=n_unseen_classes
+    )
+    return Prefilter(n_top=plan.n_top, n_sample=plan.n_sample, n_named=min(n, share))
+
+
+def _plan(
+    strategy: str,
+    k: int,
+    n: int,
+    label_counts: IntArray | None,
+    n_unseen_classes: int,
+    has_labeled_embeddings: bool,
+) -> Prefilter:
+    """The plan of :func:`prefilter` without the named rows."""
     if strategy == "random":
         return Prefilter(n_top=0, n_sample=k)
     if strategy == COLD_START or label_counts is None or int(np.count_nonzero(label_counts)) < 2:

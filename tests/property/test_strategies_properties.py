@@ -76,12 +76,18 @@ def views(draw: st.DrawFn) -> tuple[PoolView, int]:
     n_labeled = draw(st.integers(0, 10))
     labeled = gen.normal(size=(n_labeled, d)) if n_labeled else None
     cold = draw(st.booleans()) and draw(st.booleans())
+    n_unseen = draw(st.integers(0, 3))
+    n_prototypes = draw(st.integers(0, n_unseen))
+    prototypes = gen.normal(size=(n_prototypes, d)) if n_prototypes else None
+    if prototypes is not None:
+        prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True) + 1e-12
     view = PoolView(
         embeddings=embeddings,
         proba=None if cold else proba,
         label_counts=np.zeros(0, dtype=np.intp) if cold else counts,
-        n_unseen_classes=draw(st.integers(0, 3)),
+        n_unseen_classes=n_unseen,
         labeled_embeddings=labeled,
+        unseen_prototypes=prototypes,
     )
     return view, draw(st.integers(1, n))
 
@@ -209,10 +215,16 @@ def test_every_strategy_runs_on_the_rows_its_prefilter_keeps(
     rng = np.random.default_rng(seed)
     cold = is_cold_start(view)
     has_labeled = view.labeled_embeddings is not None and view.labeled_embeddings.shape[0] > 0
+    prototypes = view.unseen_prototypes
     plan = prefilter(name, k, n, label_counts=None if view.proba is None else view.label_counts,
-                     n_unseen_classes=view.n_unseen_classes, has_labeled_embeddings=has_labeled)
-    assert 0 <= plan.n_top <= n and 0 <= plan.n_sample <= n
+                     n_unseen_classes=view.n_unseen_classes, has_labeled_embeddings=has_labeled,
+                     n_prototypes=0 if prototypes is None else prototypes.shape[0])
+    assert 0 <= plan.n_top <= n and 0 <= plan.n_sample <= n and 0 <= plan.n_named <= n
     rows = rng.choice(n, size=plan.n_sample, replace=False)
+    if plan.n_named:
+        assert prototypes is not None
+        similarity = view.embeddings @ prototypes.T
+        rows = np.union1d(rows, np.argsort(-similarity, axis=0, kind="stable")[: plan.n_named].ravel())
     if plan.n_top:
         assert view.proba is not None and not cold
         values = prefilter_scores(name, view.proba, view.label_counts, n_unseen_classes=view.n_unseen_classes,
@@ -222,6 +234,6 @@ def test_every_strategy_runs_on_the_rows_its_prefilter_keeps(
     sub = PoolView(
         embeddings=view.embeddings[rows], proba=None if view.proba is None else view.proba[rows],
         label_counts=view.label_counts, n_unseen_classes=view.n_unseen_classes,
-        labeled_embeddings=view.labeled_embeddings,
+        labeled_embeddings=view.labeled_embeddings, unseen_prototypes=prototypes,
     )
     check_strategy(name, sub, k, seed)

@@ -405,3 +405,22 @@ def test_bring_your_own_embeddings_need_no_encoder(tmp_path: Path, monkeypatch: 
     (tmp_path / "texts.csv").write_text("id,text\nt1,plain text\n")
     with pytest.raises(PoolFileError, match="precomputed embeddings"):
         add_pool_file(ctx.engine, tmp_path / "texts.csv", pool=settings.pool, data_dir=settings.store.data_dir)
+
+
+@pytest.mark.parametrize("use_names", [True, False])
+def test_cold_start_asks_for_the_item_nearest_an_unseen_class_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_names: bool
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(tmp_path, classes=[*CLASSES, "subscription"], use_class_names=use_names)
+    make_pool(tmp_path / "pool.csv")
+    with (tmp_path / "pool.csv").open("a", newline="") as handle:
+        csv.writer(handle).writerow(["it-rare", "cancel my subscription now", "email"])
+    ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=FakeConnector(),
+                      embedder_factory=lambda: HashingEmbedder(dim=64))
+    add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
+    ensure_project(ctx)
+    first = run_cycle(ctx)
+    picked = [item.item_id for item in batch_items(ctx, first.batch_id or "")]
+    assert len(picked) == 10
+    assert ("it-rare" in picked) is use_names

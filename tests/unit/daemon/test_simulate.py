@@ -283,9 +283,46 @@ def test_texts_are_embedded_once_through_the_cache(tmp_path: Path) -> None:
             raise AssertionError("every vector should come from the cache")
 
     again = load_simulation_data(
-        DataSource(path, test_fraction=0.25), embedder=Refusing(dim=32), cache_dir=tmp_path / "c"
+        DataSource(path, test_fraction=0.25), embedder=Refusing(dim=32), cache_dir=tmp_path / "c",
+        use_class_names=False,
     )
     assert np.array_equal(again.pool.embeddings, first.pool.embeddings)
+    assert again.class_prototypes is None
+
+
+def test_class_names_are_embedded_with_the_pool_encoder(tmp_path: Path) -> None:
+    path = tmp_path / "texts.csv"
+    path.write_text("text,label\n" + "\n".join(f"{w} number {i},{w}_msg" for i in range(20) for w in ("spam", "ham")))
+    embedder = HashingEmbedder(dim=32)
+    loaded = load_simulation_data(DataSource(path, test_fraction=0.25), embedder=embedder, cache_dir=tmp_path / "c")
+    assert loaded.classes == ("ham_msg", "spam_msg")
+    assert loaded.class_prototypes is not None
+    np.testing.assert_allclose(loaded.class_prototypes, embedder.encode(["ham msg", "spam msg"]), atol=1e-6)
+
+
+def test_the_view_carries_the_names_of_the_unseen_classes_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import daemon.simulate_replay as simulate_replay
+    from strategies import select_batch
+
+    data = synthetic()
+    rare = int(np.flatnonzero(data.pool.labels == "c")[0])
+    prototypes = {"a": np.eye(8)[7], "b": np.eye(8)[6], "c": data.pool.embeddings[rare].astype(np.float64)}
+    seen: list[tuple[int, int]] = []
+    original = select_batch
+
+    def spy(strategy: str, view: Any, k: int, *, rng: np.random.Generator) -> Any:
+        seen.append((view.n_unseen_classes, 0 if view.unseen_prototypes is None else len(view.unseen_prototypes)))
+        return original(strategy, view, k, rng=rng)
+
+    monkeypatch.setattr(simulate_replay, "select_batch", spy)
+    records = replay(
+        data.pool.embeddings, Oracle(data.pool.labels), data.test, n_classes=3, strategy="scarce_margin_diverse",
+        seed=0, config=ReplayConfig(batch_size=5, budget=20), make_classifier=CentroidClassifier,
+        class_prototypes=prototypes,
+    )
+    assert seen[0] == (3, 3)
+    assert all(n_unseen == n_names for n_unseen, n_names in seen)
+    assert dict(records[0].first_seen).get("c") == 1  # the row that is c's name was asked for first
 
 
 def test_all_classes_seen_is_counted_in_annotation_order() -> None:
