@@ -304,6 +304,11 @@ def names_first(arm: Arm) -> Arm:
     counted as labeled so its diversity step stays away from them. Without prototypes it is
     ``arm`` itself. The named rows score their ``base`` (:func:`strategies.scores.scarce_margin`)
     when the view has probabilities, else their cosine similarity to their name.
+
+    The default strategy applies it after the cold start only: a representative first batch
+    is a better first training set than rows that resemble a label's name (on SMS spam,
+    names in the first batch cost 0.006 AULC over 10 seeds), and it already finds the
+    common classes; the names then look for the classes it missed.
     """
 
     def wrapped(view: PoolView, k: int, *, rng: np.random.Generator) -> tuple[IntArray, FloatArray]:

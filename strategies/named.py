@@ -7,7 +7,8 @@ its name are likely members: on Banking77 cut to 100:1 (2,202 rows, 77 classes),
 nearest the name is of that class for 62 of the 77 classes; on TREC's six coarse types
 (names such as ``ABBR`` or ``LOC``) for one of six. So while classes are unseen, part of the
 batch goes to the rows nearest the unseen classes' names, one row per class, and the rest
-of the batch is picked as before.
+of the batch is picked as before (the default strategy does this after its representative
+cold-start batch, :func:`strategies.arms.names_first`).
 
 Pure numpy: no I/O, no global RNG.
 """
@@ -26,9 +27,8 @@ def named_share(k: int, *, n_prototypes: int, n_seen_classes: int, n_unseen_clas
     """Return how many of a batch of ``k`` go to rows nearest the unseen classes' names.
 
     ``min(n_prototypes, ceil(lam · k))`` with ``lam = n_unseen / (n_seen + n_unseen)``, the
-    share of declared classes that have no label yet: the whole batch at a cold start with
-    more unseen classes than picks, and a share that shrinks as classes are found, so a
-    name that matches nothing costs at most one label per batch.
+    share of declared classes that have no label yet: a share that shrinks as classes are
+    found, so a name that matches nothing costs at most one label per batch.
 
     Args:
         k: >= 0, the batch size.

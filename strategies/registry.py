@@ -40,14 +40,14 @@ def is_cold_start(view: PoolView) -> bool:
     return int(np.count_nonzero(view.label_counts)) < 2
 
 
-def _entry(name: str, arm: Arm, *, needs_model: bool = True, cold: Arm = cold_start_arm) -> Strategy:
-    """Wrap ``arm`` with validation and, if ``needs_model``, the fallback to ``cold`` at a cold start."""
+def _entry(name: str, arm: Arm, *, needs_model: bool = True) -> Strategy:
+    """Wrap ``arm`` with validation and, if ``needs_model``, the cold-start fallback."""
 
     def strategy(view: PoolView, k: int, *, rng: np.random.Generator) -> Selection:
         if not isinstance(rng, np.random.Generator):
             raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         validate_view(view, k)
-        used, run = (COLD_START, cold) if needs_model and is_cold_start(view) else (name, arm)
+        used, run = (COLD_START, cold_start_arm) if needs_model and is_cold_start(view) else (name, arm)
         positions, values = run(view, k, rng=rng)
         return Selection(positions=positions, scores=values, strategy=used)
 
@@ -64,9 +64,7 @@ REGISTRY: dict[str, Strategy] = {
     "entropy": _entry("entropy", top_score_arm(scores.entropy)),
     "scarcity": _entry("scarcity", scarcity_arm),
     "scarce_margin": _entry("scarce_margin", scarce_margin_arm),
-    "scarce_margin_diverse": _entry(
-        "scarce_margin_diverse", names_first(scarce_diverse_arm), cold=names_first(cold_start_arm)
-    ),
+    "scarce_margin_diverse": _entry("scarce_margin_diverse", names_first(scarce_diverse_arm)),
     "margin_diverse": _entry("margin_diverse", diverse_arm(margin_candidates)),
     "modal_margin": _entry("modal_margin", modal_margin_arm),
     "modal_ranked_batch": _entry("modal_ranked_batch", modal_ranked_batch_arm),
@@ -93,7 +91,8 @@ DEFAULT_STRATEGY = "scarce_margin_diverse"
 
 With ``view.unseen_prototypes`` (the unseen classes' names, embedded), the first
 ``min(u, ceil(lam · k))`` picks are the rows nearest those names, one per name
-(:func:`strategies.arms.names_first`), at a cold start too, and steps 1-4 pick the rest.
+(:func:`strategies.arms.names_first`), and steps 1-4 pick the rest. The cold start does
+not use names: its batch stays representative.
 """
 
 

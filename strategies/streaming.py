@@ -108,9 +108,9 @@ def prefilter(
     if label_counts is not None:
         check_label_counts(label_counts)
     plan = _plan(strategy, k, n, label_counts, n_unseen_classes, has_labeled_embeddings)
-    if strategy not in _NAMED or n_prototypes <= 0:
-        return plan
-    n_seen = 0 if label_counts is None else int(np.count_nonzero(label_counts))
+    if strategy not in _NAMED or n_prototypes <= 0 or label_counts is None or plan.n_top == 0:
+        return plan  # a cold start stays representative: names are for classes it missed
+    n_seen = int(np.count_nonzero(label_counts))
     share = named.named_share(
         k, n_prototypes=n_prototypes, n_seen_classes=n_seen, n_unseen_classes=n_unseen_classes
     )

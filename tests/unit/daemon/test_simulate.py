@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -304,7 +305,7 @@ def test_the_view_carries_the_names_of_the_unseen_classes_only(monkeypatch: pyte
     import daemon.simulate_replay as simulate_replay
     from strategies import select_batch
 
-    data = synthetic()
+    data = replace(synthetic(), pool=blobs(200, 4, shares=(0.49, 0.49, 0.02)))
     rare = int(np.flatnonzero(data.pool.labels == "c")[0])
     prototypes = {"a": np.eye(8)[7], "b": np.eye(8)[6], "c": data.pool.embeddings[rare].astype(np.float64)}
     seen: list[tuple[int, int]] = []
@@ -322,7 +323,8 @@ def test_the_view_carries_the_names_of_the_unseen_classes_only(monkeypatch: pyte
     )
     assert seen[0] == (3, 3)
     assert all(n_unseen == n_names for n_unseen, n_names in seen)
-    assert dict(records[0].first_seen).get("c") == 1  # the row that is c's name was asked for first
+    assert "c" not in dict(records[0].first_seen)  # the representative cold start missed the rare class
+    assert dict(records[1].first_seen).get("c") == 6  # then the row that is c's name was asked for first
 
 
 def test_all_classes_seen_is_counted_in_annotation_order() -> None:

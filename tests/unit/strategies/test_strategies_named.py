@@ -103,24 +103,28 @@ def test_default_strategy_puts_the_named_rows_first_then_picks_the_rest_elsewher
     assert not set(targets) <= set(without.positions.tolist())
 
 
-def test_cold_start_of_the_default_strategy_uses_names_and_other_strategies_do_not() -> None:
+def test_cold_start_stays_representative_and_other_strategies_ignore_names() -> None:
     rows = pool(600, seed=2)
-    targets = [7, 70, 500, 501]
-    view = default_view(n_unseen=6, prototypes=unit(rows[targets] + 0.001), cold=True)
-    got = select_batch("scarce_margin_diverse", view, 10, rng=np.random.default_rng(0))
-    assert got.strategy == "cold_start"
-    assert sorted(got.positions[:4].tolist()) == sorted(targets)
-    margin = select_batch("margin", view, 10, rng=np.random.default_rng(0))
-    assert margin.positions.tolist() == select_batch(
-        "margin", default_view(n_unseen=6, prototypes=None, cold=True), 10, rng=np.random.default_rng(0)
+    named = unit(rows[[7, 70, 500, 501]] + 0.001)
+    for name in ("scarce_margin_diverse", "margin"):
+        cold = select_batch(name, default_view(n_unseen=6, prototypes=named, cold=True), 10,
+                            rng=np.random.default_rng(0))
+        plain = select_batch(name, default_view(n_unseen=6, prototypes=None, cold=True), 10,
+                             rng=np.random.default_rng(0))
+        assert cold.strategy == "cold_start" and cold.positions.tolist() == plain.positions.tolist()
+    warm = select_batch("margin", default_view(n_unseen=4, prototypes=named), 10, rng=np.random.default_rng(0))
+    assert warm.positions.tolist() == select_batch(
+        "margin", default_view(n_unseen=4, prototypes=None), 10, rng=np.random.default_rng(0)
     ).positions.tolist()
 
 
 def test_a_batch_smaller_than_the_share_is_all_named() -> None:
     rows = pool(600, seed=2)
-    view = default_view(n_unseen=3, prototypes=unit(rows[[1, 2, 3]] + 0.001), cold=True)
+    view = PoolView(embeddings=rows, proba=np.full((600, 2), 0.5), label_counts=np.array([4, 3], dtype=np.intp),
+                    n_unseen_classes=30, labeled_embeddings=pool(7, seed=5),
+                    unseen_prototypes=unit(rows[[1, 2, 3]] + 0.001))
     got = select_batch("scarce_margin_diverse", view, 2, rng=np.random.default_rng(0))
-    assert set(got.positions.tolist()) <= {1, 2, 3}  # share min(3 names, k = 2): the whole batch
+    assert set(got.positions.tolist()) <= {1, 2, 3}  # share min(3 names, ceil(2 * 30 / 32)): the whole batch
 
 
 def test_prototypes_must_fit_the_view() -> None:
@@ -140,4 +144,6 @@ def test_prefilter_asks_for_named_rows_only_for_the_default_strategy() -> None:
     assert prefilter("scarce_margin_diverse", 20, 10_000, n_prototypes=0, **options).n_named == 0  # type: ignore[arg-type]
     assert prefilter("margin", 20, 10_000, n_prototypes=3, **options).n_named == 0  # type: ignore[arg-type]
     cold = prefilter("scarce_margin_diverse", 20, 10_000, label_counts=None, n_unseen_classes=30, n_prototypes=30)
-    assert cold.n_named == 20 and cold.n_sample == 10_000
+    assert cold.n_named == 0 and cold.n_sample == 10_000  # the cold start does not read names
+    many = prefilter("scarce_margin_diverse", 20, 10_000, label_counts=counts, n_unseen_classes=30, n_prototypes=30)
+    assert many.n_named == 19  # ceil(20 * 30 / 33)
