@@ -17,8 +17,9 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.context import LoopContext
+from daemon.pool import byo_model_key
 from daemon.scoring import DEFAULT_CHUNK_ROWS, VectorSource
-from models.cache import EmbeddingCache, model_key
+from models.cache import EmbeddingCache
 from models.class_names import embed_class_names
 
 __all__ = ["nearest_rows", "unseen_prototypes"]
@@ -32,15 +33,13 @@ IntArray = npt.NDArray[np.intp]
 def unseen_prototypes(ctx: LoopContext, cache: EmbeddingCache, unseen: Sequence[str]) -> Float32Array | None:
     """Return ``(len(unseen), d)`` vectors of the unseen classes' names, or None when none apply.
 
-    None when ``unseen`` is empty, ``loop.use_class_names`` is off, or the pool's vectors are
-    not the encoder's (bring-your-own vectors live in another space).
+    None when ``unseen`` is empty, ``loop.use_class_names`` is off, or the pool brings its own
+    vectors (another space). ``cache`` is the pool's active cache (:func:`daemon.training.active_cache`).
     """
-    if not unseen or not ctx.settings.loop.use_class_names or cache.model_key.startswith("byo-d"):
-        return None  # bring-your-own vectors: checked before the encoder is loaded, which they never need
+    if not unseen or not ctx.settings.loop.use_class_names or cache.model_key == byo_model_key(cache.dim):
+        return None  # checked before the encoder is loaded, which bring-your-own pools never need
     embedder = ctx.embedder()
-    key = model_key(embedder)
-    if cache.model_key != key:
-        return None
+    key = cache.model_key  # the encoder's: daemon.training.active_cache
     missing = [name for name in unseen if (key, name) not in ctx.name_vectors]
     if missing:
         for name, vector in zip(missing, embed_class_names(embedder, missing), strict=True):

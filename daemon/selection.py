@@ -127,9 +127,10 @@ def _strategy_picks(
     name = strategy_name(ctx)
     counts = label_counts(model, inputs.labels)
     labeled_embeddings = vectors_for(ctx, inputs.labeled_hashes) if inputs.labeled_hashes else None
-    n_unseen = max(0, len(inputs.classes) - len(set(inputs.labels)))
+    unseen = sorted(set(inputs.classes) - set(inputs.labels))  # labels are of known classes only
+    n_unseen = len(unseen)
     has_labeled = labeled_embeddings is not None
-    prototypes = unseen_prototypes(ctx, cache, sorted(set(inputs.classes) - set(inputs.labels)))
+    prototypes = unseen_prototypes(ctx, cache, unseen)
     plan = prefilter(name, k, len(rest), label_counts=None if model is None else counts,
                      n_unseen_classes=n_unseen, has_labeled_embeddings=has_labeled,
                      n_prototypes=0 if prototypes is None else len(prototypes))

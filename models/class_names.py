@@ -38,7 +38,4 @@ def embed_class_names(embedder: Embedder, names: Sequence[str]) -> Float32Array:
     """
     if not names:
         return np.zeros((0, embedder.dim), dtype=np.float32)
-    vectors = np.asarray(embedder.encode([class_name_text(name) for name in names]), dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit: Float32Array = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-    return unit
+    return embedder.encode([class_name_text(name) for name in names])  # unit rows: the Embedder contract

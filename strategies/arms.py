@@ -302,8 +302,8 @@ def names_first(arm: Arm) -> Arm:
     picks are :func:`strategies.named.nearest_to_names` (one row per name, clearest match
     first); ``arm`` picks the other ``k - m`` from the remaining rows, with the named rows
     counted as labeled so its diversity step stays away from them. Without prototypes it is
-    ``arm`` itself. The named rows score their ``base`` (:func:`strategies.scores.scarce_margin`)
-    when the view has probabilities, else their cosine similarity to their name.
+    ``arm`` itself. The named rows score their ``base`` (:func:`strategies.scores.scarce_margin`).
+    It wraps warm arms only (it needs ``proba``); the registry's cold-start fallback runs first.
 
     The default strategy applies it after the cold start only: a representative first batch
     is a better first training set than rows that resemble a label's name (on SMS spam,
@@ -321,10 +321,9 @@ def names_first(arm: Arm) -> Arm:
         )
         if prototypes is None or n_named == 0:
             return arm(view, k, rng=rng)
-        named, similarity = nearest_to_names(view.embeddings, prototypes, n_named, rng=rng)
-        named_values = (
-            similarity if view.proba is None else scores.scarce_margin(view.proba[named], view.label_counts)
-        )
+        proba = _proba(view)
+        named, _ = nearest_to_names(view.embeddings, prototypes, n_named, rng=rng)
+        named_values = scores.scarce_margin(proba[named], view.label_counts)
         if n_named == k:
             return named, named_values
         is_rest = np.ones(view.embeddings.shape[0], dtype=bool)
@@ -336,7 +335,7 @@ def names_first(arm: Arm) -> Arm:
         remaining = replace(
             view,
             embeddings=view.embeddings[rest],
-            proba=None if view.proba is None else view.proba[rest],
+            proba=proba[rest],
             labeled_embeddings=labeled,
             unseen_prototypes=None,
         )
