@@ -100,3 +100,28 @@ def test_simulate_reports_a_bad_strategy_in_one_line(app: typer.Typer, tmp_path:
     )
     assert result.exit_code == 1
     assert "unknown" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("flag", "has_names"), [([], True), (["--no-class-names"], False)])
+def test_class_names_are_embedded_unless_asked_not_to(
+    app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str], has_names: bool
+) -> None:
+    import daemon.cli_simulate as cli_simulate
+    from daemon.simulate_data import load_simulation_data as real
+
+    loaded: list[object] = []
+
+    def spy(*args: object, **kwargs: object) -> object:
+        data = real(*args, **kwargs)  # type: ignore[arg-type]
+        loaded.append(data.class_prototypes)
+        return data
+
+    monkeypatch.setattr(cli_simulate, "load_simulation_data", spy)
+    result = CliRunner().invoke(
+        app,
+        ["simulate", "--data", str(tiny_csv(tmp_path / "tiny.csv")), "--out", str(tmp_path / "out"),
+         "--strategy", "scarce_margin_diverse", "--batch-size", "10", "--budget", "20", "--seeds", "1",
+         "--encoder", "hashing", "--jobs", "1", *flag],
+    )
+    assert result.exit_code == 0, result.output
+    assert (loaded[0] is not None) is has_names
