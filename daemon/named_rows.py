@@ -15,10 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from daemon.context import LoopContext
 from daemon.pool import byo_model_key
-from daemon.scoring import DEFAULT_CHUNK_ROWS, VectorSource
+from daemon.scoring import DEFAULT_CHUNK_ROWS, VectorSource, as_float32
 from models.cache import EmbeddingCache
 from models.class_names import embed_class_names
 
@@ -81,12 +82,18 @@ def nearest_rows(
         return np.zeros(0, dtype=np.intp)
     best_sim: Float32Array = np.full((0, u), -np.inf, dtype=np.float32)
     best_pos: IntArray = np.zeros((0, u), dtype=np.intp)
-    weights = np.ascontiguousarray(prototypes.T, dtype=np.float32)
+    # the product runs in torch like the cast before it: alternating torch's and numpy's BLAS
+    # thread pools on each chunk made the pass 2x slower (1.0 s against 0.43 s per 1M rows, 2 names)
+    weights = torch.from_numpy(np.ascontiguousarray(prototypes.T, dtype=np.float32))
     for span, stored in source.iter_stored_chunks(rows, chunk_rows):
-        similarity = np.asarray(stored, dtype=np.float32) @ weights  # (c, u)
-        positions = np.broadcast_to(np.arange(span.start, span.stop, dtype=np.intp)[:, None], similarity.shape)
+        widened = np.require(as_float32(stored), requirements="W")
+        similarity: Float32Array = (torch.from_numpy(widened) @ weights).numpy()  # (c, u)
+        positions = np.arange(span.start, span.stop, dtype=np.intp)
+        if best_sim.shape[0] == depth:  # full: only rows above some name's current floor can enter
+            is_contender = (similarity > best_sim.min(axis=0)).any(axis=1)
+            similarity, positions = similarity[is_contender], positions[is_contender]
         best_sim = np.concatenate([best_sim, similarity])
-        best_pos = np.concatenate([best_pos, positions])
+        best_pos = np.concatenate([best_pos, np.broadcast_to(positions[:, None], similarity.shape)])
         if best_sim.shape[0] > depth:
             keep = np.argpartition(-best_sim, depth - 1, axis=0)[:depth]
             best_sim = np.take_along_axis(best_sim, keep, axis=0)
