@@ -4,7 +4,11 @@ Tasks chosen by an older model may have become uninformative (the new model is n
 about them). For every waiting task of ours that an older model chose, the new model's
 prediction replaces the old pre-annotation, and unstarted tasks whose score fell below ``stale_score_ratio`` × their
 score at selection are withdrawn (never a task someone annotated, skipped or drafted;
-never a control item), which frees room for a batch chosen by the current model.
+never a control item), which frees room for a batch chosen by the current model. Nor is any
+of the ``loop.rerank_keep_next`` waiting tasks that annotators are handed next: Label Studio's
+stream hands out tasks in the order they were pushed (its default sequential sampling), skipping
+those someone has open, so the tasks people have open are the first waiting ones, and Label
+Studio's task locks are not visible through its API.
 """
 
 from __future__ import annotations
@@ -67,8 +71,10 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
         for w, row in zip(waiting, proba, strict=True)
     ]
     refreshed = ctx.connector.refresh_predictions(updates)
+    with Session(ctx.engine) as session:
+        next_up = _next_up(session, loop.rerank_keep_next)
     stale = [w.remote_task_id for w, new in zip(waiting, new_scores, strict=True)
-             if w.is_comparable and new < loop.stale_score_ratio * w.old_score]
+             if w.is_comparable and new < loop.stale_score_ratio * w.old_score and w.remote_task_id not in next_up]
     gone = set(ctx.connector.withdraw(stale)) if stale else set()
     with Session(ctx.engine) as session:
         by_remote = {i.remote_task_id: i for i in session.exec(
@@ -108,6 +114,21 @@ def _waiting(session: Session, strategy: str, version: str) -> list[_Waiting]:
     ).all()
     return [_Waiting(item.item_id, item.remote_task_id or "", digest, item.score, batch_strategy == strategy)
             for item, batch_strategy, digest in rows]
+
+
+def _next_up(session: Session, n: int) -> set[str]:
+    """Remote ids of the first ``n`` pushed tasks still waiting (control and current-model ones too), in push order."""
+    if n <= 0:
+        return set()
+    rows = session.exec(
+        select(BatchItem.remote_task_id)
+        .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
+        .where(Batch.status == BatchStatus.PUSHED, BatchItem.state == BatchItemState.PENDING)
+        .where(col(BatchItem.remote_task_id).is_not(None))
+        .order_by(col(Batch.created_at), col(Batch.id), col(BatchItem.position))
+        .limit(n)
+    ).all()
+    return {task_id for task_id in rows if task_id}
 
 
 def _scores(

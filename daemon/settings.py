@@ -71,6 +71,9 @@ class LoopSettings(_Section):
     stability_sample: int = Field(default=2000, gt=0)  # unlabeled items both models predict
     rerank_enabled: bool = True  # refresh waiting tasks' predictions when a new model arrives
     stale_score_ratio: float = Field(default=0.5, ge=0.0, le=1.0)  # withdraw below this × original score
+    # the waiting tasks annotators get next are never withdrawn (someone may have them open, and
+    # Label Studio's task locks are invisible to its API): at least the number labeling at once
+    rerank_keep_next: int = Field(default=5, ge=0)
     # while classes have no label, the default strategy asks for the items nearest their names
     # (embedded by the pool's encoder; ignored for bring-your-own vectors): strategies/named.py
     use_class_names: bool = True

@@ -247,7 +247,7 @@ class Annotator:
                                   "value": {"choices": [label]}}], "lead_time": 3.0},
             )
             if response.is_error and self._withdrawn(task["id"]):
-                continue  # re-ranking took this task away meanwhile, as it can from a person
+                continue  # withdrawn while open: only with more people at once than loop.rerank_keep_next
             response.raise_for_status()
             answered.append(label)
         return answered

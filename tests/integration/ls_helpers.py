@@ -197,3 +197,14 @@ def import_foreign_task(client: LabelStudio, project_id: int, text: str) -> int:
         return_task_ids=True,
     )
     return int(getattr(response, "task_ids", [0])[0])
+
+
+def next_task(server: Any, project_id: int) -> int:
+    """Open the next task in the labeling stream as an annotator's browser does (Label Studio locks it); its id."""
+    response = httpx.get(
+        f"{server.url}/api/projects/{project_id}/next",
+        headers={"Authorization": f"Token {server.legacy_token}"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    return int(response.json()["id"])

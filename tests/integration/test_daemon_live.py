@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from label_studio_sdk import LabelStudio
 from sqlmodel import Session, select
@@ -28,7 +29,16 @@ from daemon.pool import add_pool_file
 from daemon.project import ensure_project
 from daemon.selection import select_next_batch
 from daemon.settings import Settings, load_settings
-from daemon.store import Batch, BatchItem, BatchStatus, HealthEvent, LabelRecord, LabelStatus, make_engine
+from daemon.store import (
+    Batch,
+    BatchItem,
+    BatchItemState,
+    BatchStatus,
+    HealthEvent,
+    LabelRecord,
+    LabelStatus,
+    make_engine,
+)
 from daemon.training import embed_pool
 from models.hashing import HashingEmbedder
 from tests.integration import ls_helpers
@@ -158,6 +168,39 @@ def test_new_model_refreshes_predictions_of_waiting_tasks(
         assert versions == {second.model_version, third.model_version}
     project = ls_client.projects.get(id=project_id)
     assert project.model_version == third.model_version  # Label Studio pre-annotates from the new model
+
+
+def test_rerank_never_withdraws_the_task_an_annotator_has_open(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]],
+    ls_client: LabelStudio,
+    label_studio: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Label Studio's stream hands out waiting tasks in push order, and its task locks are invisible to the API."""
+    ctx, project_id, gold = loop_ctx
+    ctx.settings.loop.stale_score_ratio = 1.0
+    ctx.settings.loop.rerank_keep_next = 1
+    first = run_cycle(ctx)
+    for item in items_of(ctx, first.batch_id or ""):
+        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    second = run_cycle(ctx)
+    items = sorted(items_of(ctx, second.batch_id or ""), key=lambda i: i.position)
+    for item in items[:3]:
+        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    in_hand = items[3]
+    assert not in_hand.is_control
+    assert ls_helpers.next_task(label_studio, project_id) == int(in_hand.remote_task_id or 0)  # now open in a browser
+    # the new model finds every waiting task worthless: all of them are stale
+    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
+    third = run_cycle(ctx)
+    assert third.model_version not in (None, second.model_version)
+    after = {i.item_id: i.state for i in items_of(ctx, second.batch_id or "")}
+    assert after[in_hand.item_id] is BatchItemState.PENDING
+    behind = [i for i in items[4:] if not i.is_control]
+    assert behind and all(after[i.item_id] is BatchItemState.WITHDRAWN for i in behind)
+    ls_helpers.annotate(ls_client, int(in_hand.remote_task_id or 0), gold[in_hand.item_id])  # the annotator submits
+    run_cycle(ctx)
+    assert labels(ctx)[in_hand.item_id] == (LabelStatus.LABELED, gold[in_hand.item_id])
 
 
 def test_edit_delete_skip_and_unknown_choice(

@@ -6,6 +6,7 @@ import csv
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlmodel import Session, col, select
 
@@ -284,7 +285,8 @@ def test_new_model_refreshes_waiting_tasks_and_withdraws_stale_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    ctx, fake, gold = build_world(tmp_path, strategy="margin", stale_score_ratio=1.0, control_fraction=0.2)
+    ctx, fake, gold = build_world(tmp_path, strategy="margin", stale_score_ratio=1.0, control_fraction=0.2,
+                                  rerank_keep_next=0)
     first = run_cycle(ctx).batch_id or ""
     annotate_batch(ctx, fake, gold, first)
     second = run_cycle(ctx)
@@ -304,6 +306,24 @@ def test_new_model_refreshes_waiting_tasks_and_withdraws_stale_ones(
     remaining = {t.remote_task_id for t in fake.list_tasks()}
     assert all(i.remote_task_id not in remaining for i in withdrawn)
     assert all(after[i.item_id].state != "withdrawn" for i in items if i.is_control)  # control is never withdrawn
+
+
+def test_rerank_keeps_the_waiting_tasks_annotators_get_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold = build_world(tmp_path, stale_score_ratio=1.0, control_fraction=0.0, rerank_keep_next=2)
+    first = run_cycle(ctx).batch_id or ""
+    annotate_batch(ctx, fake, gold, first)
+    second = run_cycle(ctx).batch_id or ""
+    items = sorted(batch_items(ctx, second), key=lambda i: i.position)
+    for item in items[:4]:
+        fake.annotate(item.item_id, gold[item.item_id])
+    # the new model finds every waiting task worthless: all of them are stale
+    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
+    third = run_cycle(ctx)
+    assert third.batch_id not in (None, second)
+    after = {i.item_id: i.state for i in batch_items(ctx, second)}
+    assert [after[i.item_id] for i in items[4:]] == [BatchItemState.PENDING] * 2 + [BatchItemState.WITHDRAWN] * 4
+    assert all(i.state is BatchItemState.PENDING for i in batch_items(ctx, third.batch_id or ""))  # pushed after
 
 
 def test_rerank_runs_after_the_push_and_leaves_the_new_batch_alone(
