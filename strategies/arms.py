@@ -301,7 +301,8 @@ def names_first(arm: Arm) -> Arm:
     With ``view.unseen_prototypes`` set, the first ``m =`` :func:`strategies.named.named_share`
     picks are :func:`strategies.named.nearest_to_names` (one row per name, clearest match
     first); ``arm`` picks the other ``k - m`` from the remaining rows, with the named rows
-    counted as labeled so its diversity step stays away from them. Without prototypes it is
+    counted as labeled so its diversity step stays away from them (when the labeled rows and the
+    named ones exceed ``ANCHOR_CAP``, the labeled rows are thinned, never the named ones). Without prototypes it is
     ``arm`` itself. The named rows score their ``base`` (:func:`strategies.scores.scarce_margin`).
     It wraps warm arms only (it needs ``proba``); the registry's cold-start fallback runs first.
 
@@ -331,7 +332,11 @@ def names_first(arm: Arm) -> Arm:
         rest = np.flatnonzero(is_rest)
         labeled = view.embeddings[named]
         if view.labeled_embeddings is not None:
-            labeled = np.concatenate([view.labeled_embeddings, labeled.astype(view.labeled_embeddings.dtype)])
+            earlier = view.labeled_embeddings
+            room = max(ANCHOR_CAP - n_named, 0)  # the named rows stay among the (at most ANCHOR_CAP) anchors
+            if earlier.shape[0] > room:
+                earlier = earlier[np.sort(rng.choice(earlier.shape[0], size=room, replace=False))]
+            labeled = np.concatenate([earlier, labeled.astype(earlier.dtype)])
         remaining = replace(
             view,
             embeddings=view.embeddings[rest],

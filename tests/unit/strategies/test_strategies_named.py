@@ -7,6 +7,7 @@ import numpy.typing as npt
 import pytest
 
 from strategies import PoolView, prefilter, select_batch
+from strategies.arms import ANCHOR_CAP
 from strategies.named import named_share, nearest_to_names
 
 FloatArray = npt.NDArray[np.float64]
@@ -101,6 +102,22 @@ def test_default_strategy_puts_the_named_rows_first_then_picks_the_rest_elsewher
         "scarce_margin_diverse", default_view(n_unseen=3, prototypes=None), 20, rng=np.random.default_rng(0)
     )
     assert not set(targets) <= set(without.positions.tolist())
+
+
+def test_the_rest_of_the_batch_keeps_away_from_named_rows_past_the_anchor_cap() -> None:
+    """With more labeled rows than the anchor cap, the named picks still count as labeled."""
+    rng = np.random.default_rng(3)
+    rows = unit(rng.normal(size=(600, D)) + 3.0 * np.eye(D)[0])  # the pool leans towards +e0 ...
+    rows[[100, 101]] = unit(-np.eye(D)[[0, 0]] + np.array([[0.0] * D, [0.0] * (D - 1) + [1e-3]]))  # ... but for two
+    labeled = unit(rng.normal(size=(ANCHOR_CAP + 500, D)) * 0.1 + np.eye(D)[0])  # all labels near +e0
+    proba = np.tile([0.9, 0.1], (600, 1))
+    proba[101] = 0.5  # the twin is the most uncertain row, and the farthest from every label
+    view = PoolView(embeddings=rows, proba=proba, label_counts=np.array([1300, 1200], dtype=np.intp),
+                    n_unseen_classes=1, labeled_embeddings=labeled, unseen_prototypes=rows[[100]].copy())
+    for seed in range(20):
+        got = select_batch("scarce_margin_diverse", view, 10, rng=np.random.default_rng(seed))
+        assert got.positions[0] == 100  # the row nearest the name
+        assert 101 not in got.positions.tolist(), f"seed {seed}: its twin was picked as if nobody asked for it"
 
 
 def test_cold_start_stays_representative_and_other_strategies_ignore_names() -> None:
