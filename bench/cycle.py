@@ -53,6 +53,7 @@ from sqlalchemy import delete, insert  # noqa: E402
 from sqlmodel import Session, col, func, select  # noqa: E402
 from synthetic import SyntheticPool, ensure_pool, item_hash, item_id  # noqa: E402
 
+from connectors._ls_auth import RefreshOnExpiry  # noqa: E402
 from daemon.store import (  # noqa: E402
     Batch,
     BatchItem,
@@ -87,7 +88,8 @@ def main() -> None:
     server = ls_local.start(args.dir / "label-studio", template=ls_local.ensure_template(),
                             extra_env={"SSRF_PROTECTION_ENABLED": "false"})
     daemon: subprocess.Popen[bytes] | None = None
-    http = httpx.Client(timeout=60.0)
+    # the annotator's client renews an access token refused in flight, as the daemon's connector does
+    http = httpx.Client(timeout=60.0, auth=RefreshOnExpiry(server.url, server.pat))
     try:
         pool = ensure_pool(args.dir / "state" / "embeddings", n, log=True)
         engine = _build_store(args, pool)

@@ -19,7 +19,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from connectors.base import OutgoingTask
-from connectors.errors import ConnectorError, ConnectorRejected
+from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected
 from daemon.context import LoopContext, TrainedModel
 from daemon.pause import is_paused, update_stability
 from daemon.rerank import rerank_queue
@@ -227,6 +227,8 @@ def _push_batch(ctx: LoopContext, batch_id: str) -> int:
             tasks = [_outgoing(item, pool_item, batch) for item, pool_item in todo]
             try:
                 remote = ctx.connector.push(tasks)
+            except ConnectorAuthError:
+                raise  # the token, not the batch: it stays queued and is pushed once the token works
             except ConnectorRejected as e:
                 batch.note = f"rejected by the annotation tool: {e}"
                 advance(session, batch, BatchStatus.PARKED)

@@ -6,15 +6,19 @@ import id order), so an upgrade that changes it fails here first.
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 
+from connectors._ls_auth import RefreshOnExpiry
 from connectors.base import OutgoingTask, PredictionUpdate
 from connectors.errors import ConnectorAuthError, ConnectorRejected
 from connectors.label_studio import LabelStudioConnector
@@ -219,3 +223,37 @@ def test_wrong_tokens_of_both_shapes_are_auth_errors(ls_connector: ConnectorFact
     with pytest.raises(ConnectorAuthError, match="Personal Access Token") as caught:
         connector.check()
     assert token not in str(caught.value)
+
+
+def _stale_access_token() -> str:
+    """A well-formed access JWT the SDK believes valid for years, which the server refuses (its signature is wrong)."""
+
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part({'token_type': 'access', 'exp': 9999999999})}.c2lnbmF0dXJl"
+
+
+def test_refresh_on_expiry_retries_with_a_fresh_token_from_the_real_server(label_studio: Any) -> None:
+    stale = {"Authorization": f"Bearer {_stale_access_token()}"}
+    with httpx.Client(base_url=label_studio.url, auth=RefreshOnExpiry(label_studio.url, label_studio.pat)) as http:
+        assert http.get("/api/projects/", headers=stale).status_code == 200
+    revoked = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCIsImV4cCI6OTk5OTk5OTk5OX0.bad"
+    with httpx.Client(base_url=label_studio.url, auth=RefreshOnExpiry(label_studio.url, revoked)) as http:
+        refused = http.get("/api/projects/", headers=stale)
+    assert refused.status_code == 401 and refused.request.url.path == "/api/projects/"
+
+
+def test_an_access_token_refused_in_flight_does_not_fail_the_call(
+    ls_project: ProjectFactory, ls_connector: ConnectorFactory
+) -> None:
+    """The SDK renews its access token only once its own clock says it expired; one that expires on its way is
+    refused with a 401. The connector sends the call again with a fresh one."""
+    connector = ls_connector(ls_project())
+    connector.ensure_project(classes=None)  # the SDK now holds an access token
+    tokens = connector._client._client_wrapper._tokens_client  # label-studio-sdk 2.x keeps it here
+    assert tokens._access_token, "the SDK no longer caches its access token where this test expects"
+    tokens._access_token = _stale_access_token()  # as if it expired in flight
+    assert connector.push(_tasks(2, prefix="inflight"))  # a push refused here would park its batch
+    assert connector.check()
+

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sqlmodel import Session, col, select
 
-from connectors.errors import ConnectorRejected, ConnectorUnavailable
+from connectors.errors import ConnectorAuthError, ConnectorRejected, ConnectorUnavailable
 from connectors.fake import FakeConnector
 from daemon.context import LoopContext
 from daemon.cycle import cycle_due, run_cycle
@@ -199,6 +199,27 @@ def test_rejected_push_parks_the_batch(
         batch = session.exec(select(Batch)).one()
     assert batch.status is BatchStatus.PARKED
     assert "schema mismatch" in batch.note
+
+
+def test_refused_token_during_push_leaves_the_batch_queued(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, fake, _ = world
+    real_push = fake.push
+
+    def refused(tasks: object) -> object:
+        raise ConnectorAuthError("Label Studio refused the API token (401)")
+
+    monkeypatch.setattr(fake, "push", refused)
+    with pytest.raises(ConnectorAuthError):
+        run_cycle(ctx)
+    with Session(ctx.engine) as session:
+        batch = session.exec(select(Batch)).one()
+    assert batch.status is BatchStatus.SELECTED  # not parked: nothing is wrong with the batch
+    monkeypatch.setattr(fake, "push", real_push)
+    run_cycle(ctx)  # the token works again
+    with Session(ctx.engine) as session:
+        assert session.exec(select(Batch)).one().status is BatchStatus.PUSHED
 
 
 def test_control_slice_is_marked_and_random(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
