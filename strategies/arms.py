@@ -331,11 +331,8 @@ def names_first(arm: Arm) -> Arm:
         is_rest[named] = False
         rest = np.flatnonzero(is_rest)
         labeled = view.embeddings[named]
-        if view.labeled_embeddings is not None:
-            earlier = view.labeled_embeddings
-            room = max(ANCHOR_CAP - n_named, 0)  # the named rows stay among the (at most ANCHOR_CAP) anchors
-            if earlier.shape[0] > room:
-                earlier = earlier[np.sort(rng.choice(earlier.shape[0], size=room, replace=False))]
+        earlier = subsample_anchors(view, rng, cap=max(ANCHOR_CAP - n_named, 0))  # room for the named rows
+        if earlier is not None:
             labeled = np.concatenate([earlier, labeled.astype(earlier.dtype)])
         remaining = replace(
             view,
