@@ -21,7 +21,7 @@ from collections.abc import Generator
 
 import httpx
 
-__all__ = ["RefreshOnExpiry", "is_jwt"]
+__all__ = ["RefreshOnExpiry", "auth_for", "is_jwt"]
 
 _REFRESH_PATH = "/api/token/refresh/"
 
@@ -30,6 +30,11 @@ def is_jwt(token: str) -> bool:
     """Whether ``token`` looks like a JWT (a Personal Access Token) rather than a legacy key."""
     parts = token.split(".")
     return len(parts) == 3 and all(parts)
+
+
+def auth_for(base_url: str, token: str) -> RefreshOnExpiry | None:
+    """The auth flow an HTTP client for Label Studio with ``token`` needs: one for a PAT, none for a legacy key."""
+    return RefreshOnExpiry(base_url, token) if is_jwt(token) else None
 
 
 class RefreshOnExpiry(httpx.Auth):

@@ -28,7 +28,7 @@ from label_studio_sdk.core import ApiError
 from connectors import _ls_lookup as lk
 from connectors import _ls_tasks as lt
 from connectors._label_config import ChoicesControl, read_choices
-from connectors._ls_auth import RefreshOnExpiry, is_jwt
+from connectors._ls_auth import auth_for
 from connectors._ls_errors import TOKEN_ADVICE, display_url, translated
 from connectors._ls_webhooks import deactivate_webhooks, upsert_webhook
 from connectors.base import OutgoingTask, PredictionUpdate, ProjectInfo, PullResult, TaskSummary
@@ -109,8 +109,8 @@ class LabelStudioConnector:
         if not api_key.strip():
             raise ConnectorAuthError(f"no API token for Label Studio at {display}. {TOKEN_ADVICE}")
         token = api_key.strip()
-        auth = RefreshOnExpiry(url, token) if is_jwt(token) else None  # an access token may expire in flight
-        http = httpx.Client(timeout=timeout_s, follow_redirects=True, transport=transport, auth=auth)
+        # an access token may expire in flight: connectors/_ls_auth.py
+        http = httpx.Client(timeout=timeout_s, follow_redirects=True, transport=transport, auth=auth_for(url, token))
         try:
             with translated(display, "connect"):
                 client = LabelStudio(  # type: ignore[no-untyped-call]  # the SDK's wrapper takes **kwargs

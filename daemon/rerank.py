@@ -61,6 +61,7 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
         if not loop.rerank_enabled or get_value(session, _KEY) == model.version:
             return RerankReport(0, 0)
         waiting = _waiting(session, strategy, model.version)
+        next_up = _next_up(session, loop.rerank_keep_next)
     if not waiting:
         return _done(ctx, model, RerankReport(0, 0))
     vectors = vectors_for(ctx, [w.content_hash for w in waiting])
@@ -71,8 +72,6 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
         for w, row in zip(waiting, proba, strict=True)
     ]
     refreshed = ctx.connector.refresh_predictions(updates)
-    with Session(ctx.engine) as session:
-        next_up = _next_up(session, loop.rerank_keep_next)
     stale = [w.remote_task_id for w, new in zip(waiting, new_scores, strict=True)
              if w.is_comparable and new < loop.stale_score_ratio * w.old_score and w.remote_task_id not in next_up]
     gone = set(ctx.connector.withdraw(stale)) if stale else set()

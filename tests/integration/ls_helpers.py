@@ -25,7 +25,7 @@ import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 
-from connectors._ls_auth import RefreshOnExpiry, is_jwt
+from connectors._ls_auth import auth_for
 
 REPO = Path(__file__).resolve().parents[2]
 SKIP_ENV = "LABELLOOP_SKIP_INTEGRATION"
@@ -84,7 +84,7 @@ def shared_server(config: pytest.Config, tmp_path_factory: pytest.TempPathFactor
 
 def make_client(url: str, api_key: str) -> tuple[LabelStudio, httpx.Client]:
     """An SDK client on an httpx client the caller must close (renewing an access token refused in flight)."""
-    http = httpx.Client(timeout=30.0, auth=RefreshOnExpiry(url, api_key) if is_jwt(api_key) else None)
+    http = httpx.Client(timeout=30.0, auth=auth_for(url, api_key))
     client = LabelStudio(  # type: ignore[no-untyped-call]  # the SDK's wrapper takes **kwargs
         base_url=url, api_key=api_key, httpx_client=http, timeout=30.0, max_retries=0
     )

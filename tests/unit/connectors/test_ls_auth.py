@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from connectors._ls_auth import RefreshOnExpiry, is_jwt
+from connectors._ls_auth import RefreshOnExpiry, auth_for, is_jwt
 
 PAT = "aaa.bbb.ccc"
 BASE = "http://ls.test"
@@ -83,3 +83,8 @@ def test_only_one_retry() -> None:
 @pytest.mark.parametrize(("token", "expected"), [("a.b.c", True), ("0" * 40, False), ("a..c", False), ("a.b", False)])
 def test_is_jwt(token: str, expected: bool) -> None:
     assert is_jwt(token) is expected
+
+
+def test_auth_for_a_pat_only() -> None:
+    assert isinstance(auth_for(BASE, PAT), RefreshOnExpiry)
+    assert auth_for(BASE, "0" * 40) is None
