@@ -264,18 +264,28 @@ class Service:
     def _register_webhook(self) -> None:
         """Point the project's webhook at us; a refusal is logged once and polling carries on.
 
+        A refused token is not such a refusal: if the token no longer works for anything (checked
+        with ``check()``), the job backs off as for any call and registration is tried again.
+        A token that works but may not manage webhooks (403) gives polling only.
+
         Raises:
-            ConnectorUnavailable: tried again on the next job.
+            ConnectorUnavailable, ConnectorAuthError: tried again on the next job.
         """
         try:
             hook_id = register(self.ctx.connector, self.ctx.settings, project_id=self._project_id)
+        except ConnectorAuthError as e:
+            self.ctx.connector.check()  # raises when the token itself is refused: back off, stay pending
+            self._webhook_off(e)
         except ConnectorRejected as e:
-            log.error("webhook not registered, polling only: %s", e)
-            self._health("webhook_error", str(e))
+            self._webhook_off(e)
         else:
             log.info("Label Studio calls %s (webhook %s)", self.ctx.settings.webhook_url(), hook_id)
             self._webhook_registered = True
         self._webhook_pending = False
+
+    def _webhook_off(self, e: ConnectorRejected) -> None:
+        log.error("webhook not registered, polling only: %s", e)
+        self._health("webhook_error", str(e))
 
     def _deactivate_webhook(self) -> None:
         """On a graceful stop, stop Label Studio calling us: with the daemon gone, every submitted

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from connectors.errors import ConnectorRejected
+from connectors.errors import ConnectorAuthError, ConnectorRejected
 from connectors.fake import FakeConnector
 from daemon.app import run_service
 from daemon.context import LoopContext
@@ -364,6 +365,45 @@ def test_a_refused_registration_leaves_polling_running(
     assert "webhook not registered, polling only" in caplog.text and SECRET not in caplog.text
     with Session(service.ctx.engine) as session:
         assert [e.kind for e in session.exec(select(HealthEvent))].count("webhook_error") == 1
+
+
+def test_a_token_refused_at_registration_backs_off_and_registers_once_it_works(
+    tmp_path: Path, counted: list[str]
+) -> None:
+    fake = FakeConnector(classes=["a", "b"], api_key="good", accepted_keys=["good"])
+    service = make_service(tmp_path, fake)
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    service.ctx.clock = lambda: now[0]
+    register = fake.register_webhook
+
+    def revoked(url: str, headers: Any, actions: Any) -> str:
+        fake._accepted_keys = frozenset()  # the token is revoked between the project lookup and the call
+        return register(url, headers, actions)
+
+    fake.register_webhook = revoked  # type: ignore[method-assign]
+    service.sync_job()
+    assert counted == [] and service.health()["webhook"]["registration_pending"] is True
+    assert service.health()["backoff_failures"] == 1
+    fake._accepted_keys = frozenset({"good"})  # the operator fixes the token
+    fake.register_webhook = register  # type: ignore[method-assign]
+    now[0] += timedelta(hours=1)
+    service.sync_job()
+    assert counted == ["sync"] and fake.webhooks[service.ctx.settings.webhook_url()].is_active
+    assert service.health()["webhook"]["registration_pending"] is False
+
+
+def test_a_token_without_webhook_permission_leaves_polling_running(tmp_path: Path, counted: list[str]) -> None:
+    fake = FakeConnector(classes=["a", "b"])
+    service = make_service(tmp_path, fake)
+
+    def forbidden(url: str, headers: Any, actions: Any) -> str:
+        raise ConnectorAuthError("Label Studio denied register_webhook (403): the token's user lacks permission")
+
+    fake.register_webhook = forbidden  # type: ignore[method-assign]
+    service.sync_job()
+    service.sync_job()
+    assert counted == ["sync", "sync"] and service.health()["backoff_failures"] == 0
+    assert fake.calls.count("check") == 1 and service.health()["webhook"]["registration_pending"] is False
 
 
 def test_register_false_never_touches_the_project(tmp_path: Path, counted: list[str]) -> None:
