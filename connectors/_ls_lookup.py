@@ -16,7 +16,14 @@ from connectors import _ls_tasks as lt
 from connectors._label_config import choices_config
 from connectors.errors import ConnectorRejected
 
-__all__ = ["NO_ANNOTATION", "delete_untouched", "find_by_item_ids", "find_or_create_project", "iter_tasks"]
+__all__ = [
+    "NO_ANNOTATION",
+    "SEQUENTIAL_SAMPLING",
+    "delete_untouched",
+    "find_by_item_ids",
+    "find_or_create_project",
+    "iter_tasks",
+]
 
 log = logging.getLogger("connectors.label_studio")  # one logger for the adapter, whichever module logs
 
@@ -24,6 +31,7 @@ NO_ANNOTATION = (
     lt.dm_filter("total_annotations", "equal", "Number", 0),
     lt.dm_filter("cancelled_annotations", "equal", "Number", 0),
 )
+SEQUENTIAL_SAMPLING = "Sequential sampling"  # a project's `sampling`: serve waiting tasks by id
 _UNTOUCHED = (*NO_ANNOTATION, lt.dm_filter("draft_exists", "equal", "Boolean", False))
 
 
@@ -116,7 +124,10 @@ def find_or_create_project(
         )
     config = choices_config(classes, text_key=text_key)
     created = client.projects.create(
-        title=title, label_config=config, description="Active-learning batches pushed by labelloop."
+        title=title,
+        label_config=config,
+        description="Active-learning batches pushed by labelloop.",
+        sampling=SEQUENTIAL_SAMPLING,  # the default today; said so that annotators get the best tasks first
     )
     log.info("created Label Studio project %s (%s classes)", created.id, len(classes))
     return int(created.id or 0), title, created.label_config or config

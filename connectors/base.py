@@ -175,6 +175,15 @@ class Connector(Protocol):
         """
         ...
 
+    def serves_in_push_order(self) -> bool:
+        """Whether the tool hands annotators the waiting tasks in the order they were pushed.
+
+        Then the tasks people have open are the first waiting ones, and the most informative
+        tasks of a batch are labeled first. Label Studio does so in its default sequential
+        sampling, not in its uniform or uncertainty sampling.
+        """
+        ...
+
     def register_webhook(self, url: str, headers: Mapping[str, str], actions: Sequence[str]) -> str:
         """Make the project call ``url`` on ``actions``, sending ``headers``; return the webhook's id.
 

@@ -7,7 +7,7 @@ annotations, deleted tasks reported on a full pull, ``withdraw`` that spares tou
 
 Test hooks, not part of the protocol: :meth:`FakeConnector.annotate`, ``update_annotation``,
 ``skip``, ``delete_annotation``, ``delete_task``, ``add_draft``, ``fail_next``,
-``crash_push_after``, and the ``is_down`` switch. The clock is injectable; every event
+``crash_push_after``, and the ``is_down`` and ``in_push_order`` switches. The clock is injectable; every event
 without an explicit ``at`` gets a strictly later time than the one before.
 """
 
@@ -79,6 +79,7 @@ class FakeConnector:
         self.user = user
         self.url = url
         self.is_down = False  # flip to simulate an outage: every call raises ConnectorUnavailable
+        self.in_push_order = True  # False: the project hands out tasks at random (uniform sampling)
         self._api_key = api_key
         self._accepted_keys = frozenset(accepted_keys) if accepted_keys is not None else None
         self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
@@ -188,6 +189,11 @@ class FakeConnector:
             if task is not None and not task.annotations and not task.has_draft:
                 self._remove(remote_task_id)
         return [remote_task_id for remote_task_id in remote_task_ids if remote_task_id not in self._tasks]
+
+    def serves_in_push_order(self) -> bool:
+        self._enter("serves_in_push_order")
+        self._require_project()
+        return self.in_push_order
 
     def register_webhook(self, url: str, headers: Mapping[str, str], actions: Sequence[str]) -> str:
         self._enter("register_webhook")

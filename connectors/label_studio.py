@@ -337,6 +337,17 @@ class LabelStudioConnector:
         )
         return gone
 
+    def serves_in_push_order(self) -> bool:
+        """True when the project uses sequential sampling (tasks by id, as pushed).
+
+        Raises:
+            ConnectorUnavailable, ConnectorRejected.
+        """
+        project = self._resolved()
+        with translated(self.url, "serves_in_push_order"):
+            found: Any = self._client.projects.get(id=project.project_id)
+        return bool(found.sampling == lk.SEQUENTIAL_SAMPLING)
+
     def register_webhook(self, url: str, headers: Mapping[str, str], actions: Sequence[str]) -> str:
         """Create or update the project's webhook to ``url``; return its id.
 

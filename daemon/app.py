@@ -147,6 +147,9 @@ class _OfflineConnector:
     def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
         raise self._refuse()
 
+    def serves_in_push_order(self) -> bool:
+        raise self._refuse()
+
     def register_webhook(self, url: str, headers: Mapping[str, str], actions: Sequence[str]) -> str:
         raise self._refuse()
 

@@ -35,6 +35,10 @@ def ensure_project(ctx: LoopContext) -> ProjectInfo:
         set_value(session, "project_title", info.title)
         set_value(session, "classes", json.dumps(list(info.classes)))
         session.commit()
+    if not ctx.connector.serves_in_push_order():
+        log.warning("project %s does not hand out tasks in the order they were pushed, so annotators do not get "
+                    "the most informative ones first and re-ranking withdraws nothing; set its sampling to "
+                    "sequential", info.project_id)
     return info
 
 

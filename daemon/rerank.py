@@ -8,7 +8,9 @@ never a control item), which frees room for a batch chosen by the current model.
 of the ``loop.rerank_keep_next`` waiting tasks that annotators are handed next: Label Studio's
 stream hands out tasks in the order they were pushed (its default sequential sampling), skipping
 those someone has open, so the tasks people have open are the first waiting ones, and Label
-Studio's task locks are not visible through its API.
+Studio's task locks are not visible through its API. In a project that hands out tasks in
+another order (Label Studio's uniform or uncertainty sampling) any waiting task may be open, so
+none is withdrawn there, and a warning says why.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from connectors.base import PredictionUpdate
 from daemon.context import LoopContext, TrainedModel
 from daemon.pool import known_classes
 from daemon.selection import label_counts
-from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus, PoolItem, get_value, set_value
+from daemon.store import (
+    Batch,
+    BatchItem,
+    BatchItemState,
+    BatchStatus,
+    HealthEvent,
+    PoolItem,
+    get_value,
+    set_value,
+)
 from daemon.sync import close_finished_batches
 from daemon.training import labeled_set, vectors_for
 from strategies import FloatArray, PoolView, select_batch
@@ -74,6 +85,9 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
     refreshed = ctx.connector.refresh_predictions(updates)
     stale = [w.remote_task_id for w, new in zip(waiting, new_scores, strict=True)
              if w.is_comparable and new < loop.stale_score_ratio * w.old_score and w.remote_task_id not in next_up]
+    if stale and not ctx.connector.serves_in_push_order():
+        _keep_all(ctx, len(stale))
+        stale = []
     gone = set(ctx.connector.withdraw(stale)) if stale else set()
     with Session(ctx.engine) as session:
         by_remote = {i.remote_task_id: i for i in session.exec(
@@ -92,6 +106,16 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
         log.info("re-ranked the queue for model %s: %s tasks withdrawn as stale", model.version, len(gone),
                  extra={"model_version": model.version})
     return _done(ctx, model, RerankReport(refreshed, len(gone)))
+
+
+def _keep_all(ctx: LoopContext, n_stale: int) -> None:
+    """Out of push order, any waiting task may be open in someone's browser: withdraw none."""
+    message = (f"{n_stale} waiting tasks are stale but none is withdrawn: the project does not hand out tasks "
+               "in the order they were pushed, so any of them may be open; set its sampling to sequential")
+    log.warning("re-ranking: %s", message)
+    with Session(ctx.engine) as session:
+        session.add(HealthEvent(kind="rerank_kept", message=message))
+        session.commit()
 
 
 def _done(ctx: LoopContext, model: TrainedModel, report: RerankReport) -> RerankReport:

@@ -3,7 +3,8 @@
 ``harness`` is parametrized: ``fake`` always, ``label_studio`` (a real server on 127.0.0.1,
 shared with tests/integration, marked ``integration``) unless LABELLOOP_SKIP_INTEGRATION=1.
 A harness holds a connector on a fresh project plus the annotator-side actions the
-protocol does not have (annotate, edit, delete, skip, draft, delete a task).
+protocol does not have (annotate, edit, delete, skip, draft, delete a task, change the
+project's task order).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class FakeHarness:
 
     def delete_task(self, item_id: str) -> str:
         return self.fake.delete_task(item_id)
+
+    def serve_at_random(self) -> None:
+        self.fake.in_push_order = False
 
     def remote_task_count(self) -> int:
         return len(self.fake.list_tasks())
@@ -123,6 +127,9 @@ class LabelStudioHarness:
         task_id = self._task(item_id)
         ls_helpers.delete_task(self.client, task_id)
         return str(task_id)
+
+    def serve_at_random(self) -> None:
+        self.client.projects.update(id=self.project_id, sampling="Uniform sampling")
 
     def remote_task_count(self) -> int:
         return ls_helpers.task_count(self.client, self.project_id)

@@ -201,6 +201,13 @@ def test_withdraw_never_deletes_a_touched_task(harness: Harness) -> None:
     assert connector.count_waiting() == 1  # the drafted one
 
 
+def test_the_task_order_is_push_order_until_the_project_serves_at_random(harness: Harness) -> None:
+    connector = _ready(harness.connector)
+    assert connector.serves_in_push_order()
+    harness.serve_at_random()
+    assert not connector.serves_in_push_order()
+
+
 def test_a_deleted_task_is_reported_on_the_next_full_pull(harness: Harness) -> None:
     connector = _ready(harness.connector)
     connector.push(_tasks(3))

@@ -203,6 +203,34 @@ def test_rerank_never_withdraws_the_task_an_annotator_has_open(
     assert labels(ctx)[in_hand.item_id] == (LabelStatus.LABELED, gold[in_hand.item_id])
 
 
+def test_rerank_withdraws_nothing_from_a_project_that_serves_tasks_at_random(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]],
+    ls_client: LabelStudio,
+    label_studio: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With uniform sampling the task someone has open can be any waiting one."""
+    ctx, project_id, gold = loop_ctx
+    ctx.settings.loop.stale_score_ratio = 1.0
+    ctx.settings.loop.rerank_keep_next = 0
+    first = run_cycle(ctx)
+    for item in items_of(ctx, first.batch_id or ""):
+        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    second = run_cycle(ctx)
+    items = items_of(ctx, second.batch_id or "")
+    for item in items[:3]:
+        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    ls_client.projects.update(id=project_id, sampling="Uniform sampling")
+    in_hand = ls_helpers.next_task(label_studio, project_id)  # a random waiting task, open in a browser
+    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
+    third = run_cycle(ctx)
+    assert third.model_version not in (None, second.model_version)
+    assert all(i.state is BatchItemState.PENDING for i in items_of(ctx, second.batch_id or "")[3:])
+    assert in_hand in {int(i.remote_task_id or 0) for i in items[3:]}
+    for item in items[3:]:  # still in the project, still to be labeled
+        assert ls_helpers.task_ids_for(ls_client, project_id, item.item_id) == [int(item.remote_task_id or 0)]
+
+
 def test_edit_delete_skip_and_unknown_choice(
     loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
 ) -> None:

@@ -184,6 +184,7 @@ def test_ensure_project_by_title_creates_once_then_finds_it(
         again = ls_connector(None, project_title=title).ensure_project(classes=["other"])
         assert again == first
         assert first.classes == tuple(classes)
+        assert ls_client.projects.get(id=int(first.project_id)).sampling == "Sequential sampling"
     finally:
         ls_client.projects.delete(id=int(first.project_id))
 

@@ -25,6 +25,7 @@ from daemon.store import (
     BatchItemState,
     BatchStatus,
     CycleRun,
+    HealthEvent,
     LabelRecord,
     LabelStatus,
     ModelRun,
@@ -345,6 +346,43 @@ def test_rerank_keeps_the_waiting_tasks_annotators_get_next(tmp_path: Path, monk
     after = {i.item_id: i.state for i in batch_items(ctx, second)}
     assert [after[i.item_id] for i in items[4:]] == [BatchItemState.PENDING] * 2 + [BatchItemState.WITHDRAWN] * 4
     assert all(i.state is BatchItemState.PENDING for i in batch_items(ctx, third.batch_id or ""))  # pushed after
+
+
+def test_rerank_withdraws_nothing_when_the_project_serves_tasks_at_random(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold = build_world(tmp_path, stale_score_ratio=1.0, control_fraction=0.0, rerank_keep_next=0)
+    first = run_cycle(ctx).batch_id or ""
+    annotate_batch(ctx, fake, gold, first)
+    second = run_cycle(ctx).batch_id or ""
+    items = batch_items(ctx, second)
+    for item in items[:4]:
+        fake.annotate(item.item_id, gold[item.item_id])
+    fake.in_push_order = False  # any waiting task may be open in a browser
+    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
+    third = run_cycle(ctx)
+    assert third.model_version is not None
+    waiting = {i.remote_task_id for i in items[4:]}
+    assert all(i.state is BatchItemState.PENDING for i in batch_items(ctx, second)[4:])
+    assert waiting <= {t.remote_task_id for t in fake.list_tasks()}
+    refreshed = {rid for rid, updates in fake.predictions.items() if updates[-1].model_version == third.model_version}
+    assert refreshed == waiting  # predictions are still refreshed
+    assert "none is withdrawn" in caplog.text
+    with Session(ctx.engine) as session:
+        assert [e.kind for e in session.exec(select(HealthEvent))].count("rerank_kept") == 1
+
+
+def test_a_project_that_serves_tasks_at_random_is_reported_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, _ = build_world(tmp_path)
+    ensure_project(ctx)
+    assert "order they were pushed" not in caplog.text
+    fake.in_push_order = False
+    ensure_project(ctx)
+    assert "does not hand out tasks in the order they were pushed" in caplog.text
 
 
 def test_rerank_runs_after_the_push_and_leaves_the_new_batch_alone(
