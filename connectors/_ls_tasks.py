@@ -43,7 +43,7 @@ _DM_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # what the Data Manager's Datetime fi
 
 # The `include` query parameter (drf-flex-fields) restricts the task's fields AND those of
 # the annotations nested in it, so the list names fields of both.
-PULL_FIELDS = "id,data,updated_at,annotations,result,was_cancelled,completed_by"
+PULL_FIELDS = "id,data,updated_at,annotations,result,was_cancelled,ground_truth,completed_by"
 SUMMARY_FIELDS = "id,updated_at,total_annotations,cancelled_annotations"
 
 
@@ -176,6 +176,7 @@ def _annotation(raw: Mapping[str, Any], *, from_name: str, annotators: Mapping[i
         annotator=annotators.get(who, str(who)) if who is not None else None,
         updated_at=_aware(raw.get("updated_at")),
         is_skipped=bool(raw.get("was_cancelled")),
+        is_ground_truth=bool(raw.get("ground_truth")),
     )
 
 

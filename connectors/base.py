@@ -49,7 +49,8 @@ class AnnotationState:
     """One annotation as it is now in the tool.
 
     ``choices`` are the raw chosen values, unvalidated: the daemon decides whether
-    they are known classes. ``is_skipped`` marks a cancelled/skipped annotation.
+    they are known classes. ``is_skipped`` marks a cancelled/skipped annotation;
+    ``is_ground_truth`` one that a reviewer marked as the reference answer for its task.
     """
 
     remote_annotation_id: str
@@ -57,6 +58,7 @@ class AnnotationState:
     annotator: str | None
     updated_at: datetime  # timezone-aware UTC
     is_skipped: bool = False
+    is_ground_truth: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,13 +6,14 @@ idempotent ``push``, state-based ``pull`` at-or-after a watermark, skips, delete
 annotations, deleted tasks reported on a full pull, ``withdraw`` that spares touched tasks.
 
 Test hooks, not part of the protocol: :meth:`FakeConnector.annotate`, ``update_annotation``,
-``skip``, ``delete_annotation``, ``delete_task``, ``add_draft``, ``fail_next``,
+``skip``, ``delete_annotation``, ``mark_ground_truth``, ``delete_task``, ``add_draft``, ``fail_next``,
 ``crash_push_after``, and the ``is_down`` and ``in_push_order`` switches. The clock is injectable; every event
 without an explicit ``at`` gets a strictly later time than the one before.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -228,7 +229,17 @@ class FakeConnector:
             raise LookupError(f"item {item_id} has no annotation to update")
         moment = self._event_time(at)
         old = task.annotations[-1]
-        task.annotations[-1] = AnnotationState(old.remote_annotation_id, (choice,), old.annotator, moment)
+        task.annotations[-1] = dataclasses.replace(old, choices=(choice,), updated_at=moment)
+        task.updated_at = max(task.updated_at, moment)
+
+    def mark_ground_truth(self, item_id: str, annotation_id: str, *, at: datetime | None = None) -> None:
+        """Mark one annotation of the task as its ground truth (a reviewer's star in Label Studio)."""
+        task = self._task(item_id)
+        moment = self._event_time(at)
+        found = [n for n, a in enumerate(task.annotations) if a.remote_annotation_id == annotation_id]
+        if not found:
+            raise LookupError(f"item {item_id} has no annotation {annotation_id}")
+        task.annotations[found[0]] = dataclasses.replace(task.annotations[found[0]], is_ground_truth=True)
         task.updated_at = max(task.updated_at, moment)
 
     def delete_annotation(self, item_id: str, *, annotation_id: str | None = None, at: datetime | None = None) -> None:

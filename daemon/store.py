@@ -76,6 +76,7 @@ class LabelStatus(enum.StrEnum):
     SKIPPED = "skipped"  # the annotator skipped the task
     UNKNOWN = "unknown"  # a choice that is not one of the project's classes: reported, not trained on
     RETRACTED = "retracted"  # the annotation was deleted
+    DISPUTED = "disputed"  # annotators disagree with no majority and no ground truth: not trained on
 
 
 class PoolItem(SQLModel, table=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -88,7 +89,7 @@ def sync(ctx: LoopContext) -> SyncReport:
 def apply_task_states(session: Session, tasks: Sequence[RemoteTaskState]) -> tuple[int, int]:
     """Fold remote task states into labels and batch items; return (changed, unknown)."""
     classes = set(known_classes(session))
-    changed = unknown = 0
+    changed = unknown = disputed = 0
     items = _batch_items(session, [task.remote_task_id for task in tasks])
     for task in tasks:
         verdict = _verdict(task.annotations, classes)
@@ -96,23 +97,44 @@ def apply_task_states(session: Session, tasks: Sequence[RemoteTaskState]) -> tup
             unknown += 1
         if _record(session, task, verdict):
             changed += 1
+            disputed += verdict.status is LabelStatus.DISPUTED
         item = items.get(task.remote_task_id)
         if item is not None:
             _set_item_state(session, item, verdict.status)
+    if disputed:
+        log.warning("sync: annotators disagree on %s tasks with no majority; they are not trained on until "
+                    "a reviewer marks one answer as ground truth in Label Studio", disputed)
     return changed, unknown
 
 
 def _verdict(annotations: Iterable[AnnotationState], classes: set[str]) -> _Verdict:
+    """The task's label from its annotations.
+
+    A ground-truth annotation decides alone (the latest, if several). Otherwise each annotator
+    has one vote, their latest answer (an annotation without a known annotator votes on its own),
+    and the answer with the most votes wins; a tie is a dispute, not trained on until a reviewer
+    marks a ground truth or an annotator changes their answer.
+    """
     ordered = sorted(annotations, key=lambda a: (a.updated_at, a.remote_annotation_id))
     answered = [a for a in ordered if not a.is_skipped]
-    if answered:
-        latest = answered[-1]
-        if len(latest.choices) == 1 and latest.choices[0] in classes:
-            return _Verdict(LabelStatus.LABELED, latest.choices[0], latest)
-        return _Verdict(LabelStatus.UNKNOWN, "|".join(latest.choices) or "<no choice>", latest)
-    if ordered:
-        return _Verdict(LabelStatus.SKIPPED, None, ordered[-1])
-    return _Verdict(None, None, None)
+    if not answered:
+        return _Verdict(LabelStatus.SKIPPED, None, ordered[-1]) if ordered else _Verdict(None, None, None)
+    starred = [a for a in answered if a.is_ground_truth]
+    by_voter = {a.annotator or f"annotation {a.remote_annotation_id}": a for a in answered}  # the latest wins
+    votes = starred[-1:] or sorted(by_voter.values(), key=lambda a: (a.updated_at, a.remote_annotation_id))
+    tally = Counter(_answer(a) for a in votes)
+    most = max(tally.values())
+    leaders = sorted(answer for answer, n in tally.items() if n == most)
+    if len(leaders) > 1:
+        return _Verdict(LabelStatus.DISPUTED, " vs ".join(leaders), votes[-1])
+    deciding = [a for a in votes if _answer(a) == leaders[0]][-1]
+    if len(deciding.choices) == 1 and deciding.choices[0] in classes:
+        return _Verdict(LabelStatus.LABELED, deciding.choices[0], deciding)
+    return _Verdict(LabelStatus.UNKNOWN, leaders[0], deciding)
+
+
+def _answer(annotation: AnnotationState) -> str:
+    return "|".join(annotation.choices) or "<no choice>"
 
 
 def _record(session: Session, task: RemoteTaskState, verdict: _Verdict) -> bool:
@@ -170,6 +192,7 @@ def _set_item_state(session: Session, item: BatchItem, status: LabelStatus | Non
     new = {
         LabelStatus.LABELED: BatchItemState.LABELED,
         LabelStatus.UNKNOWN: BatchItemState.LABELED,  # answered: a human must fix the project config
+        LabelStatus.DISPUTED: BatchItemState.LABELED,  # answered: a reviewer must settle it
         LabelStatus.SKIPPED: BatchItemState.SKIPPED,
         None: BatchItemState.PENDING,
     }[status]

@@ -4,13 +4,14 @@
 shared with tests/integration, marked ``integration``) unless LABELLOOP_SKIP_INTEGRATION=1.
 A harness holds a connector on a fresh project plus the annotator-side actions the
 protocol does not have (annotate, edit, delete, skip, draft, delete a task, change the
-project's task order).
+project's task order, annotate as another user, mark a ground truth).
 """
 
 from __future__ import annotations
 
 import itertools
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.integration import ls_helpers
 
 CLASSES = ("pos", "neg", "neutral")
 _titles = itertools.count(1)
+_users = itertools.count(1)
 
 
 class FakeHarness:
@@ -59,6 +61,15 @@ class FakeHarness:
     def serve_at_random(self) -> None:
         self.fake.in_push_order = False
 
+    def new_annotator(self) -> str:
+        return f"annotator{next(_users)}@example.com"
+
+    def annotate_as(self, item_id: str, choice: str, annotator: str) -> str:
+        return self.fake.annotate(item_id, choice, annotator=annotator)
+
+    def mark_ground_truth(self, item_id: str, annotation_id: str) -> None:
+        self.fake.mark_ground_truth(item_id, annotation_id)
+
     def remote_task_count(self) -> int:
         return len(self.fake.list_tasks())
 
@@ -84,6 +95,7 @@ class LabelStudioHarness:
     def __init__(self, server: Any, client: LabelStudio, project_id: int) -> None:
         self.server, self.client, self.project_id = server, client, project_id
         self._made: list[LabelStudioConnector] = []
+        self._user_ids: dict[str, int] = {}
         self.connector: Connector = self._connect(server.pat)
 
     def _connect(
@@ -130,6 +142,19 @@ class LabelStudioHarness:
 
     def serve_at_random(self) -> None:
         self.client.projects.update(id=self.project_id, sampling="Uniform sampling")
+
+    def new_annotator(self) -> str:
+        email = f"annotator{next(_users)}-{time.time_ns()}@example.com"  # users outlive projects on the server
+        made = self.client.users.create(email=email, username=email.split("@")[0])
+        self._user_ids[email] = int(made.id or 0)
+        return email
+
+    def annotate_as(self, item_id: str, choice: str, annotator: str) -> str:
+        user_id = self._user_ids[annotator]
+        return str(ls_helpers.annotate(self.client, self._task(item_id), choice, completed_by=user_id))
+
+    def mark_ground_truth(self, item_id: str, annotation_id: str) -> None:
+        self.client.annotations.update(id=int(annotation_id), ground_truth=True)
 
     def remote_task_count(self) -> int:
         return ls_helpers.task_count(self.client, self.project_id)

@@ -201,6 +201,22 @@ def test_withdraw_never_deletes_a_touched_task(harness: Harness) -> None:
     assert connector.count_waiting() == 1  # the drafted one
 
 
+def test_every_annotators_answer_and_a_ground_truth_star_come_through(harness: Harness) -> None:
+    connector = _ready(harness.connector)
+    connector.push(_tasks(1))
+    first, second = harness.new_annotator(), harness.new_annotator()
+    starred = harness.annotate_as("item-0", "pos", first)
+    harness.annotate_as("item-0", "neg", second)
+    result = connector.pull(since=None)
+    answers = _by_item(result)["item-0"].annotations
+    assert sorted((a.annotator, a.choices, a.is_ground_truth) for a in answers) == [
+        (first, ("pos",), False), (second, ("neg",), False)]
+    harness.mark_ground_truth("item-0", starred)
+    changed = _by_item(connector.pull(since=result.watermark))
+    assert changed["item-0"].updated_at > result.watermark  # the star counts as an update of the task
+    assert [a.remote_annotation_id for a in changed["item-0"].annotations if a.is_ground_truth] == [starred]
+
+
 def test_the_task_order_is_push_order_until_the_project_serves_at_random(harness: Harness) -> None:
     connector = _ready(harness.connector)
     assert connector.serves_in_push_order()

@@ -39,6 +39,7 @@ from daemon.store import (
     LabelStatus,
     make_engine,
 )
+from daemon.sync import sync
 from daemon.training import embed_pool
 from models.hashing import HashingEmbedder
 from tests.integration import ls_helpers
@@ -251,6 +252,23 @@ def test_edit_delete_skip_and_unknown_choice(
     assert got[ids[1]] == (LabelStatus.RETRACTED, None)
     assert got[ids[2]] == (LabelStatus.SKIPPED, None)
     assert got[ids[3]] == (LabelStatus.UNKNOWN, "spam-of-the-week")
+
+
+def test_two_annotators_who_disagree_wait_for_a_ground_truth(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
+) -> None:
+    ctx, _, _ = loop_ctx
+    item = items_of(ctx, run_cycle(ctx).batch_id or "")[0]
+    task_id = int(item.remote_task_id or 0)
+    users = [ls_client.users.create(email=f"{who}-{time.time_ns()}@example.com", username=f"{who}-{time.time_ns()}")
+             for who in ("ann", "bob")]
+    ls_helpers.annotate(ls_client, task_id, "billing", completed_by=int(users[0].id or 0))
+    bobs = ls_helpers.annotate(ls_client, task_id, "fraud", completed_by=int(users[1].id or 0))
+    sync(ctx)
+    assert labels(ctx)[item.item_id] == (LabelStatus.DISPUTED, "billing vs fraud")
+    ls_client.annotations.update(id=bobs, ground_truth=True)  # a reviewer settles it
+    sync(ctx)
+    assert labels(ctx)[item.item_id] == (LabelStatus.LABELED, "fraud")
 
 
 def test_push_cut_off_after_tasks_were_created_leaves_no_duplicate(

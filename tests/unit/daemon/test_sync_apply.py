@@ -87,6 +87,53 @@ def test_unknown_choice_is_recorded_not_dropped(engine: Engine) -> None:
     assert label_of(engine, "i1") == (LabelStatus.UNKNOWN, "eggs")
 
 
+def vote(aid: str, choice: str, minutes: int, who: str | None, *, star: bool = False) -> AnnotationState:
+    return AnnotationState(aid, (choice,), who, T0 + timedelta(minutes=minutes), is_ground_truth=star)
+
+
+def verdicts(engine: Engine, *states: RemoteTaskState) -> dict[str, tuple[LabelStatus, str | None] | None]:
+    with Session(engine) as session:
+        apply_task_states(session, list(states))
+        session.commit()
+    return {state.item_id: label_of(engine, state.item_id) for state in states}
+
+
+def test_each_annotator_votes_once_and_a_tie_is_a_dispute(engine: Engine) -> None:
+    set_classes(engine, ["ham", "spam"])
+    seed_batch(engine, [("i1", "7"), ("i2", "8"), ("i3", "9")])
+    got = verdicts(
+        engine,
+        task(vote("a1", "spam", 1, "ann"), vote("a2", "ham", 2, "bob")),
+        # ann answered twice: her latest answer is her vote, so bob's ham is not outvoted
+        task(vote("a3", "spam", 1, "ann"), vote("a4", "ham", 2, "bob"), vote("a5", "spam", 3, "ann"),
+             item="i2", remote="8"),
+        task(vote("a6", "spam", 1, None), vote("a7", "ham", 2, None), vote("a8", "spam", 3, None),
+             item="i3", remote="9"),  # annotators unknown: each annotation votes
+    )
+    assert got == {"i1": (LabelStatus.DISPUTED, "ham vs spam"), "i2": (LabelStatus.DISPUTED, "ham vs spam"),
+                   "i3": (LabelStatus.LABELED, "spam")}
+    with Session(engine) as session:
+        states = {i.item_id: i.state for i in session.exec(select(BatchItem))}
+    assert set(states.values()) == {BatchItemState.LABELED}  # answered: nothing left to wait for
+
+
+def test_a_majority_settles_a_dispute_and_a_ground_truth_overrides_it(engine: Engine) -> None:
+    set_classes(engine, ["ham", "spam"])
+    seed_batch(engine, [("i1", "7")])
+    ann_says, bob_says = vote("a1", "spam", 1, "ann"), vote("a2", "ham", 2, "bob")
+    assert verdicts(engine, task(ann_says, bob_says))["i1"] == (LabelStatus.DISPUTED, "ham vs spam")
+    cy_says = vote("a3", "spam", 3, "cy")
+    assert verdicts(engine, task(ann_says, bob_says, cy_says))["i1"] == (LabelStatus.LABELED, "spam")
+    starred = vote("a2", "ham", 4, "bob", star=True)  # a reviewer marks bob's answer as the ground truth
+    assert verdicts(engine, task(ann_says, starred, cy_says))["i1"] == (LabelStatus.LABELED, "ham")
+    with Session(engine) as session:
+        record = session.get(LabelRecord, "i1")
+        assert record is not None and (record.annotator, record.remote_annotation_id) == ("bob", "a2")
+        history = [(e.status, e.label) for e in session.exec(select(LabelEvent))]
+    assert history == [(LabelStatus.DISPUTED, "ham vs spam"), (LabelStatus.LABELED, "spam"),
+                       (LabelStatus.LABELED, "ham")]
+
+
 def test_seed_label_survives_a_stray_skip(engine: Engine) -> None:
     set_classes(engine, ["ham", "spam"])
     with Session(engine) as session:
