@@ -51,6 +51,9 @@ def status_panels(report: StatusReport) -> list[Panel]:
         classes.add_row(name, str(n))
     for raw, n in report.unknown_choices.items():
         classes.add_row(f"[yellow]unknown choice {raw!r}[/]", str(n))
+    if report.labels.get("disputed"):
+        classes.add_row("[yellow]disputed: annotators disagree, star a ground truth in Label Studio[/]",
+                        str(report.labels["disputed"]))
     counts = ", ".join(f"{k} {v}" for k, v in report.labels.items())
     pool = (f"pool: {report.pool['items']} items ({report.pool['embedded']} embedded); labels: {counts}\n"
             f"queue: {report.queue.get('waiting_items', 0)} items waiting in Label Studio; project "

@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlmodel import Session
 from typer.testing import CliRunner
 
 from daemon.cli import app
+from daemon.settings import load_settings
+from daemon.store import LabelRecord, LabelStatus, make_engine
 
 runner = CliRunner()
 
@@ -64,3 +67,14 @@ def test_run_without_a_token_explains_what_to_do(workdir: Path) -> None:
     result = runner.invoke(app, ["run"])
     assert result.exit_code == 2
     assert "LABELLOOP_LABEL_STUDIO__API_KEY" in result.output
+
+
+def test_status_points_at_disputed_tasks(workdir: Path) -> None:
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello"}\n')
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+    with Session(make_engine(load_settings().store.url)) as session:
+        session.add(LabelRecord(item_id="a", status=LabelStatus.DISPUTED, label="ham vs spam", source="label_studio"))
+        session.commit()
+    assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["labels"]["disputed"] == 1
+    shown = runner.invoke(app, ["status"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and "star a ground truth" in shown.output
