@@ -4,6 +4,7 @@
     .venv/bin/python bench/label_efficiency.py --core  # random, margin, modal_margin, scarce_margin + default
     .venv/bin/python bench/label_efficiency.py --datasets trec6,sms_spam_lt --seeds 3
     .venv/bin/python bench/label_efficiency.py --strategies margin,entropy   # random is always added
+    .venv/bin/python bench/label_efficiency.py --datasets sms_spam_lt --batch-size 10   # finer rounds
 
 Runs ``daemon.simulate`` (the daemon's encoder, proxy head, strategies and batch
 selection, with an oracle annotator) on every data set of ``bench/datasets.py``, prints
@@ -68,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out", help="output folder")
     parser.add_argument("--calibrate", action="store_true", help="temperature-calibrate the head as the daemon")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="labels per round for every data set (default: each set's own, 25 or 50)",
+    )
     parser.add_argument(
         "--no-class-names",
         dest="class_names",
@@ -264,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     names = strategy_names(args)
     entries = _load_bench_datasets().bench_datasets(args.out)
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise SystemExit("--batch-size must be at least 1")
+        entries = [replace(entry, batch_size=args.batch_size) for entry in entries]
     if args.datasets:
         wanted = {name.strip() for name in args.datasets.split(",")}
         entries = [entry for entry in entries if entry.name in wanted]
