@@ -19,6 +19,7 @@ from connectors.errors import ConnectorRejected
 __all__ = [
     "NO_ANNOTATION",
     "SEQUENTIAL_SAMPLING",
+    "UNTOUCHED",
     "delete_untouched",
     "find_by_item_ids",
     "find_or_create_project",
@@ -32,7 +33,7 @@ NO_ANNOTATION = (
     lt.dm_filter("cancelled_annotations", "equal", "Number", 0),
 )
 SEQUENTIAL_SAMPLING = "Sequential sampling"  # a project's `sampling`: serve waiting tasks by id
-_UNTOUCHED = (*NO_ANNOTATION, lt.dm_filter("draft_exists", "equal", "Boolean", False))
+UNTOUCHED = (*NO_ANNOTATION, lt.dm_filter("draft_exists", "equal", "Boolean", False))
 
 
 def iter_tasks(
@@ -87,7 +88,7 @@ def delete_untouched(client: LabelStudio, project_id: int, task_ids: list[int], 
     task annotated between the check and the delete is kept.
     """
     by_id = [lt.dm_filter("id", "in_list", "Number", task_ids)]
-    untouched = [*by_id, *_UNTOUCHED]
+    untouched = [*by_id, *UNTOUCHED]
     listed = iter_tasks(client, project_id, untouched, fields="task_only", include="id", page_size=page_size)
     candidates = [int(task.id) for task in listed]
     if candidates:

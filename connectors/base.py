@@ -177,6 +177,14 @@ class Connector(Protocol):
         """
         ...
 
+    def first_waiting(self, n: int) -> list[str]:
+        """Remote ids of the first ``n`` of our tasks nobody annotated, skipped or drafted, in push order.
+
+        Read live from the tool: the daemon's own view lags by the annotations it has not
+        pulled yet. In push order, these are the tasks annotators are handed (or have open) next.
+        """
+        ...
+
     def serves_in_push_order(self) -> bool:
         """Whether the tool hands annotators the waiting tasks in the order they were pushed.
 

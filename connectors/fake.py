@@ -191,6 +191,12 @@ class FakeConnector:
                 self._remove(remote_task_id)
         return [remote_task_id for remote_task_id in remote_task_ids if remote_task_id not in self._tasks]
 
+    def first_waiting(self, n: int) -> list[str]:
+        self._enter("first_waiting")
+        self._require_project()
+        untouched = [rid for rid, task in self._tasks.items() if not task.annotations and not task.has_draft]
+        return sorted(untouched, key=int)[: max(0, n)]
+
     def serves_in_push_order(self) -> bool:
         self._enter("serves_in_push_order")
         self._require_project()

@@ -337,6 +337,22 @@ class LabelStudioConnector:
         )
         return gone
 
+    def first_waiting(self, n: int) -> list[str]:
+        """The first ``n`` untouched tasks of ours by id (one request).
+
+        Raises:
+            ConnectorUnavailable, ConnectorRejected.
+        """
+        if n <= 0:
+            return []
+        project = self._resolved()
+        query = lt.dm_query([lt.OURS, *lk.UNTOUCHED], ordering="tasks:id")
+        with translated(self.url, "first_waiting"):
+            page: Any = self._client.tasks.list(
+                project=project.project_id, query=query, fields="task_only", include="id", page=1, page_size=n
+            )
+        return [str(task.id) for task in page.items or []][:n]
+
     def serves_in_push_order(self) -> bool:
         """True when the project uses sequential sampling (tasks by id, as pushed).
 

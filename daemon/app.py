@@ -147,6 +147,9 @@ class _OfflineConnector:
     def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
         raise self._refuse()
 
+    def first_waiting(self, n: int) -> list[str]:
+        raise self._refuse()
+
     def serves_in_push_order(self) -> bool:
         raise self._refuse()
 

@@ -8,7 +8,9 @@ never a control item), which frees room for a batch chosen by the current model.
 of the ``loop.rerank_keep_next`` waiting tasks that annotators are handed next: Label Studio's
 stream hands out tasks in the order they were pushed (its default sequential sampling), skipping
 those someone has open, so the tasks people have open are the first waiting ones, and Label
-Studio's task locks are not visible through its API. In a project that hands out tasks in
+Studio's task locks are not visible through its API. The first waiting tasks are taken both from
+the store and, just before withdrawing, from Label Studio itself: a fast annotator may have
+answered tasks the store still counts as waiting. In a project that hands out tasks in
 another order (Label Studio's uniform or uncertainty sampling) any waiting task may be open, so
 none is withdrawn there, and a warning says why.
 """
@@ -85,9 +87,7 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
     refreshed = ctx.connector.refresh_predictions(updates)
     stale = [w.remote_task_id for w, new in zip(waiting, new_scores, strict=True)
              if w.is_comparable and new < loop.stale_score_ratio * w.old_score and w.remote_task_id not in next_up]
-    if stale and not ctx.connector.serves_in_push_order():
-        _keep_all(ctx, len(stale))
-        stale = []
+    stale = _withdrawable(ctx, stale)
     gone = set(ctx.connector.withdraw(stale)) if stale else set()
     with Session(ctx.engine) as session:
         by_remote = {i.remote_task_id: i for i in session.exec(
@@ -106,6 +106,17 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
         log.info("re-ranked the queue for model %s: %s tasks withdrawn as stale", model.version, len(gone),
                  extra={"model_version": model.version})
     return _done(ctx, model, RerankReport(refreshed, len(gone)))
+
+
+def _withdrawable(ctx: LoopContext, stale: list[str]) -> list[str]:
+    """``stale`` less the tasks annotators may have open, by the tool's live view."""
+    if not stale:
+        return []
+    if not ctx.connector.serves_in_push_order():
+        _keep_all(ctx, len(stale))
+        return []
+    next_up = set(ctx.connector.first_waiting(ctx.settings.loop.rerank_keep_next))  # counts unpulled answers
+    return [task_id for task_id in stale if task_id not in next_up]
 
 
 def _keep_all(ctx: LoopContext, n_stale: int) -> None:

@@ -217,6 +217,17 @@ def test_every_annotators_answer_and_a_ground_truth_star_come_through(harness: H
     assert [a.remote_annotation_id for a in changed["item-0"].annotations if a.is_ground_truth] == [starred]
 
 
+def test_first_waiting_lists_untouched_tasks_in_push_order(harness: Harness) -> None:
+    connector = _ready(harness.connector)
+    mapping = connector.push(_tasks(6))
+    harness.annotate("item-0", "pos")
+    harness.skip("item-1")
+    harness.add_draft("item-3")  # someone started it
+    assert connector.first_waiting(2) == [mapping["item-2"], mapping["item-4"]]
+    assert connector.first_waiting(10) == [mapping["item-2"], mapping["item-4"], mapping["item-5"]]
+    assert connector.first_waiting(0) == []
+
+
 def test_the_task_order_is_push_order_until_the_project_serves_at_random(harness: Harness) -> None:
     connector = _ready(harness.connector)
     assert connector.serves_in_push_order()

@@ -204,6 +204,44 @@ def test_rerank_never_withdraws_the_task_an_annotator_has_open(
     assert labels(ctx)[in_hand.item_id] == (LabelStatus.LABELED, gold[in_hand.item_id])
 
 
+def test_rerank_spares_the_open_task_of_an_annotator_ahead_of_the_store(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]],
+    ls_client: LabelStudio,
+    label_studio: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Answers the daemon has not pulled yet: the open task is found from Label Studio, not the store."""
+    ctx, project_id, gold = loop_ctx
+    ctx.settings.loop.stale_score_ratio = 1.0
+    ctx.settings.loop.rerank_keep_next = 1
+    first = run_cycle(ctx)
+    for item in items_of(ctx, first.batch_id or ""):
+        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    second = run_cycle(ctx)
+    items = sorted(items_of(ctx, second.batch_id or ""), key=lambda i: i.position)
+    for item in items[:3]:  # pulled by the next cycle: a new model
+        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    opened: list[int] = []
+    refresh = ctx.connector.refresh_predictions
+
+    def annotator_races_ahead(updates: Any) -> int:
+        for item in items[3:5]:  # answered after the cycle's pull
+            ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+        opened.append(ls_helpers.next_task(label_studio, project_id))  # and opens the next one
+        return refresh(updates)
+
+    monkeypatch.setattr(ctx.connector, "refresh_predictions", annotator_races_ahead)
+    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
+    third = run_cycle(ctx)
+    assert third.model_version not in (None, second.model_version)
+    in_hand = items[5]
+    assert opened == [int(in_hand.remote_task_id or 0)] and not in_hand.is_control
+    after = {i.item_id: i.state for i in items_of(ctx, second.batch_id or "")}
+    assert after[in_hand.item_id] is BatchItemState.PENDING
+    behind = [i for i in items[6:] if not i.is_control]
+    assert behind and all(after[i.item_id] is BatchItemState.WITHDRAWN for i in behind)
+
+
 def test_rerank_withdraws_nothing_from_a_project_that_serves_tasks_at_random(
     loop_ctx: tuple[LoopContext, int, dict[str, str]],
     ls_client: LabelStudio,

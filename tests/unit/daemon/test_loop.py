@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -346,6 +347,32 @@ def test_rerank_keeps_the_waiting_tasks_annotators_get_next(tmp_path: Path, monk
     after = {i.item_id: i.state for i in batch_items(ctx, second)}
     assert [after[i.item_id] for i in items[4:]] == [BatchItemState.PENDING] * 2 + [BatchItemState.WITHDRAWN] * 4
     assert all(i.state is BatchItemState.PENDING for i in batch_items(ctx, third.batch_id or ""))  # pushed after
+
+
+def test_rerank_keeps_the_next_tasks_by_the_tools_live_view_when_the_store_lags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold = build_world(tmp_path, stale_score_ratio=1.0, control_fraction=0.0, rerank_keep_next=2)
+    first = run_cycle(ctx).batch_id or ""
+    annotate_batch(ctx, fake, gold, first)
+    second = run_cycle(ctx).batch_id or ""
+    items = sorted(batch_items(ctx, second), key=lambda i: i.position)
+    for item in items[:4]:
+        fake.annotate(item.item_id, gold[item.item_id])
+    refresh = fake.refresh_predictions
+
+    def annotator_races_ahead(updates: Any) -> int:  # answered in the tool while the daemon re-ranks
+        for item in items[4:7]:
+            fake.annotate(item.item_id, gold[item.item_id])
+        return refresh(updates)
+
+    monkeypatch.setattr(fake, "refresh_predictions", annotator_races_ahead)
+    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
+    run_cycle(ctx)
+    after = {i.item_id: i.state for i in batch_items(ctx, second)}
+    # the store still counted items[4:6] as the next two; the tool hands out items[7:9] next
+    assert [after[i.item_id] for i in items[7:]] == [BatchItemState.PENDING] * 2 + [BatchItemState.WITHDRAWN] * 1
 
 
 def test_rerank_withdraws_nothing_when_the_project_serves_tasks_at_random(
