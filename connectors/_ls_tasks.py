@@ -43,7 +43,7 @@ _DM_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # what the Data Manager's Datetime fi
 
 # The `include` query parameter (drf-flex-fields) restricts the task's fields AND those of
 # the annotations nested in it, so the list names fields of both.
-PULL_FIELDS = "id,data,updated_at,annotations,result,was_cancelled,ground_truth,completed_by"
+PULL_FIELDS = "id,data,updated_at,is_labeled,annotations,result,was_cancelled,ground_truth,completed_by"
 SUMMARY_FIELDS = "id,updated_at,total_annotations,cancelled_annotations"
 
 
@@ -143,6 +143,7 @@ def remote_state(task: Any, *, from_name: str, annotators: Mapping[int, str]) ->
         remote_task_id=str(task.id),
         updated_at=_aware(task.updated_at),
         annotations=annotations,
+        is_complete=bool(getattr(task, "is_labeled", True)),  # as many people answered as the task's overlap
     )
 
 

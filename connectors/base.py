@@ -63,12 +63,17 @@ class AnnotationState:
 
 @dataclass(frozen=True, slots=True)
 class RemoteTaskState:
-    """The current state of one of our tasks; ``annotations`` empty means unlabeled."""
+    """The current state of one of our tasks; ``annotations`` empty means unlabeled.
+
+    ``is_complete`` is false while the tool still hands the task out for answers: with
+    Label Studio's overlap, a task wants answers from several people.
+    """
 
     item_id: str
     remote_task_id: str
     updated_at: datetime  # timezone-aware UTC
     annotations: tuple[AnnotationState, ...] = ()
+    is_complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ annotations, deleted tasks reported on a full pull, ``withdraw`` that spares tou
 
 Test hooks, not part of the protocol: :meth:`FakeConnector.annotate`, ``update_annotation``,
 ``skip``, ``delete_annotation``, ``mark_ground_truth``, ``delete_task``, ``add_draft``, ``fail_next``,
-``crash_push_after``, and the ``is_down`` and ``in_push_order`` switches. The clock is injectable; every event
-without an explicit ``at`` gets a strictly later time than the one before.
+``crash_push_after``, and the ``is_down``, ``in_push_order`` and ``overlap`` switches. The clock is
+injectable; every event without an explicit ``at`` gets a strictly later time than the one before.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class FakeConnector:
         self.url = url
         self.is_down = False  # flip to simulate an outage: every call raises ConnectorUnavailable
         self.in_push_order = True  # False: the project hands out tasks at random (uniform sampling)
+        self.overlap = 1  # answers from this many people complete a task (Label Studio's overlap)
         self._api_key = api_key
         self._accepted_keys = frozenset(accepted_keys) if accepted_keys is not None else None
         self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
@@ -141,6 +142,7 @@ class FakeConnector:
                 remote_task_id=task.remote_task_id,
                 updated_at=task.updated_at,
                 annotations=tuple(task.annotations),
+                is_complete=self._is_complete(task),
             )
             for task in self._tasks.values()
             if since is None or task.updated_at >= since
@@ -320,6 +322,10 @@ class FakeConnector:
         )
         task.updated_at = max(task.updated_at, moment)
         return annotation_id
+
+    def _is_complete(self, task: _Task) -> bool:
+        """As Label Studio's ``is_labeled``: answered by ``overlap`` different people."""
+        return len({a.annotator for a in task.annotations if not a.is_skipped}) >= self.overlap
 
     def _remove(self, remote_task_id: str) -> None:
         task = self._tasks.pop(remote_task_id)

@@ -99,8 +99,9 @@ def apply_task_states(session: Session, tasks: Sequence[RemoteTaskState]) -> tup
             changed += 1
             disputed += verdict.status is LabelStatus.DISPUTED
         item = items.get(task.remote_task_id)
-        if item is not None:
-            _set_item_state(session, item, verdict.status)
+        if item is not None:  # with overlap, a labeled task waits until the tool wants no more answers
+            answered = verdict.status is not None and verdict.status is not LabelStatus.SKIPPED
+            _set_item_state(session, item, None if answered and not task.is_complete else verdict.status)
     if disputed:
         log.warning("sync: annotators disagree on %s tasks with no majority; they are not trained on until "
                     "a reviewer marks one answer as ground truth in Label Studio", disputed)
@@ -204,10 +205,11 @@ def _set_item_state(session: Session, item: BatchItem, status: LabelStatus | Non
 
 
 def _reopen(session: Session, batch_id: str) -> None:
-    """A deleted annotation makes its task pending again; a closed batch cannot reopen, so note it."""
+    """A deleted annotation (or a raised overlap) makes its task pending again; a closed batch cannot
+    reopen, so note it."""
     batch = session.get(Batch, batch_id)
     if batch is not None and batch.status is BatchStatus.CLOSED:
-        batch.note = "an annotation was deleted after the batch closed"
+        batch.note = "a task wanted answers again after the batch closed"
         session.add(batch)
 
 

@@ -4,7 +4,7 @@
 shared with tests/integration, marked ``integration``) unless LABELLOOP_SKIP_INTEGRATION=1.
 A harness holds a connector on a fresh project plus the annotator-side actions the
 protocol does not have (annotate, edit, delete, skip, draft, delete a task, change the
-project's task order, annotate as another user, mark a ground truth).
+project's task order, annotate as another user, mark a ground truth, set the overlap).
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ class FakeHarness:
 
     def mark_ground_truth(self, item_id: str, annotation_id: str) -> None:
         self.fake.mark_ground_truth(item_id, annotation_id)
+
+    def want_answers_from(self, people: int) -> None:
+        self.fake.overlap = people
 
     def remote_task_count(self) -> int:
         return len(self.fake.list_tasks())
@@ -155,6 +158,9 @@ class LabelStudioHarness:
 
     def mark_ground_truth(self, item_id: str, annotation_id: str) -> None:
         self.client.annotations.update(id=int(annotation_id), ground_truth=True)
+
+    def want_answers_from(self, people: int) -> None:
+        self.client.projects.update(id=self.project_id, maximum_annotations=people)
 
     def remote_task_count(self) -> int:
         return ls_helpers.task_count(self.client, self.project_id)

@@ -217,6 +217,17 @@ def test_every_annotators_answer_and_a_ground_truth_star_come_through(harness: H
     assert [a.remote_annotation_id for a in changed["item-0"].annotations if a.is_ground_truth] == [starred]
 
 
+def test_a_task_is_complete_once_as_many_people_answered_as_the_overlap(harness: Harness) -> None:
+    connector = _ready(harness.connector)
+    harness.want_answers_from(2)
+    connector.push(_tasks(1))
+    first, second = harness.new_annotator(), harness.new_annotator()
+    harness.annotate_as("item-0", "pos", first)
+    assert _by_item(connector.pull(since=None))["item-0"].is_complete is False  # still handed out
+    harness.annotate_as("item-0", "pos", second)
+    assert _by_item(connector.pull(since=None))["item-0"].is_complete is True
+
+
 def test_first_waiting_lists_untouched_tasks_in_push_order(harness: Harness) -> None:
     connector = _ready(harness.connector)
     mapping = connector.push(_tasks(6))

@@ -309,6 +309,23 @@ def test_two_annotators_who_disagree_wait_for_a_ground_truth(
     assert labels(ctx)[item.item_id] == (LabelStatus.LABELED, "fraud")
 
 
+def test_with_overlap_a_labeled_task_waits_for_its_second_answer(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
+) -> None:
+    ctx, project_id, gold = loop_ctx
+    ls_client.projects.update(id=project_id, maximum_annotations=2)
+    item = items_of(ctx, run_cycle(ctx).batch_id or "")[0]
+    users = [ls_client.users.create(email=f"{who}-{time.time_ns()}@example.com", username=f"{who}-{time.time_ns()}")
+             for who in ("ann", "bob")]
+    task_id = int(item.remote_task_id or 0)
+    for user in users:
+        ls_helpers.annotate(ls_client, task_id, gold[item.item_id], completed_by=int(user.id or 0))
+        sync(ctx)
+        state = {i.item_id: i.state for i in items_of(ctx, item.batch_id)}[item.item_id]
+        assert labels(ctx)[item.item_id] == (LabelStatus.LABELED, gold[item.item_id])
+        assert state is (BatchItemState.PENDING if user is users[0] else BatchItemState.LABELED)
+
+
 def test_push_cut_off_after_tasks_were_created_leaves_no_duplicate(
     loop_ctx: tuple[LoopContext, int, dict[str, str]],
     ls_client: LabelStudio,

@@ -134,6 +134,21 @@ def test_a_majority_settles_a_dispute_and_a_ground_truth_overrides_it(engine: En
                        (LabelStatus.LABELED, "ham")]
 
 
+def test_a_labeled_task_that_wants_more_answers_stays_waiting(engine: Engine) -> None:
+    set_classes(engine, ["ham", "spam"])
+    seed_batch(engine, [("i1", "7")])
+    first = vote("a1", "spam", 1, "ann")
+    wanting = RemoteTaskState("i1", "7", T0, (first,), is_complete=False)
+    assert verdicts(engine, wanting)["i1"] == (LabelStatus.LABELED, "spam")  # trained on already
+    with Session(engine) as session:
+        assert session.exec(select(BatchItem)).one().state is BatchItemState.PENDING
+        assert close_finished_batches(session) == 0
+    verdicts(engine, task(first, vote("a2", "spam", 2, "bob")))
+    with Session(engine) as session:
+        assert session.exec(select(BatchItem)).one().state is BatchItemState.LABELED
+        assert close_finished_batches(session) == 1
+
+
 def test_seed_label_survives_a_stray_skip(engine: Engine) -> None:
     set_classes(engine, ["ham", "spam"])
     with Session(engine) as session:
