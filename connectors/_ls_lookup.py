@@ -85,7 +85,10 @@ def delete_untouched(client: LabelStudio, project_id: int, task_ids: list[int], 
     """Delete the tasks among ``task_ids`` that nobody annotated, skipped or drafted; return the ids still there.
 
     The delete is a Data Manager action that re-applies the same filters server-side, so a
-    task annotated between the check and the delete is kept.
+    task annotated between the check and the delete is kept. Label Studio 1.23 lists the
+    matching ids and then unlinks them in a second statement, and (without Redis) deletes them
+    with their annotations in the same request: an answer submitted in that moment is lost, so
+    callers must not withdraw tasks someone may have open.
     """
     by_id = [lt.dm_filter("id", "in_list", "Number", task_ids)]
     untouched = [*by_id, *UNTOUCHED]

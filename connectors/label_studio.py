@@ -312,8 +312,10 @@ class LabelStudioConnector:
         """Delete the given tasks that nobody annotated, skipped or drafted; return the ids now gone.
 
         Candidates are checked first, and the delete itself is a Data Manager action that
-        re-applies the same conditions server-side, so a task annotated in between is kept.
-        Task locks (someone has it open) are not visible through the API. Ids that are not
+        re-applies the same conditions server-side, so a task annotated in between is kept
+        (but for the moment inside that action between its listing and its unlink; see
+        ``_ls_lookup.delete_untouched``). Task locks (someone has it open) are not visible
+        through the API, so the caller must spare the tasks people may have open. Ids that are not
         (or no longer) in the project are returned as gone.
 
         Raises:
