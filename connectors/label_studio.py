@@ -353,7 +353,7 @@ class LabelStudioConnector:
             page: Any = self._client.tasks.list(
                 project=project.project_id, query=query, fields="task_only", include="id", page=1, page_size=n
             )
-        return [str(task.id) for task in page.items or []][:n]
+        return [str(task.id) for task in page.items or []]
 
     def serves_in_push_order(self) -> bool:
         """True when the project uses sequential sampling (tasks by id, as pushed).

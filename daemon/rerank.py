@@ -8,9 +8,9 @@ never a control item), which frees room for a batch chosen by the current model.
 of the ``loop.rerank_keep_next`` waiting tasks that annotators are handed next: Label Studio's
 stream hands out tasks in the order they were pushed (its default sequential sampling), skipping
 those someone has open, so the tasks people have open are the first waiting ones, and Label
-Studio's task locks are not visible through its API. The first waiting tasks are taken both from
-the store and, just before withdrawing, from Label Studio itself: a fast annotator may have
-answered tasks the store still counts as waiting. In a project that hands out tasks in
+Studio's task locks are not visible through its API. The first waiting tasks are read from Label
+Studio itself just before withdrawing, not from the store, which lags by the answers it has not
+pulled yet. In a project that hands out tasks in
 another order (Label Studio's uniform or uncertainty sampling) any waiting task may be open, so
 none is withdrawn there, and a warning says why.
 """
@@ -74,7 +74,6 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
         if not loop.rerank_enabled or get_value(session, _KEY) == model.version:
             return RerankReport(0, 0)
         waiting = _waiting(session, strategy, model.version)
-        next_up = _next_up(session, loop.rerank_keep_next)
     if not waiting:
         return _done(ctx, model, RerankReport(0, 0))
     vectors = vectors_for(ctx, [w.content_hash for w in waiting])
@@ -86,7 +85,7 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
     ]
     refreshed = ctx.connector.refresh_predictions(updates)
     stale = [w.remote_task_id for w, new in zip(waiting, new_scores, strict=True)
-             if w.is_comparable and new < loop.stale_score_ratio * w.old_score and w.remote_task_id not in next_up]
+             if w.is_comparable and new < loop.stale_score_ratio * w.old_score]
     stale = _withdrawable(ctx, stale)
     gone = set(ctx.connector.withdraw(stale)) if stale else set()
     with Session(ctx.engine) as session:
@@ -148,21 +147,6 @@ def _waiting(session: Session, strategy: str, version: str) -> list[_Waiting]:
     ).all()
     return [_Waiting(item.item_id, item.remote_task_id or "", digest, item.score, batch_strategy == strategy)
             for item, batch_strategy, digest in rows]
-
-
-def _next_up(session: Session, n: int) -> set[str]:
-    """Remote ids of the first ``n`` pushed tasks still waiting (control and current-model ones too), in push order."""
-    if n <= 0:
-        return set()
-    rows = session.exec(
-        select(BatchItem.remote_task_id)
-        .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
-        .where(Batch.status == BatchStatus.PUSHED, BatchItem.state == BatchItemState.PENDING)
-        .where(col(BatchItem.remote_task_id).is_not(None))
-        .order_by(col(Batch.created_at), col(Batch.id), col(BatchItem.position))
-        .limit(n)
-    ).all()
-    return {task_id for task_id in rows if task_id}
 
 
 def _scores(
