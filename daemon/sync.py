@@ -100,8 +100,8 @@ def apply_task_states(session: Session, tasks: Sequence[RemoteTaskState]) -> tup
             disputed += verdict.status is LabelStatus.DISPUTED
         item = items.get(task.remote_task_id)
         if item is not None:  # with overlap, a labeled task waits until the tool wants no more answers
-            answered = verdict.status is not None and verdict.status is not LabelStatus.SKIPPED
-            _set_item_state(session, item, None if answered and not task.is_complete else verdict.status)
+            waits = not task.is_complete and verdict.status not in (None, LabelStatus.SKIPPED)
+            _set_item_state(session, item, None if waits else verdict.status)
     if disputed:
         log.warning("sync: annotators disagree on %s tasks with no majority; they are not trained on until "
                     "a reviewer marks one answer as ground truth in Label Studio", disputed)
@@ -121,8 +121,8 @@ def _verdict(annotations: Iterable[AnnotationState], classes: set[str]) -> _Verd
     if not answered:
         return _Verdict(LabelStatus.SKIPPED, None, ordered[-1]) if ordered else _Verdict(None, None, None)
     starred = [a for a in answered if a.is_ground_truth]
-    by_voter = {a.annotator or f"annotation {a.remote_annotation_id}": a for a in answered}  # the latest wins
-    votes = starred[-1:] or sorted(by_voter.values(), key=lambda a: (a.updated_at, a.remote_annotation_id))
+    latest = {_voter(a): a for a in answered}  # each person's last answer
+    votes = starred[-1:] or [a for a in answered if latest[_voter(a)] is a]  # still oldest first
     tally = Counter(_answer(a) for a in votes)
     most = max(tally.values())
     leaders = sorted(answer for answer, n in tally.items() if n == most)
@@ -132,6 +132,10 @@ def _verdict(annotations: Iterable[AnnotationState], classes: set[str]) -> _Verd
     if len(deciding.choices) == 1 and deciding.choices[0] in classes:
         return _Verdict(LabelStatus.LABELED, deciding.choices[0], deciding)
     return _Verdict(LabelStatus.UNKNOWN, leaders[0], deciding)
+
+
+def _voter(annotation: AnnotationState) -> str:
+    return annotation.annotator or f"annotation {annotation.remote_annotation_id}"
 
 
 def _answer(annotation: AnnotationState) -> str:
