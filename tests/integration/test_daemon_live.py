@@ -24,7 +24,7 @@ from sqlmodel import Session, select
 
 from connectors.base import OutgoingTask
 from daemon.context import LoopContext
-from daemon.cycle import push_pending, run_cycle
+from daemon.cycle import CycleReport, push_pending, run_cycle
 from daemon.pool import add_pool_file
 from daemon.project import ensure_project
 from daemon.selection import select_next_batch
@@ -128,14 +128,35 @@ def labels(ctx_or_url: LoopContext | str) -> dict[str, tuple[LabelStatus, str | 
         return {r.item_id: (r.status, r.label) for r in session.exec(select(LabelRecord))}
 
 
+def answer(ls_client: LabelStudio, gold: dict[str, str], items: list[BatchItem]) -> None:
+    """Submit each item's gold choice on its task, as an annotator would."""
+    for item in items:
+        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+
+
+def stale_queue(
+    ctx: LoopContext, ls_client: LabelStudio, gold: dict[str, str], monkeypatch: pytest.MonkeyPatch, *,
+    keep_next: int, answered: int,
+) -> tuple[CycleReport, list[BatchItem]]:
+    """Two cycles, the first batch answered and the first ``answered`` tasks of the second (in push
+    order); the next model will find every waiting task worthless, so all of them are stale."""
+    ctx.settings.loop.stale_score_ratio = 1.0
+    ctx.settings.loop.rerank_keep_next = keep_next
+    answer(ls_client, gold, items_of(ctx, run_cycle(ctx).batch_id or ""))
+    second = run_cycle(ctx)
+    items = sorted(items_of(ctx, second.batch_id or ""), key=lambda i: i.position)
+    answer(ls_client, gold, items[:answered])
+    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
+    return second, items
+
+
 def test_full_round_on_real_label_studio(
     loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
 ) -> None:
     ctx, project_id, gold = loop_ctx
     first = run_cycle(ctx)
     assert first.pushed == 10 and ls_helpers.task_count(ls_client, project_id) == 10
-    for item in items_of(ctx, first.batch_id or ""):
-        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    answer(ls_client, gold, items_of(ctx, first.batch_id or ""))
     second = run_cycle(ctx)
     assert second.model_version is not None and second.batch_id is not None
     assert len([s for s, _ in labels(ctx).values() if s is LabelStatus.LABELED]) == 10
@@ -155,12 +176,10 @@ def test_new_model_refreshes_predictions_of_waiting_tasks(
     ctx, project_id, gold = loop_ctx
     ctx.settings.loop.stale_score_ratio = 0.0  # refresh only: nothing is withdrawn
     first = run_cycle(ctx)
-    for item in items_of(ctx, first.batch_id or ""):
-        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    answer(ls_client, gold, items_of(ctx, first.batch_id or ""))
     second = run_cycle(ctx)
     items = items_of(ctx, second.batch_id or "")
-    for item in items[:5]:
-        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    answer(ls_client, gold, items[:5])
     third = run_cycle(ctx)
     assert third.model_version not in (None, second.model_version)
     waiting = [i for i in items[5:] if not i.is_control]
@@ -179,20 +198,10 @@ def test_rerank_never_withdraws_the_task_an_annotator_has_open(
 ) -> None:
     """Label Studio's stream hands out waiting tasks in push order, and its task locks are invisible to the API."""
     ctx, project_id, gold = loop_ctx
-    ctx.settings.loop.stale_score_ratio = 1.0
-    ctx.settings.loop.rerank_keep_next = 1
-    first = run_cycle(ctx)
-    for item in items_of(ctx, first.batch_id or ""):
-        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
-    second = run_cycle(ctx)
-    items = sorted(items_of(ctx, second.batch_id or ""), key=lambda i: i.position)
-    for item in items[:3]:
-        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    second, items = stale_queue(ctx, ls_client, gold, monkeypatch, keep_next=1, answered=3)
     in_hand = items[3]
     assert not in_hand.is_control
     assert ls_helpers.next_task(label_studio, project_id) == int(in_hand.remote_task_id or 0)  # now open in a browser
-    # the new model finds every waiting task worthless: all of them are stale
-    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
     third = run_cycle(ctx)
     assert third.model_version not in (None, second.model_version)
     after = {i.item_id: i.state for i in items_of(ctx, second.batch_id or "")}
@@ -212,26 +221,16 @@ def test_rerank_spares_the_open_task_of_an_annotator_ahead_of_the_store(
 ) -> None:
     """Answers the daemon has not pulled yet: the open task is found from Label Studio, not the store."""
     ctx, project_id, gold = loop_ctx
-    ctx.settings.loop.stale_score_ratio = 1.0
-    ctx.settings.loop.rerank_keep_next = 1
-    first = run_cycle(ctx)
-    for item in items_of(ctx, first.batch_id or ""):
-        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
-    second = run_cycle(ctx)
-    items = sorted(items_of(ctx, second.batch_id or ""), key=lambda i: i.position)
-    for item in items[:3]:  # pulled by the next cycle: a new model
-        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    second, items = stale_queue(ctx, ls_client, gold, monkeypatch, keep_next=1, answered=3)  # a new model next
     opened: list[int] = []
     refresh = ctx.connector.refresh_predictions
 
     def annotator_races_ahead(updates: Any) -> int:
-        for item in items[3:5]:  # answered after the cycle's pull
-            ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+        answer(ls_client, gold, items[3:5])  # answered after the cycle's pull
         opened.append(ls_helpers.next_task(label_studio, project_id))  # and opens the next one
         return refresh(updates)
 
     monkeypatch.setattr(ctx.connector, "refresh_predictions", annotator_races_ahead)
-    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
     third = run_cycle(ctx)
     assert third.model_version not in (None, second.model_version)
     in_hand = items[5]
@@ -250,21 +249,13 @@ def test_rerank_withdraws_nothing_from_a_project_that_serves_tasks_at_random(
 ) -> None:
     """With uniform sampling the task someone has open can be any waiting one."""
     ctx, project_id, gold = loop_ctx
-    ctx.settings.loop.stale_score_ratio = 1.0
-    ctx.settings.loop.rerank_keep_next = 0
-    first = run_cycle(ctx)
-    for item in items_of(ctx, first.batch_id or ""):
-        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
-    second = run_cycle(ctx)
-    items = items_of(ctx, second.batch_id or "")
-    for item in items[:3]:
-        ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
+    second, items = stale_queue(ctx, ls_client, gold, monkeypatch, keep_next=0, answered=3)
     ls_client.projects.update(id=project_id, sampling="Uniform sampling")
     in_hand = ls_helpers.next_task(label_studio, project_id)  # a random waiting task, open in a browser
-    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
     third = run_cycle(ctx)
     assert third.model_version not in (None, second.model_version)
-    assert all(i.state is BatchItemState.PENDING for i in items_of(ctx, second.batch_id or "")[3:])
+    after = {i.item_id: i.state for i in items_of(ctx, second.batch_id or "")}
+    assert all(after[i.item_id] is BatchItemState.PENDING for i in items[3:])
     assert in_hand in {int(i.remote_task_id or 0) for i in items[3:]}
     for item in items[3:]:  # still in the project, still to be labeled
         assert ls_helpers.task_ids_for(ls_client, project_id, item.item_id) == [int(item.remote_task_id or 0)]

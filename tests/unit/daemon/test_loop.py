@@ -331,17 +331,24 @@ def test_new_model_refreshes_waiting_tasks_and_withdraws_stale_ones(
     assert all(after[i.item_id].state != "withdrawn" for i in items if i.is_control)  # control is never withdrawn
 
 
-def test_rerank_keeps_the_waiting_tasks_annotators_get_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def stale_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, keep_next: int, answered: int = 4
+) -> tuple[LoopContext, FakeConnector, dict[str, str], str, list[BatchItem]]:
+    """Two cycles, the first batch answered and the first ``answered`` tasks of the second (in push
+    order); the next model will find every waiting task worthless, so all of them are stale."""
     monkeypatch.chdir(tmp_path)
-    ctx, fake, gold = build_world(tmp_path, stale_score_ratio=1.0, control_fraction=0.0, rerank_keep_next=2)
-    first = run_cycle(ctx).batch_id or ""
-    annotate_batch(ctx, fake, gold, first)
+    ctx, fake, gold = build_world(tmp_path, stale_score_ratio=1.0, control_fraction=0.0, rerank_keep_next=keep_next)
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
     second = run_cycle(ctx).batch_id or ""
     items = sorted(batch_items(ctx, second), key=lambda i: i.position)
-    for item in items[:4]:
+    for item in items[:answered]:
         fake.annotate(item.item_id, gold[item.item_id])
-    # the new model finds every waiting task worthless: all of them are stale
     monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
+    return ctx, fake, gold, second, items
+
+
+def test_rerank_keeps_the_waiting_tasks_annotators_get_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx, _, _, second, items = stale_queue(tmp_path, monkeypatch, keep_next=2)
     third = run_cycle(ctx)
     assert third.batch_id not in (None, second)
     after = {i.item_id: i.state for i in batch_items(ctx, second)}
@@ -352,14 +359,7 @@ def test_rerank_keeps_the_waiting_tasks_annotators_get_next(tmp_path: Path, monk
 def test_rerank_keeps_the_next_tasks_by_the_tools_live_view_when_the_store_lags(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    ctx, fake, gold = build_world(tmp_path, stale_score_ratio=1.0, control_fraction=0.0, rerank_keep_next=2)
-    first = run_cycle(ctx).batch_id or ""
-    annotate_batch(ctx, fake, gold, first)
-    second = run_cycle(ctx).batch_id or ""
-    items = sorted(batch_items(ctx, second), key=lambda i: i.position)
-    for item in items[:4]:
-        fake.annotate(item.item_id, gold[item.item_id])
+    ctx, fake, gold, second, items = stale_queue(tmp_path, monkeypatch, keep_next=2)
     refresh = fake.refresh_predictions
 
     def annotator_races_ahead(updates: Any) -> int:  # answered in the tool while the daemon re-ranks
@@ -368,7 +368,6 @@ def test_rerank_keeps_the_next_tasks_by_the_tools_live_view_when_the_store_lags(
         return refresh(updates)
 
     monkeypatch.setattr(fake, "refresh_predictions", annotator_races_ahead)
-    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
     run_cycle(ctx)
     after = {i.item_id: i.state for i in batch_items(ctx, second)}
     # the store still counted items[4:6] as the next two; the tool hands out items[7:9] next
@@ -378,20 +377,13 @@ def test_rerank_keeps_the_next_tasks_by_the_tools_live_view_when_the_store_lags(
 def test_rerank_withdraws_nothing_when_the_project_serves_tasks_at_random(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    ctx, fake, gold = build_world(tmp_path, stale_score_ratio=1.0, control_fraction=0.0, rerank_keep_next=0)
-    first = run_cycle(ctx).batch_id or ""
-    annotate_batch(ctx, fake, gold, first)
-    second = run_cycle(ctx).batch_id or ""
-    items = batch_items(ctx, second)
-    for item in items[:4]:
-        fake.annotate(item.item_id, gold[item.item_id])
+    ctx, fake, _, second, items = stale_queue(tmp_path, monkeypatch, keep_next=0)
     fake.in_push_order = False  # any waiting task may be open in a browser
-    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
     third = run_cycle(ctx)
     assert third.model_version is not None
     waiting = {i.remote_task_id for i in items[4:]}
-    assert all(i.state is BatchItemState.PENDING for i in batch_items(ctx, second)[4:])
+    after = {i.item_id: i.state for i in batch_items(ctx, second)}
+    assert all(after[i.item_id] is BatchItemState.PENDING for i in items[4:])
     assert waiting <= {t.remote_task_id for t in fake.list_tasks()}
     refreshed = {rid for rid, updates in fake.predictions.items() if updates[-1].model_version == third.model_version}
     assert refreshed == waiting  # predictions are still refreshed
