@@ -119,7 +119,8 @@ def pool_add(
         fields = {k: v for k, v in {"id_field": id_field, "text_field": text_field, "label_field": label_field,
                                     "embedding_field": embedding_field}.items() if v}
         pool = cfg.pool.model_copy(update=fields)
-        report = add_pool_file(make_engine(cfg.store.url), file, pool=pool, data_dir=cfg.store.data_dir)
+        report = add_pool_file(make_engine(cfg.store.url), file, pool=pool, data_dir=cfg.store.data_dir,
+                               classes=cfg.loop.classes)
     if as_json:
         _print_json(asdict(report))
     else:

@@ -22,6 +22,7 @@ from models.cache import EmbeddingCache, content_hash
 __all__ = ["ImportReport", "add_pool_file", "byo_hash", "byo_model_key", "known_classes"]
 
 log = logging.getLogger(__name__)
+_CLASSES_SHOWN = 12  # an unknown label's message lists at most this many classes
 _CHUNK = 500
 
 
@@ -51,11 +52,15 @@ def known_classes(session: Session) -> list[str]:
     return list(json.loads(raw)) if raw else []
 
 
-def add_pool_file(engine: Engine, path: Path, *, pool: PoolSettings, data_dir: Path) -> ImportReport:
+def add_pool_file(
+    engine: Engine, path: Path, *, pool: PoolSettings, data_dir: Path, classes: Sequence[str] = ()
+) -> ImportReport:
     """Validate ``path`` completely, then add its new items and seed labels in one transaction.
 
     Items whose id is already in the pool are not added again; an existing id with a
-    different text is an error. Seed labels must be known classes once classes are known.
+    different text is an error. Seed labels must be classes: the project's once the daemon has
+    bound one (its labeling config wins), else ``classes`` (``loop.classes``) when given; with
+    neither, the seed labels will name the classes of the project the daemon creates.
 
     Raises:
         PoolFileError: the file or any row is malformed, or conflicts with the pool.
@@ -69,7 +74,7 @@ def add_pool_file(engine: Engine, path: Path, *, pool: PoolSettings, data_dir: P
     )
     with Session(engine) as session:
         existing = _existing(session, [row.item_id for row in rows])
-        _check_against_store(session, path, rows, existing)
+        _check_against_store(session, path, rows, existing, classes)
         dim = _store_embeddings(session, path, rows, existing, data_dir)
         new_rows = [row for row in rows if row.item_id not in existing]
         _insert_items(session, new_rows, source=path.name, has_embedding=dim is not None)
@@ -94,21 +99,36 @@ def _existing(session: Session, item_ids: Sequence[str]) -> dict[str, PoolItem]:
 
 
 def _check_against_store(
-    session: Session, path: Path, rows: Sequence[PoolRow], existing: dict[str, PoolItem]
+    session: Session, path: Path, rows: Sequence[PoolRow], existing: dict[str, PoolItem], configured: Sequence[str]
 ) -> None:
     problems: list[tuple[int | None, str]] = []
     for row in rows:
         item = existing.get(row.item_id)
         if item is not None and item.text != row.text:
             problems.append((row.line, f"id {row.item_id!r} is already in the pool with another text"))
-    classes = known_classes(session)
+    project = known_classes(session)
+    classes, origin = (project, "the project's classes") if project else (list(configured), "loop.classes")
     if classes:
-        allowed = set(classes)
-        for row in rows:
-            if row.label is not None and row.label not in allowed:
-                problems.append((row.line, f"unknown label {row.label!r} (known: {', '.join(classes)})"))
+        problems.extend(_unknown_labels(rows, classes, origin))
     if problems:
         raise PoolFileError(str(path), problems)
+
+
+def _unknown_labels(rows: Sequence[PoolRow], classes: Sequence[str], origin: str) -> list[tuple[int | None, str]]:
+    """One problem per seed label that is not a class, at the first line it is on."""
+    allowed = set(classes)
+    lines: dict[str, list[int | None]] = {}
+    for row in rows:
+        if row.label is not None and row.label not in allowed:
+            lines.setdefault(row.label, []).append(row.line)
+    shown = ", ".join(classes[:_CLASSES_SHOWN])
+    if len(classes) > _CLASSES_SHOWN:
+        shown += f", … ({len(classes)} in all)"
+    problems: list[tuple[int | None, str]] = []
+    for label, where in lines.items():
+        also = f" (and {len(where) - 1} more rows)" if len(where) > 1 else ""
+        problems.append((where[0], f"unknown label {label!r}{also}: not one of {origin} ({shown})"))
+    return problems
 
 
 def _store_embeddings(

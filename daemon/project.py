@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from connectors.base import ProjectInfo
 from daemon.context import LoopContext
@@ -35,11 +36,22 @@ def ensure_project(ctx: LoopContext) -> ProjectInfo:
         set_value(session, "project_title", info.title)
         set_value(session, "classes", json.dumps(list(info.classes)))
         session.commit()
+        outside = _labels_outside(session, info.classes)
+    if outside:
+        log.warning("%s labels name no class of project %s and are not trained on (%s); add the classes to its "
+                    "labeling config, or relabel the items", sum(outside.values()), info.project_id,
+                    ", ".join(f"{label!r}: {n}" for label, n in sorted(outside.items())))
     if not ctx.connector.serves_in_push_order():
         log.warning("project %s does not hand out tasks in the order they were pushed, so annotators do not get "
                     "the most informative ones first and re-ranking withdraws nothing; set its sampling to "
                     "sequential", info.project_id)
     return info
+
+
+def _labels_outside(session: Session, classes: Sequence[str]) -> dict[str, int]:
+    stmt = (select(LabelRecord.label, func.count()).where(LabelRecord.status == LabelStatus.LABELED)
+            .where(col(LabelRecord.label).not_in(list(classes))).group_by(col(LabelRecord.label)))
+    return {str(label): int(n) for label, n in session.exec(stmt)}
 
 
 def _seed_classes(session: Session) -> list[str]:

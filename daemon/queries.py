@@ -74,6 +74,7 @@ class StatusReport:
     pool: dict[str, int]
     labels: dict[str, int]
     per_class: dict[str, int]
+    labels_outside_classes: dict[str, int]  # labels (seed, or from before a class left the project) not trained on
     unknown_choices: dict[str, int]
     queue: dict[str, int]
     model: dict[str, Any] | None
@@ -159,11 +160,13 @@ def _preview(text: str) -> str:
 def status_report(session: Session, *, now: datetime | None = None, n_cycles: int = 5) -> StatusReport:
     """Gather pool, label, queue, model, control-slice, cycle and daemon figures."""
     now = now or datetime.now(UTC)
+    per_class, outside = _per_class(session)
     return StatusReport(
         project=_project(session),
         pool=_pool_counts(session),
         labels=_label_counts(session),
-        per_class=_per_class(session),
+        per_class=per_class,
+        labels_outside_classes=outside,
         unknown_choices=_unknown(session),
         queue=_queue(session),
         model=_model(session),
@@ -200,15 +203,18 @@ def _label_counts(session: Session) -> dict[str, int]:
     return counts
 
 
-def _per_class(session: Session) -> dict[str, int]:
+def _per_class(session: Session) -> tuple[dict[str, int], dict[str, int]]:
+    """Labels per class of the project, and labels naming no class of it (all go in the first before one is bound)."""
     raw = get_value(session, "classes")
     counts = {c: 0 for c in (json.loads(raw) if raw else [])}
+    outside: dict[str, int] = {}
     rows = session.exec(
         select(LabelRecord.label, func.count()).where(LabelRecord.status == LabelStatus.LABELED)
         .group_by(col(LabelRecord.label))
     ).all()
-    counts.update({str(label): int(n) for label, n in rows})
-    return counts
+    for label, n in rows:
+        (counts if not raw or label in counts else outside)[str(label)] = int(n)
+    return counts, outside
 
 
 def _unknown(session: Session) -> dict[str, int]:

@@ -49,6 +49,8 @@ def status_panels(report: StatusReport) -> list[Panel]:
     classes = Table("class", "labels", title="labels per class")
     for name, n in sorted(report.per_class.items(), key=lambda kv: -kv[1]):
         classes.add_row(name, str(n))
+    for label, n in report.labels_outside_classes.items():
+        classes.add_row(f"[yellow]label {label!r}: not a class of the project, not trained on[/]", str(n))
     for raw, n in report.unknown_choices.items():
         classes.add_row(f"[yellow]unknown choice {raw!r}[/]", str(n))
     if report.labels.get("disputed"):

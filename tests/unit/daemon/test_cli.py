@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from daemon.cli import app
 from daemon.settings import load_settings
 from daemon.store import LabelRecord, LabelStatus, make_engine
+from tests.unit.daemon.conftest import set_classes
 
 runner = CliRunner()
 
@@ -78,3 +79,41 @@ def test_status_points_at_disputed_tasks(workdir: Path) -> None:
     assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["labels"]["disputed"] == 1
     shown = runner.invoke(app, ["status"], env={"COLUMNS": "200"})
     assert shown.exit_code == 0 and "star a ground truth" in shown.output
+
+
+def test_a_seed_label_that_is_not_a_class_refuses_the_file(workdir: Path) -> None:
+    rows = ['{"id": "a", "text": "hello", "label": "ham"}', '{"id": "b", "text": "win", "label": "spma"}',
+            '{"id": "c", "text": "lunch?", "label": "ham"}', '{"id": "d", "text": "free", "label": "spma"}']
+    (workdir / "typo.jsonl").write_text("\n".join(rows) + "\n")
+    result = runner.invoke(app, ["pool", "add", "typo.jsonl"])
+    assert result.exit_code == 1
+    flat = " ".join(result.output.split())  # the console wraps long errors
+    assert "line 2: unknown label 'spma' (and 1 more rows): not one of loop.classes (ham, spam)" in flat
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["pool"]["items"] == 0  # nothing half-imported
+
+
+def test_once_a_project_is_bound_its_classes_decide(workdir: Path) -> None:
+    engine = make_engine(load_settings(workdir / "labelloop.toml").store.url)
+    set_classes(engine, ["ham", "spam", "phishing"])  # the project's config has a class labelloop.toml lacks
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "verify your account", "label": "phishing"}\n'
+                                        '{"id": "b", "text": "hi", "label": "scam"}\n')
+    refused = runner.invoke(app, ["pool", "add", "pool.jsonl"])
+    assert refused.exit_code == 1
+    assert "line 2: unknown label 'scam': not one of the project's classes (ham, spam, phishing)" in " ".join(
+        refused.output.split())
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "verify your account", "label": "phishing"}\n')
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+
+
+def test_status_shows_labels_that_name_no_class_of_the_project(workdir: Path) -> None:
+    engine = make_engine(load_settings(workdir / "labelloop.toml").store.url)
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello", "label": "ham"}\n'
+                                        '{"id": "b", "text": "win", "label": "spam"}\n')
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+    set_classes(engine, ["ham", "junk"])  # the project was bound later, and calls spam something else
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["per_class"] == {"ham": 1, "junk": 0}
+    assert status["labels_outside_classes"] == {"spam": 1}
+    shown = " ".join(runner.invoke(app, ["status"]).output.split())
+    assert "label 'spam': not a class of the project, not trained on" in shown

@@ -528,3 +528,31 @@ def test_after_the_cold_start_the_item_nearest_an_unseen_class_name_is_asked_for
     # one unseen class of four: ceil(10 * 1 / 4) = 1 named pick, presented first; the item reads like
     # a billing message, so without its class's name nothing singles it out
     assert (picked[0] == "it-rare") is use_names
+
+
+def test_seed_labels_of_a_class_the_project_lacks_are_reported_not_trained_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(tmp_path, classes=[])  # no classes configured: any seed label is accepted
+    with (tmp_path / "seeds.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text", "label"])
+        for i in range(12):
+            label = ["billing", "delivery", "fraud"][i % 3]
+            writer.writerow([f"s-{i}", " ".join(random.Random(i).sample(WORDS[label], 3)) + f" {i}", label])
+    fake = FakeConnector(classes=["billing", "delivery"])  # an existing project without "fraud"
+    ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=fake,
+                      embedder_factory=lambda: HashingEmbedder(dim=64))
+    add_pool_file(ctx.engine, tmp_path / "seeds.csv", pool=settings.pool, data_dir=settings.store.data_dir)
+    make_pool(tmp_path / "pool.csv")
+    add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
+    with caplog.at_level("WARNING", logger="daemon.project"):
+        ensure_project(ctx)
+    assert "4 labels name no class of project 1 and are not trained on ('fraud': 4)" in caplog.text
+    run_cycle(ctx)
+    with Session(ctx.engine) as session:
+        model = session.exec(select(ModelRun)).one()
+        report = status_report(session)
+    assert model.n_labels == 8
+    assert report.per_class == {"billing": 4, "delivery": 4} and report.labels_outside_classes == {"fraud": 4}
