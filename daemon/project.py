@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from sqlmodel import Session, col, func, select
 
 from connectors.base import ProjectInfo
 from daemon.context import LoopContext
-from daemon.store import LabelRecord, LabelStatus, get_value, set_value
+from daemon.store import LabelEvent, LabelRecord, LabelStatus, get_value, set_value
 
-__all__ = ["ensure_project"]
+__all__ = ["ensure_project", "refresh_classes"]
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +30,66 @@ def ensure_project(ctx: LoopContext) -> ProjectInfo:
     with Session(ctx.engine) as session:
         wanted = list(ctx.settings.loop.classes) or _seed_classes(session)
     info = ctx.connector.ensure_project(classes=wanted or None)
-    with Session(ctx.engine) as session:
-        before = get_value(session, "classes")
-        if before is not None and json.loads(before) != list(info.classes):
-            log.warning("the project's classes changed: now %s", ", ".join(info.classes))
-        set_value(session, "project_id", info.project_id)
-        set_value(session, "project_title", info.title)
-        set_value(session, "classes", json.dumps(list(info.classes)))
-        session.commit()
-        outside = _labels_outside(session, info.classes)
-    if outside:
-        log.warning("%s labels name no class of project %s and are not trained on (%s); add the classes to its "
-                    "labeling config, or relabel the items", sum(outside.values()), info.project_id,
-                    ", ".join(f"{label!r}: {n}" for label, n in sorted(outside.items())))
+    _bind(ctx, info)
     if not ctx.connector.serves_in_push_order():
         log.warning("project %s does not hand out tasks in the order they were pushed, so annotators do not get "
                     "the most informative ones first and re-ranking withdraws nothing; set its sampling to "
                     "sequential", info.project_id)
     return info
+
+
+def refresh_classes(ctx: LoopContext) -> bool:
+    """Read the project's classes again; return whether they changed.
+
+    A sync calls this when an answer names a choice that is not a known class: someone may
+    have added it to the labeling config while the daemon runs. Answers stored as unknown
+    choices that are now classes become labels (see :func:`_bind`).
+
+    Raises:
+        ConnectorError: the tool is unreachable or refused.
+    """
+    return _bind(ctx, ctx.connector.ensure_project(classes=None))
+
+
+def _bind(ctx: LoopContext, info: ProjectInfo) -> bool:
+    """Store the project's id and classes; turn unknown choices that are now classes into labels."""
+    classes = list(info.classes)
+    with Session(ctx.engine) as session:
+        before = get_value(session, "classes")
+        changed = before is not None and json.loads(before) != classes
+        if changed:
+            log.warning("the project's classes changed: now %s", ", ".join(classes))
+        set_value(session, "project_id", info.project_id)
+        set_value(session, "project_title", info.title)
+        set_value(session, "classes", json.dumps(classes))
+        adopted = _adopt_unknown_choices(session, classes)
+        session.commit()
+        outside = _labels_outside(session, classes)
+    if adopted:
+        log.info("%s answers that named no class when they were pulled are labels now (%s)", sum(adopted.values()),
+                 ", ".join(f"{label!r}: {n}" for label, n in sorted(adopted.items())))
+    if outside:
+        log.warning("%s labels name no class of project %s and are not trained on (%s); add the classes to its "
+                    "labeling config, or relabel the items", sum(outside.values()), info.project_id,
+                    ", ".join(f"{label!r}: {n}" for label, n in sorted(outside.items())))
+    return changed
+
+
+def _adopt_unknown_choices(session: Session, classes: Sequence[str]) -> Counter[str]:
+    """Unknown choices that are now classes become labels, each change in the label history."""
+    adopted: Counter[str] = Counter()
+    stmt = select(LabelRecord).where(LabelRecord.status == LabelStatus.UNKNOWN,
+                                     col(LabelRecord.label).in_(list(classes)))
+    for record in session.exec(stmt):
+        record.status, record.recorded_at = LabelStatus.LABELED, datetime.now(UTC)
+        session.add(record)
+        session.add(LabelEvent(
+            item_id=record.item_id, status=LabelStatus.LABELED, label=record.label, previous_label=record.label,
+            source=record.source, annotator=record.annotator, remote_task_id=record.remote_task_id,
+            remote_annotation_id=record.remote_annotation_id, remote_updated_at=record.remote_updated_at,
+        ))
+        adopted[str(record.label)] += 1
+    return adopted
 
 
 def _labels_outside(session: Session, classes: Sequence[str]) -> dict[str, int]:

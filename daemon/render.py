@@ -52,7 +52,8 @@ def status_panels(report: StatusReport) -> list[Panel]:
     for label, n in report.labels_outside_classes.items():
         classes.add_row(f"[yellow]label {label!r}: not a class of the project, not trained on[/]", str(n))
     for raw, n in report.unknown_choices.items():
-        classes.add_row(f"[yellow]unknown choice {raw!r}[/]", str(n))
+        classes.add_row(f"[yellow]unknown choice {raw!r}: add it to the project's labeling config to count it[/]",
+                        str(n))
     if report.labels.get("disputed"):
         classes.add_row("[yellow]disputed: annotators disagree, star a ground truth in Label Studio[/]",
                         str(report.labels["disputed"]))

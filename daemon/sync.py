@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 from connectors.base import AnnotationState, RemoteTaskState
 from daemon.context import LoopContext
 from daemon.pool import known_classes
+from daemon.project import refresh_classes
 from daemon.store import (
     Batch,
     BatchItem,
@@ -60,8 +61,11 @@ def sync(ctx: LoopContext) -> SyncReport:
     Every ``full_reconcile_every``-th sync (and the first one of a process) re-reads
     every task, which catches changes a tool does not stamp with a new time.
 
+    An answer naming a choice that is not a known class first makes it read the project's
+    classes again (:func:`daemon.project.refresh_classes`).
+
     Raises:
-        ConnectorError: the tool is unreachable or refused; nothing was changed.
+        ConnectorError: the tool is unreachable or refused; no label was changed.
     """
     loop = ctx.settings.loop
     with Session(ctx.engine) as session:
@@ -70,6 +74,10 @@ def sync(ctx: LoopContext) -> SyncReport:
     since = None if full else datetime.fromisoformat(raw or "") - timedelta(seconds=loop.pull_overlap_s)
     result = ctx.connector.pull(since=since)
     ctx.sync_count += 1
+    with Session(ctx.engine) as session:
+        stray = _names_a_new_choice(session, result.tasks)
+    if stray:
+        refresh_classes(ctx)  # the labeling config may have gained the class while we run
     with Session(ctx.engine) as session:
         changed, unknown = apply_task_states(session, result.tasks)
         deleted = list(result.deleted_task_ids)
@@ -132,6 +140,27 @@ def _verdict(annotations: Iterable[AnnotationState], classes: set[str]) -> _Verd
     if len(deciding.choices) == 1 and deciding.choices[0] in classes:
         return _Verdict(LabelStatus.LABELED, deciding.choices[0], deciding)
     return _Verdict(LabelStatus.UNKNOWN, leaders[0], deciding)
+
+
+def _names_a_new_choice(session: Session, tasks: Iterable[RemoteTaskState]) -> bool:
+    """Whether an answer names a choice that is no known class and is not stored as that unknown choice yet.
+
+    (Pulls overlap and full reconciles list every task again: an answer already recorded as an
+    unknown choice does not make each of them read the project again.)
+    """
+    classes = set(known_classes(session))
+    if not classes:
+        return False
+    for task in tasks:
+        strays = [a for a in task.annotations if not a.is_skipped and any(c not in classes for c in a.choices)]
+        if not strays:
+            continue
+        record = session.get(LabelRecord, task.item_id)
+        if any(record is None or record.status is not LabelStatus.UNKNOWN
+               or (record.remote_annotation_id, record.label) != (a.remote_annotation_id, _answer(a))
+               for a in strays):
+            return True
+    return False
 
 
 def _voter(annotation: AnnotationState) -> str:

@@ -22,11 +22,13 @@ import pytest
 from label_studio_sdk import LabelStudio
 from sqlmodel import Session, select
 
+from connectors._label_config import choices_config
 from connectors.base import OutgoingTask
 from daemon.context import LoopContext
 from daemon.cycle import CycleReport, push_pending, run_cycle
 from daemon.pool import add_pool_file
 from daemon.project import ensure_project
+from daemon.queries import status_report
 from daemon.selection import select_next_batch
 from daemon.settings import Settings, load_settings
 from daemon.store import (
@@ -281,6 +283,24 @@ def test_edit_delete_skip_and_unknown_choice(
     assert got[ids[1]] == (LabelStatus.RETRACTED, None)
     assert got[ids[2]] == (LabelStatus.SKIPPED, None)
     assert got[ids[3]] == (LabelStatus.UNKNOWN, "spam-of-the-week")
+
+
+def test_a_class_added_to_the_labeling_config_while_the_daemon_runs_counts_every_answer_of_it(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
+) -> None:
+    ctx, project_id, _ = loop_ctx
+    batch = items_of(ctx, run_cycle(ctx).batch_id or "")
+    early, late = (int(i.remote_task_id or 0) for i in batch[:2])
+    ls_helpers.annotate(ls_client, early, "refund")  # through the API, before the class exists
+    sync(ctx)
+    assert labels(ctx)[batch[0].item_id] == (LabelStatus.UNKNOWN, "refund")
+    ls_client.projects.update(id=project_id, label_config=choices_config([*CLASSES, "refund"]))
+    ls_helpers.annotate(ls_client, late, "refund")
+    sync(ctx)
+    got = labels(ctx)
+    assert got[batch[0].item_id] == got[batch[1].item_id] == (LabelStatus.LABELED, "refund")
+    with Session(ctx.engine) as session:
+        assert status_report(session).per_class["refund"] == 2
 
 
 def test_two_annotators_who_disagree_wait_for_a_ground_truth(

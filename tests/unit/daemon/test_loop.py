@@ -27,6 +27,7 @@ from daemon.store import (
     BatchStatus,
     CycleRun,
     HealthEvent,
+    LabelEvent,
     LabelRecord,
     LabelStatus,
     ModelRun,
@@ -556,3 +557,46 @@ def test_seed_labels_of_a_class_the_project_lacks_are_reported_not_trained_on(
         report = status_report(session)
     assert model.n_labels == 8
     assert report.per_class == {"billing": 4, "delivery": 4} and report.labels_outside_classes == {"fraud": 4}
+
+
+def test_a_class_added_to_the_project_while_the_daemon_runs_turns_its_answers_into_labels(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]],
+) -> None:
+    ctx, fake, _ = world
+    a, b, c = (i.item_id for i in batch_items(ctx, run_cycle(ctx).batch_id or "")[:3])
+    fake.annotate(a, "billing")
+    fake.annotate(b, "refund")  # submitted through the API before anyone added the class
+    fake.calls.clear()
+    sync(ctx)
+    assert fake.calls.count("ensure_project") == 1  # the stray choice made it look at the project again
+    fake.calls.clear()
+    sync(ctx)
+    assert "ensure_project" not in fake.calls  # nothing new: no extra request
+    assert fake.classes is not None
+    fake.classes = (*fake.classes, "refund")  # an admin adds the class to the labeling config
+    fake.annotate(c, "refund")
+    sync(ctx)
+    with Session(ctx.engine) as session:
+        labels = {r.item_id: (r.status, r.label) for r in session.exec(select(LabelRecord))}
+        history = session.exec(select(LabelEvent).where(LabelEvent.item_id == b)).all()
+        report = status_report(session)
+    assert labels[b] == labels[c] == (LabelStatus.LABELED, "refund")
+    assert [(e.status, e.label) for e in history] == [(LabelStatus.UNKNOWN, "refund"), (LabelStatus.LABELED, "refund")]
+    assert report.unknown_choices == {} and report.per_class["refund"] == 2
+    assert run_cycle(ctx).model_version is not None
+
+
+def test_a_choice_that_is_still_no_class_stays_an_unknown_choice(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]],
+) -> None:
+    ctx, fake, _ = world
+    item = batch_items(ctx, run_cycle(ctx).batch_id or "")[0].item_id
+    fake.annotate(item, "not-a-class")
+    fake.calls.clear()
+    sync(ctx)
+    assert fake.calls.count("ensure_project") == 1
+    fake.calls.clear()
+    sync(ctx)  # the pull's overlap lists the task again: it is stored as that unknown choice already
+    assert "ensure_project" not in fake.calls
+    with Session(ctx.engine) as session:
+        assert status_report(session).unknown_choices == {"not-a-class": 1}
