@@ -61,8 +61,9 @@ def sync(ctx: LoopContext) -> SyncReport:
     Every ``full_reconcile_every``-th sync (and the first one of a process) re-reads
     every task, which catches changes a tool does not stamp with a new time.
 
-    An answer naming a choice that is not a known class first makes it read the project's
-    classes again (:func:`daemon.project.refresh_classes`).
+    A full reconcile, or an answer naming a choice that is not a known class, first reads the
+    project's classes again (:func:`daemon.project.refresh_classes`): an admin may have edited
+    the labeling config while the daemon runs.
 
     Raises:
         ConnectorError: the tool is unreachable or refused; no label was changed.
@@ -76,8 +77,8 @@ def sync(ctx: LoopContext) -> SyncReport:
     ctx.sync_count += 1
     with Session(ctx.engine) as session:
         stray = _names_a_new_choice(session, result.tasks)
-    if stray:
-        refresh_classes(ctx)  # the labeling config may have gained the class while we run
+    if stray or since is None:
+        refresh_classes(ctx)  # the labeling config may have changed (gained the class) while we run
     with Session(ctx.engine) as session:
         changed, unknown = apply_task_states(session, result.tasks)
         deleted = list(result.deleted_task_ids)

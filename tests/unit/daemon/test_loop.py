@@ -600,3 +600,18 @@ def test_a_choice_that_is_still_no_class_stays_an_unknown_choice(
     assert "ensure_project" not in fake.calls
     with Session(ctx.engine) as session:
         assert status_report(session).unknown_choices == {"not-a-class": 1}
+
+
+def test_a_full_reconcile_learns_an_edited_labeling_config(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]],
+) -> None:
+    ctx, fake, _ = world
+    run_cycle(ctx)
+    fake.classes = ("billing", "delivery", "fraud", "chargeback")  # edited in Label Studio, no answer names it yet
+    sync(ctx)
+    with Session(ctx.engine) as session:
+        assert "chargeback" not in status_report(session).per_class  # an incremental pull reads no config
+    ctx.sync_count = ctx.settings.loop.full_reconcile_every
+    sync(ctx)
+    with Session(ctx.engine) as session:
+        assert status_report(session).per_class["chargeback"] == 0  # now a class to find, by its name too
