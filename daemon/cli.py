@@ -242,6 +242,29 @@ def status(as_json: JsonOpt = False) -> None:
             out.print(panel)
 
 
+@app.command("export")
+def export_command(
+    file: Annotated[Path, typer.Argument(help="Output: .csv, .tsv, .jsonl or .parquet.")],
+    everything: Annotated[bool, typer.Option("--all", help="Also skipped, unknown, disputed and retracted items, "
+                                                            "with their status and answer.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the labels to a file (a pool file again: its labels are seed labels); safe while the daemon runs."""
+    from daemon.export import export_labels
+    from daemon.store import make_engine
+
+    with _errors():
+        cfg = settings()
+        report = export_labels(make_engine(cfg.store.url), file, pool=cfg.pool, everything=everything,
+                               overwrite=force)
+    if as_json:
+        _print_json(asdict(report))
+    else:
+        counts = ", ".join(f"{status} {n}" for status, n in report.statuses.items()) or "no labels yet"
+        out.print(f"wrote {report.path}: {report.rows} items ({counts})")
+
+
 @config_app.command("show")
 def config_show(as_json: JsonOpt = False) -> None:
     """Print the effective settings (secrets masked)."""

@@ -5,6 +5,7 @@ Tree::
     DaemonError
      ├── ConfigError          bad or missing settings; the message says which and how to fix it
      ├── PoolFileError        a pool file was refused as a whole (file, line, reason)
+     ├── ExportError          labels could not be written (file type, an existing file, the disk)
      ├── InvalidTransition    a batch state change the state machine forbids (a bug if it happens)
      ├── AlreadyRunning       another daemon holds the single-instance lock for this database
      └── PoolExhausted        nothing left to select
@@ -19,6 +20,7 @@ __all__ = [
     "AlreadyRunning",
     "ConfigError",
     "DaemonError",
+    "ExportError",
     "InvalidTransition",
     "PoolExhausted",
     "PoolFileError",
@@ -42,6 +44,10 @@ class PoolFileError(DaemonError):
         shown = "; ".join(f"line {line}: {why}" if line is not None else why for line, why in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         super().__init__(f"{path}: refused, nothing imported: {shown}{more}")
+
+
+class ExportError(DaemonError):
+    """The labels could not be written; no file was left under the requested name."""
 
 
 class InvalidTransition(DaemonError):

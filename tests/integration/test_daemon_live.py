@@ -26,6 +26,7 @@ from connectors._label_config import choices_config
 from connectors.base import OutgoingTask
 from daemon.context import LoopContext
 from daemon.cycle import CycleReport, push_pending, run_cycle
+from daemon.export import export_labels
 from daemon.pool import add_pool_file
 from daemon.project import ensure_project
 from daemon.queries import status_report
@@ -170,6 +171,15 @@ def test_full_round_on_real_label_studio(
     assert task.data["al_item_id"] == second_items[0].item_id
     predictions = ls_client.predictions.list(task=int(second_items[0].remote_task_id or 0))
     assert predictions and predictions[0].model_version == second.model_version  # the model's pre-annotation
+    export_labels(ctx.engine, ctx.settings.store.data_dir / "labels.csv", pool=ctx.settings.pool)
+    with (ctx.settings.store.data_dir / "labels.csv").open(newline="") as handle:
+        exported = {row["id"]: row for row in csv.DictReader(handle)}
+    first_items = items_of(ctx, first.batch_id or "")
+    assert {row["label"] for row in exported.values()} <= set(CLASSES) and len(exported) == 10
+    for item in first_items:  # who answered, which task: as Label Studio has it
+        row = exported[item.item_id]
+        assert (row["label"], row["remote_task_id"]) == (gold[item.item_id], item.remote_task_id)
+        assert row["annotator"] and "@" in row["annotator"]
 
 
 def test_new_model_refreshes_predictions_of_waiting_tasks(

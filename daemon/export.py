@@ -1,0 +1,191 @@
+"""Write the store's labels to a file: what the labeling produced, ready to train on or to ``pool add``.
+
+One row per item, in pool order. By default only the labels the daemon trains on (status
+``labeled``, a class of the project); with ``everything`` every item that has a label record:
+skipped, unknown choices, disputes, retracted labels, and labels of classes the project lacks,
+each with its status and the raw answer, so a reviewer can settle them.
+
+Columns: the pool's own id, text and label fields (so the file is a pool file again, its labels
+seed labels), then ``label_status``, ``label_source`` (``seed`` or ``label_studio``),
+``annotator``, ``labeled_at`` (UTC, ISO 8601), ``remote_task_id``, ``answer`` (the raw choice of
+an unknown choice, ``a vs b`` for a dispute), then every metadata column the items were imported
+with (one whose name is taken gets a ``meta_`` prefix). The label field is empty unless the row
+is a label the daemon trains on. Precomputed vectors are not written.
+
+The file is written next to its destination and renamed into place, so a killed export never
+leaves a partial file under the name; the read is one transaction, so a running daemon's
+writes never half-appear.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from daemon.errors import ExportError
+from daemon.pool import known_classes
+from daemon.settings import PoolSettings
+from daemon.store import LabelRecord, LabelStatus, PoolItem
+
+__all__ = ["FORMATS", "ExportReport", "export_labels"]
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+_STATUS_COLUMNS = ("label_status", "label_source", "annotator", "labeled_at", "remote_task_id", "answer")
+_OUTSIDE = "not_a_class"  # label_status of a label whose class the project lacks
+_PAGE = 5_000  # rows fetched and written at a time
+_PARQUET_ROWS = 65_536  # rows per Parquet row group
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    path: str
+    rows: int
+    statuses: dict[str, int]
+
+
+def export_labels(
+    engine: Engine, path: Path, *, pool: PoolSettings, everything: bool = False, overwrite: bool = False
+) -> ExportReport:
+    """Write the labels to ``path`` (.csv, .tsv, .jsonl or .parquet, by its suffix).
+
+    Raises:
+        ExportError: the suffix is not one of those, ``path`` exists and ``overwrite`` is
+            False, or the file cannot be written.
+    """
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ExportError(f"{path}: unknown file type {path.suffix!r}: use {', '.join(FORMATS)}")
+    if path.exists() and not overwrite:
+        raise ExportError(f"{path} exists; pass --force to replace it")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with Session(engine) as session, session.begin():
+            classes = set(known_classes(session))
+            meta_keys = _meta_keys(session, everything)
+            header = _header(pool, meta_keys)
+            counts: Counter[str] = Counter()
+            _WRITERS[kind](partial, header, _counted(_rows(session, classes, everything, meta_keys), counts))
+        os.replace(partial, path)
+    except OSError as e:
+        raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return ExportReport(str(path), sum(counts.values()), dict(sorted(counts.items())))
+
+
+def _exported(everything: bool) -> Any:
+    stmt = select(LabelRecord, PoolItem).join(PoolItem, col(PoolItem.item_id) == col(LabelRecord.item_id))
+    if not everything:
+        stmt = stmt.where(LabelRecord.status == LabelStatus.LABELED)
+    return stmt.order_by(col(PoolItem.seq))
+
+
+def _meta_keys(session: Session, everything: bool) -> list[str]:
+    keys: dict[str, None] = {}
+    stmt = select(PoolItem.meta_json).join(LabelRecord, col(PoolItem.item_id) == col(LabelRecord.item_id))
+    if not everything:
+        stmt = stmt.where(LabelRecord.status == LabelStatus.LABELED)
+    for raw in session.exec(stmt.distinct()):
+        keys.update(dict.fromkeys(json.loads(raw or "{}")))
+    return list(keys)
+
+
+def _header(pool: PoolSettings, meta_keys: Sequence[str]) -> list[str]:
+    own = [pool.id_field, pool.text_field, pool.label_field, *_STATUS_COLUMNS]
+    taken = set(own)
+    return own + [f"meta_{key}" if key in taken else key for key in meta_keys]
+
+
+def _rows(
+    session: Session, classes: set[str], everything: bool, meta_keys: Sequence[str]
+) -> Iterator[tuple[str, list[Any]]]:
+    """``(label_status, values in header order)`` per exported item."""
+    result = session.exec(_exported(everything)).yield_per(_PAGE)
+    for record, item in result:
+        status = str(record.status)
+        if record.status is LabelStatus.LABELED and classes and record.label not in classes:
+            status = _OUTSIDE
+        if status == _OUTSIDE and not everything:
+            continue
+        is_label = status == str(LabelStatus.LABELED)
+        meta = json.loads(item.meta_json or "{}")
+        labeled_at = record.remote_updated_at or record.recorded_at
+        yield status, [
+            item.item_id, item.text, record.label if is_label else None,
+            status, record.source, record.annotator, _iso(labeled_at), record.remote_task_id,
+            None if is_label else record.label,
+            *(meta.get(key) for key in meta_keys),
+        ]
+
+
+def _counted(rows: Iterator[tuple[str, list[Any]]], counts: Counter[str]) -> Iterator[list[Any]]:
+    for status, values in rows:
+        counts[status] += 1
+        yield values
+
+
+def _iso(moment: datetime) -> str:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def _flat(value: Any) -> str:
+    """A cell of a delimited file: empty for None, JSON for anything that is not a string."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _write_delimited(path: Path, header: list[str], rows: Iterator[list[Any]], *, delimiter: str) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter=delimiter)
+        writer.writerow(header)
+        for values in rows:
+            writer.writerow([_flat(value) for value in values])
+
+
+def _write_csv(path: Path, header: list[str], rows: Iterator[list[Any]]) -> None:
+    _write_delimited(path, header, rows, delimiter=",")
+
+
+def _write_tsv(path: Path, header: list[str], rows: Iterator[list[Any]]) -> None:
+    _write_delimited(path, header, rows, delimiter="\t")
+
+
+def _write_jsonl(path: Path, header: list[str], rows: Iterator[list[Any]]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for values in rows:
+            handle.write(json.dumps(dict(zip(header, values, strict=True)), ensure_ascii=False) + "\n")
+
+
+def _write_parquet(path: Path, header: list[str], rows: Iterator[list[Any]]) -> None:
+    """Every column a string (metadata that is not a string as JSON), written a row group at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(name, pa.string()) for name in header])
+    with pq.ParquetWriter(path, schema) as writer:
+        group: list[list[str | None]] = []
+        for values in rows:
+            group.append([None if value is None else _flat(value) for value in values])
+            if len(group) == _PARQUET_ROWS:
+                writer.write_table(_table(pa, schema, group))
+                group = []
+        writer.write_table(_table(pa, schema, group))
+
+
+def _table(pa: Any, schema: Any, group: list[list[str | None]]) -> Any:
+    columns = list(zip(*group, strict=True)) if group else [() for _ in schema.names]
+    return pa.table([pa.array(column, type=pa.string()) for column in columns], schema=schema)
+
+
+_WRITERS = {"csv": _write_csv, "tsv": _write_tsv, "jsonl": _write_jsonl, "parquet": _write_parquet}
