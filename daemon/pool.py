@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from sqlmodel import Session, col, select
 from daemon.errors import PoolFileError
 from daemon.pool_files import PoolRow, read_pool_file
 from daemon.settings import PoolSettings
-from daemon.store import LabelEvent, LabelRecord, LabelStatus, PoolItem, get_value, set_value
+from daemon.store import LabelEvent, LabelRecord, LabelStatus, PoolItem, get_value, set_value, table_of
 from models.cache import EmbeddingCache, content_hash
 
 __all__ = ["ImportReport", "add_pool_file", "byo_hash", "byo_model_key", "known_classes"]
@@ -89,22 +90,23 @@ def add_pool_file(
     return report
 
 
-def _existing(session: Session, item_ids: Sequence[str]) -> dict[str, PoolItem]:
-    found: dict[str, PoolItem] = {}
+def _existing(session: Session, item_ids: Sequence[str]) -> dict[str, str]:
+    """``{item_id: text}`` of the given ids already in the pool (two columns, not whole rows)."""
+    found: dict[str, str] = {}
     for start in range(0, len(item_ids), _CHUNK):
         chunk = item_ids[start : start + _CHUNK]
-        for item in session.exec(select(PoolItem).where(col(PoolItem.item_id).in_(chunk))):
-            found[item.item_id] = item
+        stmt = select(PoolItem.item_id, PoolItem.text).where(col(PoolItem.item_id).in_(chunk))
+        found.update(session.exec(stmt).all())
     return found
 
 
 def _check_against_store(
-    session: Session, path: Path, rows: Sequence[PoolRow], existing: dict[str, PoolItem], configured: Sequence[str]
+    session: Session, path: Path, rows: Sequence[PoolRow], existing: dict[str, str], configured: Sequence[str]
 ) -> None:
     problems: list[tuple[int | None, str]] = []
     for row in rows:
-        item = existing.get(row.item_id)
-        if item is not None and item.text != row.text:
+        text = existing.get(row.item_id)
+        if text is not None and text != row.text:
             problems.append((row.line, f"id {row.item_id!r} is already in the pool with another text"))
     project = known_classes(session)
     classes, origin = (project, "the project's classes") if project else (list(configured), "loop.classes")
@@ -132,7 +134,7 @@ def _unknown_labels(rows: Sequence[PoolRow], classes: Sequence[str], origin: str
 
 
 def _store_embeddings(
-    session: Session, path: Path, rows: Sequence[PoolRow], existing: dict[str, PoolItem], data_dir: Path
+    session: Session, path: Path, rows: Sequence[PoolRow], existing: dict[str, str], data_dir: Path
 ) -> int | None:
     """Write bring-your-own vectors to the cache (before the rows, so a crash leaves no dangling row)."""
     if rows[0].embedding is None:
@@ -167,7 +169,7 @@ def _insert_items(session: Session, rows: Sequence[PoolRow], *, source: str, has
         for row in rows
     ]
     for start in range(0, len(values), 5000):
-        session.execute(insert(PoolItem), values[start : start + 5000])
+        session.execute(insert(table_of(PoolItem)), values[start : start + 5000])
 
 
 def _insert_seed_labels(session: Session, rows: Sequence[PoolRow]) -> int:
@@ -179,12 +181,14 @@ def _insert_seed_labels(session: Session, rows: Sequence[PoolRow]) -> int:
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         have.update(session.exec(select(LabelRecord.item_id).where(col(LabelRecord.item_id).in_(chunk))))
-    added = 0
-    for row in labeled:
-        if row.item_id in have:
-            continue
-        session.add(LabelRecord(item_id=row.item_id, status=LabelStatus.LABELED, label=row.label, source="seed"))
-        session.add(LabelEvent(item_id=row.item_id, status=LabelStatus.LABELED, label=row.label, source="seed"))
-        added += 1
-    return added
+    now = datetime.now(UTC)
+    values = [
+        {"item_id": row.item_id, "status": LabelStatus.LABELED, "label": row.label, "source": "seed",
+         "recorded_at": now}
+        for row in labeled if row.item_id not in have
+    ]
+    for start in range(0, len(values), 5000):  # bulk inserts: an ORM object per row cost 0.3 ms (a minute per 200k)
+        session.execute(insert(table_of(LabelRecord)), values[start : start + 5000])
+        session.execute(insert(table_of(LabelEvent)), values[start : start + 5000])
+    return len(values)
 

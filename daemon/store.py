@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Index, Text, event
+from sqlalchemy import Column, Index, Table, Text, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
@@ -37,12 +37,19 @@ __all__ = [
     "make_engine",
     "set_value",
     "sqlite_path",
+    "table_of",
     "utcnow",
 ]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a table model: bulk inserts into it skip the ORM's per-row work."""
+    table: Table = SQLModel.metadata.tables[str(model.__tablename__)]
+    return table
 
 
 def new_id() -> str:
