@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most four columns
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -84,9 +85,13 @@ def export_labels(
 
 
 def _exported(everything: bool) -> Any:
-    stmt = select(LabelRecord, PoolItem).join(PoolItem, col(PoolItem.item_id) == col(LabelRecord.item_id))
+    columns = [col(c) for c in (  # columns, not entities: an ORM object per row would cost most of the time
+        PoolItem.item_id, PoolItem.text, PoolItem.meta_json, LabelRecord.status, LabelRecord.label, LabelRecord.source,
+        LabelRecord.annotator, LabelRecord.remote_updated_at, LabelRecord.recorded_at, LabelRecord.remote_task_id,
+    )]
+    stmt = sa_select(*columns).join(PoolItem, col(PoolItem.item_id) == col(LabelRecord.item_id))
     if not everything:
-        stmt = stmt.where(LabelRecord.status == LabelStatus.LABELED)
+        stmt = stmt.where(col(LabelRecord.status) == LabelStatus.LABELED)
     return stmt.order_by(col(PoolItem.seq))
 
 
@@ -110,20 +115,19 @@ def _rows(
     session: Session, classes: set[str], everything: bool, meta_keys: Sequence[str]
 ) -> Iterator[tuple[str, list[Any]]]:
     """``(label_status, values in header order)`` per exported item."""
-    result = session.exec(_exported(everything)).yield_per(_PAGE)
-    for record, item in result:
-        status = str(record.status)
-        if record.status is LabelStatus.LABELED and classes and record.label not in classes:
+    result = session.execute(_exported(everything)).yield_per(_PAGE)
+    for item_id, text, meta_json, raw_status, label, source, annotator, updated_at, recorded_at, task_id in result:
+        status = str(raw_status)
+        if raw_status is LabelStatus.LABELED and classes and label not in classes:
             status = _OUTSIDE
         if status == _OUTSIDE and not everything:
             continue
         is_label = status == str(LabelStatus.LABELED)
-        meta = json.loads(item.meta_json or "{}")
-        labeled_at = record.remote_updated_at or record.recorded_at
+        meta = json.loads(meta_json or "{}")
         yield status, [
-            item.item_id, item.text, record.label if is_label else None,
-            status, record.source, record.annotator, _iso(labeled_at), record.remote_task_id,
-            None if is_label else record.label,
+            item_id, text, label if is_label else None,
+            status, source, annotator, _iso(updated_at or recorded_at), task_id,
+            None if is_label else label,
             *(meta.get(key) for key in meta_keys),
         ]
 
