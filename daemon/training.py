@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy import update
 from sqlmodel import Session, col, func, select
 
 from daemon.context import LoopContext, TrainedModel
 from daemon.pool import known_classes
 from daemon.progress import ProgressLog
-from daemon.store import LabelRecord, LabelStatus, ModelRun, PoolItem, get_value
+from daemon.store import LabelRecord, LabelStatus, ModelRun, PoolItem, get_value, table_of
 from models.cache import EmbeddingCache, embed_missing, model_key
 from models.classifier import ProxyClassifier
 from models.quality import estimate_quality
@@ -77,12 +78,9 @@ def embed_pool(ctx: LoopContext, *, progress: Callable[[int, int], None] | None 
             break
         cache = active_cache(ctx)
         embed_missing(ctx.embedder(), cache, [text for _, text in rows])
-        with Session(ctx.engine) as session:
-            for seq, _ in rows:
-                item = session.get(PoolItem, seq)
-                if item is not None:
-                    item.is_embedded = True
-                    session.add(item)
+        with Session(ctx.engine) as session:  # one statement per chunk: cache hits make the chunks quick
+            session.execute(update(table_of(PoolItem)).where(col(PoolItem.seq).in_([seq for seq, _ in rows]))
+                            .values(is_embedded=True))
             session.commit()
         done += len(rows)
         report(done, max(total, done))  # items added meanwhile are embedded too
