@@ -10,19 +10,20 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from daemon.errors import DaemonError
-from daemon.simulate import ReplayConfig, SimulationResult, proxy_classifier, run_simulation
-from daemon.simulate_data import DataSource, load_simulation_data
-from daemon.simulate_report import StrategySummary, summarise, table_rows, write_outputs
-from daemon.stopping import StoppingRule
-from models.embedder import Embedder
 from models.errors import ModelError
+
+if TYPE_CHECKING:  # torch and transformers load on use: every other command starts 2 s sooner
+    from daemon.simulate import ReplayConfig, SimulationResult
+    from daemon.simulate_data import DataSource
+    from daemon.simulate_report import StrategySummary
+    from models.embedder import Embedder
 
 __all__ = ["SimulateRequest", "register", "run_request"]
 
@@ -115,6 +116,9 @@ def simulate(
     our probabilities and the head is refit every round (modAL's ActiveLearner.teach
     fails with scikit-learn >= 1.8).
     """
+    from daemon.simulate import ReplayConfig
+    from daemon.simulate_data import DataSource
+    from daemon.stopping import StoppingRule
     from strategies import DEFAULT_STRATEGY, REGISTRY
 
     names = tuple(strategy or (*DEFAULT_STRATEGIES, DEFAULT_STRATEGY))
@@ -150,6 +154,10 @@ def run_request(request: SimulateRequest) -> tuple[SimulationResult, list[Strate
         ModelError: the encoder cannot be loaded.
         ValueError: an unknown strategy or a bad option.
     """
+    from daemon.simulate import proxy_classifier, run_simulation
+    from daemon.simulate_data import load_simulation_data
+    from daemon.simulate_report import summarise, write_outputs
+
     # The encoder loads lazily: a file that carries its own vectors never loads it.
     data = load_simulation_data(
         request.source,
@@ -172,6 +180,8 @@ def run_request(request: SimulateRequest) -> tuple[SimulationResult, list[Strate
 
 def render(result: SimulationResult, summaries: list[StrategySummary], written: list[Path]) -> None:
     """Print the summary table and where the files went."""
+    from daemon.simulate_report import table_rows
+
     ref = result.reference
     table = Table(
         title=f"{result.dataset}: {result.n_pool} pool / {result.n_test} test items, "

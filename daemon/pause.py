@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlmodel import Session, col, select
 
-from daemon.context import LoopContext, TrainedModel
 from daemon.queries import control_slice_accuracy
 from daemon.stopping import StoppingRule, first_stop, prediction_kappa
 from daemon.store import HealthEvent, LabelRecord, ModelRun, PoolItem, get_value, set_value
-from daemon.training import vectors_for
+
+if TYPE_CHECKING:  # `pool add` lifts a pause: it need not load torch for that
+    from daemon.context import LoopContext, TrainedModel
 
 __all__ = ["PAUSE_KEY", "StabilityPoint", "history", "is_paused", "lift_pause", "update_stability"]
 
@@ -132,6 +133,8 @@ def _predict(ctx: LoopContext, model: TrainedModel, item_ids: list[str]) -> dict
             select(PoolItem.item_id, PoolItem.content_hash).where(col(PoolItem.item_id).in_(item_ids))
         ).all())
     ordered = [item_id for item_id in item_ids if item_id in rows]
+    from daemon.training import vectors_for
+
     proba = model.classifier.predict_proba(vectors_for(ctx, [rows[i] for i in ordered]))
     return {item_id: model.classes[int(p)] for item_id, p in zip(ordered, proba.argmax(axis=1), strict=True)}
 

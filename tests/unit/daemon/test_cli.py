@@ -117,3 +117,14 @@ def test_status_shows_labels_that_name_no_class_of_the_project(workdir: Path) ->
     assert status["labels_outside_classes"] == {"spam": 1}
     shown = " ".join(runner.invoke(app, ["status"]).output.split())
     assert "label 'spam': not a class of the project, not trained on" in shown
+
+
+def test_inspecting_and_importing_do_not_load_torch() -> None:
+    """status, batches, config, export and pool add start in under a second; torch alone takes 1.5-2 s to import."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, daemon.cli, daemon.pool, daemon.pause, daemon.export, daemon.queries, daemon.render; "
+             "print(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -106,7 +106,7 @@ def test_simulate_reports_a_bad_strategy_in_one_line(app: typer.Typer, tmp_path:
 def test_class_names_are_embedded_unless_asked_not_to(
     app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str], has_names: bool
 ) -> None:
-    import daemon.cli_simulate as cli_simulate
+    import daemon.simulate_data as simulate_data  # the command imports it on use
     from daemon.simulate_data import load_simulation_data as real
 
     loaded: list[object] = []
@@ -116,7 +116,7 @@ def test_class_names_are_embedded_unless_asked_not_to(
         loaded.append(data.class_prototypes)
         return data
 
-    monkeypatch.setattr(cli_simulate, "load_simulation_data", spy)
+    monkeypatch.setattr(simulate_data, "load_simulation_data", spy)
     result = CliRunner().invoke(
         app,
         ["simulate", "--data", str(tiny_csv(tmp_path / "tiny.csv")), "--out", str(tmp_path / "out"),
