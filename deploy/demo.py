@@ -53,7 +53,11 @@ def main() -> int:
         print(f"daemon started (pid {daemon.pid}, log {workdir / 'daemon.log'})", flush=True)
         if args.live:
             return _live(server, daemon)
-        return _simulate(server, workdir, held_out, args, daemon)
+        code = _simulate(server, workdir, held_out, args, daemon)
+        if code == 0:
+            _export(workdir, env)
+            print("\nTo run it for real: `make up`, then label in the browser at the printed address.")
+        return code
     finally:
         if daemon is not None and daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
@@ -63,6 +67,18 @@ def main() -> int:
                 daemon.kill()
         server.stop()
         print("stopped the daemon and Label Studio.", flush=True)
+
+
+def _export(workdir: Path, env: dict[str, str]) -> None:
+    """Write the labels out with `labelloop export` and check them against what the annotator answered."""
+    subprocess.run([str(LABELLOOP), "export", "labels.csv", "--force"], cwd=workdir, env=env, check=True,
+                   capture_output=True)
+    gold = json.loads((workdir / "gold.json").read_text())
+    with (workdir / "labels.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    agree = sum(gold.get(row["id"]) == row["label"] for row in rows)
+    print(f"labels exported to {workdir / 'labels.csv'}: {len(rows)} items, {agree} as the annotator answered "
+          "(`labelloop export`; a pool file again)", flush=True)
 
 
 def _parse() -> argparse.Namespace:
@@ -178,7 +194,6 @@ def _simulate(server: ls_local.LocalLabelStudio, workdir: Path, held_out: dict[s
         print(f"round {number}: {row['labels']} labels, held-out macro-F1 {row['macro_f1']:.3f}, "
               f"batch mix {row['mix']}", flush=True)
     render_rounds(rounds, state_db)
-    print("\nTo run it for real: `make up`, then label in the browser at the printed address.")
     return 0
 
 
