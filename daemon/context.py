@@ -95,8 +95,9 @@ class LoopContext:
     clock: Callable[[], datetime] = utcnow
     stop: threading.Event = field(default_factory=threading.Event)
     model: TrainedModel | None = None
-    sync_count: int = 0
     synced_at: float | None = None  # time.monotonic() when the last sync succeeded; None before one
+    reconciled_at: float | None = None  # time.monotonic() of the last full pull; None: the next pull is full
+    reconcile_cost_s: float = 0.0  # how long the last full pull took (spaces the next one: daemon.sync)
     pool_index: PoolIndex | None = None  # pool order -> cache row; rebuilt from the store after a restart
     name_vectors: dict[tuple[str, str], npt.NDArray[np.float32]] = field(default_factory=dict)  # (model, class)
     _embedder: Embedder | None = None

@@ -63,7 +63,9 @@ class LoopSettings(_Section):
     sync_interval_s: float = Field(default=10.0, gt=0)
     cycle_interval_s: float = Field(default=30.0, gt=0)
     pull_overlap_s: float = Field(default=120.0, ge=0)  # re-read this much before the watermark
-    full_reconcile_every: int = Field(default=30, ge=1)  # every N syncs, re-read every task
+    # re-read every task at start and then at most this often (not every N syncs: with the webhook,
+    # each annotation is a sync, and a full read of a large project takes a while)
+    full_reconcile_interval_s: float = Field(default=600.0, gt=0)
     backoff_max_s: float = Field(default=300.0, gt=0)
     stop_rule_enabled: bool = True  # pause the queue when successive models agree (and the control slice)
     stop_kappa: float = Field(default=0.99, gt=0.0, le=1.0)

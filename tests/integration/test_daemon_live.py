@@ -89,7 +89,7 @@ def settings_for(tmp_path: Path, server: Any, project_id: int, **loop: Any) -> S
             "sync_interval_s": 1,
             "cycle_interval_s": 1,
             "backoff_max_s": 4,
-            "full_reconcile_every": 3,
+            "full_reconcile_interval_s": 3,
             **loop,
         },
         model={"epochs": 60, "cv_folds": 3},

@@ -291,10 +291,10 @@ def test_task_deleted_while_the_daemon_was_away_is_withdrawn(
     real_pull = fake.pull
     # a restarted connector never saw the task, so it cannot report the deletion itself
     monkeypatch.setattr(fake, "pull", lambda *, since: dataclasses.replace(real_pull(since=since), deleted_task_ids=()))
-    ctx.sync_count = 1  # an incremental pull does not notice a missing task …
-    sync(ctx)
+    sync(ctx)  # the cycle's pull was the process's full one: this one is incremental, and misses the deletion …
     assert {i.item_id: i.state for i in batch_items(ctx, batch_id)}[items[0].item_id] == "pending"
-    ctx.sync_count = 0  # … a full one does
+    assert ctx.reconciled_at is not None
+    ctx.reconciled_at -= ctx.settings.loop.full_reconcile_interval_s  # … the next one is full, and sees it
     sync(ctx)
     for item in items[1:]:
         fake.annotate(item.item_id, gold[item.item_id])
@@ -611,7 +611,46 @@ def test_a_full_reconcile_learns_an_edited_labeling_config(
     sync(ctx)
     with Session(ctx.engine) as session:
         assert "chargeback" not in status_report(session).per_class  # an incremental pull reads no config
-    ctx.sync_count = ctx.settings.loop.full_reconcile_every
+    assert ctx.reconciled_at is not None
+    ctx.reconciled_at -= ctx.settings.loop.full_reconcile_interval_s  # the interval passed: a full reconcile
     sync(ctx)
     with Session(ctx.engine) as session:
         assert status_report(session).per_class["chargeback"] == 0  # now a class to find, by its name too
+
+
+def test_full_reconciles_are_spaced_in_time_however_often_syncs_run(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, fake, _ = world
+    run_cycle(ctx)  # the process's first pull: a full one
+    sinces: list[object] = []
+    real_pull = fake.pull
+
+    def recording_pull(*, since: Any) -> Any:
+        sinces.append(since)
+        return real_pull(since=since)
+
+    monkeypatch.setattr(fake, "pull", recording_pull)
+    for _ in range(40):  # a webhook makes every annotation a sync
+        sync(ctx)
+    assert len(sinces) == 40 and None not in sinces
+    assert ctx.reconciled_at is not None
+    ctx.reconciled_at -= ctx.settings.loop.full_reconcile_interval_s
+    sync(ctx)
+    sync(ctx)
+    assert sinces[40:] == [None, sinces[41]] and sinces[41] is not None
+
+
+def test_a_slow_full_read_spaces_the_next_one_out(world: tuple[LoopContext, FakeConnector, dict[str, str]]) -> None:
+    from daemon.sync import RECONCILE_SPACING
+
+    ctx, _, _ = world
+    run_cycle(ctx)
+    assert ctx.reconciled_at is not None
+    interval = ctx.settings.loop.full_reconcile_interval_s
+    ctx.reconcile_cost_s = interval  # a project so large that a full read took as long as the interval
+    ctx.reconciled_at -= interval
+    assert sync(ctx).full_reconcile is False  # the interval passed, but not 20 times the read's duration
+    ctx.reconciled_at -= RECONCILE_SPACING * interval
+    assert sync(ctx).full_reconcile is True
+    assert ctx.reconcile_cost_s < 1.0  # measured again: the fake project is small
