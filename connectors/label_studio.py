@@ -155,7 +155,8 @@ class LabelStudioConnector:
         """Use the configured project id, else find the project by title, else create it.
 
         The project's own ``<Choices>`` decide the classes (in its order); ``classes`` is
-        only used to create a project.
+        only used to create a project. Once bound, the connector stays with that project: a
+        later call reads it again by id (its classes may have changed), even if it was renamed.
 
         Raises:
             ConnectorRejected: no such project id; no project with that title and no
@@ -163,9 +164,11 @@ class LabelStudioConnector:
                 not ``text_key``.
         """
         with translated(self.url, "ensure_project"):
-            if self.project_id is not None:
-                found = self._client.projects.get(id=self.project_id)
-                project_id, title, config = int(found.id or self.project_id), found.title, found.label_config
+            bound = self.project_id if self.project_id is not None else (
+                self._project.project_id if self._project is not None else None)
+            if bound is not None:
+                found = self._client.projects.get(id=bound)
+                project_id, title, config = int(found.id or bound), found.title, found.label_config
             else:
                 project_id, title, config = lk.find_or_create_project(
                     self._client,

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 
+from connectors._label_config import choices_config
 from connectors._ls_auth import RefreshOnExpiry
 from connectors.base import OutgoingTask, PredictionUpdate
 from connectors.errors import ConnectorAuthError, ConnectorRejected
@@ -185,6 +186,21 @@ def test_ensure_project_by_title_creates_once_then_finds_it(
         assert again == first
         assert first.classes == tuple(classes)
         assert ls_client.projects.get(id=int(first.project_id)).sampling == "Sequential sampling"
+    finally:
+        ls_client.projects.delete(id=int(first.project_id))
+
+
+def test_a_project_found_by_title_stays_bound_when_renamed_and_its_classes_are_read_again(
+    ls_client: LabelStudio, ls_connector: ConnectorFactory
+) -> None:
+    title = f"renamed later {int(time.time() * 1000) % 10**9}"
+    connector = ls_connector(None, project_title=title)
+    first = connector.ensure_project(classes=["spam", "ham"])
+    try:
+        ls_client.projects.update(id=int(first.project_id), title=f"{title} (old)",
+                                  label_config=choices_config(["spam", "ham", "phishing"]))
+        again = connector.ensure_project(classes=None)  # what the daemon's class refresh calls
+        assert (again.project_id, again.classes) == (first.project_id, ("spam", "ham", "phishing"))
     finally:
         ls_client.projects.delete(id=int(first.project_id))
 
