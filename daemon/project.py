@@ -30,7 +30,7 @@ def ensure_project(ctx: LoopContext) -> ProjectInfo:
     with Session(ctx.engine) as session:
         wanted = list(ctx.settings.loop.classes) or _seed_classes(session)
     info = ctx.connector.ensure_project(classes=wanted or None)
-    _bind(ctx, info)
+    _bind(ctx, info, at_start=True)
     if not ctx.connector.serves_in_push_order():
         log.warning("project %s does not hand out tasks in the order they were pushed, so annotators do not get "
                     "the most informative ones first and re-ranking withdraws nothing; set its sampling to "
@@ -48,11 +48,15 @@ def refresh_classes(ctx: LoopContext) -> bool:
     Raises:
         ConnectorError: the tool is unreachable or refused.
     """
-    return _bind(ctx, ctx.connector.ensure_project(classes=None))
+    return _bind(ctx, ctx.connector.ensure_project(classes=None), at_start=False)
 
 
-def _bind(ctx: LoopContext, info: ProjectInfo) -> bool:
-    """Store the project's id and classes; turn unknown choices that are now classes into labels."""
+def _bind(ctx: LoopContext, info: ProjectInfo, *, at_start: bool) -> bool:
+    """Store the project's id and classes; turn unknown choices that are now classes into labels.
+
+    Labels of classes the project lacks are reported at start and when the classes change, not at
+    every refresh.
+    """
     classes = list(info.classes)
     with Session(ctx.engine) as session:
         before = get_value(session, "classes")
@@ -68,7 +72,7 @@ def _bind(ctx: LoopContext, info: ProjectInfo) -> bool:
     if adopted:
         log.info("%s answers that named no class when they were pulled are labels now (%s)", sum(adopted.values()),
                  ", ".join(f"{label!r}: {n}" for label, n in sorted(adopted.items())))
-    if outside:
+    if outside and (at_start or changed):
         log.warning("%s labels name no class of project %s and are not trained on (%s); add the classes to its "
                     "labeling config, or relabel the items", sum(outside.values()), info.project_id,
                     ", ".join(f"{label!r}: {n}" for label, n in sorted(outside.items())))
