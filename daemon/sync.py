@@ -63,9 +63,9 @@ def sync(ctx: LoopContext) -> SyncReport:
     The first sync of a process, and then one at most every ``full_reconcile_interval_s``,
     re-reads every task, which catches changes a tool does not stamp with a new time (a
     deleted task leaves none). A full read grows with the project (Label Studio 1.23 lists
-    700-1,000 annotated tasks a second here, ``bench/reconcile.py``: over 2 minutes at 100k), so the next one also waits
-    :data:`RECONCILE_SPACING` times as long as the last one took, which keeps full reads
-    under 5% of the time.
+    700-1,000 annotated tasks a second here, ``bench/reconcile.py``: over 2 minutes at 100k),
+    so the next one also waits :data:`RECONCILE_SPACING` times as long as the last one took,
+    which keeps full reads under 5% of the time.
 
     A full reconcile, or an answer naming a choice that is not a known class, first reads the
     project's classes again (:func:`daemon.project.refresh_classes`): an admin may have edited
