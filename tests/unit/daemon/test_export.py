@@ -18,7 +18,7 @@ from daemon.errors import ExportError
 from daemon.export import export_labels
 from daemon.pool import add_pool_file
 from daemon.settings import PoolSettings
-from daemon.store import LabelRecord, LabelStatus, make_engine
+from daemon.store import LabelEvent, LabelRecord, LabelStatus, make_engine
 from daemon.sync import sync
 from tests.unit.daemon.conftest import set_classes
 from tests.unit.daemon.test_loop import batch_items, build_world
@@ -107,6 +107,9 @@ def test_an_export_is_a_pool_file_whose_labels_are_seeds(tmp_path: Path) -> None
     with Session(second) as session:
         seeds = {r.item_id: (r.status, r.label, r.source) for r in session.exec(select(LabelRecord))}
     assert seeds == {"u1": (LabelStatus.LABELED, "ham", "seed"), "u2": (LabelStatus.LABELED, "spam", "seed")}
+    with Session(second) as session:
+        history = {(e.item_id, e.status, e.label, e.source) for e in session.exec(select(LabelEvent))}
+    assert history == {("u1", LabelStatus.LABELED, "ham", "seed"), ("u2", LabelStatus.LABELED, "spam", "seed")}
     export_labels(second, tmp_path / "again.csv", pool=pool)
     again = {row["uid"]: row["body"] for row in read_back(tmp_path / "again.csv")}
     assert again == {"u1": texts["u1"], "u2": texts["u2"]}  # quotes, commas and newlines survive
