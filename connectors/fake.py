@@ -74,8 +74,10 @@ class FakeConnector:
         accepted_keys: Sequence[str] | None = None,
         clock: Callable[[], datetime] | None = None,
         url: str = "fake://label-studio",
+        project_id: str = "1",
     ) -> None:
         self.classes = tuple(classes) if classes is not None else None
+        self.project_id = project_id
         self.project_title = project_title
         self.user = user
         self.url = url
@@ -112,8 +114,8 @@ class FakeConnector:
                 raise ConnectorRejected(f"no project titled {self.project_title!r} and no classes to create it")
             self.classes = tuple(classes)
         if not self.classes:
-            raise ConnectorRejected("project 1: its labeling config has no <Choices> tag")
-        return ProjectInfo(project_id="1", title=self.project_title, classes=self.classes)
+            raise ConnectorRejected(f"project {self.project_id}: its labeling config has no <Choices> tag")
+        return ProjectInfo(project_id=self.project_id, title=self.project_title, classes=self.classes)
 
     def push(self, tasks: Sequence[OutgoingTask]) -> Mapping[str, str]:
         self._enter("push")

@@ -63,6 +63,12 @@ def _bind(ctx: LoopContext, info: ProjectInfo, *, at_start: bool) -> bool:
         changed = before is not None and json.loads(before) != classes
         if changed:
             log.warning("the project's classes changed: now %s", ", ".join(classes))
+        previous = get_value(session, "project_id")
+        if previous is not None and previous != info.project_id:
+            log.warning("this store worked with project %s and is now bound to project %s: the labels pulled so far "
+                        "stay; items still waiting in project %s count as withdrawn at the next full sync and can "
+                        "be chosen again, and answers given there from now on are not read", previous,
+                        info.project_id, previous)
         set_value(session, "project_id", info.project_id)
         set_value(session, "project_title", info.title)
         set_value(session, "classes", json.dumps(classes))

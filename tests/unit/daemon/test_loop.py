@@ -658,3 +658,19 @@ def test_a_slow_full_read_spaces_the_next_one_out(world: tuple[LoopContext, Fake
     ctx.reconciled_at -= RECONCILE_SPACING * interval
     assert sync(ctx).full_reconcile is True
     assert ctx.reconcile_cost_s < 1.0  # measured again: the fake project is small
+
+
+def test_switching_the_store_to_another_project_says_what_happens_to_the_waiting_items(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    ctx, _, _ = world
+    batch_id = run_cycle(ctx).batch_id or ""
+    other = FakeConnector(classes=CLASSES, project_id="7")  # labelloop.toml now names another (empty) project
+    ctx.connector = other
+    with caplog.at_level("WARNING", logger="daemon.project"):
+        ensure_project(ctx)
+    assert "worked with project 1 and is now bound to project 7" in caplog.text
+    ctx.reconciled_at = None
+    sync(ctx)
+    assert {item.state for item in batch_items(ctx, batch_id)} == {BatchItemState.WITHDRAWN}
+    assert run_cycle(ctx).pushed > 0  # the new project gets tasks
