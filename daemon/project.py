@@ -41,8 +41,8 @@ def ensure_project(ctx: LoopContext) -> ProjectInfo:
 def refresh_classes(ctx: LoopContext) -> bool:
     """Read the project's classes again; return whether they changed.
 
-    A sync calls this when an answer names a choice that is not a known class: someone may
-    have added it to the labeling config while the daemon runs. Answers stored as unknown
+    A sync calls this on each full reconcile, and when an answer names a choice that is not a
+    known class: someone may have added it to the labeling config while the daemon runs. Answers stored as unknown
     choices that are now classes become labels (see :func:`_bind`).
 
     Raises:
