@@ -299,9 +299,16 @@ def _is_wildcard(host: str) -> bool:
 
 
 def _describe(error: ValidationError) -> str:
-    """Say where and why, never the offending value (it may be a secret)."""
-    parts = [
-        f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
-        for item in error.errors(include_input=False, include_url=False)
-    ]
+    """Say where and why, never the offending value (it may be a secret).
+
+    A setting that comes from an environment variable names it: the message otherwise points at
+    the config file, which may not hold the key at all.
+    """
+    environment = {name.upper() for name in os.environ}
+    parts = []
+    for item in error.errors(include_input=False, include_url=False):
+        path = [str(p) for p in item["loc"]]
+        variable = "LABELLOOP_" + "__".join(path).upper()
+        source = f" (from {variable})" if variable in environment else ""
+        parts.append(f"{'.'.join(path)}{source}: {item['msg']}")
     return "; ".join(parts)

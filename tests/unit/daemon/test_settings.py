@@ -58,3 +58,15 @@ def test_a_ray_client_address_is_refused_when_the_settings_load(tmp_path: Path) 
         load_settings(config)
     config.write_text('[scaleout]\nbackend = "ray"\nray_address = "head:6379"\n')
     assert load_settings(config).scaleout.ray_address == "head:6379"
+
+
+def test_a_bad_setting_from_the_environment_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABELLOOP_LOOP__FULL_RECONCILE_EVERY", "3")  # a key this version no longer has
+    monkeypatch.setenv("LABELLOOP_LOOP__BATCH_SIZE", "0")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    message = str(info.value)
+    assert "loop.full_reconcile_every (from LABELLOOP_LOOP__FULL_RECONCILE_EVERY): Extra inputs" in message
+    assert "loop.batch_size (from LABELLOOP_LOOP__BATCH_SIZE)" in message
