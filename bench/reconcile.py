@@ -15,7 +15,6 @@ nothing new since its watermark. Figures are medians; the daemon spaces full rea
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -23,10 +22,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: the repo's packages first
+sys.path.insert(1, str(ROOT / "deploy"))  # ls_local.py, a script beside the demo (not a package)
 
 import httpx  # noqa: E402
 
@@ -36,7 +35,8 @@ from connectors.label_studio import LabelStudioConnector  # noqa: E402
 
 def main() -> None:
     args = _parser().parse_args()
-    ls_local = _ls_local()
+    import ls_local
+
     with tempfile.TemporaryDirectory(prefix="labelloop-reconcile-") as workdir:
         server = ls_local.start(Path(workdir) / "ls", template=ls_local.ensure_template())
         try:
@@ -83,16 +83,6 @@ def _median(repeat: int, read: Callable[[], int]) -> tuple[float, int]:
         count = read()
         times.append(time.perf_counter() - began)
     return statistics.median(times), count
-
-
-def _ls_local() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ls_local", ROOT / "deploy" / "ls_local.py")
-    if spec is None or spec.loader is None:
-        raise ImportError("cannot load deploy/ls_local.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ls_local"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _parser() -> argparse.ArgumentParser:
