@@ -137,6 +137,19 @@ def answer(ls_client: LabelStudio, gold: dict[str, str], items: list[BatchItem])
         ls_helpers.annotate(ls_client, int(item.remote_task_id or 0), gold[item.item_id])
 
 
+def states(ctx: LoopContext, batch_id: str | None) -> dict[str, BatchItemState]:
+    return {i.item_id: i.state for i in items_of(ctx, batch_id or "")}
+
+
+def assert_only_behind_withdrawn(ctx: LoopContext, batch_id: str | None, in_hand: BatchItem,
+                                 behind: list[BatchItem]) -> None:
+    """The task an annotator has open still waits; the stale ones behind it (control items aside) are gone."""
+    after = states(ctx, batch_id)
+    assert after[in_hand.item_id] is BatchItemState.PENDING
+    withdrawable = [i for i in behind if not i.is_control]
+    assert withdrawable and all(after[i.item_id] is BatchItemState.WITHDRAWN for i in withdrawable)
+
+
 def stale_queue(
     ctx: LoopContext, ls_client: LabelStudio, gold: dict[str, str], monkeypatch: pytest.MonkeyPatch, *,
     keep_next: int, answered: int,
@@ -216,10 +229,7 @@ def test_rerank_never_withdraws_the_task_an_annotator_has_open(
     assert ls_helpers.next_task(label_studio, project_id) == int(in_hand.remote_task_id or 0)  # now open in a browser
     third = run_cycle(ctx)
     assert third.model_version not in (None, second.model_version)
-    after = {i.item_id: i.state for i in items_of(ctx, second.batch_id or "")}
-    assert after[in_hand.item_id] is BatchItemState.PENDING
-    behind = [i for i in items[4:] if not i.is_control]
-    assert behind and all(after[i.item_id] is BatchItemState.WITHDRAWN for i in behind)
+    assert_only_behind_withdrawn(ctx, second.batch_id, in_hand, items[4:])
     ls_helpers.annotate(ls_client, int(in_hand.remote_task_id or 0), gold[in_hand.item_id])  # the annotator submits
     run_cycle(ctx)
     assert labels(ctx)[in_hand.item_id] == (LabelStatus.LABELED, gold[in_hand.item_id])
@@ -247,10 +257,7 @@ def test_rerank_spares_the_open_task_of_an_annotator_ahead_of_the_store(
     assert third.model_version not in (None, second.model_version)
     in_hand = items[5]
     assert opened == [int(in_hand.remote_task_id or 0)] and not in_hand.is_control
-    after = {i.item_id: i.state for i in items_of(ctx, second.batch_id or "")}
-    assert after[in_hand.item_id] is BatchItemState.PENDING
-    behind = [i for i in items[6:] if not i.is_control]
-    assert behind and all(after[i.item_id] is BatchItemState.WITHDRAWN for i in behind)
+    assert_only_behind_withdrawn(ctx, second.batch_id, in_hand, items[6:])
 
 
 def test_rerank_withdraws_nothing_from_a_project_that_serves_tasks_at_random(
@@ -266,7 +273,7 @@ def test_rerank_withdraws_nothing_from_a_project_that_serves_tasks_at_random(
     in_hand = ls_helpers.next_task(label_studio, project_id)  # a random waiting task, open in a browser
     third = run_cycle(ctx)
     assert third.model_version not in (None, second.model_version)
-    after = {i.item_id: i.state for i in items_of(ctx, second.batch_id or "")}
+    after = states(ctx, second.batch_id)
     assert all(after[i.item_id] is BatchItemState.PENDING for i in items[3:])
     assert in_hand in {int(i.remote_task_id or 0) for i in items[3:]}
     for item in items[3:]:  # still in the project, still to be labeled
@@ -342,7 +349,7 @@ def test_with_overlap_a_labeled_task_waits_for_its_second_answer(
     for user in users:
         ls_helpers.annotate(ls_client, task_id, gold[item.item_id], completed_by=int(user.id or 0))
         sync(ctx)
-        state = {i.item_id: i.state for i in items_of(ctx, item.batch_id)}[item.item_id]
+        state = states(ctx, item.batch_id)[item.item_id]
         assert labels(ctx)[item.item_id] == (LabelStatus.LABELED, gold[item.item_id])
         assert state is (BatchItemState.PENDING if user is users[0] else BatchItemState.LABELED)
 
