@@ -67,9 +67,10 @@ def sync(ctx: LoopContext) -> SyncReport:
     so the next one also waits :data:`RECONCILE_SPACING` times as long as the last one took,
     which keeps full reads under 5% of the time.
 
-    A full reconcile, or an answer naming a choice that is not a known class, first reads the
-    project's classes again (:func:`daemon.project.refresh_classes`): an admin may have edited
-    the labeling config while the daemon runs.
+    A full reconcile (but the process's first, which follows :func:`daemon.project.ensure_project`),
+    or an answer naming a choice that is not a known class, first reads the project's classes
+    again (:func:`daemon.project.refresh_classes`): an admin may have edited the labeling config
+    while the daemon runs.
 
     Raises:
         ConnectorError: the tool is unreachable or refused; no label was changed.
@@ -77,8 +78,8 @@ def sync(ctx: LoopContext) -> SyncReport:
     loop = ctx.settings.loop
     with Session(ctx.engine) as session:
         raw = get_value(session, WATERMARK_KEY)
-    spacing = max(loop.full_reconcile_interval_s, RECONCILE_SPACING * ctx.reconcile_cost_s)
-    full = raw is None or ctx.reconciled_at is None or time.monotonic() - ctx.reconciled_at >= spacing
+    first_in_process = ctx.reconciled_at is None
+    full = raw is None or ctx.reconciled_at is None or time.monotonic() - ctx.reconciled_at >= _spacing(ctx)
     since = None if full else datetime.fromisoformat(raw or "") - timedelta(seconds=loop.pull_overlap_s)
     began = time.monotonic()
     result = ctx.connector.pull(since=since)
@@ -86,12 +87,13 @@ def sync(ctx: LoopContext) -> SyncReport:
         ctx.reconcile_cost_s = time.monotonic() - began
         if ctx.reconcile_cost_s > _SLOW_RECONCILE_S:
             log.info("sync: a full read of %s tasks took %.0f s; the next one in %.0f s at the earliest",
-                     len(result.tasks), ctx.reconcile_cost_s,
-                     max(loop.full_reconcile_interval_s, RECONCILE_SPACING * ctx.reconcile_cost_s))
+                     len(result.tasks), ctx.reconcile_cost_s, _spacing(ctx))
     with Session(ctx.engine) as session:
         stray = _names_a_new_choice(session, result.tasks)
-    if stray or since is None:
-        refresh_classes(ctx)  # the labeling config may have changed (gained the class) while we run
+    # the labeling config may have changed (gained the class) while we run; the process's first
+    # sync follows ensure_project, which has just read it
+    if stray or (full and not first_in_process):
+        refresh_classes(ctx)
     with Session(ctx.engine) as session:
         changed, unknown = apply_task_states(session, result.tasks)
         deleted = list(result.deleted_task_ids)
@@ -108,6 +110,11 @@ def sync(ctx: LoopContext) -> SyncReport:
         log.info("sync: %s tasks, %s label changes, %s unknown, %s batches closed",
                  len(result.tasks), changed, unknown, closed)
     return SyncReport(len(result.tasks), changed, unknown, closed, full)
+
+
+def _spacing(ctx: LoopContext) -> float:
+    """Seconds from one full read to the next: the configured interval, or longer after a slow read."""
+    return max(ctx.settings.loop.full_reconcile_interval_s, RECONCILE_SPACING * ctx.reconcile_cost_s)
 
 
 def apply_task_states(session: Session, tasks: Sequence[RemoteTaskState]) -> tuple[int, int]:

@@ -627,6 +627,7 @@ def test_full_reconciles_are_spaced_in_time_however_often_syncs_run(
 ) -> None:
     ctx, fake, _ = world
     run_cycle(ctx)  # the process's first pull: a full one
+    assert fake.calls.count("ensure_project") == 1  # at start only: the first full pull does not read it again
     sinces: list[object] = []
     real_pull = fake.pull
 
