@@ -8,10 +8,11 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
 from connectors.base import ProjectInfo
 from daemon.context import LoopContext
+from daemon.queries import labels_per_class
 from daemon.store import LabelEvent, LabelRecord, LabelStatus, get_value, set_value
 
 __all__ = ["ensure_project", "refresh_classes"]
@@ -74,7 +75,7 @@ def _bind(ctx: LoopContext, info: ProjectInfo, *, at_start: bool) -> bool:
         set_value(session, "classes", json.dumps(classes))
         adopted = _adopt_unknown_choices(session, classes)
         session.commit()
-        outside = _labels_outside(session, classes)
+        outside = labels_per_class(session)[1]  # labels naming none of the classes just stored
     if adopted:
         log.info("%s answers that named no class when they were pulled are labels now (%s)", sum(adopted.values()),
                  ", ".join(f"{label!r}: {n}" for label, n in sorted(adopted.items())))
@@ -100,12 +101,6 @@ def _adopt_unknown_choices(session: Session, classes: Sequence[str]) -> Counter[
         ))
         adopted[str(record.label)] += 1
     return adopted
-
-
-def _labels_outside(session: Session, classes: Sequence[str]) -> dict[str, int]:
-    stmt = (select(LabelRecord.label, func.count()).where(LabelRecord.status == LabelStatus.LABELED)
-            .where(col(LabelRecord.label).not_in(list(classes))).group_by(col(LabelRecord.label)))
-    return {str(label): int(n) for label, n in session.exec(stmt)}
 
 
 def _seed_classes(session: Session) -> list[str]:

@@ -25,7 +25,15 @@ from daemon.store import (
     get_value,
 )
 
-__all__ = ["BatchDetail", "BatchSummary", "StatusReport", "batch_detail", "list_batches", "status_report"]
+__all__ = [
+    "BatchDetail",
+    "BatchSummary",
+    "StatusReport",
+    "batch_detail",
+    "labels_per_class",
+    "list_batches",
+    "status_report",
+]
 
 PREVIEW_CHARS = 80
 _HEALTHY_WITHIN_S = 30.0
@@ -160,7 +168,7 @@ def _preview(text: str) -> str:
 def status_report(session: Session, *, now: datetime | None = None, n_cycles: int = 5) -> StatusReport:
     """Gather pool, label, queue, model, control-slice, cycle and daemon figures."""
     now = now or datetime.now(UTC)
-    per_class, outside = _per_class(session)
+    per_class, outside = labels_per_class(session)
     return StatusReport(
         project=_project(session),
         pool=_pool_counts(session),
@@ -203,7 +211,7 @@ def _label_counts(session: Session) -> dict[str, int]:
     return counts
 
 
-def _per_class(session: Session) -> tuple[dict[str, int], dict[str, int]]:
+def labels_per_class(session: Session) -> tuple[dict[str, int], dict[str, int]]:
     """Labels per class of the project, and labels naming no class of it (all go in the first before one is bound)."""
     raw = get_value(session, "classes")
     counts = {c: 0 for c in (json.loads(raw) if raw else [])}
