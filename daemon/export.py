@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most four columns
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from daemon.errors import ExportError
 from daemon.pool import known_classes
@@ -89,20 +89,20 @@ def _exported(everything: bool) -> Any:
         PoolItem.item_id, PoolItem.text, PoolItem.meta_json, LabelRecord.status, LabelRecord.label, LabelRecord.source,
         LabelRecord.annotator, LabelRecord.remote_updated_at, LabelRecord.recorded_at, LabelRecord.remote_task_id,
     )]
-    stmt = sa_select(*columns).join(PoolItem, col(PoolItem.item_id) == col(LabelRecord.item_id))
-    if not everything:
-        stmt = stmt.where(col(LabelRecord.status) == LabelStatus.LABELED)
-    return stmt.order_by(col(PoolItem.seq))
+    return _of_exported_items(sa_select(*columns), everything).order_by(col(PoolItem.seq))
 
 
 def _meta_keys(session: Session, everything: bool) -> list[str]:
     keys: dict[str, None] = {}
-    stmt = select(PoolItem.meta_json).join(LabelRecord, col(PoolItem.item_id) == col(LabelRecord.item_id))
-    if not everything:
-        stmt = stmt.where(LabelRecord.status == LabelStatus.LABELED)
-    for raw in session.exec(stmt.distinct()):
+    for raw in session.execute(_of_exported_items(sa_select(col(PoolItem.meta_json)), everything).distinct()).scalars():
         keys.update(dict.fromkeys(json.loads(raw or "{}")))
     return list(keys)
+
+
+def _of_exported_items(stmt: Any, everything: bool) -> Any:
+    """``stmt`` over the items that have a label record (only status ``labeled`` unless ``everything``)."""
+    joined = stmt.select_from(LabelRecord).join(PoolItem, col(PoolItem.item_id) == col(LabelRecord.item_id))
+    return joined if everything else joined.where(col(LabelRecord.status) == LabelStatus.LABELED)
 
 
 def _header(pool: PoolSettings, meta_keys: Sequence[str]) -> list[str]:
