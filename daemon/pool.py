@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import insert
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from daemon.errors import PoolFileError
 from daemon.pool_files import PoolRow, read_pool_file
@@ -25,6 +26,7 @@ __all__ = ["ImportReport", "add_pool_file", "byo_hash", "byo_model_key", "known_
 log = logging.getLogger(__name__)
 _CLASSES_SHOWN = 12  # an unknown label's message lists at most this many classes
 _CHUNK = 500
+_INSERT_ROWS = 5000  # rows per bulk insert statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +170,7 @@ def _insert_items(session: Session, rows: Sequence[PoolRow], *, source: str, has
         }
         for row in rows
     ]
-    for start in range(0, len(values), 5000):
-        session.execute(insert(table_of(PoolItem)), values[start : start + 5000])
+    _insert_all(session, PoolItem, values)
 
 
 def _insert_seed_labels(session: Session, rows: Sequence[PoolRow]) -> int:
@@ -187,8 +188,13 @@ def _insert_seed_labels(session: Session, rows: Sequence[PoolRow]) -> int:
          "recorded_at": now}
         for row in labeled if row.item_id not in have
     ]
-    for start in range(0, len(values), 5000):  # bulk inserts: an ORM object per row cost 0.3 ms (a minute per 200k)
-        session.execute(insert(table_of(LabelRecord)), values[start : start + 5000])
-        session.execute(insert(table_of(LabelEvent)), values[start : start + 5000])
+    _insert_all(session, LabelRecord, values)
+    _insert_all(session, LabelEvent, values)
     return len(values)
+
+
+def _insert_all(session: Session, model: type[SQLModel], values: Sequence[dict[str, Any]]) -> None:
+    """Bulk inserts into ``model``'s table: an ORM object per row cost 0.3 ms (a minute per 200k rows)."""
+    for start in range(0, len(values), _INSERT_ROWS):
+        session.execute(insert(table_of(model)), values[start : start + _INSERT_ROWS])
 
