@@ -59,7 +59,7 @@ def build_context(settings: Settings, *, connector: Connector | None = None) -> 
     apply_torch_threads(settings)
     return LoopContext(
         settings=settings,
-        engine=make_engine(settings.store.url),
+        engine=make_engine(settings.store.url, busy_timeout_s=settings.store.busy_timeout_s),
         connector=connector if connector is not None else build_connector(settings),
         embedder_factory=default_embedder_factory(settings),
     )
@@ -108,7 +108,7 @@ def embed_backfill(settings: Settings, *, progress: Callable[[int, int], None] |
     try:
         ctx = LoopContext(
             settings=settings,
-            engine=make_engine(settings.store.url),
+            engine=make_engine(settings.store.url, busy_timeout_s=settings.store.busy_timeout_s),
             connector=_OfflineConnector(),
             embedder_factory=default_embedder_factory(settings),
         )

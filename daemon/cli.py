@@ -17,11 +17,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from connectors.errors import ConnectorAuthError, ConnectorError
 from daemon.errors import AlreadyRunning, ConfigError, DaemonError, PoolFileError
 from daemon.settings import DEFAULT_CONFIG_FILE, Settings, load_settings
+from daemon.store import is_store_locked, make_engine
 from models.errors import ModelError
 
 __all__ = ["app"]
@@ -75,6 +78,16 @@ def _errors() -> Iterator[None]:
     except (PoolFileError, DaemonError, ConnectorError, ModelError) as e:
         err.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from None
+    except OperationalError as e:
+        if not is_store_locked(e):
+            raise
+        err.print("[red]error:[/] another process held the store's write lock for longer than "
+                  "store.busy_timeout_s (another `labelloop pool add`?); nothing was written, try again")
+        raise typer.Exit(1) from None
+
+
+def _engine(cfg: Settings) -> Engine:
+    return make_engine(cfg.store.url, busy_timeout_s=cfg.store.busy_timeout_s)
 
 
 def _print_json(data: Any) -> None:
@@ -95,9 +108,7 @@ def init(
         path = _State.config or Path(DEFAULT_CONFIG_FILE)
         write_config(path, url=url, project_id=project_id, classes=[c.strip() for c in classes.split(",") if c.strip()],
                      force=force)
-        from daemon.store import make_engine
-
-        make_engine(load_settings(path).store.url).dispose()
+        _engine(load_settings(path)).dispose()
         out.print(f"wrote {path}; set the token with [bold]export LABELLOOP_LABEL_STUDIO__API_KEY=…[/]")
 
 
@@ -112,14 +123,13 @@ def pool_add(
 ) -> None:
     """Add items (and seed labels) from a file; nothing is added twice."""
     from daemon.pool import add_pool_file
-    from daemon.store import make_engine
 
     with _errors():
         cfg = settings()
         fields = {k: v for k, v in {"id_field": id_field, "text_field": text_field, "label_field": label_field,
                                     "embedding_field": embedding_field}.items() if v}
         pool = cfg.pool.model_copy(update=fields)
-        report = add_pool_file(make_engine(cfg.store.url), file, pool=pool, data_dir=cfg.store.data_dir,
+        report = add_pool_file(_engine(cfg), file, pool=pool, data_dir=cfg.store.data_dir,
                                classes=cfg.loop.classes)
     if as_json:
         _print_json(asdict(report))
@@ -170,10 +180,9 @@ def sync_command(as_json: JsonOpt = False) -> None:
 def resume() -> None:
     """Lift a pause set by the stopping rule; the daemon queues batches again."""
     from daemon.pause import lift_pause
-    from daemon.store import make_engine
 
     with _errors():
-        engine = make_engine(settings().store.url)
+        engine = _engine(settings())
     with Session(engine) as session:
         lifted = lift_pause(session, "operator asked (labelloop resume)")
         session.commit()
@@ -182,10 +191,9 @@ def resume() -> None:
 
 @contextmanager
 def _read_session() -> Iterator[Session]:
-    from daemon.store import make_engine
 
     with _errors():
-        engine = make_engine(settings().store.url)
+        engine = _engine(settings())
     with Session(engine) as session:
         yield session
 
@@ -252,11 +260,10 @@ def export_command(
 ) -> None:
     """Write the labels to a file (a pool file again: its labels are seed labels); safe while the daemon runs."""
     from daemon.export import export_labels
-    from daemon.store import make_engine
 
     with _errors():
         cfg = settings()
-        report = export_labels(make_engine(cfg.store.url), file, pool=cfg.pool, everything=everything,
+        report = export_labels(_engine(cfg), file, pool=cfg.pool, everything=everything,
                                overwrite=force)
     if as_json:
         _print_json(asdict(report))

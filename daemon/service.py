@@ -27,6 +27,7 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_J
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import delete
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
@@ -34,7 +35,7 @@ from daemon.context import LoopContext
 from daemon.cycle import cycle_due, run_cycle
 from daemon.errors import AlreadyRunning
 from daemon.project import ensure_project
-from daemon.store import HealthEvent, set_value, sqlite_path
+from daemon.store import HealthEvent, is_store_locked, set_value, sqlite_path
 from daemon.sync import sync
 from daemon.webhook import Coalescer, WebhookServer, register, start_server
 from models.errors import ModelError
@@ -128,6 +129,7 @@ class Service:
         self.ctx = ctx
         self._work = threading.Lock()
         self._backoff = _Backoff(ctx.settings.loop.backoff_max_s)
+        self._locked_runs = 0  # runs in a row skipped because another process held the store
         self._rng = random.Random(ctx.settings.loop.seed)
         self._has_project = False
         self._project_id = ""
@@ -218,10 +220,15 @@ class Service:
     def heartbeat(self, state: str = "running") -> None:
         beat = {"pid": os.getpid(), "state": state, "started_at": self.started_at.isoformat(),
                 "last_beat": datetime.now(UTC).isoformat(), "backoff_failures": self._backoff.failures}
-        with Session(self.ctx.engine) as session:
-            set_value(session, HEARTBEAT_KEY, json.dumps(beat))
-            prune_health_events(session)
-            session.commit()
+        try:
+            with Session(self.ctx.engine) as session:
+                set_value(session, HEARTBEAT_KEY, json.dumps(beat))
+                prune_health_events(session)
+                session.commit()
+        except OperationalError as e:
+            if not is_store_locked(e):
+                raise
+            log.debug("heartbeat skipped: the store is locked by another writer")
 
     def _guarded(self, name: str, body: Any, *, wait: bool = False) -> None:
         if self._backoff.waiting(self.ctx.clock()) or not self._acquire(wait):
@@ -245,12 +252,42 @@ class Service:
         except (ConnectorError, ModelError) as e:
             log.error("%s failed: %s: %s", name, type(e).__name__, e)
             self._health("job_error", f"{name}: {type(e).__name__}: {e}")
+        except OperationalError as e:
+            if not is_store_locked(e):
+                raise
+            self._store_locked(name)
         else:
             if self._backoff.succeeded():
                 log.info("Label Studio reachable again")
                 self._health("recovered", name)
+            self._store_unlocked()
         finally:
             self._work.release()
+
+    def _store_locked(self, name: str) -> None:
+        """A run gave up waiting for another writer (a large ``pool add``): skip it, quietly after the first.
+
+        Nothing is lost: every stage commits its own work, so the next run carries on where this
+        one stopped. No health row now: writing it would wait for the same lock.
+        """
+        self._locked_runs += 1
+        level = logging.WARNING if self._locked_runs == 1 else logging.INFO
+        log.log(level, "%s skipped: another process held the store's write lock for over %g s "
+                "(a large `labelloop pool add`?); retrying on the next run",
+                name, self.ctx.settings.store.busy_timeout_s)
+
+    def _store_unlocked(self) -> None:
+        """After runs skipped for a locked store, record them once a write goes through again."""
+        if not self._locked_runs:
+            return
+        try:
+            self._health("store_locked", f"{self._locked_runs} runs skipped while another process held the store")
+        except OperationalError as e:
+            if not is_store_locked(e):
+                raise
+            return  # this run only read: still locked
+        log.info("the store is writable again after %d skipped runs", self._locked_runs)
+        self._locked_runs = 0
 
     def _acquire(self, wait: bool) -> bool:
         """Take the work lock; with ``wait``, wait for a running job unless stopping."""

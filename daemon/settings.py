@@ -119,6 +119,8 @@ class ModelSettings(_Section):
 class StoreSettings(_Section):
     url: str = "sqlite:///.labelloop/labelloop.db"
     data_dir: Path = Path(".labelloop")  # embedding cache, lock file
+    # how long a write waits for another writer (a large `pool add`) before the run is skipped
+    busy_timeout_s: float = Field(default=30.0, gt=0)
 
 
 class ScaleoutSettings(_Section):

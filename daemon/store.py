@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Column, Index, Table, Text, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from daemon.errors import InvalidTransition
@@ -34,6 +35,7 @@ __all__ = [
     "PoolItem",
     "advance",
     "get_value",
+    "is_store_locked",
     "make_engine",
     "set_value",
     "sqlite_path",
@@ -224,31 +226,39 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len(prefix) :])
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
     """Create the engine (WAL, busy timeout) and the tables.
 
-    The parent folder of a SQLite file is created when missing.
+    The parent folder of a SQLite file is created when missing. A write that finds another
+    writer's transaction open waits up to ``busy_timeout_s``, then raises ``OperationalError``
+    (see :func:`is_store_locked`).
     """
     path = sqlite_path(url)
     connect_args: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        connect_args = {"check_same_thread": False, "timeout": 30}
+        connect_args = {"check_same_thread": False, "timeout": busy_timeout_s}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args=connect_args)
     if url.startswith("sqlite"):
-        event.listen(engine, "connect", _sqlite_pragmas)
+        busy_timeout_ms = max(1, round(busy_timeout_s * 1000))
+
+        def pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # the CLI reads while the daemon writes
+            cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        event.listen(engine, "connect", pragmas)
     SQLModel.metadata.create_all(engine)
     return engine
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # the CLI reads while the daemon writes
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def is_store_locked(error: BaseException) -> bool:
+    """Whether ``error`` is SQLite giving up on a write lock another process holds (past the busy timeout)."""
+    return isinstance(error, OperationalError) and "locked" in str(error.orig)
 
 
 def count(session: Session, model: type[SQLModel]) -> int:

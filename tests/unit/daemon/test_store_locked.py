@@ -1,0 +1,111 @@
+"""Another process holding the store's write lock (a large ``pool add``) skips a daemon run; it loses nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, select
+
+from daemon.cli import app
+from daemon.context import LoopContext
+from daemon.cycle import run_cycle
+from daemon.service import HEARTBEAT_KEY, Service
+from daemon.settings import load_settings
+from daemon.store import HealthEvent, LabelRecord, get_value, is_store_locked, make_engine, sqlite_path
+from tests.unit.daemon.test_cli import runner, workdir
+from tests.unit.daemon.test_loop import batch_items, build_world
+
+__all__ = ["workdir"]  # a fixture, used by name
+
+BUSY_TIMEOUT_S = 0.2
+
+
+@contextmanager
+def write_locked(url: str) -> Iterator[None]:
+    """Hold SQLite's write lock from another connection, as a running import does."""
+    path = sqlite_path(url)
+    assert path is not None
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+@pytest.fixture
+def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+    monkeypatch.chdir(tmp_path)
+    ctx, _fake, _gold = build_world(tmp_path)
+    settings = ctx.settings.model_copy(update={"store": ctx.settings.store.model_copy(
+        update={"busy_timeout_s": BUSY_TIMEOUT_S})})
+    engine = make_engine(settings.store.url, busy_timeout_s=BUSY_TIMEOUT_S)
+    yield Service(LoopContext(settings=settings, engine=engine, connector=ctx.connector,
+                              embedder_factory=ctx.embedder_factory))
+    engine.dispose()
+
+
+def labels(service: Service) -> dict[str, str | None]:
+    with Session(service.ctx.engine) as session:
+        return {r.item_id: r.label for r in session.exec(select(LabelRecord))}
+
+
+def test_a_locked_store_skips_the_run_and_the_next_run_catches_up(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctx = service.ctx
+    fake = ctx.connector
+    first = batch_items(ctx, run_cycle(ctx).batch_id or "")[0].item_id
+    fake.annotate(first, "billing")  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO, logger="daemon.service"), write_locked(ctx.settings.store.url):
+        service.sync_job()  # gives up after the busy timeout instead of raising
+        service.sync_job()
+        service.cycle_job()
+        service.heartbeat()
+    skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert [r.levelno for r in skipped][:2] == [logging.WARNING, logging.INFO]  # the cycle may only have read
+    assert "pool add" in skipped[0].getMessage() and not any(r.exc_info for r in caplog.records)
+    assert labels(service) == {}
+
+    service.sync_job()
+    assert labels(service) == {first: "billing"}  # the label annotated meanwhile is not lost
+    with Session(ctx.engine) as session:
+        events = [(e.kind, e.message) for e in session.exec(select(HealthEvent))]
+        assert ("store_locked", f"{len(skipped)} runs skipped while another process held the store") in events
+    service.heartbeat()
+    with Session(ctx.engine) as session:
+        assert get_value(session, HEARTBEAT_KEY) is not None
+
+
+def test_only_a_lock_error_counts_as_a_locked_store(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = OperationalError("SELECT 1", {}, sqlite3.OperationalError("no such table: poolitem"))
+    assert not is_store_locked(broken)
+
+    def fail(_ctx: LoopContext) -> None:
+        raise broken
+
+    monkeypatch.setattr("daemon.service.sync", fail)
+    with pytest.raises(OperationalError, match="no such table"):  # a bug surfaces, it is not a busy store
+        service.sync_job()
+
+
+def test_pool_add_on_a_locked_store_says_so_and_writes_nothing(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello", "label": "ham"}\n')
+    monkeypatch.setenv("LABELLOOP_STORE__BUSY_TIMEOUT_S", str(BUSY_TIMEOUT_S))
+    url = load_settings().store.url
+    with write_locked(url):
+        refused = runner.invoke(app, ["pool", "add", "pool.jsonl"])
+    assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit)
+    assert "another process held the store's write lock" in " ".join(refused.output.split())
+    assert "Traceback" not in refused.output
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["pool"]["items"] == 0
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
