@@ -1,0 +1,89 @@
+"""``add_pool_file`` against the store: all rows or none, nothing twice, and a label never overwritten by a seed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from daemon.errors import PoolFileError
+from daemon.pool import add_pool_file, byo_hash, byo_model_key
+from daemon.settings import PoolSettings
+from daemon.store import KeyValue, LabelEvent, LabelRecord, LabelStatus, PoolItem, get_value
+from models.cache import EmbeddingCache
+
+
+def write_jsonl(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def add(engine: Engine, path: Path, tmp_path: Path) -> tuple[int, int]:
+    report = add_pool_file(engine, path, pool=PoolSettings(), data_dir=tmp_path / "state")
+    return report.added, report.labels_added
+
+
+def snapshot(engine: Engine) -> tuple[object, ...]:
+    with Session(engine) as session:
+        counts = [session.exec(select(func.count()).select_from(model)).one()
+                  for model in (PoolItem, LabelRecord, LabelEvent, KeyValue)]
+        return (*counts, get_value(session, "embedding_source"))
+
+
+def test_a_conflict_anywhere_in_the_file_leaves_the_store_as_it_was(engine: Engine, tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "first.jsonl", [{"id": "a", "text": "hello", "label": "ham"}, {"id": "b", "text": "win"}])
+    assert add(engine, tmp_path / "first.jsonl", tmp_path) == (2, 1)
+    before = snapshot(engine)
+    rows = [{"id": f"n{i}", "text": f"new {i}", "label": "spam"} for i in range(50)]
+    write_jsonl(tmp_path / "second.jsonl", [*rows, {"id": "b", "text": "win big"}])
+    with pytest.raises(PoolFileError, match=r"line 51: id 'b' is already in the pool with another text"):
+        add(engine, tmp_path / "second.jsonl", tmp_path)
+    assert snapshot(engine) == before
+
+
+def test_new_items_carry_their_file_and_one_import_time(engine: Engine, tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "pool.jsonl", [{"id": "a", "text": "hello", "lang": "en"}, {"id": "b", "text": "hallo"}])
+    add(engine, tmp_path / "pool.jsonl", tmp_path)
+    with Session(engine) as session:
+        items = list(session.exec(select(PoolItem).order_by(col(PoolItem.seq))))
+    assert [(i.item_id, i.source, json.loads(i.meta_json)) for i in items] == [
+        ("a", "pool.jsonl", {"lang": "en"}), ("b", "pool.jsonl", {})]
+    assert items[0].created_at == items[1].created_at and not items[0].is_embedded
+
+
+def test_a_seed_label_never_replaces_a_label_from_label_studio(engine: Engine, tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "pool.jsonl", [{"id": "a", "text": "hello"}])
+    add(engine, tmp_path / "pool.jsonl", tmp_path)
+    with Session(engine) as session:
+        session.add(LabelRecord(item_id="a", status=LabelStatus.LABELED, label="spam", source="label_studio"))
+        session.commit()
+    write_jsonl(tmp_path / "seeded.jsonl", [{"id": "a", "text": "hello", "label": "ham"},
+                                            {"id": "c", "text": "lunch?", "label": "ham"}])
+    assert add(engine, tmp_path / "seeded.jsonl", tmp_path) == (1, 1)
+    assert add(engine, tmp_path / "seeded.jsonl", tmp_path) == (0, 0)  # nothing twice
+    with Session(engine) as session:
+        assert {r.item_id: (r.label, r.source) for r in session.exec(select(LabelRecord))} == {
+            "a": ("spam", "label_studio"), "c": ("ham", "seed")}
+        assert [e.item_id for e in session.exec(select(LabelEvent))] == ["c"]
+
+
+def test_own_vectors_are_cached_unit_length_and_a_pool_keeps_one_width(engine: Engine, tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "vectors.jsonl", [{"id": "x", "embedding": [3.0, 4.0, 0.0]},
+                                             {"id": "y", "embedding": [0.0, 0.0, 2.0]}])
+    assert add(engine, tmp_path / "vectors.jsonl", tmp_path) == (2, 0)
+    with EmbeddingCache(tmp_path / "state" / "embeddings", model_key=byo_model_key(3), dim=3) as cache:
+        rows = cache.lookup([byo_hash("x"), byo_hash("y")])
+        np.testing.assert_allclose(cache.get(rows), [[0.6, 0.8, 0.0], [0.0, 0.0, 1.0]], atol=1e-3)
+    before = snapshot(engine)
+    write_jsonl(tmp_path / "wider.jsonl", [{"id": "z", "embedding": [1.0, 0.0, 0.0, 0.0]}])
+    with pytest.raises(PoolFileError, match="embeddings of width 4 do not fit a pool of byo-d3"):
+        add(engine, tmp_path / "wider.jsonl", tmp_path)
+    write_jsonl(tmp_path / "texts.jsonl", [{"id": "t", "text": "plain"}])
+    with pytest.raises(PoolFileError, match="the pool holds precomputed embeddings"):
+        add(engine, tmp_path / "texts.jsonl", tmp_path)
+    assert snapshot(engine) == before
