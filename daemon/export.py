@@ -38,7 +38,7 @@ from daemon.pool import known_classes
 from daemon.settings import PoolSettings
 from daemon.store import LabelRecord, LabelStatus, PoolItem
 
-__all__ = ["FORMATS", "ExportReport", "export_labels"]
+__all__ = ["FORMATS", "ExportReport", "export_labels", "file_kind", "write_atomically"]
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 _STATUS_COLUMNS = ("label_status", "label_source", "annotator", "labeled_at", "remote_task_id", "answer")
@@ -63,25 +63,44 @@ def export_labels(
         ExportError: the suffix is not one of those, ``path`` exists and ``overwrite`` is
             False, or the file cannot be written.
     """
+    kind = file_kind(path, overwrite=overwrite)
+    with Session(engine) as session, session.begin():
+        classes = set(known_classes(session))
+        meta_keys = _meta_keys(session, everything)
+        header = _header(pool, meta_keys)
+        counts: Counter[str] = Counter()
+        write_atomically(path, kind, header, _counted(_rows(session, classes, everything, meta_keys), counts))
+    return ExportReport(str(path), sum(counts.values()), dict(sorted(counts.items())))
+
+
+def file_kind(path: Path, *, overwrite: bool) -> str:
+    """Return the format ``path``'s suffix names, checking that it may be written.
+
+    Raises:
+        ExportError: an unknown suffix, or ``path`` exists and ``overwrite`` is False.
+    """
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise ExportError(f"{path}: unknown file type {path.suffix!r}: use {', '.join(FORMATS)}")
     if path.exists() and not overwrite:
         raise ExportError(f"{path} exists; pass --force to replace it")
+    return kind
+
+
+def write_atomically(path: Path, kind: str, header: list[str], rows: Iterator[list[Any]]) -> None:
+    """Write ``rows`` under a temporary name next to ``path``, then rename it into place.
+
+    Raises:
+        ExportError: the file cannot be written (nothing is left under either name).
+    """
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        with Session(engine) as session, session.begin():
-            classes = set(known_classes(session))
-            meta_keys = _meta_keys(session, everything)
-            header = _header(pool, meta_keys)
-            counts: Counter[str] = Counter()
-            _WRITERS[kind](partial, header, _counted(_rows(session, classes, everything, meta_keys), counts))
+        _WRITERS[kind](partial, header, rows)
         os.replace(partial, path)
     except OSError as e:
         raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         partial.unlink(missing_ok=True)
-    return ExportReport(str(path), sum(counts.values()), dict(sorted(counts.items())))
 
 
 def _exported(everything: bool) -> Any:
