@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connectors.base import Connector, OutgoingTask, PredictionUpdate, ProjectInfo, PullResult, TaskSummary
 from connectors.errors import ConnectorUnavailable
@@ -19,6 +20,9 @@ from daemon.service import InstanceLock, Service
 from daemon.settings import Settings
 from daemon.store import make_engine
 from daemon.sync import SyncReport, sync
+
+if TYPE_CHECKING:  # predictions import torch; the CLI's read commands import this module
+    from daemon.predict import PredictionReport
 
 __all__ = [
     "apply_torch_threads",
@@ -115,6 +119,26 @@ def embed_backfill(settings: Settings, *, progress: Callable[[int, int], None] |
         return embed_pool(ctx, progress=progress)
     finally:
         lock.release()
+
+
+def predictions(settings: Settings, path: Path, *, overwrite: bool = False) -> PredictionReport:
+    """Write the proxy model's prediction for every pool item (:mod:`daemon.predict`); safe while a daemon runs.
+
+    Needs no Label Studio token.
+
+    Raises:
+        ExportError, ModelError.
+    """
+    from daemon.predict import export_predictions
+
+    apply_torch_threads(settings)
+    ctx = LoopContext(
+        settings=settings,
+        engine=make_engine(settings.store.url, busy_timeout_s=settings.store.busy_timeout_s),
+        connector=_OfflineConnector(),
+        embedder_factory=default_embedder_factory(settings),
+    )
+    return export_predictions(ctx, path, overwrite=overwrite)
 
 
 class _OfflineConnector:

@@ -272,6 +272,28 @@ def export_command(
         out.print(f"wrote {report.path}: {report.rows} items ({counts})")
 
 
+@app.command("predict")
+def predict_command(
+    file: Annotated[Path, typer.Argument(help="Output: .csv, .tsv, .jsonl or .parquet.")],
+    force: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the model's prediction for every pool item (class, confidence, margin); safe while the daemon runs."""
+    from daemon.app import predictions
+
+    with _errors():
+        report = predictions(settings(), file, overwrite=force)
+    if as_json:
+        _print_json(asdict(report))
+        return
+    counts = ", ".join(f"{label} {n}" for label, n in report.predicted.items())
+    out.print(f"wrote {report.path}: {report.rows} items; model {report.model_version} trained on "
+              f"{report.n_labels} labels predicts {counts}")
+    if report.not_embedded:
+        err.print(f"[yellow]{report.not_embedded} items have no vector yet and no prediction "
+                  "(the daemon embeds them, or run labelloop embed)[/]")
+
+
 @config_app.command("show")
 def config_show(as_json: JsonOpt = False) -> None:
     """Print the effective settings (secrets masked)."""

@@ -22,7 +22,7 @@ from models.cache import EmbeddingCache, embed_missing, model_key
 from models.classifier import ProxyClassifier
 from models.quality import estimate_quality
 
-__all__ = ["embed_pool", "labeled_set", "retrain", "vectors_for"]
+__all__ = ["LabeledSet", "embed_pool", "fit_proxy", "labeled_set", "model_version", "retrain", "vectors_for"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 2048
@@ -126,12 +126,11 @@ def retrain(ctx: LoopContext) -> TrainedModel | None:
         labeled = labeled_set(session)
     if len(set(labeled.labels)) < 2:
         return None
-    version = _model_version(ctx, labeled)
+    version = model_version(ctx, labeled)
     if ctx.model is not None and ctx.model.version == version:
         return ctx.model
     started = time.perf_counter()
-    features = vectors_for(ctx, labeled.hashes)
-    targets = np.asarray(labeled.labels, dtype=object)
+    features, targets = _training_data(ctx, labeled)
     classifier = _new_classifier(ctx).fit(features, targets)
     quality = estimate_quality(
         features, targets, make_classifier=lambda: _new_classifier(ctx),
@@ -154,6 +153,21 @@ def retrain(ctx: LoopContext) -> TrainedModel | None:
     return ctx.model
 
 
+def fit_proxy(ctx: LoopContext, labeled: LabeledSet) -> ProxyClassifier:
+    """Train the proxy head on ``labeled`` as :func:`retrain` does, without its cross-validated estimate.
+
+    The same labels, settings and seed give the model :func:`retrain` gives (``model_version``).
+
+    Raises:
+        LookupError: a labeled item has no cached vector yet.
+    """
+    return _new_classifier(ctx).fit(*_training_data(ctx, labeled))
+
+
+def _training_data(ctx: LoopContext, labeled: LabeledSet) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.object_]]:
+    return vectors_for(ctx, labeled.hashes), np.asarray(labeled.labels, dtype=object)
+
+
 def _new_classifier(ctx: LoopContext) -> ProxyClassifier:
     model = ctx.settings.model
     return ProxyClassifier(
@@ -161,7 +175,8 @@ def _new_classifier(ctx: LoopContext) -> ProxyClassifier:
     )
 
 
-def _model_version(ctx: LoopContext, labeled: LabeledSet) -> str:
+def model_version(ctx: LoopContext, labeled: LabeledSet) -> str:
+    """The model's id: a hash of the encoder, the model settings, the seed and the labels."""
     digest = hashlib.sha256()
     digest.update(encoder_key(ctx).encode())
     digest.update(ctx.settings.model.model_dump_json().encode())
