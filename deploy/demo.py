@@ -56,6 +56,7 @@ def main() -> int:
         code = _simulate(server, workdir, held_out, args, daemon)
         if code == 0:
             _export(workdir, env)
+            _predict(workdir, env)
             print("\nTo run it for real: `make up`, then label in the browser at the printed address.")
         return code
     finally:
@@ -79,6 +80,18 @@ def _export(workdir: Path, env: dict[str, str]) -> None:
     agree = sum(gold.get(row["id"]) == row["label"] for row in rows)
     print(f"labels exported to {workdir / 'labels.csv'}: {len(rows)} items, {agree} as the annotator answered "
           "(`labelloop export`; a pool file again)", flush=True)
+
+
+def _predict(workdir: Path, env: dict[str, str]) -> None:
+    """Write the model's guesses with `labelloop predict` and score those for the items nobody labeled."""
+    subprocess.run([str(LABELLOOP), "predict", "predictions.csv", "--force"], cwd=workdir, env=env, check=True,
+                   capture_output=True)
+    gold = json.loads((workdir / "gold.json").read_text())
+    with (workdir / "predictions.csv").open(newline="") as handle:
+        unlabeled = [row for row in csv.DictReader(handle) if not row["label"] and row["id"] in gold]
+    agree = sum(gold[row["id"]] == row["predicted"] for row in unlabeled)
+    print(f"predictions written to {workdir / 'predictions.csv'}: of the {len(unlabeled)} pool items nobody "
+          f"labeled, the model guesses {agree} as their gold label (`labelloop predict`)", flush=True)
 
 
 def _parse() -> argparse.Namespace:
