@@ -72,8 +72,7 @@ def main() -> int:
 
 def _export(workdir: Path, env: dict[str, str]) -> None:
     """Write the labels out with `labelloop export` and check them against what the annotator answered."""
-    subprocess.run([str(LABELLOOP), "export", "labels.csv", "--force"], cwd=workdir, env=env, check=True,
-                   capture_output=True)
+    _quiet(["export", "labels.csv", "--force"], workdir, env)
     gold = json.loads((workdir / "gold.json").read_text())
     with (workdir / "labels.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -84,14 +83,21 @@ def _export(workdir: Path, env: dict[str, str]) -> None:
 
 def _predict(workdir: Path, env: dict[str, str]) -> None:
     """Write the model's guesses with `labelloop predict` and score those for the items nobody labeled."""
-    subprocess.run([str(LABELLOOP), "predict", "predictions.csv", "--force"], cwd=workdir, env=env, check=True,
-                   capture_output=True)
+    _quiet(["predict", "predictions.csv", "--force"], workdir, env)
     gold = json.loads((workdir / "gold.json").read_text())
     with (workdir / "predictions.csv").open(newline="") as handle:
         unlabeled = [row for row in csv.DictReader(handle) if not row["label"] and row["id"] in gold]
     agree = sum(gold[row["id"]] == row["predicted"] for row in unlabeled)
     print(f"predictions written to {workdir / 'predictions.csv'}: of the {len(unlabeled)} pool items nobody "
           f"labeled, the model guesses {agree} as their gold label (`labelloop predict`)", flush=True)
+
+
+def _quiet(args: list[str], workdir: Path, env: dict[str, str]) -> None:
+    """Run a labelloop command without its output; on failure show what it said, then raise."""
+    done = subprocess.run([str(LABELLOOP), *args], cwd=workdir, env=env, capture_output=True, text=True)
+    if done.returncode:
+        print(done.stdout + done.stderr, file=sys.stderr, flush=True)
+        done.check_returncode()
 
 
 def _parse() -> argparse.Namespace:
