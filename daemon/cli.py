@@ -134,8 +134,46 @@ def pool_add(
     if as_json:
         _print_json(asdict(report))
     else:
+        restored = f" ({report.restored} of them removed before, now back)" if report.restored else ""
         out.print(f"{report.path}: {report.rows} rows, {report.added} added, {report.already_present} already "
-                  f"in the pool, {report.labels_added} seed labels")
+                  f"in the pool{restored}, {report.labels_added} seed labels")
+
+
+@pool_app.command("remove")
+def pool_remove(
+    file: Annotated[Path | None, typer.Argument(help="A pool file: its items are removed (ids as pool add "
+                                                     "derives them).")] = None,
+    source: Annotated[str | None, typer.Option(help="Remove every item imported from the file of this name.")] = None,
+    item_id: Annotated[list[str] | None, typer.Option("--id", help="Remove this item (repeatable).")] = None,
+    reason: Annotated[str, typer.Option(help="Kept with each removal.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Take items out of the loop: never selected, trained on or exported; their waiting tasks are withdrawn.
+
+    Works while the daemon runs; `pool add` of the same items brings them back.
+    """
+    from daemon.pool_files import read_pool_file
+    from daemon.removal import item_ids_of_source, remove_items
+
+    with _errors():
+        if (file is None) + (source is None) + (not item_id) != 2:
+            raise ConfigError("name the items one way: a pool FILE, --source NAME or --id ID")
+        cfg = settings()
+        engine = _engine(cfg)
+        if file is not None:
+            pool = cfg.pool
+            ids = [row.item_id for row in read_pool_file(file, id_field=pool.id_field, text_field=pool.text_field,
+                                                         label_field=pool.label_field,
+                                                         embedding_field=pool.embedding_field)]
+        else:
+            ids = item_ids_of_source(engine, source) if source is not None else list(item_id or [])
+        report = remove_items(engine, ids, reason=reason)
+    if as_json:
+        _print_json(asdict(report))
+        return
+    out.print(f"{report.removed} items removed ({report.labeled} with a label, no longer trained on or exported; "
+              f"{report.waiting} waiting in Label Studio, withdrawn at the next sync unless someone answered "
+              f"them); {report.already_removed} were already removed, {report.not_in_pool} are not in the pool")
 
 
 @app.command()

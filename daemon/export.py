@@ -36,7 +36,7 @@ from sqlmodel import Session, col
 from daemon.errors import ExportError
 from daemon.pool import known_classes
 from daemon.settings import PoolSettings
-from daemon.store import LabelRecord, LabelStatus, PoolItem
+from daemon.store import LabelRecord, LabelStatus, PoolItem, not_removed
 
 __all__ = ["FORMATS", "ExportReport", "export_labels", "file_kind", "write_atomically"]
 
@@ -120,7 +120,8 @@ def _meta_keys(session: Session, everything: bool) -> list[str]:
 
 def _of_exported_items(stmt: Any, everything: bool) -> Any:
     """``stmt`` over the items that have a label record (only status ``labeled`` unless ``everything``)."""
-    joined = stmt.select_from(LabelRecord).join(PoolItem, col(PoolItem.item_id) == col(LabelRecord.item_id))
+    joined = (stmt.select_from(LabelRecord).join(PoolItem, col(PoolItem.item_id) == col(LabelRecord.item_id))
+              .where(not_removed(LabelRecord.item_id)))
     return joined if everything else joined.where(col(LabelRecord.status) == LabelStatus.LABELED)
 
 

@@ -18,6 +18,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from daemon.errors import PoolFileError
 from daemon.pool_files import PoolRow, read_pool_file
+from daemon.removal import restore_items
 from daemon.settings import PoolSettings
 from daemon.store import LabelEvent, LabelRecord, LabelStatus, PoolItem, get_value, set_value, table_of
 from models.cache import EmbeddingCache, content_hash
@@ -38,6 +39,7 @@ class ImportReport:
     already_present: int
     labels_added: int
     embedding_dim: int | None
+    restored: int = 0  # of those already present: removed items brought back
 
 
 def byo_model_key(dim: int) -> str:
@@ -65,6 +67,8 @@ def add_pool_file(
     different text is an error. Seed labels must be classes: the project's once the daemon has
     bound one (its labeling config wins), else ``classes`` (``loop.classes``) when given; with
     neither, the seed labels will name the classes of the project the daemon creates.
+
+    Items of the file that were removed (``labelloop pool remove``) come back.
 
     Every read and check comes before the first write: the write transaction, which makes a
     running daemon's writes wait, holds only the inserts.
@@ -94,13 +98,14 @@ def add_pool_file(
         _insert_all(session, PoolItem, items)
         _insert_all(session, LabelRecord, labels)
         _insert_all(session, LabelEvent, labels)
-        if new_rows:
+        restored = restore_items(session, [row.item_id for row in rows if row.item_id in existing])
+        if new_rows or restored:
             from daemon.pause import lift_pause
 
-            lift_pause(session, f"{len(new_rows)} new pool items")
+            lift_pause(session, f"{len(new_rows) + restored} new pool items")
         session.commit()
     dim = None if embedding_source == "model" else len(rows[0].embedding or ())
-    report = ImportReport(str(path), len(rows), len(new_rows), len(rows) - len(new_rows), len(labels), dim)
+    report = ImportReport(str(path), len(rows), len(new_rows), len(rows) - len(new_rows), len(labels), dim, restored)
     log.info("pool file imported: %s rows, %s new, %s labels", report.rows, report.added, report.labels_added)
     return report
 

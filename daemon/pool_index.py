@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlmodel import Session, col, select
 
-from daemon.store import BatchItem, BatchItemState, LabelRecord, LabelStatus, PoolItem
+from daemon.store import BatchItem, BatchItemState, LabelRecord, LabelStatus, PoolItem, RemovedItem
 
 __all__ = ["CandidateRows", "HashLookup", "PoolIndex"]
 
@@ -169,7 +169,7 @@ def _hashes_of(session: Session, seqs: SeqArray) -> dict[int, str]:
 
 
 def _blocked_seqs(session: Session) -> SeqArray:
-    """Seqs of items with a label (not retracted) or a task that was not withdrawn."""
+    """Seqs of items with a label (not retracted), a task that was not withdrawn, or removed from the pool."""
     labeled = (
         select(PoolItem.seq)
         .join(LabelRecord, col(LabelRecord.item_id) == col(PoolItem.item_id))
@@ -180,7 +180,8 @@ def _blocked_seqs(session: Session) -> SeqArray:
         .join(BatchItem, col(BatchItem.item_id) == col(PoolItem.item_id))
         .where(BatchItem.state != BatchItemState.WITHDRAWN)
     )
-    seqs = [*session.exec(labeled), *session.exec(queued)]
+    removed = select(PoolItem.seq).join(RemovedItem, col(RemovedItem.item_id) == col(PoolItem.item_id))
+    seqs = [*session.exec(labeled), *session.exec(queued), *session.exec(removed)]
     return np.asarray(seqs, dtype=np.int64)
 
 

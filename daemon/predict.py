@@ -28,7 +28,7 @@ from sqlmodel import Session, col
 from daemon.context import LoopContext
 from daemon.errors import ExportError
 from daemon.export import file_kind, write_atomically
-from daemon.store import LabelRecord, LabelStatus, PoolItem
+from daemon.store import LabelRecord, LabelStatus, PoolItem, not_removed
 from daemon.training import active_cache, fit_proxy, labeled_set, model_version
 from models.cache import EmbeddingCache
 from models.classifier import ProxyClassifier
@@ -90,6 +90,7 @@ def _rows(
                                 LabelRecord.status, LabelRecord.label)]
     stmt = (sa_select(*columns).select_from(PoolItem)
             .outerjoin(LabelRecord, col(LabelRecord.item_id) == col(PoolItem.item_id))
+            .where(not_removed(PoolItem.item_id))
             .order_by(col(PoolItem.seq)))
     classes = np.asarray(classifier.classes_, dtype=object)
     trained_on = set(classes)

@@ -22,7 +22,9 @@ from daemon.store import (
     LabelStatus,
     ModelRun,
     PoolItem,
+    RemovedItem,
     get_value,
+    not_removed,
 )
 
 __all__ = [
@@ -199,13 +201,18 @@ def _project(session: Session) -> dict[str, Any]:
 
 
 def _pool_counts(session: Session) -> dict[str, int]:
-    total = session.exec(select(func.count()).select_from(PoolItem)).one()
-    embedded = session.exec(select(func.count()).select_from(PoolItem).where(col(PoolItem.is_embedded))).one()
-    return {"items": int(total), "embedded": int(embedded)}
+    """Items in the loop (removed ones apart), how many have a vector, and how many were removed."""
+    removed = session.exec(select(func.count()).select_from(RemovedItem)).one()
+    in_loop = [not_removed(PoolItem.item_id)] if removed else []  # a million-row probe only when needed
+    total = session.exec(select(func.count()).select_from(PoolItem).where(*in_loop)).one()
+    embedded = session.exec(
+        select(func.count()).select_from(PoolItem).where(col(PoolItem.is_embedded), *in_loop)).one()
+    return {"items": int(total), "embedded": int(embedded), "removed": int(removed)}
 
 
 def _label_counts(session: Session) -> dict[str, int]:
-    rows = session.exec(select(LabelRecord.status, func.count()).group_by(col(LabelRecord.status))).all()
+    rows = session.exec(select(LabelRecord.status, func.count()).where(not_removed(LabelRecord.item_id))
+                        .group_by(col(LabelRecord.status))).all()
     counts = {str(status): 0 for status in LabelStatus}
     counts.update({str(status): int(n) for status, n in rows})
     return counts
@@ -217,7 +224,8 @@ def labels_per_class(session: Session) -> tuple[dict[str, int], dict[str, int]]:
     counts = {c: 0 for c in (json.loads(raw) if raw else [])}
     outside: dict[str, int] = {}
     rows = session.exec(
-        select(LabelRecord.label, func.count()).where(LabelRecord.status == LabelStatus.LABELED)
+        select(LabelRecord.label, func.count())
+        .where(LabelRecord.status == LabelStatus.LABELED, not_removed(LabelRecord.item_id))
         .group_by(col(LabelRecord.label))
     ).all()
     for label, n in rows:

@@ -58,7 +58,8 @@ def status_panels(report: StatusReport) -> list[Panel]:
         classes.add_row("[yellow]disputed: annotators disagree, star a ground truth in Label Studio[/]",
                         str(report.labels["disputed"]))
     counts = ", ".join(f"{k} {v}" for k, v in report.labels.items())
-    pool = (f"pool: {report.pool['items']} items ({report.pool['embedded']} embedded); labels: {counts}\n"
+    removed = f", {report.pool['removed']} removed" if report.pool.get("removed") else ""
+    pool = (f"pool: {report.pool['items']} items ({report.pool['embedded']} embedded{removed}); labels: {counts}\n"
             f"queue: {report.queue.get('waiting_items', 0)} items waiting in Label Studio; project "
             f"{report.project.get('id')} ({len(report.project.get('classes', []))} classes)")
     model = report.model

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Column, Index, Table, Text, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from daemon.errors import InvalidTransition
 
@@ -33,10 +33,12 @@ __all__ = [
     "LabelStatus",
     "ModelRun",
     "PoolItem",
+    "RemovedItem",
     "advance",
     "get_value",
     "is_store_locked",
     "make_engine",
+    "not_removed",
     "set_value",
     "sqlite_path",
     "table_of",
@@ -97,6 +99,18 @@ class PoolItem(SQLModel, table=True):
     source: str = ""
     is_embedded: bool = Field(default=False, index=True)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class RemovedItem(SQLModel, table=True):
+    """A pool item taken out of the loop (``labelloop pool remove``): never selected, trained on or exported.
+
+    The item's row stays (pool order and the embedding index never shrink); adding the item
+    again with ``pool add`` deletes this row and brings it back.
+    """
+
+    item_id: str = Field(primary_key=True)
+    removed_at: datetime = Field(default_factory=utcnow)
+    reason: str = ""
 
 
 class LabelRecord(SQLModel, table=True):
@@ -224,6 +238,11 @@ def sqlite_path(url: str) -> Path | None:
     if not url.startswith(prefix) or url == prefix or ":memory:" in url:
         return None
     return Path(url[len(prefix) :])
+
+
+def not_removed(item_id: Any) -> Any:
+    """A condition on an ``item_id`` column: the item is not removed (:class:`RemovedItem`)."""
+    return col(item_id).not_in(select(RemovedItem.item_id))
 
 
 def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:

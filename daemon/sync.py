@@ -20,6 +20,7 @@ from connectors.base import AnnotationState, RemoteTaskState
 from daemon.context import LoopContext
 from daemon.pool import known_classes
 from daemon.project import refresh_classes
+from daemon.removal import withdraw_removed
 from daemon.store import (
     Batch,
     BatchItem,
@@ -72,8 +73,12 @@ def sync(ctx: LoopContext) -> SyncReport:
     again (:func:`daemon.project.refresh_classes`): an admin may have edited the labeling config
     while the daemon runs.
 
+    Then the waiting tasks of items removed from the pool are withdrawn
+    (:func:`daemon.removal.withdraw_removed`).
+
     Raises:
-        ConnectorError: the tool is unreachable or refused; no label was changed.
+        ConnectorError: the tool is unreachable or refused; no label was changed (or, from the
+            withdrawal, every label pulled is stored and the next sync withdraws).
     """
     loop = ctx.settings.loop
     with Session(ctx.engine) as session:
@@ -106,6 +111,7 @@ def sync(ctx: LoopContext) -> SyncReport:
     ctx.synced_at = time.monotonic()
     if since is None:
         ctx.reconciled_at = ctx.synced_at
+    withdraw_removed(ctx)  # the pulled answers are in: what is still untouched may go
     if changed or closed:
         log.info("sync: %s tasks, %s label changes, %s unknown, %s batches closed",
                  len(result.tasks), changed, unknown, closed)

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, func, select
 from daemon.context import LoopContext, TrainedModel
 from daemon.pool import known_classes
 from daemon.progress import ProgressLog
-from daemon.store import LabelRecord, LabelStatus, ModelRun, PoolItem, get_value, table_of
+from daemon.store import LabelRecord, LabelStatus, ModelRun, PoolItem, get_value, not_removed, table_of
 from models.cache import EmbeddingCache, embed_missing, model_key
 from models.classifier import ProxyClassifier
 from models.quality import estimate_quality
@@ -100,12 +100,12 @@ def vectors_for(ctx: LoopContext, hashes: list[str]) -> npt.NDArray[np.float32]:
 
 
 def labeled_set(session: Session) -> LabeledSet:
-    """Return the items with a known-class label, in item-id order."""
+    """Return the items with a known-class label, in item-id order (removed items left out)."""
     classes = set(known_classes(session))
     stmt = (
         select(LabelRecord.item_id, LabelRecord.label, PoolItem.content_hash)
         .join(PoolItem, col(PoolItem.item_id) == col(LabelRecord.item_id))
-        .where(LabelRecord.status == LabelStatus.LABELED)
+        .where(LabelRecord.status == LabelStatus.LABELED, not_removed(LabelRecord.item_id))
         .order_by(col(LabelRecord.item_id))
     )
     ids, hashes, labels = [], [], []

@@ -1,0 +1,129 @@
+"""``labelloop pool remove``: removed items leave selection, training, export and Label Studio; pool add restores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from connectors.fake import FakeConnector
+from daemon.cli import app
+from daemon.context import LoopContext
+from daemon.cycle import run_cycle
+from daemon.export import export_labels
+from daemon.pool import add_pool_file
+from daemon.predict import export_predictions
+from daemon.queries import status_report
+from daemon.removal import item_ids_of_source, remove_items
+from daemon.store import BatchItem, BatchItemState
+from daemon.sync import sync
+from daemon.training import labeled_set
+from tests.unit.daemon.test_cli import runner, workdir
+from tests.unit.daemon.test_export import read_back
+from tests.unit.daemon.test_loop import annotate_batch, batch_items, build_world
+
+__all__ = ["workdir"]  # a fixture, used by name
+
+World = tuple[LoopContext, FakeConnector, dict[str, str]]
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    monkeypatch.chdir(tmp_path)
+    return build_world(tmp_path)
+
+
+def item_states(ctx: LoopContext, item_ids: list[str]) -> dict[str, BatchItemState]:
+    with Session(ctx.engine) as session:
+        return {i.item_id: i.state for i in session.exec(select(BatchItem)) if i.item_id in item_ids}
+
+
+def test_a_removed_item_is_never_selected_and_pool_add_brings_it_back(world: World, tmp_path: Path) -> None:
+    ctx, fake, gold = world
+    unlabeled = sorted(gold)[:60]
+    report = remove_items(ctx.engine, [*unlabeled, "not-there"], reason="wrong file")
+    assert (report.removed, report.not_in_pool, report.labeled, report.waiting) == (60, 1, 0, 0)
+    assert remove_items(ctx.engine, unlabeled[:5]).already_removed == 5
+    with Session(ctx.engine) as session:
+        assert status_report(session).pool == {"items": 30, "embedded": 0, "removed": 60}
+    for _ in range(3):  # 30 items left: three batches of 10, and none of them removed
+        batch = run_cycle(ctx)
+        picked = [i.item_id for i in batch_items(ctx, batch.batch_id or "")]
+        assert picked and not set(picked) & set(unlabeled)
+        annotate_batch(ctx, fake, gold, batch.batch_id or "")
+    assert run_cycle(ctx).batch_id is None  # the pool is exhausted: the removed items stay out
+
+    back = add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=ctx.settings.pool, data_dir=ctx.data_dir)
+    assert (back.added, back.restored) == (0, 60)
+    batch = run_cycle(ctx)
+    assert set(i.item_id for i in batch_items(ctx, batch.batch_id or "")) <= set(unlabeled)
+
+
+def test_a_removed_label_is_not_trained_on_exported_or_predicted(world: World, tmp_path: Path) -> None:
+    ctx, fake, gold = world
+    first = run_cycle(ctx)
+    annotate_batch(ctx, fake, gold, first.batch_id or "")
+    sync(ctx)
+    labeled = [i.item_id for i in batch_items(ctx, first.batch_id or "")]
+    report = remove_items(ctx.engine, labeled[:3])
+    assert (report.removed, report.labeled, report.waiting) == (3, 3, 0)
+    with Session(ctx.engine) as session:
+        assert set(labeled_set(session).item_ids) == set(labeled[3:])
+        assert sum(status_report(session).per_class.values()) == 7
+    export_labels(ctx.engine, tmp_path / "labels.csv", pool=ctx.settings.pool)
+    assert {row["id"] for row in read_back(tmp_path / "labels.csv")} == set(labeled[3:])
+    predictions = export_predictions(ctx, tmp_path / "predictions.csv")
+    rows = read_back(tmp_path / "predictions.csv")
+    assert predictions.n_labels == 7 and len(rows) == len(gold) - 3
+    assert not {row["id"] for row in rows} & set(labeled[:3])
+
+
+def test_the_next_sync_withdraws_waiting_tasks_of_removed_items_but_not_answered_ones(world: World) -> None:
+    ctx, fake, gold = world
+    items = [i.item_id for i in batch_items(ctx, run_cycle(ctx).batch_id or "")]
+    answered, drafted, waiting = items[0], items[1], items[2:5]
+    fake.annotate(answered, gold[answered])
+    fake.add_draft(drafted)
+    report = remove_items(ctx.engine, [answered, drafted, *waiting])
+    assert report.waiting == 5
+    sync(ctx)
+    states = item_states(ctx, [answered, drafted, *waiting])
+    assert [states[i] for i in waiting] == [BatchItemState.WITHDRAWN] * 3
+    assert states[answered] is BatchItemState.LABELED and states[drafted] is BatchItemState.PENDING
+    assert fake.calls.count("withdraw") == 1
+    tasks = {t.remote_task_id for t in fake.list_tasks()}
+    assert fake.remote_task_id(drafted) in tasks and fake.remote_task_id(answered) in tasks
+    sync(ctx)  # the drafted task is asked about again, nothing else
+    assert fake.calls.count("withdraw") == 2
+    with Session(ctx.engine) as session:
+        assert answered not in labeled_set(session).item_ids  # its answer is kept, not trained on
+
+
+def test_the_cli_removes_by_file_source_or_id(workdir: Path) -> None:
+    (workdir / "good.jsonl").write_text('{"id": "a", "text": "hello"}\n{"id": "b", "text": "win"}\n')
+    (workdir / "wrong.jsonl").write_text('{"text": "oops one"}\n{"text": "oops two"}\n')  # ids from the text
+    for name in ("good.jsonl", "wrong.jsonl"):
+        assert runner.invoke(app, ["pool", "add", name]).exit_code == 0
+    by_file = runner.invoke(app, ["pool", "remove", "wrong.jsonl", "--json"])
+    assert by_file.exit_code == 0, by_file.output
+    assert json.loads(by_file.stdout) == {"removed": 2, "already_removed": 0, "not_in_pool": 0, "labeled": 0,
+                                          "waiting": 0}
+    by_source = runner.invoke(app, ["pool", "remove", "--source", "wrong.jsonl", "--json"])
+    assert json.loads(by_source.stdout)["already_removed"] == 2
+    by_id = runner.invoke(app, ["pool", "remove", "--id", "b", "--id", "zzz"])
+    assert by_id.exit_code == 0 and "1 items removed" in " ".join(by_id.output.split())
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["pool"] == {"items": 1, "embedded": 0, "removed": 3}
+    assert "3 removed" in runner.invoke(app, ["status"]).output
+    both = runner.invoke(app, ["pool", "remove", "good.jsonl", "--id", "a"])
+    assert both.exit_code == 2 and "one way" in both.output
+    again = runner.invoke(app, ["pool", "add", "wrong.jsonl"])
+    assert "2 of them removed before, now back" in " ".join(again.output.split())
+
+
+def test_ids_of_a_source_come_in_pool_order(world: World) -> None:
+    ctx, _fake, gold = world
+    assert item_ids_of_source(ctx.engine, "pool.csv") == list(gold)
+    assert item_ids_of_source(ctx.engine, "other.csv") == []
