@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -166,7 +167,11 @@ def _flat(value: Any) -> str:
     """A cell of a delimited file: empty for None, JSON for anything that is not a string."""
     if value is None:
         return ""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):
+        return value
+    if type(value) is float and math.isfinite(value):  # json.dumps's own text for it, at a fifth of the cost
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _write_delimited(path: Path, header: list[str], rows: Iterator[list[Any]], *, delimiter: str) -> None:

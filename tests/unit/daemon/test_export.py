@@ -150,3 +150,10 @@ def test_an_empty_store_exports_a_header(tmp_path: Path) -> None:
         assert report.rows == 0 and read_back(tmp_path / f"none{suffix}") == []
     assert (tmp_path / "none.csv").read_text().startswith("id,text,label,label_status")
 
+
+
+@pytest.mark.parametrize("value", [0.1, 1e-7, 0.9996, 2.5e20, float("nan"), float("inf"), 3, True, {"a": [1.5]}])
+def test_a_cell_holds_what_json_would_write(value: Any) -> None:
+    from daemon.export import _flat
+
+    assert _flat(value) == json.dumps(value)
