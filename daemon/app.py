@@ -137,6 +137,7 @@ def predictions(settings: Settings, path: Path, *, overwrite: bool = False) -> P
         engine=make_engine(settings.store.url, busy_timeout_s=settings.store.busy_timeout_s),
         connector=_OfflineConnector(),
         embedder_factory=default_embedder_factory(settings),
+        readonly_caches=True,  # the daemon may hold the caches' writer lock
     )
     return export_predictions(ctx, path, overwrite=overwrite)
 

@@ -100,6 +100,7 @@ class LoopContext:
     reconcile_cost_s: float = 0.0  # how long the last full pull took (spaces the next one: daemon.sync)
     pool_index: PoolIndex | None = None  # pool order -> cache row; rebuilt from the store after a restart
     name_vectors: dict[tuple[str, str], npt.NDArray[np.float32]] = field(default_factory=dict)  # (model, class)
+    readonly_caches: bool = False  # a command that only reads, next to a daemon that writes the caches
     _embedder: Embedder | None = None
     _caches: dict[str, EmbeddingCache] = field(default_factory=dict)
 
@@ -117,6 +118,7 @@ class LoopContext:
         """Return the embedding cache for one encoder (or bring-your-own width)."""
         cache = self._caches.get(model_key)
         if cache is None:
-            cache = EmbeddingCache(self.data_dir / "embeddings", model_key=model_key, dim=dim)
+            cache = EmbeddingCache(self.data_dir / "embeddings", model_key=model_key, dim=dim,
+                                   readonly=self.readonly_caches)
             self._caches[model_key] = cache
         return cache

@@ -116,3 +116,32 @@ def test_the_cli_predicts_without_a_token_on_a_pool_of_own_vectors(workdir: Path
     again = runner.invoke(app, ["predict", "out.parquet"])
     assert again.exit_code == 1 and "pass --force" in again.output
 
+
+
+def test_predict_reads_the_caches_while_the_daemon_holds_their_writer_lock(
+    trained: tuple[LoopContext, FakeConnector, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    from daemon.app import predictions
+    from models.cache import model_key
+    from models.hashing import HashingEmbedder
+
+    ctx, _fake, gold = trained
+    for cache in ctx._caches.values():
+        cache.close()  # hand the writer lock over to another process, as a running daemon holds it
+    key = model_key(HashingEmbedder(dim=64))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom models.cache import EmbeddingCache\n"
+         f"cache = EmbeddingCache(Path({str(ctx.data_dir / 'embeddings')!r}), model_key={key!r}, dim=64)\n"
+         "print('held', flush=True)\nsys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[3])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr("daemon.app.default_embedder_factory", lambda settings: lambda: HashingEmbedder(dim=64))
+        report = predictions(ctx.settings, tmp_path / "predictions.csv")
+    finally:
+        holder.communicate("", timeout=30)
+    assert report.rows == len(gold) and report.not_embedded == 0
+    assert ctx.model is not None and report.model_version == ctx.model.version
