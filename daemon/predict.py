@@ -60,8 +60,9 @@ def export_predictions(ctx: LoopContext, path: Path, *, overwrite: bool = False)
     with Session(ctx.engine) as session:
         labeled = labeled_set(session)
     if len(set(labeled.labels)) < 2:
-        raise ExportError(f"the model needs labels of at least two classes; the store has "
-                          f"{len(labeled.labels)} labels of {len(set(labeled.labels))}")
+        held = (f"its {len(labeled.labels)} labels are all {labeled.labels[0]!r}" if labeled.labels
+                else "it has no labels yet")
+        raise ExportError(f"the model needs labels of at least two classes; {held}")
     try:
         classifier = fit_proxy(ctx, labeled)
     except LookupError as e:

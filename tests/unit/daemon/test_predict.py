@@ -86,7 +86,7 @@ def test_refusals_leave_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     first = run_cycle(ctx)
     annotate_batch(ctx, fake, {k: CLASSES[0] for k in gold}, first.batch_id or "")  # every answer one class
     sync(ctx)
-    with pytest.raises(ExportError, match="at least two classes; the store has 10 labels of 1"):
+    with pytest.raises(ExportError, match="at least two classes; its 10 labels are all 'billing'"):
         export_predictions(ctx, tmp_path / "p.csv")
     assert not (tmp_path / "p.csv").exists()
     (tmp_path / "p.csv").write_text("keep me")
