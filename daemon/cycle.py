@@ -35,6 +35,7 @@ from daemon.store import (
     ModelRun,
     PoolItem,
     advance,
+    not_removed,
     utcnow,
 )
 from daemon.sync import sync
@@ -68,7 +69,8 @@ def cycle_due(ctx: LoopContext) -> str:
         waiting = waiting_count(session)
         latest = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
         labeled = int(session.exec(
-            select(func.count()).select_from(LabelRecord).where(LabelRecord.status == LabelStatus.LABELED)
+            select(func.count()).select_from(LabelRecord)
+            .where(LabelRecord.status == LabelStatus.LABELED, not_removed(LabelRecord.item_id))
         ).one())
         paused = is_paused(session) is not None
     if queue_is_low(loop, waiting) and not paused:
@@ -76,6 +78,8 @@ def cycle_due(ctx: LoopContext) -> str:
     trained_on = latest.n_labels if latest is not None else 0
     if labeled - trained_on >= loop.min_new_labels:
         return f"{labeled - trained_on} new labels"
+    if labeled < trained_on:  # labeled items were removed from the pool: the model still learns from them
+        return f"{trained_on - labeled} labels removed"
     return ""
 
 

@@ -37,7 +37,7 @@ from daemon.errors import ConfigError
 from daemon.scoring import SCORING_DTYPE, Shortlist, shortlist
 from daemon.settings import ScaleoutSettings
 from daemon.store import PoolItem
-from daemon.training import active_cache
+from daemon.training import active_cache, to_embed
 from models.cache import EmbeddingCache, content_hash, missing_positions, model_key
 from models.errors import EmbedderUnavailable, ModelError
 from strategies import Prefilter
@@ -257,7 +257,7 @@ def embed_pool_ray(ctx: LoopContext) -> int:
     while not ctx.stop.is_set():
         with Session(ctx.engine) as session:
             todo = session.exec(
-                select(PoolItem.seq, PoolItem.text).where(col(PoolItem.is_embedded).is_(False))
+                select(PoolItem.seq, PoolItem.text).where(*to_embed())
                 .order_by(col(PoolItem.seq)).limit(settings.embed_job_rows)
             ).all()
         if not todo:

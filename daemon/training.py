@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +23,8 @@ from models.cache import EmbeddingCache, embed_missing, model_key
 from models.classifier import ProxyClassifier
 from models.quality import estimate_quality
 
-__all__ = ["LabeledSet", "embed_pool", "fit_proxy", "labeled_set", "model_version", "retrain", "vectors_for"]
+__all__ = ["LabeledSet", "embed_pool", "fit_proxy", "labeled_set", "model_version", "retrain", "to_embed",
+           "vectors_for"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 2048
@@ -67,12 +69,12 @@ def embed_pool(ctx: LoopContext, *, progress: Callable[[int, int], None] | None 
         return embed_pool_ray(ctx)
     report = progress if progress is not None else ProgressLog(log, "pool items embedded")
     with Session(ctx.engine) as session:
-        total = session.exec(select(func.count()).where(col(PoolItem.is_embedded).is_(False))).one()
+        total = session.exec(select(func.count()).where(*to_embed())).one()
     done = 0
     while not ctx.stop.is_set():
         with Session(ctx.engine) as session:
             rows = session.exec(
-                select(PoolItem.seq, PoolItem.text).where(col(PoolItem.is_embedded).is_(False)).limit(_CHUNK)
+                select(PoolItem.seq, PoolItem.text).where(*to_embed()).limit(_CHUNK)
             ).all()
         if not rows:
             break
@@ -87,6 +89,12 @@ def embed_pool(ctx: LoopContext, *, progress: Callable[[int, int], None] | None 
     if done:
         log.info("embedded %s pool items", done)
     return done
+
+
+def to_embed() -> tuple[Any, Any]:
+    """Conditions on ``PoolItem`` rows that still need a vector: not embedded, not removed (a removed
+    import of a million texts must not cost hours of encoding)."""
+    return col(PoolItem.is_embedded).is_(False), not_removed(PoolItem.item_id)
 
 
 def vectors_for(ctx: LoopContext, hashes: list[str]) -> npt.NDArray[np.float32]:

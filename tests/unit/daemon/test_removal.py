@@ -11,15 +11,15 @@ from sqlmodel import Session, select
 from connectors.fake import FakeConnector
 from daemon.cli import app
 from daemon.context import LoopContext
-from daemon.cycle import run_cycle
+from daemon.cycle import cycle_due, run_cycle
 from daemon.export import export_labels
 from daemon.pool import add_pool_file
 from daemon.predict import export_predictions
 from daemon.queries import status_report
 from daemon.removal import item_ids_of_source, remove_items
-from daemon.store import BatchItem, BatchItemState
+from daemon.store import BatchItem, BatchItemState, PoolItem
 from daemon.sync import sync
-from daemon.training import labeled_set
+from daemon.training import embed_pool, labeled_set
 from tests.unit.daemon.test_cli import runner, workdir
 from tests.unit.daemon.test_export import read_back
 from tests.unit.daemon.test_loop import annotate_batch, batch_items, build_world
@@ -127,3 +127,27 @@ def test_ids_of_a_source_come_in_pool_order(world: World) -> None:
     ctx, _fake, gold = world
     assert item_ids_of_source(ctx.engine, "pool.csv") == list(gold)
     assert item_ids_of_source(ctx.engine, "other.csv") == []
+
+
+def test_removed_items_are_not_embedded(world: World) -> None:
+    ctx, _fake, gold = world
+    removed = sorted(gold)[:30]
+    remove_items(ctx.engine, removed)
+    assert embed_pool(ctx) == len(gold) - 30  # a removed import costs no encoding
+    assert embed_pool(ctx) == 0
+    with Session(ctx.engine) as session:
+        assert status_report(session).pool == {"items": 60, "embedded": 60, "removed": 30}
+        assert not any(i.is_embedded for i in session.exec(select(PoolItem)) if i.item_id in removed)
+
+
+def test_removing_labeled_items_makes_the_next_cycle_retrain_without_them(world: World) -> None:
+    ctx, fake, gold = world
+    first = run_cycle(ctx)
+    annotate_batch(ctx, fake, gold, first.batch_id or "")
+    run_cycle(ctx)  # trains on the 10 labels
+    assert ctx.model is not None and ctx.model.n_labels == 10
+    assert cycle_due(ctx) == ""  # the queue is full, nothing new
+    remove_items(ctx.engine, [i.item_id for i in batch_items(ctx, first.batch_id or "")][:2])
+    assert cycle_due(ctx) == "2 labels removed"
+    run_cycle(ctx)
+    assert ctx.model.n_labels == 8 and cycle_due(ctx) == ""
