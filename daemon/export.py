@@ -2,7 +2,8 @@
 
 One row per item, in pool order. By default only the labels the daemon trains on (status
 ``labeled``, a class of the project); with ``everything`` every item that has a label record:
-skipped, unknown choices, disputes, retracted labels, and labels of classes the project lacks,
+skipped, unknown choices, disputes, retracted labels, labels of classes the project lacks, and
+labels of items removed from the pool (status ``removed``),
 each with its status and the raw answer, so a reviewer can settle them.
 
 Columns: the pool's own id, text and label fields (so the file is a pool file again, its labels
@@ -37,13 +38,14 @@ from sqlmodel import Session, col
 from daemon.errors import ExportError
 from daemon.pool import known_classes
 from daemon.settings import PoolSettings
-from daemon.store import LabelRecord, LabelStatus, PoolItem, not_removed
+from daemon.store import LabelRecord, LabelStatus, PoolItem, RemovedItem
 
 __all__ = ["FORMATS", "ExportReport", "export_labels", "file_kind", "write_atomically"]
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 _STATUS_COLUMNS = ("label_status", "label_source", "annotator", "labeled_at", "remote_task_id", "answer")
 _OUTSIDE = "not_a_class"  # label_status of a label whose class the project lacks
+_REMOVED = "removed"  # label_status of an item taken out of the loop (labelloop pool remove)
 _PAGE = 5_000  # rows fetched and written at a time
 _PARQUET_ROWS = 65_536  # rows per Parquet row group
 
@@ -108,6 +110,7 @@ def _exported(everything: bool) -> Any:
     columns = [col(c) for c in (  # columns, not entities: an ORM object per row would cost most of the time
         PoolItem.item_id, PoolItem.text, PoolItem.meta_json, LabelRecord.status, LabelRecord.label, LabelRecord.source,
         LabelRecord.annotator, LabelRecord.remote_updated_at, LabelRecord.recorded_at, LabelRecord.remote_task_id,
+        RemovedItem.item_id,
     )]
     return _of_exported_items(sa_select(*columns), everything).order_by(col(PoolItem.seq))
 
@@ -120,10 +123,13 @@ def _meta_keys(session: Session, everything: bool) -> list[str]:
 
 
 def _of_exported_items(stmt: Any, everything: bool) -> Any:
-    """``stmt`` over the items that have a label record (only status ``labeled`` unless ``everything``)."""
+    """``stmt`` over the items that have a label record (only status ``labeled``, and not removed, unless
+    ``everything``)."""
     joined = (stmt.select_from(LabelRecord).join(PoolItem, col(PoolItem.item_id) == col(LabelRecord.item_id))
-              .where(not_removed(LabelRecord.item_id)))
-    return joined if everything else joined.where(col(LabelRecord.status) == LabelStatus.LABELED)
+              .outerjoin(RemovedItem, col(RemovedItem.item_id) == col(LabelRecord.item_id)))
+    if everything:
+        return joined
+    return joined.where(col(LabelRecord.status) == LabelStatus.LABELED, col(RemovedItem.item_id).is_(None))
 
 
 def _header(pool: PoolSettings, meta_keys: Sequence[str]) -> list[str]:
@@ -137,10 +143,14 @@ def _rows(
 ) -> Iterator[tuple[str, list[Any]]]:
     """``(label_status, values in header order)`` per exported item."""
     result = session.execute(_exported(everything)).yield_per(_PAGE)
-    for item_id, text, meta_json, raw_status, label, source, annotator, updated_at, recorded_at, task_id in result:
+    for item_id, text, meta_json, raw_status, label, source, annotator, updated_at, recorded_at, task_id, removed in (
+        result
+    ):
         status = str(raw_status)
         if raw_status is LabelStatus.LABELED and classes and label not in classes:
             status = _OUTSIDE
+        if removed is not None:
+            status = _REMOVED
         if status == _OUTSIDE and not everything:
             continue
         is_label = status == str(LabelStatus.LABELED)

@@ -264,12 +264,15 @@ def _model(session: Session) -> dict[str, Any] | None:
 
 
 def control_slice_accuracy(session: Session) -> dict[str, Any]:
-    """Accuracy of the pushed prediction on the labeled random control items (an unbiased estimate)."""
+    """Accuracy of the pushed prediction on the labeled random control items (an unbiased estimate).
+
+    Items removed from the pool since are left out: the estimate is of the pool as it is now.
+    """
     rows = session.exec(
         select(BatchItem.predicted_label, LabelRecord.label)
         .join(LabelRecord, col(LabelRecord.item_id) == col(BatchItem.item_id))
         .where(col(BatchItem.is_control), LabelRecord.status == LabelStatus.LABELED,
-               col(BatchItem.predicted_label).is_not(None))
+               col(BatchItem.predicted_label).is_not(None), not_removed(BatchItem.item_id))
     ).all()
     correct = sum(1 for predicted, label in rows if predicted == label)
     return {"n": len(rows), "accuracy": round(correct / len(rows), 4) if rows else None,
@@ -283,7 +286,7 @@ def _control_curve(session: Session) -> list[dict[str, Any]]:
         .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
         .join(ModelRun, col(ModelRun.version) == col(Batch.model_version))
         .join(LabelRecord, col(LabelRecord.item_id) == col(BatchItem.item_id))
-        .where(col(BatchItem.is_control), LabelRecord.status == LabelStatus.LABELED)
+        .where(col(BatchItem.is_control), LabelRecord.status == LabelStatus.LABELED, not_removed(BatchItem.item_id))
     ).all()
     by_model: dict[tuple[int, str], list[bool]] = {}
     for n_labels, version, predicted, label in rows:

@@ -74,6 +74,11 @@ def test_a_removed_label_is_not_trained_on_exported_or_predicted(world: World, t
         assert sum(status_report(session).per_class.values()) == 7
     export_labels(ctx.engine, tmp_path / "labels.csv", pool=ctx.settings.pool)
     assert {row["id"] for row in read_back(tmp_path / "labels.csv")} == set(labeled[3:])
+    everything = export_labels(ctx.engine, tmp_path / "all.csv", pool=ctx.settings.pool, everything=True)
+    assert everything.statuses == {"labeled": 7, "removed": 3}
+    shown = {row["id"]: row for row in read_back(tmp_path / "all.csv") if row["label_status"] == "removed"}
+    assert set(shown) == set(labeled[:3])
+    assert all(row["label"] is None and row["answer"] == gold[item] for item, row in shown.items())
     predictions = export_predictions(ctx, tmp_path / "predictions.csv")
     rows = read_back(tmp_path / "predictions.csv")
     assert predictions.n_labels == 7 and len(rows) == len(gold) - 3
@@ -151,3 +156,21 @@ def test_removing_labeled_items_makes_the_next_cycle_retrain_without_them(world:
     assert cycle_due(ctx) == "2 labels removed"
     run_cycle(ctx)
     assert ctx.model.n_labels == 8 and cycle_due(ctx) == ""
+
+
+def test_control_items_removed_since_leave_the_accuracy_estimate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold = build_world(tmp_path, control_fraction=0.2)
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    second = run_cycle(ctx).batch_id or ""
+    annotate_batch(ctx, fake, gold, second)
+    sync(ctx)
+    control = [i.item_id for i in batch_items(ctx, second) if i.is_control]
+    with Session(ctx.engine) as session:
+        assert status_report(session).control_slice["n"] == len(control) == 2
+    remove_items(ctx.engine, control[:1])
+    with Session(ctx.engine) as session:
+        report = status_report(session).control_slice
+    assert report["n"] == 1 and report["curve"][0]["n_control"] == 1
