@@ -16,11 +16,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from daemon.store import BatchItem, BatchItemState, LabelRecord, LabelStatus, PoolItem, RemovedItem, table_of
+from daemon.store import (
+    BatchItem,
+    BatchItemState,
+    LabelRecord,
+    LabelStatus,
+    PoolItem,
+    RemovedItem,
+    bulk_insert,
+    ids_present,
+)
 
 if TYPE_CHECKING:  # pool add imports this module and must not pay for torch (daemon.context)
     from daemon.context import LoopContext
@@ -28,7 +37,7 @@ if TYPE_CHECKING:  # pool add imports this module and must not pay for torch (da
 __all__ = ["RemovalReport", "item_ids_of_source", "remove_items", "restore_items", "withdraw_removed"]
 
 log = logging.getLogger(__name__)
-_CHUNK = 500  # ids per IN (...) list
+_CHUNK = 500  # ids per DELETE ... IN (...) statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +60,12 @@ def remove_items(engine: Engine, item_ids: Sequence[str], *, reason: str = "") -
     """Take the given pool items out of the loop, in one transaction; ids not in the pool are counted, not errors."""
     wanted = list(dict.fromkeys(item_ids))
     with Session(engine) as session:
-        in_pool = _present(session, PoolItem.item_id, wanted)
-        gone = _present(session, RemovedItem.item_id, wanted)
+        in_pool = ids_present(session, PoolItem.item_id, wanted)
+        gone = ids_present(session, RemovedItem.item_id, wanted)
         new = [item_id for item_id in wanted if item_id in in_pool and item_id not in gone]
-        labeled = _present(session, LabelRecord.item_id, new, LabelRecord.status == LabelStatus.LABELED)
-        waiting = _present(session, BatchItem.item_id, new, BatchItem.state == BatchItemState.PENDING)
-        rows = [{"item_id": item_id, "reason": reason} for item_id in new]
-        for start in range(0, len(rows), 5000):
-            session.execute(insert(table_of(RemovedItem)), rows[start : start + 5000])
+        labeled = ids_present(session, LabelRecord.item_id, new, LabelRecord.status == LabelStatus.LABELED)
+        waiting = ids_present(session, BatchItem.item_id, new, BatchItem.state == BatchItemState.PENDING)
+        bulk_insert(session, RemovedItem, [{"item_id": item_id, "reason": reason} for item_id in new])
         session.commit()
     report = RemovalReport(len(new), len(gone), len(wanted) - len(in_pool), len(labeled), len(waiting))
     log.info("pool remove: %s items removed (%s labeled, %s waiting in Label Studio)", report.removed,
@@ -68,14 +75,18 @@ def remove_items(engine: Engine, item_ids: Sequence[str], *, reason: str = "") -
 
 def restore_items(session: Session, item_ids: Sequence[str]) -> int:
     """Bring removed items back (``pool add`` of the same items); return how many were removed. No commit."""
-    restored = _present(session, RemovedItem.item_id, item_ids)
-    for chunk in _chunks(sorted(restored)):
-        session.execute(delete(RemovedItem).where(col(RemovedItem.item_id).in_(chunk)))
+    restored = ids_present(session, RemovedItem.item_id, item_ids)
+    ordered = sorted(restored)
+    for start in range(0, len(ordered), _CHUNK):
+        session.execute(delete(RemovedItem).where(col(RemovedItem.item_id).in_(ordered[start : start + _CHUNK])))
     return len(restored)
 
 
-def withdraw_removed(ctx: LoopContext) -> int:
-    """Withdraw the waiting tasks of removed items from the annotation tool; return how many went.
+def withdraw_removed(ctx: LoopContext) -> list[str]:
+    """Withdraw the waiting tasks of removed items from the annotation tool; return the ids of those gone.
+
+    The caller marks them withdrawn in the store (:func:`daemon.sync.sync` does, as for tasks
+    deleted in the tool).
 
     A task someone annotated, skipped or drafted stays (the connector checks), and its answer is
     pulled as any other. Runs after each sync; costs one query when nothing was removed.
@@ -91,31 +102,12 @@ def withdraw_removed(ctx: LoopContext) -> int:
         )
         tasks = [task for task in session.exec(stmt) if task is not None]
     if not tasks:
-        return 0
-    gone = set(ctx.connector.withdraw(tasks))
-    with Session(ctx.engine) as session:
-        for item in session.exec(select(BatchItem).where(col(BatchItem.remote_task_id).in_(sorted(gone)))):
-            if item.state is BatchItemState.PENDING:
-                item.state = BatchItemState.WITHDRAWN
-                session.add(item)
-        session.commit()
+        return []
+    gone = ctx.connector.withdraw(tasks)
     if gone:
         log.info("withdrew %s tasks of removed pool items", len(gone))
     kept = len(tasks) - len(gone)
     if kept:
         log.info("%s tasks of removed pool items stay in Label Studio: someone annotated, skipped or drafted them",
                  kept)
-    return len(gone)
-
-
-def _present(session: Session, column: object, values: Sequence[str], *where: object) -> set[str]:
-    """Which of ``values`` appear in ``column`` (with the extra conditions), read in chunks."""
-    found: set[str] = set()
-    for chunk in _chunks(values):
-        stmt = select(column).where(col(column).in_(chunk), *where)  # type: ignore[call-overload]
-        found.update(session.exec(stmt))
-    return found
-
-
-def _chunks(values: Sequence[str]) -> list[Sequence[str]]:
-    return [values[start : start + _CHUNK] for start in range(0, len(values), _CHUNK)]
+    return gone

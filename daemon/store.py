@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Column, Index, Table, Text, event
+from sqlalchemy import Column, Index, Table, Text, event, insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -35,7 +36,9 @@ __all__ = [
     "PoolItem",
     "RemovedItem",
     "advance",
+    "bulk_insert",
     "get_value",
+    "ids_present",
     "is_store_locked",
     "make_engine",
     "not_removed",
@@ -44,6 +47,10 @@ __all__ = [
     "table_of",
     "utcnow",
 ]
+
+
+_INSERT_ROWS = 5000  # rows per bulk insert statement
+_IN_CHUNK = 500  # ids per IN (...) list
 
 
 def utcnow() -> datetime:
@@ -240,6 +247,29 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len(prefix) :])
 
 
+class BulkValues(Protocol):
+    """Rows of one table for :func:`bulk_insert`, taken a statement's worth (a slice) at a time."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, span: slice) -> Sequence[dict[str, Any]]: ...
+
+
+def bulk_insert(session: Session, model: type[SQLModel], values: BulkValues) -> None:
+    """Insert rows into ``model``'s table as Core statements: an ORM object per row cost 0.3 ms
+    (a minute per 200k rows). No commit."""
+    for start in range(0, len(values), _INSERT_ROWS):
+        session.execute(insert(table_of(model)), values[start : start + _INSERT_ROWS])
+
+
+def ids_present(session: Session, column: Any, ids: Sequence[str], *where: Any) -> set[str]:
+    """Which of ``ids`` appear in ``column`` (under the extra conditions), read ``_IN_CHUNK`` at a time."""
+    found: set[str] = set()
+    for start in range(0, len(ids), _IN_CHUNK):
+        found.update(session.exec(select(column).where(col(column).in_(ids[start : start + _IN_CHUNK]), *where)))
+    return found
+
+
 def not_removed(item_id: Any) -> Any:
     """A condition on an ``item_id`` column: the item is not removed (:class:`RemovedItem`)."""
     return col(item_id).not_in(select(RemovedItem.item_id))
@@ -260,19 +290,18 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args=connect_args)
     if url.startswith("sqlite"):
-        busy_timeout_ms = max(1, round(busy_timeout_s * 1000))
-
-        def pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")  # the CLI reads while the daemon writes
-            cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        event.listen(engine, "connect", pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas)
     SQLModel.metadata.create_all(engine)
     return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """WAL and friends; the busy timeout is sqlite3's ``timeout`` connect argument (the same setting)."""
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # the CLI reads while the daemon writes
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
 
 
 def is_store_locked(error: BaseException) -> bool:

@@ -111,7 +111,12 @@ def sync(ctx: LoopContext) -> SyncReport:
     ctx.synced_at = time.monotonic()
     if since is None:
         ctx.reconciled_at = ctx.synced_at
-    withdraw_removed(ctx)  # the pulled answers are in: what is still untouched may go
+    withdrawn = withdraw_removed(ctx)  # the pulled answers are in: what is still untouched may go
+    if withdrawn:
+        with Session(ctx.engine) as session:
+            _withdraw_deleted(session, withdrawn)
+            closed += close_finished_batches(session)
+            session.commit()
     if changed or closed:
         log.info("sync: %s tasks, %s label changes, %s unknown, %s batches closed",
                  len(result.tasks), changed, unknown, closed)
