@@ -156,7 +156,7 @@ def pool_remove(
     from daemon.removal import item_ids_of_source, remove_items
 
     with _errors():
-        if (file is None) + (source is None) + (not item_id) != 2:
+        if [file is not None, source is not None, bool(item_id)].count(True) != 1:
             raise ConfigError("name the items one way: a pool FILE, --source NAME or --id ID")
         cfg = settings()
         engine = _engine(cfg)
