@@ -17,9 +17,10 @@ from typing import Any
 
 from daemon.errors import PoolFileError
 
-__all__ = ["PoolRow", "read_pool_file"]
+__all__ = ["MAX_PROBLEMS", "NO_ROWS", "PoolRow", "iter_pool_rows", "read_pool_file", "repeated_id_problem"]
 
-_MAX_PROBLEMS = 20
+MAX_PROBLEMS = 20  # a refused file lists at most this many problems
+NO_ROWS = "the file holds no rows"
 csv.field_size_limit(1 << 26)
 
 
@@ -50,62 +51,91 @@ def read_pool_file(
     embedding_field: str = "embedding",
     keep_duplicates: bool = False,
 ) -> list[PoolRow]:
-    """Read and validate every row of a pool file.
+    """Read and validate every row of a pool file into memory (``pool add`` streams instead:
+    :mod:`daemon.pool_staging`).
 
     Items without an id column get a stable id from their content (``h-`` + sha256 prefix),
     so the same text twice is one item, and the same text with two labels is refused. With
     ``keep_duplicates`` they get ``row-<line>`` instead: every row is its own item (a
     simulation replays a data set as it is, repeated and conflicting rows included).
-    A row needs a non-empty text unless it carries an embedding (any modality).
+    A row needs a non-empty text unless it carries an embedding (any modality). A row that
+    repeats an earlier one exactly is dropped.
 
     Raises:
         PoolFileError: the file is missing, of an unknown type, or any row is malformed
             (the error lists file, line and reason for up to 20 problems).
     """
-    fields = _Fields(id_field, text_field, label_field, embedding_field)
-    if not path.is_file():
-        raise PoolFileError(str(path), [(None, "no such file")])
-    raw = _raw_records(path)
     rows: list[PoolRow] = []
     problems: list[tuple[int | None, str]] = []
     seen: dict[str, PoolRow] = {}
-    dim: int | None = None
-    for line, record in raw:
-        try:
-            row = _to_row(line, record, fields, keep_duplicates=keep_duplicates)
-        except ValueError as e:
-            problems.append((line, str(e)))
-        else:
-            dim, problem = _check_consistency(row, seen, dim)
-            if problem:
-                problems.append((line, problem))
-            elif row.item_id not in seen:
-                seen[row.item_id] = row
-                rows.append(row)
-        if len(problems) >= _MAX_PROBLEMS:
+    stream = iter_pool_rows(path, id_field=id_field, text_field=text_field, label_field=label_field,
+                            embedding_field=embedding_field, keep_duplicates=keep_duplicates)
+    for line, row, problem in stream:
+        earlier = seen.get(row.item_id) if row is not None else None
+        if row is None:
+            problems.append((line, problem))
+        elif earlier is None:
+            seen[row.item_id] = row
+            rows.append(row)
+        elif (earlier.text, earlier.label) != (row.text, row.label):
+            problems.append((line, repeated_id_problem(row.item_id, earlier.line, earlier.text, earlier.label,
+                                                       row.text, row.label)))
+        if len(problems) >= MAX_PROBLEMS:
             break
     if problems:
         raise PoolFileError(str(path), problems)
     if not rows:
-        raise PoolFileError(str(path), [(None, "the file holds no rows")])
+        raise PoolFileError(str(path), [(None, NO_ROWS)])
     return rows
 
 
-def _check_consistency(row: PoolRow, seen: dict[str, PoolRow], dim: int | None) -> tuple[int | None, str]:
-    earlier = seen.get(row.item_id)
-    if earlier is not None and (earlier.text, earlier.label) != (row.text, row.label):
-        if row.item_id.startswith("h-") and earlier.text == row.text:  # no id column: ids come from the text
-            return dim, (f"the same text is on line {earlier.line} with label {earlier.label!r}, here {row.label!r}; "
-                         "give every row an id (or, for simulate, pass --keep-duplicates)")
-        return dim, f"id {row.item_id!r} appears again (line {earlier.line}) with other content"
-    has_embedding = row.embedding is not None
-    if seen and (next(iter(seen.values())).embedding is not None) != has_embedding:
-        return dim, "either every row carries an embedding or none does"
-    if row.embedding is not None:
-        if dim is not None and len(row.embedding) != dim:
-            return dim, f"embedding has {len(row.embedding)} values, earlier rows have {dim}"
-        dim = len(row.embedding)
-    return dim, ""
+def iter_pool_rows(
+    path: Path,
+    *,
+    id_field: str = "id",
+    text_field: str = "text",
+    label_field: str = "label",
+    embedding_field: str = "embedding",
+    keep_duplicates: bool = False,
+) -> Iterator[tuple[int, PoolRow | None, str]]:
+    """Yield ``(line, row, "")`` per valid row and ``(line, None, problem)`` per invalid one, in file order.
+
+    Each row is checked on its own and against the embedding shape of the first valid row
+    (every row carries one or none does; one width). Repeated ids are the caller's to check
+    (:func:`repeated_id_problem`). Arguments as :func:`read_pool_file`.
+
+    Raises:
+        PoolFileError: the file is missing, of an unknown type, or unreadable from some line on.
+    """
+    fields = _Fields(id_field, text_field, label_field, embedding_field)
+    if not path.is_file():
+        raise PoolFileError(str(path), [(None, "no such file")])
+    shape: tuple[bool, int | None] | None = None  # the first valid row's (has an embedding, width)
+    for line, record in _raw_records(path):
+        try:
+            row = _to_row(line, record, fields, keep_duplicates=keep_duplicates)
+        except ValueError as e:
+            yield line, None, str(e)
+            continue
+        row_shape = (row.embedding is not None, None if row.embedding is None else len(row.embedding))
+        if shape is None:
+            shape = row_shape
+        if row_shape == shape:
+            yield line, row, ""
+        elif row_shape[0] != shape[0]:
+            yield line, None, "either every row carries an embedding or none does"
+        else:
+            yield line, None, f"embedding has {row_shape[1]} values, earlier rows have {shape[1]}"
+
+
+def repeated_id_problem(
+    item_id: str, earlier_line: int, earlier_text: str, earlier_label: str | None, text: str, label: str | None
+) -> str:
+    """The problem with a row whose id an earlier row has, with other text or label."""
+    if item_id.startswith("h-") and earlier_text == text:  # no id column: ids come from the text
+        return (f"the same text is on line {earlier_line} with label {earlier_label!r}, here {label!r}; "
+                "give every row an id (or, for simulate, pass --keep-duplicates)")
+    return f"id {item_id!r} appears again (line {earlier_line}) with other content"
 
 
 def _raw_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -34,7 +33,7 @@ from daemon.store import (
 if TYPE_CHECKING:  # pool add imports this module and must not pay for torch (daemon.context)
     from daemon.context import LoopContext
 
-__all__ = ["RemovalReport", "item_ids_of_source", "remove_items", "restore_items", "withdraw_removed"]
+__all__ = ["RemovalReport", "item_ids_of_source", "remove_items", "withdraw_removed"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 500  # ids per DELETE ... IN (...) statement
@@ -71,15 +70,6 @@ def remove_items(engine: Engine, item_ids: Sequence[str], *, reason: str = "") -
     log.info("pool remove: %s items removed (%s labeled, %s waiting in Label Studio)", report.removed,
              report.labeled, report.waiting)
     return report
-
-
-def restore_items(session: Session, item_ids: Sequence[str]) -> int:
-    """Bring removed items back (``pool add`` of the same items); return how many were removed. No commit."""
-    restored = ids_present(session, RemovedItem.item_id, item_ids)
-    ordered = sorted(restored)
-    for start in range(0, len(ordered), _CHUNK):
-        session.execute(delete(RemovedItem).where(col(RemovedItem.item_id).in_(ordered[start : start + _CHUNK])))
-    return len(restored)
 
 
 def withdraw_removed(ctx: LoopContext) -> list[str]:

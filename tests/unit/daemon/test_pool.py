@@ -87,3 +87,43 @@ def test_own_vectors_are_cached_unit_length_and_a_pool_keeps_one_width(engine: E
     with pytest.raises(PoolFileError, match="the pool holds precomputed embeddings"):
         add(engine, tmp_path / "texts.jsonl", tmp_path)
     assert snapshot(engine) == before
+
+
+@pytest.mark.parametrize("via", ["driver", "sqlalchemy"])
+def test_repeats_collapse_and_each_new_item_gets_its_own_vector_across_chunks(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    monkeypatch.setattr("daemon.pool_staging._STAGE_ROWS", 2)  # rows staged, and vectors read back,
+    monkeypatch.setattr("daemon.pool_staging._VECTOR_ROWS", 3)  # a few at a time
+    if via == "sqlalchemy":  # a driver whose parameter style the fast path does not write
+        monkeypatch.setattr("daemon.pool_staging._driver_insert", lambda conn: None)
+    write_jsonl(tmp_path / "first.jsonl", [{"id": "b", "embedding": [0.0, 1.0]}])
+    add(engine, tmp_path / "first.jsonl", tmp_path)
+    angles = {f"i{k}": k / 10 for k in range(8)}
+    rows = [{"id": item_id, "embedding": [np.cos(a), np.sin(a)], "label": "x"} for item_id, a in angles.items()]
+    repeated = [rows[0], {"id": "b", "embedding": [0.0, 1.0], "label": "x"}, *rows[1:4], rows[2], *rows[4:]]
+    write_jsonl(tmp_path / "second.jsonl", repeated)
+    report = add_pool_file(engine, tmp_path / "second.jsonl", pool=PoolSettings(), data_dir=tmp_path / "state")
+    assert (report.rows, report.added, report.already_present, report.labels_added) == (9, 8, 1, 9)
+    with Session(engine) as session:
+        assert list(session.exec(select(PoolItem.item_id).order_by(col(PoolItem.seq)))) == ["b", *angles]
+    with EmbeddingCache(tmp_path / "state" / "embeddings", model_key=byo_model_key(2), dim=2) as cache:
+        got = cache.get(cache.lookup([byo_hash(item_id) for item_id in angles]))
+    want = [[np.cos(a), np.sin(a)] for a in angles.values()]
+    np.testing.assert_allclose(got, want, atol=2e-3)  # float16 in the cache
+
+
+def test_the_file_is_streamed_not_held_in_memory(engine: Engine, tmp_path: Path) -> None:
+    """Python's peak memory for a file 4× larger stays about the same (it grew 4× when the file was read whole)."""
+    import tracemalloc
+
+    peaks = []
+    for n, name in ((5_000, "small"), (20_000, "large")):
+        rows = [{"id": f"{name}{i}", "text": f"item {i} of the {name} file " * 4, "label": "a", "n": i}
+                for i in range(n)]
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        tracemalloc.start()
+        add(engine, tmp_path / f"{name}.jsonl", tmp_path)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.5 * peaks[0], peaks

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -8,12 +9,31 @@ import pyarrow.parquet as pq
 import pytest
 
 from daemon.errors import PoolFileError
+from daemon.pool import add_pool_file
 from daemon.pool_files import read_pool_file
+from daemon.settings import PoolSettings
+from daemon.store import make_engine
 
 
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def add_to_a_new_store(path: Path) -> object:
+    """``pool add``'s streaming reader (``daemon.pool_staging``), which must refuse what ``read_pool_file`` does."""
+    engine = make_engine(f"sqlite:///{path.parent / 'store' / 'labelloop.db'}")
+    try:
+        return add_pool_file(engine, path, pool=PoolSettings(), data_dir=path.parent / "store")
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=[read_pool_file, add_to_a_new_store], ids=["read_pool_file", "pool_add"])
+def read(request: pytest.FixtureRequest) -> Callable[[Path], object]:
+    """Both readers of pool files: every refusal below holds for each."""
+    reader: Callable[[Path], object] = request.param
+    return reader
 
 
 def test_csv_with_ids_labels_and_meta(tmp_path: Path) -> None:
@@ -38,30 +58,30 @@ def test_custom_field_names(tmp_path: Path) -> None:
     assert (rows[0].item_id, rows[0].text, rows[0].label) == ("7", "x y", "a")
 
 
-def test_malformed_jsonl_names_the_line(tmp_path: Path) -> None:
+def test_malformed_jsonl_names_the_line(read: Callable[[Path], object], tmp_path: Path) -> None:
     path = write(tmp_path / "p.jsonl", '{"id": "1", "text": "ok"}\n\n{"id": "2", "text": oops}\n')
     with pytest.raises(PoolFileError) as info:
-        read_pool_file(path)
+        read(path)
     assert "line 3" in str(info.value)
     assert "p.jsonl" in str(info.value)
 
 
-def test_csv_with_a_short_row_names_the_line(tmp_path: Path) -> None:
+def test_csv_with_a_short_row_names_the_line(read: Callable[[Path], object], tmp_path: Path) -> None:
     path = write(tmp_path / "p.csv", "id,text,label\n1,fine,a\n2,missing\n")
     with pytest.raises(PoolFileError, match="line 3: 2 fields where the header has 3"):
-        read_pool_file(path)
+        read(path)
 
 
-def test_csv_line_numbers_count_multiline_fields(tmp_path: Path) -> None:
+def test_csv_line_numbers_count_multiline_fields(read: Callable[[Path], object], tmp_path: Path) -> None:
     path = write(tmp_path / "p.csv", 'id,text\n1,"two\nlines"\n2,\n')
     with pytest.raises(PoolFileError, match="line 4: missing or empty 'text'"):
-        read_pool_file(path)
+        read(path)
 
 
-def test_conflicting_duplicate_id_is_refused(tmp_path: Path) -> None:
+def test_conflicting_duplicate_id_is_refused(read: Callable[[Path], object], tmp_path: Path) -> None:
     path = write(tmp_path / "p.csv", "id,text\n1,alpha\n1,beta\n")
     with pytest.raises(PoolFileError, match="line 3: id '1' appears again"):
-        read_pool_file(path)
+        read(path)
 
 
 def test_identical_duplicate_rows_collapse(tmp_path: Path) -> None:
@@ -69,11 +89,13 @@ def test_identical_duplicate_rows_collapse(tmp_path: Path) -> None:
     assert len(rows) == 1
 
 
-def test_one_text_under_two_labels_without_ids_names_both_lines_and_the_way_out(tmp_path: Path) -> None:
+def test_one_text_under_two_labels_without_ids_names_both_lines_and_the_way_out(
+    read: Callable[[Path], object], tmp_path: Path
+) -> None:
     path = write(tmp_path / "p.csv", "text,label\nhello,spam\nbye,ham\nhello,ham\n")
     with pytest.raises(PoolFileError, match=r"line 4: the same text is on line 2 with label 'spam', here 'ham'.*"
                        r"--keep-duplicates"):
-        read_pool_file(path)
+        read(path)
 
 
 def test_keep_duplicates_makes_every_row_an_item(tmp_path: Path) -> None:
@@ -102,9 +124,9 @@ def test_embeddings_in_jsonl_and_csv(tmp_path: Path) -> None:
         ('{"id": "a", "text": "t", "embedding": [1]}\n{"id": "b", "text": "u"}\n', "every row"),
     ],
 )
-def test_bad_embeddings_are_refused(tmp_path: Path, lines: str, reason: str) -> None:
+def test_bad_embeddings_are_refused(read: Callable[[Path], object], tmp_path: Path, lines: str, reason: str) -> None:
     with pytest.raises(PoolFileError, match=reason):
-        read_pool_file(write(tmp_path / "e.jsonl", lines))
+        read(write(tmp_path / "e.jsonl", lines))
 
 
 def test_parquet(tmp_path: Path) -> None:
@@ -115,20 +137,20 @@ def test_parquet(tmp_path: Path) -> None:
     assert [(r.item_id, r.label, r.meta["score"]) for r in rows] == [("a", "x", 1.5), ("b", None, 2.0)]
 
 
-def test_parquet_bad_row_names_the_row(tmp_path: Path) -> None:
+def test_parquet_bad_row_names_the_row(read: Callable[[Path], object], tmp_path: Path) -> None:
     path = tmp_path / "p.parquet"
     pq.write_table(pa.table({"id": ["a", "b"], "text": ["one", ""]}), path)
     with pytest.raises(PoolFileError, match="line 2"):
-        read_pool_file(path)
+        read(path)
 
 
-def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
+def test_unknown_extension_and_missing_file(read: Callable[[Path], object], tmp_path: Path) -> None:
     with pytest.raises(PoolFileError, match="unknown file type"):
-        read_pool_file(write(tmp_path / "p.xlsx", "x"))
+        read(write(tmp_path / "p.xlsx", "x"))
     with pytest.raises(PoolFileError, match="no such file"):
-        read_pool_file(tmp_path / "absent.csv")
+        read(tmp_path / "absent.csv")
 
 
-def test_empty_file_is_refused(tmp_path: Path) -> None:
+def test_empty_file_is_refused(read: Callable[[Path], object], tmp_path: Path) -> None:
     with pytest.raises(PoolFileError, match="no rows"):
-        read_pool_file(write(tmp_path / "p.csv", "id,text\n"))
+        read(write(tmp_path / "p.csv", "id,text\n"))
