@@ -19,7 +19,17 @@ from sqlmodel import Session, col, select
 
 from daemon.queries import control_slice_accuracy
 from daemon.stopping import StoppingRule, first_stop, prediction_kappa
-from daemon.store import HealthEvent, LabelRecord, ModelRun, PoolItem, get_value, set_value
+from daemon.store import (
+    HealthEvent,
+    LabelRecord,
+    ModelRun,
+    PoolItem,
+    RemovedItem,
+    get_value,
+    ids_present,
+    not_removed,
+    set_value,
+)
 
 if TYPE_CHECKING:  # `pool add` lifts a pause: it need not load torch for that
     from daemon.context import LoopContext, TrainedModel
@@ -111,7 +121,8 @@ def _sample(session: Session, ctx: LoopContext) -> list[str]:
     else:
         # seqs, not ids: a million ints, then the ids of the chosen ones only (same sample as before)
         seqs = np.fromiter(
-            session.exec(select(PoolItem.seq).where(col(PoolItem.is_embedded)).order_by(col(PoolItem.seq))),
+            session.exec(select(PoolItem.seq).where(col(PoolItem.is_embedded), not_removed(PoolItem.item_id))
+                         .order_by(col(PoolItem.seq))),
             dtype=np.int64,
         )
         rng = np.random.default_rng([ctx.settings.loop.seed, 7])
@@ -123,8 +134,8 @@ def _sample(session: Session, ctx: LoopContext) -> list[str]:
             ids.update(session.exec(select(PoolItem.seq, PoolItem.item_id).where(col(PoolItem.seq).in_(chunk))).all())
         chosen = [ids[seq] for seq in picked]
         set_value(session, _SAMPLE_KEY, json.dumps(chosen))
-    labeled = set(session.exec(select(LabelRecord.item_id).where(col(LabelRecord.item_id).in_(chosen))))
-    return [item_id for item_id in chosen if item_id not in labeled]
+    left_out = ids_present(session, LabelRecord.item_id, chosen) | ids_present(session, RemovedItem.item_id, chosen)
+    return [item_id for item_id in chosen if item_id not in left_out]
 
 
 def _predict(ctx: LoopContext, model: TrainedModel, item_ids: list[str]) -> dict[str, str]:

@@ -17,7 +17,7 @@ from daemon.pool import add_pool_file
 from daemon.predict import export_predictions
 from daemon.queries import status_report
 from daemon.removal import item_ids_of_source, remove_items
-from daemon.store import BatchItem, BatchItemState, PoolItem
+from daemon.store import BatchItem, BatchItemState, PoolItem, get_value
 from daemon.sync import sync
 from daemon.training import embed_pool, labeled_set
 from tests.unit.daemon.test_cli import runner, workdir
@@ -174,3 +174,18 @@ def test_control_items_removed_since_leave_the_accuracy_estimate(
     with Session(ctx.engine) as session:
         report = status_report(session).control_slice
     assert report["n"] == 1 and report["curve"][0]["n_control"] == 1
+
+
+def test_removed_items_leave_the_stopping_rule_sample(world: World) -> None:
+    ctx, fake, gold = world
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    second = run_cycle(ctx).batch_id or ""  # the first model: the sample is drawn and predicted
+    with Session(ctx.engine) as session:
+        sampled = sorted(json.loads(get_value(session, "stability_predictions") or "{}"))
+    assert len(sampled) > 5
+    remove_items(ctx.engine, sampled[:5])
+    annotate_batch(ctx, fake, gold, second)
+    run_cycle(ctx)  # a new model: successive models are compared on the sample again
+    with Session(ctx.engine) as session:
+        compared = json.loads(get_value(session, "stability_predictions") or "{}")
+    assert compared and not set(compared) & set(sampled[:5])
