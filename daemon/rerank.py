@@ -38,7 +38,7 @@ from daemon.store import (
     get_value,
     set_value,
 )
-from daemon.sync import close_finished_batches
+from daemon.sync import close_finished_batches, mark_withdrawn
 from daemon.training import labeled_set, vectors_for
 from strategies import FloatArray, PoolView, select_batch
 
@@ -96,9 +96,8 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
             if item is None:
                 continue
             item.predicted_label, item.predicted_score = update.predicted_label, update.predicted_score
-            if update.remote_task_id in gone:
-                item.state = BatchItemState.WITHDRAWN
             session.add(item)
+        mark_withdrawn(session, sorted(gone))
         close_finished_batches(session)
         session.commit()
     if gone:

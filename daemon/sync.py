@@ -34,7 +34,7 @@ from daemon.store import (
     set_value,
 )
 
-__all__ = ["SyncReport", "apply_task_states", "close_finished_batches", "sync"]
+__all__ = ["SyncReport", "apply_task_states", "close_finished_batches", "mark_withdrawn", "sync"]
 
 log = logging.getLogger(__name__)
 WATERMARK_KEY = "pull_watermark"
@@ -104,7 +104,7 @@ def sync(ctx: LoopContext) -> SyncReport:
         deleted = list(result.deleted_task_ids)
         if since is None:  # a full listing: any open task of ours it lacks was deleted in the tool
             deleted += _missing_from(session, {task.remote_task_id for task in result.tasks})
-        _withdraw_deleted(session, deleted)
+        mark_withdrawn(session, deleted)
         closed = close_finished_batches(session)
         _advance_watermark(session, raw, result.watermark)
         session.commit()
@@ -114,7 +114,7 @@ def sync(ctx: LoopContext) -> SyncReport:
     withdrawn = withdraw_removed(ctx)  # the pulled answers are in: what is still untouched may go
     if withdrawn:
         with Session(ctx.engine) as session:
-            _withdraw_deleted(session, withdrawn)
+            mark_withdrawn(session, withdrawn)
             closed += close_finished_batches(session)
             session.commit()
     if changed or closed:
@@ -280,7 +280,8 @@ def _reopen(session: Session, batch_id: str) -> None:
         session.add(batch)
 
 
-def _withdraw_deleted(session: Session, remote_task_ids: Sequence[str]) -> None:
+def mark_withdrawn(session: Session, remote_task_ids: Sequence[str]) -> None:
+    """Mark the waiting items of tasks gone from the tool (deleted there or withdrawn by us) withdrawn. No commit."""
     items = _batch_items(session, remote_task_ids)
     for item in items.values():
         if item.state is BatchItemState.PENDING:
