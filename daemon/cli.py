@@ -152,7 +152,7 @@ def pool_remove(
 
     Works while the daemon runs; `pool add` of the same items brings them back.
     """
-    from daemon.pool_files import read_pool_file
+    from daemon.pool_files import read_pool_ids
     from daemon.removal import item_ids_of_source, remove_items
 
     with _errors():
@@ -162,9 +162,8 @@ def pool_remove(
         engine = _engine(cfg)
         if file is not None:
             pool = cfg.pool
-            ids = [row.item_id for row in read_pool_file(file, id_field=pool.id_field, text_field=pool.text_field,
-                                                         label_field=pool.label_field,
-                                                         embedding_field=pool.embedding_field)]
+            ids = read_pool_ids(file, id_field=pool.id_field, text_field=pool.text_field,
+                                label_field=pool.label_field, embedding_field=pool.embedding_field)
         else:
             ids = item_ids_of_source(engine, source) if source is not None else list(item_id or [])
         report = remove_items(engine, ids, reason=reason)

@@ -17,7 +17,9 @@ from typing import Any
 
 from daemon.errors import PoolFileError
 
-__all__ = ["MAX_PROBLEMS", "NO_ROWS", "PoolRow", "iter_pool_rows", "read_pool_file", "repeated_id_problem"]
+__all__ = [
+    "MAX_PROBLEMS", "NO_ROWS", "PoolRow", "iter_pool_rows", "read_pool_file", "read_pool_ids", "repeated_id_problem",
+]
 
 MAX_PROBLEMS = 20  # a refused file lists at most this many problems
 NO_ROWS = "the file holds no rows"
@@ -87,6 +89,36 @@ def read_pool_file(
     if not rows:
         raise PoolFileError(str(path), [(None, NO_ROWS)])
     return rows
+
+
+def read_pool_ids(
+    path: Path, *, id_field: str = "id", text_field: str = "text", label_field: str = "label",
+    embedding_field: str = "embedding",
+) -> list[str]:
+    """The item ids of a pool file, each once, in file order, without holding its rows.
+
+    A malformed row refuses the file as :func:`read_pool_file` does; an id repeated with other
+    content does not (only the ids are used).
+
+    Raises:
+        PoolFileError: as :func:`read_pool_file`.
+    """
+    ids: dict[str, None] = {}
+    problems: list[tuple[int | None, str]] = []
+    stream = iter_pool_rows(path, id_field=id_field, text_field=text_field, label_field=label_field,
+                            embedding_field=embedding_field)
+    for line, row, problem in stream:
+        if row is not None:
+            ids[row.item_id] = None
+            continue
+        problems.append((line, problem))
+        if len(problems) >= MAX_PROBLEMS:
+            break
+    if problems:
+        raise PoolFileError(str(path), problems)
+    if not ids:
+        raise PoolFileError(str(path), [(None, NO_ROWS)])
+    return list(ids)
 
 
 def iter_pool_rows(

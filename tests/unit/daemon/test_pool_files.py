@@ -10,7 +10,7 @@ import pytest
 
 from daemon.errors import PoolFileError
 from daemon.pool import add_pool_file
-from daemon.pool_files import read_pool_file
+from daemon.pool_files import read_pool_file, read_pool_ids
 from daemon.settings import PoolSettings
 from daemon.store import make_engine
 
@@ -154,3 +154,12 @@ def test_unknown_extension_and_missing_file(read: Callable[[Path], object], tmp_
 def test_empty_file_is_refused(read: Callable[[Path], object], tmp_path: Path) -> None:
     with pytest.raises(PoolFileError, match="no rows"):
         read(write(tmp_path / "p.csv", "id,text\n"))
+
+
+def test_ids_alone_come_once_in_file_order_and_a_malformed_row_still_refuses(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.csv", "id,text\nb,one\na,two\nb,one again\nc,three\n")
+    assert read_pool_ids(path) == ["b", "a", "c"]  # removal names items: their content may differ
+    no_ids = write(tmp_path / "n.csv", "text\nhello\nhello\n")
+    assert read_pool_ids(no_ids) == [row.item_id for row in read_pool_file(no_ids)]
+    with pytest.raises(PoolFileError, match="line 3: missing or empty 'text'"):
+        read_pool_ids(write(tmp_path / "bad.csv", "id,text\na,one\nb,\n"))
