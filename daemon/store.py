@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Column, Index, Table, Text, event, insert
+from sqlalchemy import Column, Index, Table, Text, event, func, insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -51,6 +51,8 @@ __all__ = [
 
 _INSERT_ROWS = 5000  # rows per bulk insert statement
 _IN_CHUNK = 500  # ids per IN (...) list
+_SCAN_SHARE = 0.05  # ids_present reads the whole column when asked about this share of the rows or more
+_SCAN_ROWS = 20_000  # rows fetched at a time by that read
 
 
 def utcnow() -> datetime:
@@ -263,7 +265,18 @@ def bulk_insert(session: Session, model: type[SQLModel], values: BulkValues) -> 
 
 
 def ids_present(session: Session, column: Any, ids: Sequence[str], *where: Any) -> set[str]:
-    """Which of ``ids`` appear in ``column`` (under the extra conditions), read ``_IN_CHUNK`` at a time."""
+    """Which of ``ids`` appear in ``column`` (under the extra conditions).
+
+    Asked about a few ids, it looks them up ``_IN_CHUNK`` at a time; about a sizeable share of
+    the table's rows (``_SCAN_SHARE``), it reads the column once instead: a million ids took
+    2,000 lookups and 14 s per call, the scan of a million rows about a second.
+    """
+    if len(ids) > _IN_CHUNK:
+        rows = session.exec(select(func.count()).select_from(column.class_)).one()  # the model class
+        if len(ids) >= _SCAN_SHARE * rows:
+            wanted = set(ids)
+            scan = select(column).where(*where).execution_options(yield_per=_SCAN_ROWS)
+            return {value for value in session.exec(scan) if value in wanted}
     found: set[str] = set()
     for start in range(0, len(ids), _IN_CHUNK):
         found.update(session.exec(select(column).where(col(column).in_(ids[start : start + _IN_CHUNK]), *where)))

@@ -17,7 +17,7 @@ from daemon.pool import add_pool_file
 from daemon.predict import export_predictions
 from daemon.queries import status_report
 from daemon.removal import item_ids_of_source, remove_items
-from daemon.store import BatchItem, BatchItemState, PoolItem, get_value
+from daemon.store import BatchItem, BatchItemState, LabelRecord, LabelStatus, PoolItem, get_value, ids_present
 from daemon.sync import sync
 from daemon.training import embed_pool, labeled_set
 from tests.unit.daemon.test_cli import runner, workdir
@@ -189,3 +189,24 @@ def test_removed_items_leave_the_stopping_rule_sample(world: World) -> None:
     with Session(ctx.engine) as session:
         compared = json.loads(get_value(session, "stability_predictions") or "{}")
     assert compared and not set(compared) & set(sampled[:5])
+
+
+@pytest.mark.parametrize("share", [0.0, 1e9], ids=["scan", "lookup"])
+def test_ids_present_by_lookup_or_by_one_scan_agree(
+    world: World, monkeypatch: pytest.MonkeyPatch, share: float
+) -> None:
+    ctx, fake, gold = world
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    sync(ctx)
+    monkeypatch.setattr("daemon.store._IN_CHUNK", 4)  # more ids than a lookup takes at once: either way applies
+    monkeypatch.setattr("daemon.store._SCAN_SHARE", share)
+    asked = [*sorted(gold)[::3], "not-there", "also-not"]
+    with Session(ctx.engine) as session:
+        skipped = next(i for i in asked[:-2] if session.get(LabelRecord, i) is None)
+        session.add(LabelRecord(item_id=skipped, status=LabelStatus.SKIPPED))  # present, but not labeled
+        session.commit()
+        labeled = {r.item_id for r in session.exec(select(LabelRecord)) if r.status == LabelStatus.LABELED}
+        assert len(labeled) == 10
+        assert ids_present(session, PoolItem.item_id, asked) == set(sorted(gold)[::3])
+        got = ids_present(session, LabelRecord.item_id, asked, LabelRecord.status == LabelStatus.LABELED)
+        assert got == labeled & set(asked)
