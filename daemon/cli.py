@@ -122,15 +122,22 @@ def pool_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Add items (and seed labels) from a file; nothing is added twice."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from daemon.cli_embed import RateColumn
     from daemon.pool import add_pool_file
 
-    with _errors():
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f} rows"),
+               RateColumn("rows"), TimeElapsedColumn())
+    with _errors(), Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task("reading", total=None)
         cfg = settings()
         fields = {k: v for k, v in {"id_field": id_field, "text_field": text_field, "label_field": label_field,
                                     "embedding_field": embedding_field}.items() if v}
         pool = cfg.pool.model_copy(update=fields)
         report = add_pool_file(_engine(cfg), file, pool=pool, data_dir=cfg.store.data_dir,
-                               classes=cfg.loop.classes)
+                               classes=cfg.loop.classes,
+                               progress=lambda phase, rows: bar.update(task, description=phase, completed=rows))
     if as_json:
         _print_json(asdict(report))
     else:

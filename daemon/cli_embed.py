@@ -24,7 +24,7 @@ from rich.text import Text
 from daemon.errors import AlreadyRunning, ConfigError, DaemonError
 from models.errors import ModelError
 
-__all__ = ["register"]
+__all__ = ["RateColumn", "register"]
 
 out = Console()
 err = Console(stderr=True)
@@ -35,12 +35,17 @@ def register(app: typer.Typer) -> None:
     app.command("embed")(embed)
 
 
-class _RateColumn(ProgressColumn):
-    """Items per second, as rich estimates it over its recent updates."""
+class RateColumn(ProgressColumn):
+    """Things per second, as rich estimates it over its recent updates (``pool add`` shows rows/s)."""
+
+    def __init__(self, unit: str = "items") -> None:
+        super().__init__()
+        self.unit = unit
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("-- items/s" if speed is None else f"{speed:,.0f} items/s", style="progress.data.speed")
+        return Text(f"-- {self.unit}/s" if speed is None else f"{speed:,.0f} {self.unit}/s",
+                    style="progress.data.speed")
 
 
 def embed() -> None:
@@ -52,7 +57,7 @@ def embed() -> None:
     from daemon.cli import settings
 
     columns = (
-        TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+        TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), RateColumn(),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )
     with Progress(*columns, console=err, transient=False) as bar:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,13 @@ def known_classes(session: Session) -> list[str]:
 
 
 def add_pool_file(
-    engine: Engine, path: Path, *, pool: PoolSettings, data_dir: Path, classes: Sequence[str] = ()
+    engine: Engine,
+    path: Path,
+    *,
+    pool: PoolSettings,
+    data_dir: Path,
+    classes: Sequence[str] = (),
+    progress: Callable[[str, int], None] | None = None,
 ) -> ImportReport:
     """Validate ``path`` completely, then add its new items and seed labels in one transaction.
 
@@ -60,18 +67,26 @@ def add_pool_file(
     not grow with it, and every read and check comes before the first write: the write
     transaction, which makes a running daemon's writes wait, holds only the inserts.
 
+    ``progress(phase, rows)`` hears of each step: ``"reading"`` every few thousand rows, then
+    ``"checking"`` and ``"writing"`` with the rows read.
+
     Raises:
         PoolFileError: the file or any row is malformed, or conflicts with the pool.
     """
+    report_rows = progress or (lambda _phase, _rows: None)
     with Session(engine) as session:
         project_classes, source_so_far = known_classes(session), get_value(session, "embedding_source")
-    with engine.connect() as conn, stage_pool_file(conn, path, pool=pool, scratch_dir=data_dir) as staged:
+    reading = partial(report_rows, "reading")
+    with engine.connect() as conn, stage_pool_file(conn, path, pool=pool, scratch_dir=data_dir,
+                                                   on_rows=reading) as staged:
+        report_rows("checking", staged.items)
         _check_against_store(staged, project_classes, classes)
         embedding_source = _embedding_source(path, staged.dim, source_so_far)
         if staged.dim is not None:
             _cache_vectors(staged, embedding_source, data_dir)  # before the rows: a crash leaves no dangling row
         conn.commit()  # end the read transaction: the write below starts from a fresh snapshot
         now = datetime.now(UTC)
+        report_rows("writing", staged.items)
         with Session(bind=conn) as session:
             _fast_bulk_writes(session)
             set_value(session, "embedding_source", embedding_source)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -189,7 +189,9 @@ def _read_rows(handle: IO[bytes], positions: IntArray, dim: int) -> Float32Array
     return out
 
 
-def stage_pool_file(conn: Connection, path: Path, *, pool: PoolSettings, scratch_dir: Path) -> StagedFile:
+def stage_pool_file(
+    conn: Connection, path: Path, *, pool: PoolSettings, scratch_dir: Path, on_rows: Callable[[int], None] | None = None
+) -> StagedFile:
     """Read, check and stage every row of ``path`` on ``conn``; commit the staging (it locks nothing).
 
     Checks are those of :func:`daemon.pool_files.read_pool_file`: each row, one embedding
@@ -200,6 +202,7 @@ def stage_pool_file(conn: Connection, path: Path, *, pool: PoolSettings, scratch
         path: the pool file.
         pool: its field names.
         scratch_dir: where the vectors of a file that carries them wait for the checks.
+        on_rows: called with the count of valid rows read so far, every ``_STAGE_ROWS``.
 
     Raises:
         PoolFileError: the file is unreadable or any row is refused (up to ``MAX_PROBLEMS`` listed).
@@ -208,7 +211,7 @@ def stage_pool_file(conn: Connection, path: Path, *, pool: PoolSettings, scratch
     _staged.create(conn)
     staged = StagedFile(conn, path, items=0, dim=None, vectors=None)
     try:
-        problems = _stage_rows(staged, pool, scratch_dir)
+        problems = _stage_rows(staged, pool, scratch_dir, on_rows)
         _mark_repeats(conn)
         if len(problems) < MAX_PROBLEMS:
             problems = sorted([*problems, *_repeated_ids(conn, MAX_PROBLEMS - len(problems))],
@@ -225,10 +228,13 @@ def stage_pool_file(conn: Connection, path: Path, *, pool: PoolSettings, scratch
     return staged
 
 
-def _stage_rows(staged: StagedFile, pool: PoolSettings, scratch_dir: Path) -> list[tuple[int | None, str]]:
+def _stage_rows(
+    staged: StagedFile, pool: PoolSettings, scratch_dir: Path, on_rows: Callable[[int], None] | None
+) -> list[tuple[int | None, str]]:
     """Insert the valid rows of the file into the staged table; return the invalid ones (stops at ``MAX_PROBLEMS``)."""
     problems: list[tuple[int | None, str]] = []
     chunk: list[PoolRow] = []
+    staged_rows = 0
     stream = iter_pool_rows(staged.path, id_field=pool.id_field, text_field=pool.text_field,
                             label_field=pool.label_field, embedding_field=pool.embedding_field)
     for line, row, problem in stream:
@@ -240,9 +246,13 @@ def _stage_rows(staged: StagedFile, pool: PoolSettings, scratch_dir: Path) -> li
         chunk.append(row)
         if len(chunk) == _STAGE_ROWS:
             _stage_chunk(staged, chunk, scratch_dir)
-            chunk = []
+            staged_rows, chunk = staged_rows + len(chunk), []
+            if on_rows is not None:
+                on_rows(staged_rows)
     if chunk:
         _stage_chunk(staged, chunk, scratch_dir)
+        if on_rows is not None:
+            on_rows(staged_rows + len(chunk))
     return problems
 
 

@@ -127,3 +127,15 @@ def test_the_file_is_streamed_not_held_in_memory(engine: Engine, tmp_path: Path)
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+def test_progress_hears_rows_read_then_checking_then_writing(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("daemon.pool_staging._STAGE_ROWS", 2)
+    rows = [{"id": f"i{k}", "text": f"text {k}"} for k in range(5)]
+    write_jsonl(tmp_path / "pool.jsonl", [*rows, rows[0]])  # six rows read, five items
+    heard: list[tuple[str, int]] = []
+    add_pool_file(engine, tmp_path / "pool.jsonl", pool=PoolSettings(), data_dir=tmp_path / "state",
+                  progress=lambda phase, rows: heard.append((phase, rows)))
+    assert heard == [("reading", 2), ("reading", 4), ("reading", 6), ("checking", 5), ("writing", 5)]
