@@ -139,3 +139,54 @@ def test_progress_hears_rows_read_then_checking_then_writing(
     add_pool_file(engine, tmp_path / "pool.jsonl", pool=PoolSettings(), data_dir=tmp_path / "state",
                   progress=lambda phase, rows: heard.append((phase, rows)))
     assert heard == [("reading", 2), ("reading", 4), ("reading", 6), ("checking", 5), ("writing", 5)]
+
+
+_KILLED_IMPORT = """
+import os, signal, sys
+from pathlib import Path
+import daemon.pool_staging as staging
+from daemon.pool import add_pool_file
+from daemon.settings import PoolSettings
+from daemon.store import make_engine
+
+staging._VECTOR_ROWS = 2
+calls = {"n": 0}
+def die_at(name, original, on_call):
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == on_call:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no rollback from Python: as a power cut
+        return original(*args, **kwargs)
+    return wrapper
+where = sys.argv[3]
+if where == "writing":  # inside the write transaction: the items are inserted, the labels not yet
+    staging.StagedFile.insert_seed_labels = die_at(where, staging.StagedFile.insert_seed_labels, 1)
+else:  # between two chunks of vectors written to the embedding cache, before any row
+    staging._read_rows = die_at(where, staging._read_rows, 2)
+add_pool_file(make_engine(sys.argv[1]), Path(sys.argv[2]), pool=PoolSettings(), data_dir=Path(sys.argv[4]))
+"""
+
+
+@pytest.mark.parametrize("where", ["writing", "caching vectors"])
+def test_an_import_killed_at_the_worst_moment_leaves_nothing_and_reruns_whole(
+    engine: Engine, tmp_path: Path, where: str
+) -> None:
+    import subprocess
+    import sys
+
+    rows = [{"id": f"i{k}", "text": f"text {k}", "label": "a" if k % 2 else None,
+             "embedding": [1.0, float(k), 0.5]} for k in range(7)]
+    write_jsonl(tmp_path / "pool.jsonl", rows)
+    before = snapshot(engine)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_IMPORT, str(engine.url), str(tmp_path / "pool.jsonl"), where,
+         str(tmp_path / "state")], capture_output=True, text=True, timeout=120,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert snapshot(engine) == before  # not one item, label or setting of the killed import
+    report = add_pool_file(engine, tmp_path / "pool.jsonl", pool=PoolSettings(), data_dir=tmp_path / "state")
+    assert (report.added, report.labels_added) == (7, 3)
+    with EmbeddingCache(tmp_path / "state" / "embeddings", model_key=byo_model_key(3), dim=3) as cache:
+        got = cache.get(cache.lookup([byo_hash(f"i{k}") for k in range(7)]))
+    want = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
+    np.testing.assert_allclose(got, want / np.linalg.norm(want, axis=1, keepdims=True), atol=2e-3)
