@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -26,6 +26,9 @@ from daemon.errors import AlreadyRunning, ConfigError, DaemonError, PoolFileErro
 from daemon.settings import DEFAULT_CONFIG_FILE, Settings, load_settings
 from daemon.store import is_store_locked, make_engine
 from models.errors import ModelError
+
+if TYPE_CHECKING:  # pool.py loads numpy and the cache: not for every command
+    from daemon.pool import ImportReport
 
 __all__ = ["app"]
 
@@ -114,36 +117,56 @@ def init(
 
 @pool_app.command("add")
 def pool_add(
-    file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet file.")],
+    files: Annotated[list[Path], typer.Argument(help="CSV, TSV, JSONL or Parquet files (shards of one pool, say), "
+                                                     "each added whole or not at all, in the order given.")],
     id_field: Annotated[str | None, typer.Option(help="Column with the item id.")] = None,
     text_field: Annotated[str | None, typer.Option(help="Column with the text.")] = None,
     label_field: Annotated[str | None, typer.Option(help="Column with seed labels.")] = None,
     embedding_field: Annotated[str | None, typer.Option(help="Column with precomputed vectors.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add items (and seed labels) from a file; nothing is added twice."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    """Add items (and seed labels) from files; nothing is added twice.
+
+    Each file is its own transaction: when one is refused, the files before it stay added and
+    the rest are not read; rerunning the same command adds nothing twice.
+    """
+    from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
     from daemon.cli_embed import RateColumn
     from daemon.pool import add_pool_file
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f} rows"),
                RateColumn("rows"), TimeElapsedColumn())
+    reports: list[ImportReport] = []
     with _errors(), Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task("reading", total=None)
         cfg = settings()
         fields = {k: v for k, v in {"id_field": id_field, "text_field": text_field, "label_field": label_field,
                                     "embedding_field": embedding_field}.items() if v}
-        pool = cfg.pool.model_copy(update=fields)
-        report = add_pool_file(_engine(cfg), file, pool=pool, data_dir=cfg.store.data_dir,
-                               classes=cfg.loop.classes,
-                               progress=lambda phase, rows: bar.update(task, description=phase, completed=rows))
+        pool, engine = cfg.pool.model_copy(update=fields), _engine(cfg)
+        for file in files:
+            task = bar.add_task(f"reading {file.name}", total=None)
+
+            def progress(phase: str, rows: int, task: TaskID = task, name: str = file.name) -> None:
+                bar.update(task, description=f"{phase} {name}", completed=rows)
+
+            try:
+                reports.append(add_pool_file(engine, file, pool=pool, data_dir=cfg.store.data_dir,
+                                             classes=cfg.loop.classes, progress=progress))
+            except PoolFileError:
+                if reports:
+                    err.print(f"{len(reports)} files before it were added: {', '.join(r.path for r in reports)}")
+                raise
+            bar.remove_task(task)
+            if not as_json:
+                _print_import(reports[-1])
     if as_json:
-        _print_json(asdict(report))
-    else:
-        restored = f" ({report.restored} of them removed before, now back)" if report.restored else ""
-        out.print(f"{report.path}: {report.rows} rows, {report.added} added, {report.already_present} already "
-                  f"in the pool{restored}, {report.labels_added} seed labels")
+        _print_json(asdict(reports[0]) if len(reports) == 1 else [asdict(report) for report in reports])
+
+
+def _print_import(report: ImportReport) -> None:
+    restored = f" ({report.restored} of them removed before, now back)" if report.restored else ""
+    out.print(f"{report.path}: {report.rows} rows, {report.added} added, {report.already_present} already "
+              f"in the pool{restored}, {report.labels_added} seed labels")
 
 
 @pool_app.command("remove")

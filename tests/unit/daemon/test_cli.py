@@ -55,6 +55,23 @@ def test_malformed_pool_file_says_where(workdir: Path) -> None:
     assert status["pool"]["items"] == 0  # nothing half-imported
 
 
+def test_pool_add_takes_several_files_each_whole_or_not_at_all(workdir: Path) -> None:
+    (workdir / "one.jsonl").write_text('{"id": "a", "text": "hello"}\n')
+    (workdir / "two.jsonl").write_text('{"id": "b", "text": "win", "label": "spam"}\n{"id": "c", "text": "lunch"}\n')
+    (workdir / "bad.csv").write_text("id,text\nd,fine\ne\n")
+    stopped = runner.invoke(app, ["pool", "add", "one.jsonl", "bad.csv", "two.jsonl"])
+    assert stopped.exit_code == 1
+    said = " ".join(stopped.output.split())
+    assert "one.jsonl: 1 rows, 1 added" in said and "line 3" in said
+    assert "1 files before it were added: one.jsonl" in said
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["pool"]["items"] == 1  # bad.csv refused whole, two.jsonl not read
+    rerun = runner.invoke(app, ["pool", "add", "one.jsonl", "two.jsonl", "--json"])
+    assert rerun.exit_code == 0, rerun.output
+    assert [(r["path"], r["added"], r["labels_added"]) for r in json.loads(rerun.stdout)] == [
+        ("one.jsonl", 0, 0), ("two.jsonl", 2, 1)]  # nothing twice
+
+
 def test_unknown_batch_and_masked_config(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shown = runner.invoke(app, ["batches", "show", "nope"])
     assert shown.exit_code == 1 and "no batch" in shown.output
