@@ -171,32 +171,36 @@ def _print_import(report: ImportReport) -> None:
 
 @pool_app.command("remove")
 def pool_remove(
-    file: Annotated[Path | None, typer.Argument(help="A pool file: its items are removed (ids as pool add "
-                                                     "derives them).")] = None,
-    source: Annotated[str | None, typer.Option(help="Remove every item imported from the file of this name.")] = None,
+    files: Annotated[list[Path] | None, typer.Argument(help="Pool files: their items are removed (ids as pool add "
+                                                            "derives them).")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="Remove every item imported from the file of this name "
+                                                          "(repeatable).")] = None,
     item_id: Annotated[list[str] | None, typer.Option("--id", help="Remove this item (repeatable).")] = None,
     reason: Annotated[str, typer.Option(help="Kept with each removal.")] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Take items out of the loop: never selected, trained on or exported; their waiting tasks are withdrawn.
 
-    Works while the daemon runs; `pool add` of the same items brings them back.
+    Every file is read before anything is removed, and the removal is one transaction. Works
+    while the daemon runs; `pool add` of the same items brings them back.
     """
     from daemon.pool_files import read_pool_ids
     from daemon.removal import item_ids_of_source, remove_items
 
     with _errors():
-        if [file is not None, source is not None, bool(item_id)].count(True) != 1:
-            raise ConfigError("name the items one way: a pool FILE, --source NAME or --id ID")
+        if [bool(files), bool(source), bool(item_id)].count(True) != 1:
+            raise ConfigError("name the items one way: pool FILEs, --source NAME or --id ID")
         cfg = settings()
-        engine = _engine(cfg)
-        if file is not None:
-            pool = cfg.pool
-            ids = read_pool_ids(file, id_field=pool.id_field, text_field=pool.text_field,
-                                label_field=pool.label_field, embedding_field=pool.embedding_field)
-        else:
-            ids = item_ids_of_source(engine, source) if source is not None else list(item_id or [])
-        report = remove_items(engine, ids, reason=reason)
+        engine, pool = _engine(cfg), cfg.pool
+        ids: dict[str, None] = {}  # each once, in the order named
+        for file in files or []:
+            ids.update(dict.fromkeys(read_pool_ids(file, id_field=pool.id_field, text_field=pool.text_field,
+                                                   label_field=pool.label_field,
+                                                   embedding_field=pool.embedding_field)))
+        for name in source or []:
+            ids.update(dict.fromkeys(item_ids_of_source(engine, name)))
+        ids.update(dict.fromkeys(item_id or []))
+        report = remove_items(engine, list(ids), reason=reason)
     if as_json:
         _print_json(asdict(report))
         return

@@ -210,3 +210,16 @@ def test_ids_present_by_lookup_or_by_one_scan_agree(
         assert ids_present(session, PoolItem.item_id, asked) == set(sorted(gold)[::3])
         got = ids_present(session, LabelRecord.item_id, asked, LabelRecord.status == LabelStatus.LABELED)
         assert got == labeled & set(asked)
+
+
+def test_the_cli_removes_several_files_or_sources_at_once_and_a_bad_file_removes_nothing(workdir: Path) -> None:
+    for name, ids in (("a.jsonl", "xy"), ("b.jsonl", "z"), ("c.jsonl", "w")):
+        (workdir / name).write_text("".join(f'{{"id": "{i}", "text": "text {i}"}}\n' for i in ids))
+        assert runner.invoke(app, ["pool", "add", name]).exit_code == 0
+    (workdir / "bad.csv").write_text("id,text\nw,fine\nv\n")
+    refused = runner.invoke(app, ["pool", "remove", "c.jsonl", "bad.csv"])
+    assert refused.exit_code == 1 and "line 3" in refused.output
+    by_files = runner.invoke(app, ["pool", "remove", "a.jsonl", "b.jsonl", "a.jsonl", "--json"])
+    assert json.loads(by_files.stdout)["removed"] == 3
+    by_sources = runner.invoke(app, ["pool", "remove", "--source", "b.jsonl", "--source", "c.jsonl", "--json"])
+    assert (json.loads(by_sources.stdout)["removed"], json.loads(by_sources.stdout)["already_removed"]) == (1, 1)
