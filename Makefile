@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch' || echo 'torch==2.13.0')
 STAMP := $(VENV)/.installed
 
-.PHONY: venv ls-venv demo up test test-fast lint bench-labels bench-encode bench-score bench-cycle bench-reconcile bench-ray clean
+.PHONY: venv ls-venv demo up test test-fast lint bench-labels bench-encode bench-score bench-cycle bench-reconcile bench-ray bench-pool-add clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,9 @@ bench-score: venv
 
 bench-cycle: venv ls-venv
 	$(PY) bench/cycle.py
+
+bench-pool-add: venv
+	$(PY) bench/pool_add.py
 
 bench-reconcile: venv ls-venv
 	$(PY) bench/reconcile.py
