@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,7 +24,7 @@ from sqlmodel import Session
 from connectors.errors import ConnectorAuthError, ConnectorError
 from daemon.errors import AlreadyRunning, ConfigError, DaemonError, PoolFileError
 from daemon.settings import DEFAULT_CONFIG_FILE, Settings, load_settings
-from daemon.store import is_store_locked, make_engine
+from daemon.store import is_disk_full, is_store_locked, make_engine
 from models.errors import ModelError
 
 if TYPE_CHECKING:  # pool.py loads numpy and the cache: not for every command
@@ -82,11 +82,24 @@ def _errors() -> Iterator[None]:
         err.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from None
     except OperationalError as e:
-        if not is_store_locked(e):
+        if is_store_locked(e):
+            err.print("[red]error:[/] another process held the store's write lock for longer than "
+                      "store.busy_timeout_s (another `labelloop pool add`?); nothing was written, try again")
+            raise typer.Exit(1) from None
+        if not is_disk_full(e):
             raise
-        err.print("[red]error:[/] another process held the store's write lock for longer than "
-                  "store.busy_timeout_s (another `labelloop pool add`?); nothing was written, try again")
-        raise typer.Exit(1) from None
+        _disk_full("the store's database")
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        _disk_full(e.filename or "a file")
+
+
+def _disk_full(where: object) -> NoReturn:
+    err.print(f"[red]error:[/] no space left on the disk for {where} (SQLite's temporary files go to "
+              "$SQLITE_TMPDIR, else /var/tmp or /tmp); the transaction in flight was rolled back, so "
+              "nothing of it was written: free some space and run the command again")
+    raise typer.Exit(1) from None
 
 
 def _engine(cfg: Settings) -> Engine:

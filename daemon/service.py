@@ -35,7 +35,7 @@ from daemon.context import LoopContext
 from daemon.cycle import cycle_due, run_cycle
 from daemon.errors import AlreadyRunning
 from daemon.project import ensure_project
-from daemon.store import HealthEvent, is_store_locked, set_value, sqlite_path
+from daemon.store import HealthEvent, is_disk_full, is_store_locked, set_value, sqlite_path
 from daemon.sync import sync
 from daemon.webhook import Coalescer, WebhookServer, register, start_server
 from models.errors import ModelError
@@ -130,6 +130,7 @@ class Service:
         self._work = threading.Lock()
         self._backoff = _Backoff(ctx.settings.loop.backoff_max_s)
         self._locked_runs = 0  # runs in a row skipped because another process held the store
+        self._full_runs = 0  # runs in a row stopped because the disk was full
         self._rng = random.Random(ctx.settings.loop.seed)
         self._has_project = False
         self._project_id = ""
@@ -253,14 +254,24 @@ class Service:
             log.error("%s failed: %s: %s", name, type(e).__name__, e)
             self._health("job_error", f"{name}: {type(e).__name__}: {e}")
         except OperationalError as e:
-            if not is_store_locked(e):
+            if is_store_locked(e):
+                self._store_locked(name)
+            elif is_disk_full(e):
+                self._disk_full(name, "the store's database")
+            else:
                 raise
-            self._store_locked(name)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            self._disk_full(name, e.filename or "a file under store.data_dir")
         else:
             if self._backoff.succeeded():
                 log.info("Label Studio reachable again")
                 self._health("recovered", name)
             self._store_unlocked()
+            if self._full_runs:
+                log.info("space on disk again after %d runs stopped for lack of it", self._full_runs)
+                self._full_runs = 0
         finally:
             self._work.release()
 
@@ -275,6 +286,17 @@ class Service:
         log.log(level, "%s skipped: another process held the store's write lock for over %g s "
                 "(a large `labelloop pool add`?); retrying on the next run",
                 name, self.ctx.settings.store.busy_timeout_s)
+
+    def _disk_full(self, name: str, where: object) -> None:
+        """A write found no space left: log it (an error the first time, INFO while it lasts), no traceback.
+
+        Nothing is lost: the transaction in flight rolled back, every stage before it committed,
+        and the next run retries. No health row: writing it needs space too.
+        """
+        self._full_runs += 1
+        level = logging.ERROR if self._full_runs == 1 else logging.INFO
+        log.log(level, "%s stopped: no space left on the disk for %s (store.data_dir is %s); "
+                "free some space, the next run retries", name, where, self.ctx.settings.store.data_dir)
 
     def _store_unlocked(self) -> None:
         """After runs skipped for a locked store, record them once a write goes through again."""

@@ -8,6 +8,7 @@ Query functions for the CLI live in ``daemon/queries.py``.
 from __future__ import annotations
 
 import enum
+import errno
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ __all__ = [
     "bulk_insert",
     "get_value",
     "ids_present",
+    "is_disk_full",
     "is_store_locked",
     "make_engine",
     "not_removed",
@@ -320,6 +322,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def is_store_locked(error: BaseException) -> bool:
     """Whether ``error`` is SQLite giving up on a write lock another process holds (past the busy timeout)."""
     return isinstance(error, OperationalError) and "locked" in str(error.orig)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write refused for lack of space: SQLite's SQLITE_FULL, or ENOSPC from a file write."""
+    if isinstance(error, OperationalError):
+        return "database or disk is full" in str(error.orig)
+    return isinstance(error, OSError) and error.errno == errno.ENOSPC
 
 
 def count(session: Session, model: type[SQLModel]) -> int:
