@@ -8,7 +8,6 @@ continues where it stopped.
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,13 +20,12 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from daemon.cli_common import err, out
 from daemon.errors import AlreadyRunning, ConfigError, DaemonError
 from models.errors import ModelError
 
 __all__ = ["RateColumn", "register"]
 
-out = Console()
-err = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -54,7 +52,7 @@ def embed() -> None:
     Refuses while the daemon runs on the same store. Interrupting is safe: rerun to continue.
     """
     from daemon.app import embed_backfill
-    from daemon.cli import settings
+    from daemon.cli_common import settings
 
     columns = (
         TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), RateColumn(),

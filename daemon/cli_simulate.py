@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from daemon.cli_common import err, out
 from daemon.errors import DaemonError
 from models.errors import ModelError
 
@@ -28,8 +29,6 @@ if TYPE_CHECKING:  # torch and transformers load on use: every other command sta
 __all__ = ["SimulateRequest", "register", "run_request"]
 
 DEFAULT_STRATEGIES = ("random", "margin", "modal_margin")  # plus the registry's default
-out = Console()
-err = Console(stderr=True)
 
 
 @dataclass(frozen=True, slots=True)

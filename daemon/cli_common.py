@@ -1,0 +1,84 @@
+"""What every ``labelloop`` command shares: the consoles, the ``--config`` choice, JSON output and one error policy.
+
+``daemon/cli.py`` owns the app and its root option; the command modules (``cli_pool``,
+``cli_embed``, ``cli_simulate``) import from here, never from ``cli.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+
+from connectors.errors import ConnectorAuthError, ConnectorError
+from daemon.errors import AlreadyRunning, ConfigError, DaemonError, PoolFileError
+from daemon.settings import Settings, load_settings
+from daemon.store import is_disk_full, is_store_locked, make_engine
+from models.errors import ModelError
+
+__all__ = ["ConfigChoice", "JsonOpt", "cli_errors", "err", "out", "print_json", "settings", "store_engine"]
+
+out = Console()
+err = Console(stderr=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+class ConfigChoice:
+    """The ``--config`` path the root command was given (set once per invocation)."""
+
+    config: Path | None = None
+
+
+def settings() -> Settings:
+    return load_settings(ConfigChoice.config)
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn our errors into one clear line and an exit code; never a traceback."""
+    try:
+        yield
+    except (ConfigError, ConnectorAuthError) as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    except AlreadyRunning as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(3) from None
+    except (PoolFileError, DaemonError, ConnectorError, ModelError) as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(1) from None
+    except OperationalError as e:
+        if is_store_locked(e):
+            err.print("[red]error:[/] another process held the store's write lock for longer than "
+                      "store.busy_timeout_s (another `labelloop pool add`?); nothing was written, try again")
+            raise typer.Exit(1) from None
+        if not is_disk_full(e):
+            raise
+        _disk_full("the store's database")
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        _disk_full(e.filename or "a file")
+
+
+def _disk_full(where: object) -> NoReturn:
+    err.print(f"[red]error:[/] no space left on the disk for {where} (SQLite's temporary files go to "
+              "$SQLITE_TMPDIR, else /var/tmp or /tmp); the transaction in flight was rolled back, so "
+              "nothing of it was written: free some space and run the command again")
+    raise typer.Exit(1) from None
+
+
+def store_engine(cfg: Settings) -> Engine:
+    return make_engine(cfg.store.url, busy_timeout_s=cfg.store.busy_timeout_s)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,122 @@
+"""``labelloop pool add`` and ``pool remove``: bring items into the loop and take them out.
+
+Parsing (typer) -> :mod:`daemon.pool` / :mod:`daemon.removal` -> rendering (rich).
+``daemon/cli.py`` calls :func:`register` to add the ``pool`` group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from daemon.cli_common import JsonOpt, cli_errors, err, out, print_json, settings, store_engine
+from daemon.errors import ConfigError, PoolFileError
+
+if TYPE_CHECKING:  # pool.py loads numpy and the cache: not for every command
+    from daemon.pool import ImportReport
+
+__all__ = ["register"]
+
+pool_app = typer.Typer(no_args_is_help=True, help="Manage the unlabeled pool.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``pool`` command group to ``app``."""
+    app.add_typer(pool_app, name="pool")
+
+
+@pool_app.command("add")
+def pool_add(
+    files: Annotated[list[Path], typer.Argument(help="CSV, TSV, JSONL or Parquet files (shards of one pool, say), "
+                                                     "each added whole or not at all, in the order given.")],
+    id_field: Annotated[str | None, typer.Option(help="Column with the item id.")] = None,
+    text_field: Annotated[str | None, typer.Option(help="Column with the text.")] = None,
+    label_field: Annotated[str | None, typer.Option(help="Column with seed labels.")] = None,
+    embedding_field: Annotated[str | None, typer.Option(help="Column with precomputed vectors.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add items (and seed labels) from files; nothing is added twice.
+
+    Each file is its own transaction: when one is refused, the files before it stay added and
+    the rest are not read; rerunning the same command adds nothing twice.
+    """
+    from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+    from daemon.cli_embed import RateColumn
+    from daemon.pool import add_pool_file
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f} rows"),
+               RateColumn("rows"), TimeElapsedColumn())
+    reports: list[ImportReport] = []
+    with cli_errors(), Progress(*columns, console=err, transient=True) as bar:
+        cfg = settings()
+        fields = {k: v for k, v in {"id_field": id_field, "text_field": text_field, "label_field": label_field,
+                                    "embedding_field": embedding_field}.items() if v}
+        pool, engine = cfg.pool.model_copy(update=fields), store_engine(cfg)
+        for file in files:
+            task = bar.add_task(f"reading {file.name}", total=None)
+
+            def progress(phase: str, rows: int, task: TaskID = task, name: str = file.name) -> None:
+                bar.update(task, description=f"{phase} {name}", completed=rows)
+
+            try:
+                reports.append(add_pool_file(engine, file, pool=pool, data_dir=cfg.store.data_dir,
+                                             classes=cfg.loop.classes, progress=progress))
+            except PoolFileError:
+                if reports:
+                    err.print(f"{len(reports)} files before it were added: {', '.join(r.path for r in reports)}")
+                raise
+            bar.remove_task(task)
+            if not as_json:
+                _print_import(reports[-1])
+    if as_json:
+        print_json(asdict(reports[0]) if len(reports) == 1 else [asdict(report) for report in reports])
+
+
+def _print_import(report: ImportReport) -> None:
+    restored = f" ({report.restored} of them removed before, now back)" if report.restored else ""
+    out.print(f"{report.path}: {report.rows} rows, {report.added} added, {report.already_present} already "
+              f"in the pool{restored}, {report.labels_added} seed labels")
+
+
+@pool_app.command("remove")
+def pool_remove(
+    files: Annotated[list[Path] | None, typer.Argument(help="Pool files: their items are removed (ids as pool add "
+                                                            "derives them).")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="Remove every item imported from the file of this name "
+                                                          "(repeatable).")] = None,
+    item_id: Annotated[list[str] | None, typer.Option("--id", help="Remove this item (repeatable).")] = None,
+    reason: Annotated[str, typer.Option(help="Kept with each removal.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Take items out of the loop: never selected, trained on or exported; their waiting tasks are withdrawn.
+
+    Every file is read before anything is removed, and the removal is one transaction. Works
+    while the daemon runs; `pool add` of the same items brings them back.
+    """
+    from daemon.pool_files import read_pool_ids
+    from daemon.removal import item_ids_of_source, remove_items
+
+    with cli_errors():
+        if [bool(files), bool(source), bool(item_id)].count(True) != 1:
+            raise ConfigError("name the items one way: pool FILEs, --source NAME or --id ID")
+        cfg = settings()
+        engine, pool = store_engine(cfg), cfg.pool
+        ids: dict[str, None] = {}  # each once, in the order named
+        for file in files or []:
+            ids.update(dict.fromkeys(read_pool_ids(file, id_field=pool.id_field, text_field=pool.text_field,
+                                                   label_field=pool.label_field,
+                                                   embedding_field=pool.embedding_field)))
+        for name in source or []:
+            ids.update(dict.fromkeys(item_ids_of_source(engine, name)))
+        ids.update(dict.fromkeys(item_id or []))
+        report = remove_items(engine, list(ids), reason=reason)
+    if as_json:
+        print_json(asdict(report))
+        return
+    out.print(f"{report.removed} items removed ({report.labeled} with a label, no longer trained on or exported; "
+              f"{report.waiting} waiting in Label Studio, withdrawn at the next sync unless someone answered "
+              f"them); {report.already_removed} were already removed, {report.not_in_pool} are not in the pool")
