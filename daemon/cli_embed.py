@@ -20,9 +20,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from daemon.cli_common import err, out
-from daemon.errors import AlreadyRunning, ConfigError, DaemonError
-from models.errors import ModelError
+from daemon.cli_common import cli_errors, err, out, settings
+from daemon.errors import AlreadyRunning
 
 __all__ = ["RateColumn", "register"]
 
@@ -52,13 +51,12 @@ def embed() -> None:
     Refuses while the daemon runs on the same store. Interrupting is safe: rerun to continue.
     """
     from daemon.app import embed_backfill
-    from daemon.cli_common import settings
 
     columns = (
         TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), RateColumn(),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=False) as bar:
+    with cli_errors(), Progress(*columns, console=err, transient=False) as bar:
         task = bar.add_task("embed", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -66,15 +64,8 @@ def embed() -> None:
 
         try:
             done = embed_backfill(settings(), progress=progress)
-        except ConfigError as e:
-            err.print(f"[red]error:[/] {e}")
-            raise typer.Exit(2) from None
         except AlreadyRunning as e:
-            err.print(f"[red]error:[/] {e} (stop the daemon, or let its embed stage do the work)")
-            raise typer.Exit(3) from None
-        except (DaemonError, ModelError) as e:
-            err.print(f"[red]error:[/] {e}")
-            raise typer.Exit(1) from None
+            raise AlreadyRunning(f"{e} (stop the daemon, or let its embed stage do the work)") from None
         except KeyboardInterrupt:
             completed = int(bar.tasks[0].completed)
             err.print(f"interrupted after {completed} items; run `labelloop embed` again to continue")

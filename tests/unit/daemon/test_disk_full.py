@@ -136,3 +136,13 @@ def _latest_batch(service: Service) -> str:
         batch = session.exec(select(Batch)).first()
         assert batch is not None
         return batch.id
+
+
+def test_embed_out_of_space_says_so_instead_of_a_traceback(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fill(*_args: Any, **_kwargs: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", str(workdir / ".labelloop" / "embeddings" / "shard"))
+
+    monkeypatch.setattr("daemon.app.embed_backfill", fill)
+    refused = runner.invoke(app, ["embed"])
+    assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit), refused.output
+    assert "no space left on the disk for" in " ".join(refused.output.split())
