@@ -88,10 +88,7 @@ def read_pool_file(
                                                        row.text, row.label)))
         if len(problems) >= MAX_PROBLEMS:
             break
-    if problems:
-        raise PoolFileError(str(path), problems)
-    if not rows:
-        raise PoolFileError(str(path), [(None, NO_ROWS)])
+    _refuse_if_bad(path, problems, has_rows=bool(rows))
     return rows
 
 
@@ -118,11 +115,16 @@ def read_pool_ids(
         problems.append((line, problem))
         if len(problems) >= MAX_PROBLEMS:
             break
+    _refuse_if_bad(path, problems, has_rows=bool(ids))
+    return list(ids)
+
+
+def _refuse_if_bad(path: Path, problems: list[tuple[int | None, str]], *, has_rows: bool) -> None:
+    """Raise ``PoolFileError`` for the problems found, or for a file without a valid row."""
     if problems:
         raise PoolFileError(str(path), problems)
-    if not ids:
+    if not has_rows:
         raise PoolFileError(str(path), [(None, NO_ROWS)])
-    return list(ids)
 
 
 def iter_pool_rows(
