@@ -36,7 +36,6 @@ if TYPE_CHECKING:  # pool add imports this module and must not pay for torch (da
 __all__ = ["RemovalReport", "item_ids_of_source", "remove_items", "withdraw_removed"]
 
 log = logging.getLogger(__name__)
-_CHUNK = 500  # ids per DELETE ... IN (...) statement
 
 
 @dataclass(frozen=True, slots=True)
