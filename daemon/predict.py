@@ -32,6 +32,7 @@ from daemon.store import LabelRecord, LabelStatus, PoolItem, not_removed
 from daemon.training import active_cache, fit_proxy, labeled_set, model_version
 from models.cache import EmbeddingCache
 from models.classifier import ProxyClassifier
+from strategies import scores
 
 __all__ = ["PredictionReport", "export_predictions"]
 
@@ -117,8 +118,8 @@ def _predict(
     if not found:
         return out
     proba = classifier.predict_proba(cache.get([row for _, row in found]), dtype="float32")
-    top_two = np.sort(proba, axis=1)[:, -2:]
     best = proba.argmax(axis=1)
-    for (p, _), c, first, second in zip(found, best, top_two[:, 1], top_two[:, 0], strict=True):
-        out[p] = (str(classes[c]), round(float(first), 4), round(float(first - second), 4))
+    leads = 1.0 - scores.margin(proba)  # the strategies' margin score is 1 - (p_top1 - p_top2)
+    for (p, _), c, confidence, lead in zip(found, best, proba.max(axis=1), leads, strict=True):
+        out[p] = (str(classes[c]), round(float(confidence), 4), round(float(lead), 4))
     return out
