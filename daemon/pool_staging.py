@@ -235,6 +235,7 @@ def _stage_rows(
     problems: list[tuple[int | None, str]] = []
     chunk: list[PoolRow] = []
     staged_rows = 0
+    statement = _driver_insert(staged.conn)
     stream = iter_pool_rows(staged.path, id_field=pool.id_field, text_field=pool.text_field,
                             label_field=pool.label_field, embedding_field=pool.embedding_field)
     for line, row, problem in stream:
@@ -245,18 +246,19 @@ def _stage_rows(
             continue
         chunk.append(row)
         if len(chunk) == _STAGE_ROWS:
-            _stage_chunk(staged, chunk, scratch_dir)
+            _stage_chunk(staged, chunk, scratch_dir, statement)
             staged_rows, chunk = staged_rows + len(chunk), []
             if on_rows is not None:
                 on_rows(staged_rows)
     if chunk:
-        _stage_chunk(staged, chunk, scratch_dir)
+        _stage_chunk(staged, chunk, scratch_dir, statement)
         if on_rows is not None:
             on_rows(staged_rows + len(chunk))
     return problems
 
 
-def _stage_chunk(staged: StagedFile, rows: list[PoolRow], scratch_dir: Path) -> None:
+def _stage_chunk(staged: StagedFile, rows: list[PoolRow], scratch_dir: Path, statement: str | None) -> None:
+    """Stage ``rows``, with ``statement`` (:func:`_driver_insert`) when the driver's style allows."""
     first_vector = 0
     if rows[0].embedding is not None:
         if staged.vectors is None:
@@ -273,7 +275,6 @@ def _stage_chunk(staged: StagedFile, rows: list[PoolRow], scratch_dir: Path) -> 
          None if row.embedding is None else first_vector + offset, True)
         for offset, row in enumerate(rows)
     ]
-    statement = _driver_insert(staged.conn)
     if statement is None:
         staged.conn.execute(insert(_staged), [dict(zip(_staged.c.keys(), row, strict=True)) for row in values])
     else:

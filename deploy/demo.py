@@ -55,8 +55,9 @@ def main() -> int:
             return _live(server, daemon)
         code = _simulate(server, workdir, held_out, args, daemon)
         if code == 0:
-            _export(workdir, env)
-            _predict(workdir, env)
+            gold = json.loads((workdir / "gold.json").read_text())  # every pool item's answer
+            _export(workdir, env, gold)
+            _predict(workdir, env, gold)
             print("\nTo run it for real: `make up`, then label in the browser at the printed address.")
         return code
     finally:
@@ -70,10 +71,9 @@ def main() -> int:
         print("stopped the daemon and Label Studio.", flush=True)
 
 
-def _export(workdir: Path, env: dict[str, str]) -> None:
+def _export(workdir: Path, env: dict[str, str], gold: dict[str, str]) -> None:
     """Write the labels out with `labelloop export` and check them against what the annotator answered."""
     _quiet(["export", "labels.csv", "--force"], workdir, env)
-    gold = json.loads((workdir / "gold.json").read_text())
     with (workdir / "labels.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     agree = sum(gold.get(row["id"]) == row["label"] for row in rows)
@@ -81,10 +81,9 @@ def _export(workdir: Path, env: dict[str, str]) -> None:
           "(`labelloop export`; a pool file again)", flush=True)
 
 
-def _predict(workdir: Path, env: dict[str, str]) -> None:
+def _predict(workdir: Path, env: dict[str, str], gold: dict[str, str]) -> None:
     """Write the model's guesses with `labelloop predict` and score those for the items nobody labeled."""
     _quiet(["predict", "predictions.csv", "--force"], workdir, env)
-    gold = json.loads((workdir / "gold.json").read_text())
     with (workdir / "predictions.csv").open(newline="") as handle:
         unlabeled = [row for row in csv.DictReader(handle) if not row["label"] and row["id"] in gold]
     agree = sum(gold[row["id"]] == row["predicted"] for row in unlabeled)
