@@ -15,6 +15,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
@@ -24,7 +26,9 @@ from daemon.settings import Settings, load_settings
 from daemon.store import is_disk_full, is_store_locked, make_engine
 from models.errors import ModelError
 
-__all__ = ["ConfigChoice", "JsonOpt", "cli_errors", "err", "out", "print_json", "settings", "store_engine"]
+__all__ = [
+    "ConfigChoice", "JsonOpt", "RateColumn", "cli_errors", "err", "out", "print_json", "settings", "store_engine",
+]
 
 out = Console()
 err = Console(stderr=True)
@@ -82,3 +86,16 @@ def store_engine(cfg: Settings) -> Engine:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+class RateColumn(ProgressColumn):
+    """Things per second, as rich estimates it over its recent updates (``pool add`` shows rows/s)."""
+
+    def __init__(self, unit: str = "items") -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"-- {self.unit}/s" if speed is None else f"{speed:,.0f} {self.unit}/s",
+                    style="progress.data.speed")

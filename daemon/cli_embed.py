@@ -12,37 +12,21 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    ProgressColumn,
-    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.text import Text
 
-from daemon.cli_common import cli_errors, err, out, settings
+from daemon.cli_common import RateColumn, cli_errors, err, out, settings
 from daemon.errors import AlreadyRunning
 
-__all__ = ["RateColumn", "register"]
+__all__ = ["register"]
 
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``embed`` command to ``app``."""
     app.command("embed")(embed)
-
-
-class RateColumn(ProgressColumn):
-    """Things per second, as rich estimates it over its recent updates (``pool add`` shows rows/s)."""
-
-    def __init__(self, unit: str = "items") -> None:
-        super().__init__()
-        self.unit = unit
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"-- {self.unit}/s" if speed is None else f"{speed:,.0f} {self.unit}/s",
-                    style="progress.data.speed")
 
 
 def embed() -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from daemon.cli_common import JsonOpt, cli_errors, err, out, print_json, settings, store_engine
+from daemon.cli_common import JsonOpt, RateColumn, cli_errors, err, out, print_json, settings, store_engine
 from daemon.errors import ConfigError, PoolFileError
 
 if TYPE_CHECKING:  # pool.py loads numpy and the cache: not for every command
@@ -45,7 +45,6 @@ def pool_add(
     """
     from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-    from daemon.cli_embed import RateColumn
     from daemon.pool import add_pool_file
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f} rows"),
