@@ -9,6 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from connectors.base import Connector, OutgoingTask, PredictionUpdate, ProjectInfo, PullResult, TaskSummary
 from connectors.errors import ConnectorUnavailable
 from connectors.label_studio import LabelStudioConnector
@@ -17,7 +19,7 @@ from daemon.cycle import CycleReport, run_cycle
 from daemon.errors import ConfigError
 from daemon.project import ensure_project
 from daemon.service import InstanceLock, Service
-from daemon.settings import Settings
+from daemon.settings import LabelStudioSettings, LoopSettings, Settings, describe_invalid, masked_url
 from daemon.store import make_engine
 from daemon.sync import SyncReport, sync
 
@@ -202,7 +204,7 @@ def run_service(settings: Settings, *, connector: Connector | None = None) -> No
         ctx = build_context(settings, connector=connector)
         try:
             who = ctx.connector.check()
-            log.info("connected to Label Studio at %s as %s", settings.label_studio.url, who)
+            log.info("connected to Label Studio at %s as %s", masked_url(settings.label_studio.url), who)
         except ConnectorUnavailable as e:
             log.warning("Label Studio is not reachable yet (%s); will keep retrying", e)
         service = Service(ctx)
@@ -237,10 +239,15 @@ def write_config(path: Path, *, url: str, project_id: int | None, classes: list[
     """Write a starter config file.
 
     Raises:
-        ConfigError: the file exists and ``force`` is false.
+        ConfigError: the file exists and ``force`` is false, or a value is refused (nothing is written).
     """
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists (use --force to overwrite)")
+    try:
+        LabelStudioSettings(url=url, project_id=project_id)
+        classes = LoopSettings(classes=classes).classes  # trimmed
+    except ValidationError as e:
+        raise ConfigError(f"nothing written: {describe_invalid(e)}") from None
     project_line = f"project_id = {project_id}" if project_id is not None else "# project_id = 1"
     path.write_text(_TEMPLATE.format(url=json.dumps(url), project_line=project_line, classes=json.dumps(classes)))
 

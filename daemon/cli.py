@@ -54,7 +54,7 @@ def init(
 
     with cli_errors():
         path = ConfigChoice.config or Path(DEFAULT_CONFIG_FILE)
-        write_config(path, url=url, project_id=project_id, classes=[c.strip() for c in classes.split(",") if c.strip()],
+        write_config(path, url=url, project_id=project_id, classes=classes.split(",") if classes else [],
                      force=force)
         store_engine(load_settings(path)).dispose()
         out.print(f"wrote {path}; set the token with [bold]export LABELLOOP_LABEL_STUDIO__API_KEY=…[/]")

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -32,7 +33,9 @@ __all__ = [
     "Settings",
     "StoreSettings",
     "WebhookSettings",
+    "describe_invalid",
     "load_settings",
+    "masked_url",
 ]
 
 DEFAULT_CONFIG_FILE = "labelloop.toml"
@@ -46,11 +49,19 @@ class _Section(BaseModel):
 class LabelStudioSettings(_Section):
     url: str = "http://127.0.0.1:8080"
     api_key: SecretStr | None = None  # legacy token or Personal Access Token
-    project_id: int | None = None  # use this project; None = find or create by title
+    project_id: int | None = Field(default=None, gt=0)  # use this project; None = find or create by title
     project_title: str = Field(default="labelloop", min_length=1, max_length=50)  # Label Studio caps at 50
     text_key: str = "text"
     timeout_s: float = Field(default=15.0, gt=0)
     max_waiting_tasks: int = Field(default=200, gt=0)  # unlabeled tasks of ours allowed in the queue
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8080")
+        return url
 
 
 class LoopSettings(_Section):
@@ -80,6 +91,29 @@ class LoopSettings(_Section):
     # (embedded by the pool's encoder; ignored for bring-your-own vectors): strategies/named.py
     use_class_names: bool = True
     seed: int = 0
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, name: str) -> str:
+        from strategies import REGISTRY  # numpy only; most commands load it anyway
+
+        if name != "default" and name not in REGISTRY:
+            raise ValueError(f"unknown strategy {name!r}; known: default, {', '.join(REGISTRY)}")
+        return name
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, names: list[str]) -> list[str]:
+        """Names are trimmed; an empty or repeated name, or a single class, is refused (none = from the labels)."""
+        trimmed = [name.strip() for name in names]
+        if any(not name for name in trimmed):
+            raise ValueError("a class name is empty")
+        repeated = sorted({name for name in trimmed if trimmed.count(name) > 1})
+        if repeated:
+            raise ValueError(f"class names repeated: {', '.join(repeated)}")
+        if len(trimmed) == 1:
+            raise ValueError("one class is no choice: name at least two, or none to take them from the labels")
+        return trimmed
 
 
 class ModelSettings(_Section):
@@ -249,6 +283,10 @@ class Settings(BaseSettings):
     def public_dump(self) -> dict[str, Any]:
         """Return the effective settings as plain data, secrets masked."""
         data = self.model_dump(mode="json")
+        for section, key in (("label_studio", "url"), ("store", "url"), ("model", "encoder"),
+                             ("webhook", "public_url"), ("scaleout", "ray_address")):
+            if data[section][key] is not None:
+                data[section][key] = masked_url(data[section][key])
         if self.label_studio.api_key is not None:
             data["label_studio"]["api_key"] = "**********"
         if self.webhook.secret is not None:
@@ -285,12 +323,34 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
             return tuple(sources)
 
+    where = str(path) if path.is_file() else "environment"
     try:
         return _WithFile(**overrides)
     except ValidationError as e:
-        raise ConfigError(f"invalid settings ({path}): {_describe(e)}") from None
+        raise ConfigError(f"invalid settings ({where}): {describe_invalid(e)}") from None
+    except SettingsError as e:  # an environment value that is not the JSON a list or table needs
+        raise ConfigError(f"invalid settings (environment): {_describe_env(e)}") from None
     except ValueError as e:  # TOML syntax errors
         raise ConfigError(f"invalid settings file {path}: {e}") from None
+
+
+def masked_url(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part replaced by ``***``, for display."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def _describe_env(error: SettingsError) -> str:
+    """Name the ``LABELLOOP_*`` variables of the section pydantic-settings could not parse."""
+    field = str(error).split('"')[1] if str(error).count('"') >= 2 else ""
+    prefix = f"LABELLOOP_{field.upper()}__"
+    names = sorted(name.upper() for name in os.environ if name.upper().startswith(prefix))
+    return (f"cannot parse {', '.join(names) or 'a LABELLOOP_ variable'}: a list or table value is JSON, "
+            """e.g. LABELLOOP_LOOP__CLASSES='["billing", "fraud"]'""")
 
 
 def _is_wildcard(host: str) -> bool:
@@ -300,7 +360,7 @@ def _is_wildcard(host: str) -> bool:
         return host == ""
 
 
-def _describe(error: ValidationError) -> str:
+def describe_invalid(error: ValidationError) -> str:
     """Say where and why, never the offending value (it may be a secret).
 
     A setting that comes from an environment variable names it: the message otherwise points at
@@ -312,5 +372,5 @@ def _describe(error: ValidationError) -> str:
         path = [str(p) for p in item["loc"]]
         variable = "LABELLOOP_" + "__".join(path).upper()
         source = f" (from {variable})" if variable in environment else ""
-        parts.append(f"{'.'.join(path)}{source}: {item['msg']}")
+        parts.append(f"{'.'.join(path)}{source}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)

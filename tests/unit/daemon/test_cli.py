@@ -145,3 +145,21 @@ def test_inspecting_and_importing_do_not_load_torch() -> None:
              "print(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+@pytest.mark.parametrize("classes", ["a,a", "a", "a,,b", "a, a"])
+def test_init_refuses_a_bad_class_list_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, classes: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LABELLOOP_CONFIG", raising=False)
+    result = runner.invoke(app, ["init", "--classes", classes])
+    assert result.exit_code == 2 and "nothing written: classes" in result.output
+    assert not (tmp_path / "labelloop.toml").exists()
+
+
+def test_init_trims_class_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LABELLOOP_CONFIG", raising=False)
+    assert runner.invoke(app, ["init", "--classes", " ham , spam "]).exit_code == 0
+    assert load_settings(tmp_path / "labelloop.toml").loop.classes == ["ham", "spam"]

@@ -70,3 +70,67 @@ def test_a_bad_setting_from_the_environment_names_the_variable(
     message = str(info.value)
     assert "loop.full_reconcile_every (from LABELLOOP_LOOP__FULL_RECONCILE_EVERY): Extra inputs" in message
     assert "loop.batch_size (from LABELLOOP_LOOP__BATCH_SIZE)" in message
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [
+        ('["a", " a "]', "class names repeated: a"),
+        ('["a", ""]', "a class name is empty"),
+        ('["only"]', "one class is no choice"),
+    ],
+)
+def test_class_lists_are_refused_when_a_name_is_empty_repeated_or_alone(
+    tmp_path: Path, classes: str, message: str
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f"[loop]\nclasses = {classes}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config)
+
+
+def test_class_names_are_trimmed_and_none_means_from_the_labels(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[loop]\nclasses = [" billing", "fraud "]\n')
+    assert load_settings(config).loop.classes == ["billing", "fraud"]
+    config.write_text("[loop]\nclasses = []\n")
+    assert load_settings(config).loop.classes == []
+
+
+def test_an_unknown_strategy_is_refused_when_the_settings_load(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[loop]\nstrategy = "nope"\n')
+    with pytest.raises(ConfigError, match=r"loop\.strategy: unknown strategy 'nope'; known: default, random"):
+        load_settings(config)
+    config.write_text('[loop]\nstrategy = "margin"\n')
+    assert load_settings(config).loop.strategy == "margin"
+
+
+def test_label_studio_needs_an_http_url_and_a_positive_project_id(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    for bad in ('url = "ls.example.com"', 'url = "ftp://ls.example.com"', "project_id = 0"):
+        config.write_text(f"[label_studio]\n{bad}\n")
+        with pytest.raises(ConfigError, match=r"label_studio\.(url|project_id)"):
+            load_settings(config)
+
+
+def test_passwords_in_urls_are_masked_by_config_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LABELLOOP_STORE__URL", "postgresql://loop:dbs3cret@db.example.com/labelloop")
+    monkeypatch.setenv("LABELLOOP_LABEL_STUDIO__URL", "https://ann:lss3cret@ls.example.com")
+    dump = load_settings().public_dump()
+    assert dump["store"]["url"] == "postgresql://loop:***@db.example.com/labelloop"
+    assert dump["label_studio"]["url"] == "https://ann:***@ls.example.com"
+    assert "s3cret" not in str(dump)
+
+
+def test_a_list_from_the_environment_that_is_not_json_names_the_variable_and_the_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LABELLOOP_LOOP__CLASSES", "x,y")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "(environment)" in message and "LABELLOOP_LOOP__CLASSES" in message and "JSON" in message
+    assert "labelloop.toml" not in message  # there is no such file here
