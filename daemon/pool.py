@@ -89,9 +89,11 @@ def add_pool_file(
         report_rows("writing", staged.items)
         with Session(bind=conn) as session:
             _fast_bulk_writes(session)
-            set_value(session, "embedding_source", embedding_source)
-            session.flush()  # the write transaction starts here
             added = staged.insert_items(source=path.name, is_embedded=staged.dim is not None, now=now)
+            # under the write lock now: an import that committed since the checks may have given the
+            # pool its kind of vectors (two imports into a new store raced to write the key)
+            _embedding_source(path, staged.dim, get_value(session, "embedding_source"))
+            set_value(session, "embedding_source", embedding_source)
             labels = staged.insert_seed_labels(now=now)
             restored = staged.restore_removed()
             if added or restored:

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,10 @@ __all__ = [
 MAX_PROBLEMS = 20  # a refused file lists at most this many problems
 NO_ROWS = "the file holds no rows"
 _PARQUET_ROWS = 4096  # rows turned into Python values at a time: 65,536 rows of 384-d vectors took 800 MB
+_DEFAULT_FIELDS = ("id", "text", "label", "embedding")
+_FLOAT16_MAX = 65504.0  # vectors are kept as float16 (models/cache.py)
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as read with surrogateescape
+_NOT_UTF8 = "not UTF-8 text: save the file as UTF-8"
 csv.field_size_limit(1 << 26)
 
 
@@ -46,6 +51,11 @@ class _Fields:
     text_field: str
     label_field: str
     embedding_field: str
+
+    def named(self) -> list[str]:
+        """The fields given a name other than the default: the file must have them."""
+        names = (self.id_field, self.text_field, self.label_field, self.embedding_field)
+        return [name for name, default in zip(names, _DEFAULT_FIELDS, strict=True) if name != default]
 
 
 def read_pool_file(
@@ -146,10 +156,15 @@ def iter_pool_rows(
         PoolFileError: the file is missing, of an unknown type, or unreadable from some line on.
     """
     fields = _Fields(id_field, text_field, label_field, embedding_field)
+    if path.is_dir():
+        raise PoolFileError(str(path), [(None, "a folder, not a file: name the files (shards/*.parquet)")])
     if not path.is_file():
         raise PoolFileError(str(path), [(None, "no such file")])
+    _check_columns(path, fields)
     shape: tuple[bool, int | None] | None = None  # the first valid row's (has an embedding, width)
+    label_named, label_seen = fields.label_field in fields.named(), False
     for line, record in _raw_records(path):
+        label_seen = label_seen or (label_named and fields.label_field in record)
         try:
             row = _to_row(line, record, fields, keep_duplicates=keep_duplicates)
         except ValueError as e:
@@ -164,6 +179,8 @@ def iter_pool_rows(
             yield line, None, "either every row carries an embedding or none does"
         else:
             yield line, None, f"embedding has {row_shape[1]} values, earlier rows have {shape[1]}"
+    if label_named and not label_seen and shape is not None:
+        raise PoolFileError(str(path), [(None, f"no row has the field {fields.label_field!r}")])
 
 
 def repeated_id_problem(
@@ -176,26 +193,94 @@ def repeated_id_problem(
     return f"id {item_id!r} appears again (line {earlier_line}) with other content"
 
 
-def _raw_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
+def _file_type(path: Path) -> str:
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
-    if suffix in {".csv", ".tsv"}:
-        return _csv_records(path, delimiter="\t" if suffix == ".tsv" else ",")
-    if suffix in {".jsonl", ".ndjson", ".json"}:
-        return _jsonl_records(path)
-    if suffix in {".parquet", ".pq"}:
-        return _parquet_records(path)
+    for kind, suffixes in (("csv", {".csv", ".tsv"}), ("jsonl", {".jsonl", ".ndjson", ".json"}),
+                           ("parquet", {".parquet", ".pq"})):
+        if suffix in suffixes:
+            return kind
     raise PoolFileError(str(path), [(None, f"unknown file type {suffix!r}: use .csv, .tsv, .jsonl or .parquet")])
 
 
-def _csv_records(path: Path, *, delimiter: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        try:
-            header = next(reader)
-        except StopIteration:
+def _raw_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    kind = _file_type(path)
+    if kind == "csv":
+        return _csv_records(path)
+    if kind == "jsonl":
+        return _jsonl_records(path)
+    return _parquet_records(path)
+
+
+def _check_columns(path: Path, fields: _Fields) -> None:
+    """Refuse a file that lacks a column it was told to read (or any text or vector column).
+
+    A column named other than by default must exist: a mistyped ``--id-field`` would otherwise
+    give every row an id from its text (the same item twice in the pool), a mistyped
+    ``--label-field`` would drop every seed label. A JSONL file's columns are its first record's.
+    """
+    columns = _columns(path)
+    if columns is None:
+        return  # empty, or unreadable: the rows say why
+    named = fields.named()
+    if _file_type(path) == "jsonl":  # the first record may be unlabeled: iter_pool_rows checks the label at the end
+        named = [name for name in named if name != fields.label_field]
+    missing = [name for name in named if name not in columns]
+    if fields.text_field not in columns and fields.embedding_field not in columns and fields.text_field not in missing:
+        missing.insert(0, fields.text_field)
+    if missing:
+        names = " or ".join(repr(name) for name in missing)
+        raise PoolFileError(str(path), [(None, f"no column {names}; the file has: {', '.join(columns)}")])
+
+
+def _columns(path: Path) -> list[str] | None:
+    """The file's column names, or ``None`` when it has none to show (empty, or its first record is bad)."""
+    kind = _file_type(path)
+    if kind == "csv":
+        with _open_text(path) as handle:
+            return _csv_header(path, csv.reader(handle, delimiter=_delimiter(path)))
+    if kind == "jsonl":
+        for _, record in _jsonl_records(path):
+            return list(record)
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.ParquetFile(path, pre_buffer=False).schema_arrow.names)
+    except (pa.ArrowException, OSError):
+        return None  # the rows' reader says why
+
+
+def _open_text(path: Path) -> Any:
+    """Text with undecodable bytes kept as surrogates, so a bad byte is reported at its own line."""
+    return path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
+
+
+def _delimiter(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" or path.name.lower().endswith(".tsv.gz") else ","
+
+
+def _csv_header(path: Path, reader: Any) -> list[str] | None:
+    try:
+        header: list[str] = next(reader)
+    except StopIteration:
+        return None
+    except csv.Error as e:
+        raise PoolFileError(str(path), [(1, f"unreadable header: {e}")]) from None
+    if _UNDECODABLE.search("".join(header)):
+        raise PoolFileError(str(path), [(1, _NOT_UTF8)])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise PoolFileError(str(path), [(1, f"column {', '.join(map(repr, repeated))} appears twice in the header")])
+    return header
+
+
+def _csv_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    with _open_text(path) as handle:
+        reader = csv.reader(handle, delimiter=_delimiter(path))
+        header = _csv_header(path, reader)
+        if header is None:
             return
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise PoolFileError(str(path), [(1, f"unreadable header: {e}")]) from None
         width = len(header)
         while True:
             start = reader.line_num + 1
@@ -203,7 +288,7 @@ def _csv_records(path: Path, *, delimiter: str) -> Iterator[tuple[int, Mapping[s
                 values = next(reader)
             except StopIteration:
                 return
-            except (csv.Error, UnicodeDecodeError) as e:
+            except csv.Error as e:
                 raise PoolFileError(str(path), [(start, f"unreadable CSV: {e}")]) from None
             if not values:
                 continue
@@ -211,12 +296,18 @@ def _csv_records(path: Path, *, delimiter: str) -> Iterator[tuple[int, Mapping[s
                 raise PoolFileError(
                     str(path), [(start, f"{len(values)} fields where the header has {width}")]
                 )
+            if _UNDECODABLE.search("".join(values)):
+                raise PoolFileError(str(path), [(start, _NOT_UTF8)])
             yield start, dict(zip(header, values, strict=True))
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM, as Windows tools write
+            except UnicodeDecodeError:
+                raise PoolFileError(str(path), [(number, _NOT_UTF8)]) from None
             if not text.strip():
                 continue
             try:
@@ -244,34 +335,37 @@ def _parquet_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
 
 
 def _to_row(line: int, record: Mapping[str, Any], fields: _Fields, *, keep_duplicates: bool) -> PoolRow:
-    text = _text_value(record.get(fields.text_field))
+    text = _text_value(record.get(fields.text_field), fields.text_field)
     embedding = _embedding_value(record.get(fields.embedding_field))
     if not text and embedding is None:
         raise ValueError(f"missing or empty {fields.text_field!r}")
-    item_id = _text_value(record.get(fields.id_field))
+    item_id = _text_value(record.get(fields.id_field), fields.id_field)
     if not item_id:
-        if fields.id_field in record:
-            raise ValueError(f"empty {fields.id_field!r}")
+        if fields.id_field in record or fields.id_field != _DEFAULT_FIELDS[0]:  # a named id column is required
+            raise ValueError(f"missing or empty {fields.id_field!r}")
         if keep_duplicates:
             item_id = f"row-{line}"
         else:
             basis = text if embedding is None else json.dumps(embedding)  # the values as read: ids stay stable
             item_id = "h-" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:20]
-    label = _text_value(record.get(fields.label_field)) or None
+    label = _text_value(record.get(fields.label_field), fields.label_field) or None
     reserved = {fields.id_field, fields.text_field, fields.label_field, fields.embedding_field}
     meta = {key: _jsonable(value) for key, value in record.items() if key not in reserved}
     vector = None if embedding is None else np.asarray(embedding, dtype=np.float32)
     return PoolRow(line, item_id, text, label, vector, meta)
 
 
-def _text_value(value: Any) -> str:
+def _text_value(value: Any, name: str) -> str:
+    """A text, id or label as text; an integral float (a Parquet integer column with gaps) without ``.0``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, str):
         return value.strip()
     if isinstance(value, bool | int):
         return str(value)
-    raise ValueError(f"expected text, got {type(value).__name__}")
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else repr(value)
+    raise ValueError(f"{name!r} must be text or a number, got {type(value).__name__}")
 
 
 def _embedding_value(value: Any) -> tuple[float, ...] | None:
@@ -290,6 +384,8 @@ def _embedding_value(value: Any) -> tuple[float, ...] | None:
         raise ValueError("embedding must contain only numbers") from None
     if not all(math.isfinite(v) for v in vector):
         raise ValueError("embedding contains NaN or infinity")
+    if max(map(abs, vector)) > _FLOAT16_MAX:
+        raise ValueError(f"embedding values must lie within ±{_FLOAT16_MAX:,.0f} (vectors are kept as float16)")
     return vector
 
 

@@ -190,3 +190,32 @@ def test_an_import_killed_at_the_worst_moment_leaves_nothing_and_reruns_whole(
         got = cache.get(cache.lookup([byo_hash(f"i{k}") for k in range(7)]))
     want = np.asarray([row["embedding"] for row in rows], dtype=np.float32)
     np.testing.assert_allclose(got, want / np.linalg.norm(want, axis=1, keepdims=True), atol=2e-3)
+
+
+@pytest.mark.parametrize("other_has_vectors", [False, True])
+def test_an_import_that_commits_while_another_checks_cannot_break_it(
+    engine: Engine, tmp_path: Path, other_has_vectors: bool
+) -> None:
+    """Two imports into a new store both checked the pool's kind of vectors on the empty store: the second to
+    write mixed texts into a pool of own vectors, or crashed on the key's UNIQUE constraint when the two
+    writes interleaved. The second now decides under the write lock."""
+    write_jsonl(tmp_path / "texts.jsonl", [{"id": "t1", "text": "hello"}])
+    other = write_jsonl(tmp_path / "other.jsonl", [{"id": "o1", "text": "win", "embedding": [1.0, 0.0]}]
+                        if other_has_vectors else [{"id": "o1", "text": "win"}])
+
+    def the_other_import_lands(phase: str, _rows: int) -> None:
+        if phase == "writing":  # this import's checks are done; its write has not begun
+            add(engine, other, tmp_path)
+
+    def ours() -> object:
+        return add_pool_file(engine, tmp_path / "texts.jsonl", pool=PoolSettings(), data_dir=tmp_path / "state",
+                             progress=the_other_import_lands)
+
+    if other_has_vectors:
+        with pytest.raises(PoolFileError, match="the pool holds precomputed embeddings: this file has none"):
+            ours()
+    else:
+        ours()
+    with Session(engine) as session:
+        ids = set(session.exec(select(PoolItem.item_id)))
+    assert ids == ({"o1"} if other_has_vectors else {"o1", "t1"})

@@ -20,19 +20,19 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def add_to_a_new_store(path: Path) -> object:
+def add_to_a_new_store(path: Path, **fields: str) -> object:
     """``pool add``'s streaming reader (``daemon.pool_staging``), which must refuse what ``read_pool_file`` does."""
     engine = make_engine(f"sqlite:///{path.parent / 'store' / 'labelloop.db'}")
     try:
-        return add_pool_file(engine, path, pool=PoolSettings(), data_dir=path.parent / "store")
+        return add_pool_file(engine, path, pool=PoolSettings(**fields), data_dir=path.parent / "store")
     finally:
         engine.dispose()
 
 
 @pytest.fixture(params=[read_pool_file, add_to_a_new_store], ids=["read_pool_file", "pool_add"])
-def read(request: pytest.FixtureRequest) -> Callable[[Path], object]:
+def read(request: pytest.FixtureRequest) -> Callable[..., object]:
     """Both readers of pool files: every refusal below holds for each."""
-    reader: Callable[[Path], object] = request.param
+    reader: Callable[..., object] = request.param
     return reader
 
 
@@ -163,3 +163,88 @@ def test_ids_alone_come_once_in_file_order_and_a_malformed_row_still_refuses(tmp
     assert read_pool_ids(no_ids) == [row.item_id for row in read_pool_file(no_ids)]
     with pytest.raises(PoolFileError, match="line 3: missing or empty 'text'"):
         read_pool_ids(write(tmp_path / "bad.csv", "id,text\na,one\nb,\n"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fields", "reason"),
+    [
+        ("p.csv", "id,text,label\n1,x,a\n", {"id_field": "ident"}, "no column 'ident'; the file has: id, text, label"),
+        ("p.csv", "id,text,label\n1,x,a\n", {"label_field": "lable"}, "no column 'lable'"),
+        ("p.csv", "id,question\n1,x\n", {}, "no column 'text'; the file has: id, question"),
+        ("p.jsonl", '{"id": "1", "text": "x", "label": "a"}\n', {"id_field": "uid"}, "no column 'uid'"),
+        ("p.jsonl", '{"text": "x"}\n{"text": "y", "label": "a"}\n', {"label_field": "gold"},
+         "no row has the field 'gold'"),
+        ("p.jsonl", '{"uid": "1", "text": "x"}\n{"text": "y"}\n', {"id_field": "uid"},
+         "line 2: missing or empty 'uid'"),
+    ],
+)
+def test_a_named_column_the_file_lacks_is_refused(
+    read: Callable[..., object], tmp_path: Path, name: str, content: str, fields: dict[str, str], reason: str
+) -> None:
+    """A mistyped --id-field used to hash every id (the same item twice); a mistyped --label-field
+    dropped every label."""
+    with pytest.raises(PoolFileError, match=reason):
+        read(write(tmp_path / name, content), **fields)
+
+
+def test_a_named_column_of_parquet_is_looked_up_in_its_schema(read: Callable[..., object], tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"id": ["a"], "text": ["one"]}), path)
+    with pytest.raises(PoolFileError, match="no column 'lbl'; the file has: id, text"):
+        read(path, label_field="lbl")
+
+
+def test_a_column_named_twice_in_a_csv_header_is_refused(read: Callable[..., object], tmp_path: Path) -> None:
+    with pytest.raises(PoolFileError, match="line 1: column 'text' appears twice"):
+        read(write(tmp_path / "p.csv", "id,text,label,text\n1,x1,a,x2\n"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "line"),
+    [
+        ("p.csv", b"id,text\n1,a\n2,b\n3,caf\xe9\n", 4),
+        ("p.csv", b'id,text\n1,"two\nlines"\n2,ok\n3,x\xff\n', 5),
+        ("p.tsv", b"id\ttext\n1\tok\n2\tna\xefve\n", 3),
+        ("p.csv", b"id,t\xe9xt\n1,a\n", 1),
+        ("p.jsonl", b'{"id": "1", "text": "ok"}\n{"id": "2", "text": "caf\xe9"}\n', 2),
+    ],
+)
+def test_bytes_that_are_not_utf8_are_refused_at_their_own_line(
+    read: Callable[..., object], tmp_path: Path, name: str, content: bytes, line: int
+) -> None:
+    """A CSV's bad byte was reported at the decoder's chunk (line 2837 for line 3000); JSONL gave a traceback."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(PoolFileError, match=f"line {line}: not UTF-8"):
+        read(path)
+
+
+def test_a_byte_order_mark_is_read_past_in_jsonl_as_in_csv(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "1", "text": "x"}\n')
+    assert [row.item_id for row in read_pool_file(path)] == ["1"]
+
+
+@pytest.mark.parametrize("value", ["1e300", "70000"])
+def test_embedding_values_beyond_float16_are_refused_with_their_line(
+    read: Callable[..., object], tmp_path: Path, value: str
+) -> None:
+    """They used to pass the reader and fail in the cache with a traceback."""
+    rows = f'{{"id": "a", "embedding": [1, 2]}}\n{{"id": "b", "embedding": [1, {value}]}}\n'
+    path = write(tmp_path / "e.jsonl", rows)
+    with pytest.raises(PoolFileError, match="line 2: embedding values must lie within"):
+        read(path)
+
+
+def test_numbers_as_ids_and_labels_read_as_text_and_other_types_name_their_field(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.jsonl", '{"id": 2.0, "text": "x", "label": 3}\n{"id": 2.5, "text": "y"}\n')
+    rows = read_pool_file(path)
+    assert [(row.item_id, row.label) for row in rows] == [("2", "3"), ("2.5", None)]
+    with pytest.raises(PoolFileError, match="'label' must be text or a number, got list"):
+        read_pool_file(write(tmp_path / "q.jsonl", '{"id": "1", "text": "x", "label": ["a"]}\n'))
+
+
+def test_a_folder_is_refused_as_a_folder(read: Callable[..., object], tmp_path: Path) -> None:
+    (tmp_path / "shards").mkdir()
+    with pytest.raises(PoolFileError, match="a folder, not a file"):
+        read(tmp_path / "shards")
