@@ -131,7 +131,11 @@ def batches(
         return
     from daemon.queries import list_batches
     from daemon.render import batches_table
+    from daemon.store import BatchStatus
 
+    if status is not None and status not in set(BatchStatus):
+        err.print(f"[red]error:[/] no batch status {status!r}: use {' | '.join(BatchStatus)}")
+        raise typer.Exit(2)
     with _read_session() as session:
         rows = list_batches(session, status=status)
     if as_json:

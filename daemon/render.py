@@ -63,7 +63,7 @@ def status_panels(report: StatusReport) -> list[Panel]:
             f"queue: {report.queue.get('waiting_items', 0)} items waiting in Label Studio; project "
             f"{report.project.get('id')} ({len(report.project.get('classes', []))} classes)")
     model = report.model
-    model_text = ("no model yet (cold start: fewer than two classes labeled)" if model is None else
+    model_text = (_no_model(report) if model is None else
                   f"model {model['version']} on {model['n_labels']} labels: macro-F1 {_fmt(model['macro_f1'])}, "
                   f"accuracy {_fmt(model['accuracy'])} ({model['quality_method']})")
     control = report.control_slice
@@ -99,3 +99,11 @@ def status_panels(report: StatusReport) -> list[Panel]:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _no_model(report: StatusReport) -> str:
+    """Why there is no model: too few classes labeled, or no cycle has trained one yet."""
+    if sum(1 for n in report.per_class.values() if n) < 2:
+        return "no model yet (cold start: fewer than two classes labeled)"
+    return ("no model yet: no cycle has run since the labels came (the daemon trains one at its next cycle; "
+            "labelloop predict trains one now)")

@@ -163,3 +163,19 @@ def test_init_trims_class_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("LABELLOOP_CONFIG", raising=False)
     assert runner.invoke(app, ["init", "--classes", " ham , spam "]).exit_code == 0
     assert load_settings(tmp_path / "labelloop.toml").loop.classes == ["ham", "spam"]
+
+
+def test_batches_refuses_an_unknown_status_naming_the_known_ones(workdir: Path) -> None:
+    result = runner.invoke(app, ["batches", "--status", "bogus"])
+    assert result.exit_code == 2
+    assert "no batch status 'bogus': use selected | pushed | closed | parked" in result.output
+
+
+def test_status_says_why_there_is_no_model(workdir: Path) -> None:
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello", "label": "ham"}\n{"id": "b", "text": "win"}\n')
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+    assert "cold start: fewer than two classes labeled" in runner.invoke(app, ["status"]).output
+    (workdir / "more.jsonl").write_text('{"id": "c", "text": "free money", "label": "spam"}\n')
+    assert runner.invoke(app, ["pool", "add", "more.jsonl"]).exit_code == 0
+    output = " ".join(runner.invoke(app, ["status"]).output.split())
+    assert "no model yet: no cycle has run since the labels came" in output
