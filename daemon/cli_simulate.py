@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from daemon.cli_common import err, out
-from daemon.errors import DaemonError
+from daemon.errors import DaemonError, PoolFileError
 from models.errors import ModelError
 
 if TYPE_CHECKING:  # torch and transformers load on use: every other command starts 2 s sooner
@@ -29,6 +29,11 @@ if TYPE_CHECKING:  # torch and transformers load on use: every other command sta
 __all__ = ["SimulateRequest", "register", "run_request"]
 
 DEFAULT_STRATEGIES = ("random", "margin", "modal_margin")  # plus the registry's default
+# strategies.REGISTRY without cold_start, spelled out so --help needs no numpy (a test pins the two together).
+STRATEGY_NAMES = (
+    "random", "least_confidence", "margin", "entropy", "scarcity", "scarce_margin", "scarce_margin_diverse",
+    "margin_diverse", "modal_margin", "modal_ranked_batch",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +73,8 @@ def simulate(
         list[str] | None,
         typer.Option(
             "--strategy",
-            help="Registry name (repeatable), or 'all'. Default: random, margin, "
-            "modal_margin and the daemon's default.",
+            help="Registry name (repeatable), or 'all': " + ", ".join(STRATEGY_NAMES) + ". Default: random, "
+            "margin, modal_margin and the daemon's default.",
         ),
     ] = None,
     text_field: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
@@ -79,7 +84,8 @@ def simulate(
     test_file: Annotated[Path | None, typer.Option(help="Separate labeled evaluation file.")] = None,
     test_fraction: Annotated[
         float | None,
-        typer.Option(help="Hold out this stratified share (default: the file's split column, else 0.2)."),
+        typer.Option(help="Hold out this stratified share of --data (default: the file's split column, "
+                     "else 0.2); not with --test-file."),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Items annotated per round.")] = 50,
     budget: Annotated[int, typer.Option(min=1, help="Total labels per run.")] = 2000,
@@ -120,6 +126,10 @@ def simulate(
     from daemon.stopping import StoppingRule
     from strategies import DEFAULT_STRATEGY, REGISTRY
 
+    problem = _option_problem(out_dir, cache_dir, test_file, test_fraction, kappa_threshold, kappa_window)
+    if problem:
+        err.print(f"[red]error:[/] {problem}")
+        raise typer.Exit(1)
     names = tuple(strategy or (*DEFAULT_STRATEGIES, DEFAULT_STRATEGY))
     if "all" in names:
         names = tuple(name for name in REGISTRY if name != "cold_start")
@@ -139,10 +149,56 @@ def simulate(
     )
     try:
         result, summaries, written = run_request(request)
+    except PoolFileError as e:
+        err.print(f"[red]error:[/] {_refusal_text(e)}")
+        raise typer.Exit(1) from None
     except (DaemonError, ModelError, ValueError) as e:
         err.print(f"[red]error:[/] {e}")
         raise typer.Exit(1) from None
     render(result, summaries, written)
+
+
+def _option_problem(
+    out_dir: Path,
+    cache_dir: Path | None,
+    test_file: Path | None,
+    test_fraction: float | None,
+    kappa_threshold: float,
+    kappa_window: int,
+) -> str | None:
+    """Return what is wrong with the options, in one line naming the option, or None; checked before any work."""
+    for option, folder in (("--out", out_dir), ("--cache-dir", cache_dir or out_dir / "cache")):
+        problem = _folder_problem(option, folder)
+        if problem:
+            return problem
+    if test_file is not None and test_fraction is not None:
+        return "--test-fraction and --test-file exclude each other: the test file is the whole test set"
+    if test_fraction is not None and not 0.0 < test_fraction < 1.0:
+        return f"--test-fraction must be in (0, 1), got {test_fraction}"
+    if not 0.0 < kappa_threshold <= 1.0:
+        return f"--kappa-threshold must be in (0, 1], got {kappa_threshold}"
+    if kappa_window < 1:
+        return f"--kappa-window must be >= 1, got {kappa_window}"
+    return None
+
+
+def _folder_problem(option: str, folder: Path) -> str | None:
+    """Say why ``folder`` cannot be used or created as a folder (it, or a parent, is a file), or None."""
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            return None
+        if candidate.exists():
+            if candidate == folder:
+                return f"{option} {folder} is a file, not a folder"
+            return f"{option} {folder} cannot be created: {candidate} is a file, not a folder"
+    return None
+
+
+def _refusal_text(error: PoolFileError) -> str:
+    """Render a refused file for ``simulate``: pool-add's wording ("nothing imported") does not fit here."""
+    shown = "; ".join(f"line {line}: {why}" if line is not None else why for line, why in error.problems[:5])
+    more = f" (and {len(error.problems) - 5} more)" if len(error.problems) > 5 else ""
+    return f"{error.path}: refused for simulation: {shown}{more}"
 
 
 def run_request(request: SimulateRequest) -> tuple[SimulationResult, list[StrategySummary], list[Path]]:

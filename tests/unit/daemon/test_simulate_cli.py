@@ -125,3 +125,82 @@ def test_class_names_are_embedded_unless_asked_not_to(
     )
     assert result.exit_code == 0, result.output
     assert (loaded[0] is not None) is has_names
+
+
+def simulate_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["simulate", "--data", str(data), "--out", str(out), "--strategy", "random", "--batch-size", "10",
+            "--budget", "20", "--seeds", "1", "--encoder", "hashing", "--jobs", "1", *extra]
+
+
+def test_an_out_folder_that_is_a_file_is_refused_before_any_work(
+    app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import daemon.simulate_data as simulate_data
+
+    def never(*args: object, **kwargs: object) -> object:
+        raise AssertionError("the data was loaded before the options were checked")
+
+    monkeypatch.setattr(simulate_data, "load_simulation_data", never)
+    taken = tmp_path / "outfile"
+    taken.write_text("mine\n")
+    result = CliRunner().invoke(app, simulate_args(tiny_csv(tmp_path / "tiny.csv"), taken))
+    assert result.exit_code == 1
+    assert f"error: --out {taken} is a file, not a folder" in " ".join(result.output.split())
+    assert "Traceback" not in result.output and taken.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(
+    ("cache", "expected"),
+    [
+        ("cachefile", "--cache-dir {cache} is a file, not a folder"),
+        ("cachefile/sub", "--cache-dir {cache} cannot be created: {file} is a file, not a folder"),
+    ],
+)
+def test_a_cache_dir_that_is_or_lies_under_a_file_is_refused(
+    app: typer.Typer, tmp_path: Path, cache: str, expected: str
+) -> None:
+    (tmp_path / "cachefile").write_text("")
+    result = CliRunner().invoke(
+        app, simulate_args(tiny_csv(tmp_path / "tiny.csv"), tmp_path / "out", "--cache-dir", str(tmp_path / cache))
+    )
+    assert result.exit_code == 1
+    assert expected.format(cache=tmp_path / cache, file=tmp_path / "cachefile") in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--test-fraction", "0.3", "--test-file", "{data}"], "--test-fraction and --test-file exclude each other"),
+        (["--test-fraction", "1.5"], "--test-fraction must be in (0, 1), got 1.5"),
+        (["--kappa-threshold", "2"], "--kappa-threshold must be in (0, 1], got 2.0"),
+        (["--kappa-window", "0"], "--kappa-window must be >= 1, got 0"),
+    ],
+)
+def test_bad_option_values_name_the_option(app: typer.Typer, tmp_path: Path, extra: list[str], expected: str) -> None:
+    data = tiny_csv(tmp_path / "tiny.csv")
+    args = simulate_args(data, tmp_path / "out", *(arg.format(data=data) for arg in extra))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    assert expected in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_every_strategy_of_the_registry(app: typer.Typer) -> None:
+    from daemon.cli_simulate import STRATEGY_NAMES
+    from strategies import REGISTRY
+
+    assert tuple(name for name in REGISTRY if name != "cold_start") == STRATEGY_NAMES
+    result = CliRunner().invoke(app, ["simulate", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    assert all(name in result.output for name in STRATEGY_NAMES)
+
+
+def test_a_refused_file_is_refused_for_simulation_not_for_import(app: typer.Typer, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nhello,a\n,b\n")
+    result = CliRunner().invoke(app, simulate_args(bad, tmp_path / "out"))
+    assert result.exit_code == 1
+    flat = " ".join(result.output.split())
+    assert f"{bad}: refused for simulation: line 3:" in flat
+    assert "nothing imported" not in flat
