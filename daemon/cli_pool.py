@@ -16,6 +16,8 @@ from daemon.cli_common import JsonOpt, RateColumn, cli_errors, err, out, print_j
 from daemon.errors import ConfigError, PoolFileError
 
 if TYPE_CHECKING:  # pool.py loads numpy and the cache: not for every command
+    from sqlalchemy.engine import Engine
+
     from daemon.pool import ImportReport
 
 __all__ = ["register"]
@@ -75,6 +77,19 @@ def pool_add(
         print_json(asdict(reports[0]) if len(reports) == 1 else [asdict(report) for report in reports])
 
 
+def _source_ids(engine: Engine, name: str) -> list[str]:
+    """The items imported from the file named ``name`` (a path names its file); none is an error."""
+    from daemon.removal import item_ids_of_source, source_names
+
+    found = item_ids_of_source(engine, name) or item_ids_of_source(engine, Path(name).name)
+    if not found:
+        known = source_names(engine)
+        shown = ", ".join(known[:10]) + (f", … ({len(known)} in all)" if len(known) > 10 else "")
+        raise ConfigError(f"no pool items were imported from a file named {name!r}; nothing removed "
+                          f"(sources: {shown or 'none'})")
+    return found
+
+
 def _print_import(report: ImportReport) -> None:
     restored = f" ({report.restored} of them removed before, now back)" if report.restored else ""
     out.print(f"{report.path}: {report.rows} rows, {report.added} added, {report.already_present} already "
@@ -97,7 +112,7 @@ def pool_remove(
     while the daemon runs; `pool add` of the same items brings them back.
     """
     from daemon.pool_files import read_pool_ids
-    from daemon.removal import item_ids_of_source, remove_items
+    from daemon.removal import remove_items
 
     with cli_errors():
         if [bool(files), bool(source), bool(item_id)].count(True) != 1:
@@ -106,11 +121,14 @@ def pool_remove(
         engine, pool = store_engine(cfg), cfg.pool
         ids: dict[str, None] = {}  # each once, in the order named
         for file in files or []:
-            ids.update(dict.fromkeys(read_pool_ids(file, id_field=pool.id_field, text_field=pool.text_field,
-                                                   label_field=pool.label_field,
-                                                   embedding_field=pool.embedding_field)))
+            try:
+                ids.update(dict.fromkeys(read_pool_ids(file, id_field=pool.id_field, text_field=pool.text_field,
+                                                       label_field=pool.label_field,
+                                                       embedding_field=pool.embedding_field)))
+            except PoolFileError as e:
+                raise PoolFileError(e.path, e.problems, outcome="nothing removed") from None
         for name in source or []:
-            ids.update(dict.fromkeys(item_ids_of_source(engine, name)))
+            ids.update(dict.fromkeys(_source_ids(engine, name)))
         ids.update(dict.fromkeys(item_id or []))
         report = remove_items(engine, list(ids), reason=reason)
     if as_json:

@@ -36,14 +36,16 @@ class ConfigError(DaemonError):
 
 
 class PoolFileError(DaemonError):
-    """A pool file was refused; nothing from it was imported."""
+    """A pool file was refused; nothing from it was imported (or, as ``outcome`` says, removed)."""
 
-    def __init__(self, path: str, problems: list[tuple[int | None, str]]) -> None:
+    def __init__(
+        self, path: str, problems: list[tuple[int | None, str]], *, outcome: str = "nothing imported"
+    ) -> None:
         self.path = path
         self.problems = problems
         shown = "; ".join(f"line {line}: {why}" if line is not None else why for line, why in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        super().__init__(f"{path}: refused, nothing imported: {shown}{more}")
+        super().__init__(f"{path}: refused, {outcome}: {shown}{more}")
 
 
 class ExportError(DaemonError):

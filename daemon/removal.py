@@ -33,7 +33,7 @@ from daemon.store import (
 if TYPE_CHECKING:  # pool add imports this module and must not pay for torch (daemon.context)
     from daemon.context import LoopContext
 
-__all__ = ["RemovalReport", "item_ids_of_source", "remove_items", "withdraw_removed"]
+__all__ = ["RemovalReport", "item_ids_of_source", "remove_items", "source_names", "withdraw_removed"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,12 @@ def item_ids_of_source(engine: Engine, source: str) -> list[str]:
     with Session(engine) as session:
         stmt = select(PoolItem.item_id).where(PoolItem.source == source).order_by(col(PoolItem.seq))
         return list(session.exec(stmt))
+
+
+def source_names(engine: Engine) -> list[str]:
+    """The file names pool items were imported from, sorted."""
+    with Session(engine) as session:
+        return sorted(name for name in session.exec(select(PoolItem.source).distinct()) if name)
 
 
 def remove_items(engine: Engine, item_ids: Sequence[str], *, reason: str = "") -> RemovalReport:

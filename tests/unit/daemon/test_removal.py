@@ -218,8 +218,21 @@ def test_the_cli_removes_several_files_or_sources_at_once_and_a_bad_file_removes
         assert runner.invoke(app, ["pool", "add", name]).exit_code == 0
     (workdir / "bad.csv").write_text("id,text\nw,fine\nv\n")
     refused = runner.invoke(app, ["pool", "remove", "c.jsonl", "bad.csv"])
-    assert refused.exit_code == 1 and "line 3" in refused.output
+    assert refused.exit_code == 1 and "line 3" in refused.output and "nothing removed" in refused.output
     by_files = runner.invoke(app, ["pool", "remove", "a.jsonl", "b.jsonl", "a.jsonl", "--json"])
     assert json.loads(by_files.stdout)["removed"] == 3
     by_sources = runner.invoke(app, ["pool", "remove", "--source", "b.jsonl", "--source", "c.jsonl", "--json"])
     assert (json.loads(by_sources.stdout)["removed"], json.loads(by_sources.stdout)["already_removed"]) == (1, 1)
+
+
+def test_remove_by_source_takes_a_path_as_its_file_name_and_refuses_a_name_nothing_came_from(workdir: Path) -> None:
+    (workdir / "shards").mkdir()
+    (workdir / "shards" / "a.jsonl").write_text('{"id": "x", "text": "text x"}\n')
+    assert runner.invoke(app, ["pool", "add", "shards/a.jsonl"]).exit_code == 0
+    unknown = runner.invoke(app, ["pool", "remove", "--source", "nonexist.csv"])
+    assert unknown.exit_code == 2
+    assert "no pool items were imported from a file named 'nonexist.csv'; nothing removed (sources: a.jsonl)" in (
+        " ".join(unknown.output.split()))
+    by_path = runner.invoke(app, ["pool", "remove", "--source", "shards/a.jsonl", "--json"])
+    assert json.loads(by_path.stdout)["removed"] == 1
+
