@@ -8,6 +8,7 @@ data set is encoded once however many strategies and seeds replay it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.errors import PoolFileError
-from daemon.pool_files import PoolRow, read_pool_file
+from daemon.pool_files import MAX_PROBLEMS, NO_ROWS, PoolRow, iter_pool_rows, repeated_id_problem
 from models.class_names import embed_class_names
 from models.embedder import Embedder
 
@@ -38,12 +39,19 @@ PRECOMPUTED = "precomputed-d"  # the encoder key of vectors read from the file
 class DataSource:
     """Where the labeled data lives and how to read it.
 
+    A test set given by ``test_path`` or the ``split`` column loses, with a warning, its
+    rows whose item is also in the pool (same id; without an id column the id comes from
+    the text, which under ``keep_duplicates`` is compared across the two sides) and the
+    rows whose label no pool row has (the learner could never ask for that class, and it
+    would count as 0 in every score). A random holdout needs neither (under
+    ``keep_duplicates`` each of its rows is its own item).
+
     Attributes:
         path: CSV/TSV/JSONL/Parquet file with one labeled item per row.
         test_path: a separate evaluation file in the same layout, or None.
         test_fraction: in ``(0, 1)``: hold out this stratified share of ``path``; None
-            means use a ``split`` column (``test`` rows are held out) when there is
-            one, else ``DEFAULT_TEST_FRACTION``.
+            means use a ``split`` column (``test`` rows are held out) when it has
+            ``test`` rows, else ``DEFAULT_TEST_FRACTION``. Not with ``test_path``.
         text_field, label_field, id_field, embedding_field: column names.
         keep_duplicates: without an id column, keep every row as its own item (repeated
             texts, and one text under two labels, stay as they are in the file) instead of
@@ -81,7 +89,8 @@ class SimulationData:
         name: short name used in outputs.
         pool: items the learner may ask the oracle about.
         test: held-out items, used only to evaluate.
-        classes: every class of pool or test, sorted: the project's declared label set.
+        classes: every class of the pool, sorted: the project's declared label set (test
+            rows of other classes are dropped on load).
         encoder: the cache key of the encoder, or ``precomputed-d<dim>``.
         embed_s: seconds spent encoding (0 when every vector came from the cache).
         n_unlabeled_dropped: rows without a label, which cannot be replayed.
@@ -124,23 +133,32 @@ def load_simulation_data(
             with ``loop.use_class_names``, so the default strategy can look for unseen classes.
 
     Raises:
-        PoolFileError: a file is unreadable, has fewer than two classes or an empty side.
-        ValueError: ``test_fraction`` outside ``(0, 1)`` or no embedder for a text file.
+        PoolFileError: a file is unreadable, has fewer than two classes or an empty side, or
+            the data and test files disagree on vectors.
+        ValueError: ``test_fraction`` outside ``(0, 1)`` or with ``test_path``, or no embedder
+            for a text file.
     """
-    pool_rows, dropped = _labeled_rows(source, source.path)
-    if source.test_path is not None:
-        test_rows, dropped_test = _labeled_rows(source, source.test_path)
-        dropped += dropped_test
+    if source.test_path is not None and source.test_fraction is not None:
+        raise ValueError("a test file and a test fraction exclude each other: the test file is the whole test set")
+    pool_rows, dropped, in_both = _labeled_rows(source, source.path)
+    _check_labeled(source, source.path, pool_rows)
+    n_merged: int | None = 0  # test items merged into pool items on reading; None: a random holdout
+    if source.test_path is None:
+        pool_rows, test_rows, n_merged = _hold_out(source, pool_rows, in_both)
     else:
-        is_test = _test_mask(pool_rows, source.test_fraction)
-        test_rows = [row for row, held in zip(pool_rows, is_test, strict=True) if held]
-        pool_rows = [row for row, held in zip(pool_rows, is_test, strict=True) if not held]
-    _check_sides(source.path, pool_rows, test_rows)
+        test_rows, dropped_test, _ = _labeled_rows(source, source.test_path)
+        dropped += dropped_test
+        _check_labeled(source, source.test_path, test_rows)
+        _check_vectors(source, source.test_path, pool_rows[0], test_rows[0])
+    if n_merged is not None:
+        test_rows = _without_overlap(source, pool_rows, test_rows, n_merged)
+    test_rows = _without_unseen_labels(source, pool_rows, test_rows)
+    _check_sides(source, pool_rows, test_rows)
     started = time.perf_counter()
     vectors, encoder = _vectors(pool_rows + test_rows, embedder, cache_dir)
     embed_s = time.perf_counter() - started
     n_pool = len(pool_rows)
-    classes = tuple(sorted({str(row.label) for row in pool_rows + test_rows}))
+    classes = tuple(sorted({str(row.label) for row in pool_rows}))  # every test label is one of them
     prototypes = None
     if use_class_names and embedder is not None and not encoder.startswith(PRECOMPUTED):
         prototypes = embed_class_names(embedder, classes)
@@ -186,34 +204,134 @@ def stratified_test_mask(labels: Sequence[str], fraction: float, *, seed: int = 
     return held
 
 
-def _labeled_rows(source: DataSource, path: Path) -> tuple[list[PoolRow], int]:
-    rows = read_pool_file(
-        path,
-        id_field=source.id_field,
-        text_field=source.text_field,
-        label_field=source.label_field,
-        embedding_field=source.embedding_field,
-        keep_duplicates=source.keep_duplicates,
-    )
+def _labeled_rows(source: DataSource, path: Path) -> tuple[list[PoolRow], int, set[str]]:
+    """Read ``path`` as ``read_pool_file`` does; return its labeled rows, the number of unlabeled ones,
+    and the ids of labeled items that rows put on both sides of the ``split`` column (merged into one item).
+
+    Raises:
+        PoolFileError: a malformed row, a repeated id with other content, or no rows.
+    """
+    rows: list[PoolRow] = []
+    problems: list[tuple[int | None, str]] = []
+    seen: dict[str, PoolRow] = {}
+    sides: dict[str, set[bool]] = {}
+    stream = iter_pool_rows(path, id_field=source.id_field, text_field=source.text_field,
+                            label_field=source.label_field, embedding_field=source.embedding_field,
+                            keep_duplicates=source.keep_duplicates)
+    for line, row, problem in stream:
+        earlier = seen.get(row.item_id) if row is not None else None
+        if row is None:
+            problems.append((line, problem))
+        elif earlier is None:
+            seen[row.item_id] = row
+            rows.append(row)
+        elif (earlier.text, earlier.label) != (row.text, row.label):
+            problems.append((line, repeated_id_problem(row.item_id, earlier.line, earlier.text, earlier.label,
+                                                       row.text, row.label)))
+        if row is not None:
+            sides.setdefault(row.item_id, set()).add(_is_test_row(row))
+        if len(problems) >= MAX_PROBLEMS:
+            break
+    if problems or not rows:
+        raise PoolFileError(str(path), problems or [(None, NO_ROWS)])
     labeled = [row for row in rows if row.label is not None]
-    return labeled, len(rows) - len(labeled)
+    in_both = {row.item_id for row in labeled if len(sides[row.item_id]) == 2}
+    return labeled, len(rows) - len(labeled), in_both
 
 
-def _test_mask(rows: list[PoolRow], fraction: float | None) -> npt.NDArray[np.bool_]:
+def _is_test_row(row: PoolRow) -> bool:
+    return str(row.meta.get(SPLIT_FIELD, "")).strip().lower() == "test"
+
+
+def _hold_out(
+    source: DataSource, rows: list[PoolRow], in_both: set[str]
+) -> tuple[list[PoolRow], list[PoolRow], int | None]:
+    """Split one file's rows into pool and test: by ``test_fraction``, else the ``split`` column, else 20 %.
+
+    Returns:
+        ``(pool, test, n_merged)``: ``n_merged`` counts the items that rows put on both sides
+        of the ``split`` column (kept in the pool only); None for a random holdout.
+    """
+    fraction = source.test_fraction
     if fraction is None:
-        splits = [str(row.meta.get(SPLIT_FIELD, "")).strip().lower() for row in rows]
-        if "test" in splits and any(value != "test" for value in splits):
-            log.info("using the file's %r column to hold out a test set", SPLIT_FIELD)
-            return np.asarray([value == "test" for value in splits], dtype=bool)
+        is_test = [_is_test_row(row) and row.item_id not in in_both for row in rows]
+        if any(is_test) and not all(is_test):
+            log.info("%s: using the %r column to hold out a test set", source.path, SPLIT_FIELD)
+            return ([row for row, held in zip(rows, is_test, strict=True) if not held],
+                    [row for row, held in zip(rows, is_test, strict=True) if held], len(in_both))
+        if any(SPLIT_FIELD in row.meta for row in rows):
+            log.warning("%s: the %r column has %s; holding out a stratified %.0f%% instead", source.path,
+                        SPLIT_FIELD, "only 'test' rows" if any(is_test) else "no 'test' rows",
+                        100 * DEFAULT_TEST_FRACTION)
         fraction = DEFAULT_TEST_FRACTION
-    return stratified_test_mask([str(row.label) for row in rows], fraction)
+    held = stratified_test_mask([str(row.label) for row in rows], fraction)
+    return ([row for row, is_held in zip(rows, held, strict=True) if not is_held],
+            [row for row, is_held in zip(rows, held, strict=True) if is_held], None)
 
 
-def _check_sides(path: Path, pool_rows: list[PoolRow], test_rows: list[PoolRow]) -> None:
-    if not pool_rows or not test_rows:
-        raise PoolFileError(str(path), [(None, "the pool and the test set each need labeled rows")])
+def _without_overlap(source: DataSource, pool_rows: list[PoolRow], test_rows: list[PoolRow],
+                     n_merged: int) -> list[PoolRow]:
+    """Drop test rows whose item is also in the pool (``n_merged`` were merged into pool items already)."""
+    in_pool = {_item_key(source, row) for row in pool_rows}
+    kept = [row for row in test_rows if _item_key(source, row) not in in_pool]
+    n_overlap = n_merged + len(test_rows) - len(kept)
+    if n_overlap:
+        log.warning("%s: dropped %d test item(s) also in the pool (same id, or same text without an id column); "
+                    "they stay in the pool only", source.test_path or source.path, n_overlap)
+    return kept
+
+
+def _without_unseen_labels(source: DataSource, pool_rows: list[PoolRow], test_rows: list[PoolRow]) -> list[PoolRow]:
+    """Drop test rows whose label no pool row has: the learner could never ask for that class."""
+    in_pool = {row.label for row in pool_rows}
+    unseen = Counter(str(row.label) for row in test_rows if row.label not in in_pool)
+    if unseen:
+        named = ", ".join(f"{label!r} ({count})" for label, count in sorted(unseen.items())[:10])
+        more = f" and {len(unseen) - 10} more" if len(unseen) > 10 else ""
+        log.warning("%s: dropped %d test row(s) whose label is never in the pool: %s%s",
+                    source.test_path or source.path, sum(unseen.values()), named, more)
+    return [row for row in test_rows if row.label in in_pool]
+
+
+def _item_key(source: DataSource, row: PoolRow) -> str:
+    """The item's id; under ``keep_duplicates`` an id from the row's line names no item across files: the text does."""
+    if source.keep_duplicates and row.item_id == f"row-{row.line}":
+        content = row.text.encode("utf-8") if row.embedding is None else row.embedding.tobytes()
+        return "h-" + hashlib.sha256(content).hexdigest()
+    return row.item_id
+
+
+def _check_labeled(source: DataSource, path: Path, rows: list[PoolRow]) -> None:
+    if not rows:
+        side = "test set" if path == source.test_path else "pool"
+        raise PoolFileError(str(path), [(None, f"no row has a label in column {source.label_field!r}, and the "
+                                               f"{side} needs labeled rows")])
+
+
+def _check_sides(source: DataSource, pool_rows: list[PoolRow], test_rows: list[PoolRow]) -> None:
+    if not test_rows:
+        raise PoolFileError(str(source.test_path or source.path), [(None, "no test rows are left (test rows also "
+                                                                          "in the pool, or with a label the pool "
+                                                                          "lacks, are dropped)")])
     if len({row.label for row in pool_rows}) < 2:
-        raise PoolFileError(str(path), [(None, "the pool needs labels of at least two classes")])
+        raise PoolFileError(str(source.path), [(None, "the pool needs labels of at least two classes")])
+
+
+def _check_vectors(source: DataSource, test_path: Path, pool_row: PoolRow, test_row: PoolRow) -> None:
+    """Refuse a test file whose vectors (or lack of them) differ from the data file's: one space or none."""
+    if _width(pool_row) != _width(test_row):
+        raise PoolFileError(str(test_path), [(None, f"{_vectors_text(source, test_row)}, but the data file "
+                                                    f"{source.path} has {_vectors_text(source, pool_row)}: give "
+                                                    "both files vectors of one width, or neither")])
+
+
+def _width(row: PoolRow) -> int | None:
+    return None if row.embedding is None else row.embedding.shape[0]
+
+
+def _vectors_text(source: DataSource, row: PoolRow) -> str:
+    width = _width(row)
+    return f"{'no' if width is None else f'{width}-d'} {source.embedding_field!r} vectors"
 
 
 def _labels(rows: list[PoolRow]) -> LabelArray:
