@@ -30,8 +30,10 @@ __all__ = [
     "ConfigChoice", "JsonOpt", "RateColumn", "cli_errors", "err", "out", "print_json", "settings", "store_engine",
 ]
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a message is one line however long (the terminal folds it), so piped output greps;
+# rich hard-wrapped at 80 columns when not on a terminal. Tables still fit the width.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
@@ -71,6 +73,10 @@ def cli_errors() -> Iterator[None]:
         if not is_disk_full(e):
             raise
         _disk_full(e.filename or "a file")
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: the write in progress was rolled back and nothing is half-written; "
+                  "run the command again to finish (nothing is done twice)")
+        raise typer.Exit(130) from None
 
 
 def _disk_full(where: object) -> NoReturn:

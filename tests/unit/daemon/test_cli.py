@@ -179,3 +179,20 @@ def test_status_says_why_there_is_no_model(workdir: Path) -> None:
     assert runner.invoke(app, ["pool", "add", "more.jsonl"]).exit_code == 0
     output = " ".join(runner.invoke(app, ["status"]).output.split())
     assert "no model yet: no cycle has run since the labels came" in output
+
+
+def test_a_long_error_is_one_line_when_piped(workdir: Path) -> None:
+    """rich hard-wrapped messages at 80 columns off a terminal, so a grep for the error missed its end."""
+    result = runner.invoke(app, ["pool", "remove", "--source", "a-file-name-long-enough-to-pass-eighty-columns.csv"])
+    line = next(line for line in result.output.splitlines() if line.startswith("error:"))
+    assert line.endswith("nothing removed (sources: none)")
+
+
+def test_an_interrupted_command_says_so_and_exits_130(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("daemon.pool.add_pool_file", interrupted)
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello"}\n')
+    result = runner.invoke(app, ["pool", "add", "pool.jsonl"])
+    assert result.exit_code == 130 and "interrupted: the write in progress was rolled back" in result.output
