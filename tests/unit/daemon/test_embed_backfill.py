@@ -70,7 +70,8 @@ def test_torch_threads_is_applied_only_when_set(tmp_path: Path) -> None:
 
 
 def test_backfill_killed_after_a_chunk_resumes_with_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("daemon.training._CHUNK", 8)
+    monkeypatch.setattr("daemon.training._FIRST_CHUNK", 8)
+    monkeypatch.setattr("daemon.training._MAX_CHUNK", 8)
     settings = settings_for(tmp_path)
     write_pool(tmp_path / "pool.jsonl", 20)
     first = context(settings, CountingEmbedder(dim=16, fail_on_call=2))
@@ -87,7 +88,23 @@ def test_backfill_killed_after_a_chunk_resumes_with_the_rest(tmp_path: Path, mon
     assert embed_pool(rerun, progress=lambda done, total: seen.append((done, total))) == 12
     assert len(rerun_embedder.encoded) == 12  # only the rest was encoded
     assert unembedded(rerun) == 0
-    assert seen == [(8, 12), (12, 12)]  # increasing counts, the right total
+    assert seen == [(0, 12), (8, 12), (12, 12)]  # increasing counts, the right total
+
+
+def test_chunks_start_small_and_grow_to_a_few_seconds_of_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One 2,048-item chunk took 40 s on a CPU: the bar showed no rate and an interruption lost it all."""
+    monkeypatch.setattr("daemon.training._FIRST_CHUNK", 4)
+    monkeypatch.setattr("daemon.training._MAX_CHUNK", 16)
+    monkeypatch.setattr("daemon.training._CHUNK_S", 2.0)
+    ticks = iter(range(1000))
+    monkeypatch.setattr("daemon.training._clock", lambda: float(next(ticks)))  # every chunk takes 1 s
+    settings = settings_for(tmp_path)
+    write_pool(tmp_path / "pool.jsonl", 40)
+    ctx = context(settings, CountingEmbedder(dim=16))
+    add_pool_file(ctx.engine, tmp_path / "pool.jsonl", pool=settings.pool, data_dir=settings.store.data_dir)
+    seen: list[tuple[int, int]] = []
+    assert embed_pool(ctx, progress=lambda done, total: seen.append((done, total))) == 40
+    assert [done for done, _ in seen] == [0, 4, 12, 28, 40]  # chunks of 4, 8, 16 (the cap), then the rest
 
 
 def test_progress_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
