@@ -235,13 +235,14 @@ def run_request(request: SimulateRequest) -> tuple[SimulationResult, list[Strate
 
 def render(result: SimulationResult, summaries: list[StrategySummary], written: list[Path]) -> None:
     """Print the summary table and where the files went."""
-    from daemon.simulate_report import table_rows
+    from daemon.simulate_report import budget_text, footnotes, table_rows
 
     ref = result.reference
+    n_classes = len(result.pool_counts)
+    in_test = "" if len(result.eval_classes) == n_classes else f" ({len(result.eval_classes)} in the test set)"
     table = Table(
         title=f"{result.dataset}: {result.n_pool} pool / {result.n_test} test items, "
-        f"{len(result.eval_classes)} classes; full-data macro-F1 {ref.macro_f1:.3f}, "
-        f"accuracy {ref.accuracy:.3f}",
+        f"{n_classes} classes{in_test}; full-data macro-F1 {ref.macro_f1:.3f}, accuracy {ref.accuracy:.3f}",
     )
     rows = table_rows(summaries)
     for column in rows[0]:
@@ -250,10 +251,9 @@ def render(result: SimulationResult, summaries: list[StrategySummary], written: 
         table.add_row(*row.values())
     wide = out if out.is_terminal else Console(width=max(out.width, 180))  # files and pipes: no squeeze
     wide.print(table)
-    wide.print(
-        f"{len(result.seeds)} seeds, batch {result.config.batch_size}, budget {result.config.budget}; "
-        f"encoder {result.encoder}; {result.wall_s:.0f}s"
-    )
+    for line in footnotes(summaries):
+        wide.print(line)
+    wide.print(f"{len(result.seeds)} seeds, {budget_text(result)}; encoder {result.encoder}; {result.wall_s:.0f}s")
     wide.print("wrote " + ", ".join(str(path) for path in written))
 
 

@@ -22,7 +22,7 @@ import multiprocessing
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -80,12 +80,17 @@ class Reference:
 
 @dataclass(frozen=True, slots=True)
 class SimulationResult:
-    """Every round of every arm on one data set, plus what is needed to summarise them."""
+    """Every round of every arm on one data set, plus what is needed to summarise them.
+
+    ``config`` is what the arms ran with: the budget capped at the pool size and the batch
+    at the budget; ``requested`` is the config as asked for.
+    """
 
     dataset: str
     strategies: tuple[str, ...]
     seeds: tuple[int, ...]
     config: ReplayConfig
+    requested: ReplayConfig
     eval_classes: tuple[str, ...]
     pool_counts: dict[str, int]
     n_pool: int
@@ -112,7 +117,8 @@ def run_simulation(
         data: pool and test vectors with gold labels.
         strategies: registry names, e.g. ``("random", "margin")``.
         seeds: one arm per seed and strategy; each arm's RNG is seeded by both.
-        config: batch size, budget and stopping rule.
+        config: batch size, budget and stopping rule; the budget is capped at the pool size
+            and the batch at the budget (``SimulationResult.config`` holds what ran).
         make_classifier: ``seed -> unfitted classifier``.
         jobs: worker processes (>= 1); arms are independent, so they run in parallel.
 
@@ -120,6 +126,12 @@ def run_simulation(
         ValueError: an unknown strategy, an empty strategy or seed list, or a bad config.
     """
     _check_config(strategies, seeds, config, jobs)
+    requested = config
+    budget = min(config.budget, data.pool.labels.shape[0])
+    config = replace(config, budget=budget, batch_size=min(config.batch_size, budget))
+    if config != requested:
+        log.info("%s: batch %d, budget %d (asked for %d, %d; the pool has %d items)", data.name, config.batch_size,
+                 config.budget, requested.batch_size, requested.budget, data.pool.labels.shape[0])
     started = time.perf_counter()
     eval_classes = tuple(sorted({str(label) for label in data.test.labels}))
     reference = _reference(data, eval_classes, make_classifier(seeds[0]))
@@ -136,6 +148,7 @@ def run_simulation(
         strategies=tuple(strategies),
         seeds=tuple(seeds),
         config=config,
+        requested=requested,
         eval_classes=eval_classes,
         pool_counts=data.pool_counts(),
         n_pool=data.pool.labels.shape[0],

@@ -5,15 +5,20 @@ Definitions (per data set and strategy, over the seeds):
 * **mean curve**: macro-F1 (or accuracy) averaged over seeds at each label count;
   every seed of a strategy is evaluated at the same label counts.
 * **labels to X %**: the first label count at which the mean curve reaches X % of
-  the full-data model's macro-F1 (no interpolation); None = "not reached (>budget)".
+  the full-data model's macro-F1 (no interpolation), even when the curve falls below
+  it again later; None = "not reached (>budget)".
   The ratio to random divides by random's count; when random never reached the
   target, the ratio is only bounded above by ``labels / final label count``.
 * **AULC**: trapezoid area under the macro-F1 curve over labels, divided by the
   label range (first to last evaluation): the curve's mean macro-F1, in [0, 1].
-* **rare-class recall @ b**: mean test recall over the rare classes
-  (:func:`daemon.simulate_metrics.rare_classes`) at the last evaluation with <= b labels.
+* **rare-class recall @ n**: mean test recall over the rare classes
+  (:func:`daemon.simulate_metrics.rare_classes`) at the last evaluation with at most a
+  quarter, half and all of the labels of the run; ``n`` is the label count of that
+  evaluation (a checkpoint below the first evaluation is left out).
 * **all classes seen**: the number of labels (in annotation order, exact to the label)
   by which every class present in the pool had at least one; mean over the seeds.
+* **same every seed**: every seed of the strategy gave the same curves (a deterministic
+  strategy on a pool the cold start takes whole, <= 1,000 items); its ± is then no spread.
 * **stop**: label count at which the kappa rule (:mod:`daemon.stopping`) said stop,
   vs **enough**: the first label count reaching 95 % of full-data macro-F1 (per seed).
 """
@@ -37,6 +42,8 @@ from daemon.stopping import first_stop
 __all__ = [
     "StrategySummary",
     "budget_checkpoints",
+    "budget_text",
+    "footnotes",
     "format_text_table",
     "labels_text",
     "summarise",
@@ -73,10 +80,14 @@ class StrategySummary:
     enough_seeds: int
     select_s: float  # mean selection time per round
     fit_s: float
+    is_same_every_seed: bool = False  # more than one seed, and all gave the same curves: aulc_sd is no spread
 
 
 def budget_checkpoints(result: SimulationResult) -> tuple[int, ...]:
-    """Return the label budgets at which rare-class recall is reported: 1/4, 1/2 and all of the run."""
+    """Return the label budgets near which rare-class recall is reported: 1/4, 1/2 and all of the run.
+
+    Each is reported at the last evaluation within it, under that evaluation's label count.
+    """
     final = max(record.n_labels for record in result.records)
     return tuple(sorted({max(1, final // 4), max(1, final // 2), final}))
 
@@ -170,16 +181,25 @@ def _summary(result: SimulationResult, strategy: str, curves: _Curves, random: _
         enough_seeds=sum(v is not None for v in enough),
         select_s=curves.select_s,
         fit_s=curves.fit_s,
+        is_same_every_seed=len(result.seeds) > 1 and all(
+            bool((grid == grid[0]).all()) for grid in (curves.macro_f1, curves.accuracy, curves.recall)
+        ),
     )
 
 
 def _rare_recall(result: SimulationResult, curves: _Curves) -> dict[str, float | None]:
+    """Mean rare-class recall keyed by the label count of the evaluation used for each checkpoint."""
+    points = sorted({
+        int(curves.n_labels[within[-1]])
+        for budget in budget_checkpoints(result)
+        if (within := np.flatnonzero(curves.n_labels <= budget)).size
+    })
     rare = [c for c in rare_classes(result.pool_counts) if c in result.eval_classes]
     columns = [result.eval_classes.index(c) for c in rare]
     if not columns:
-        return {str(budget): None for budget in budget_checkpoints(result)}
+        return {str(n): None for n in points}
     mean_rare = curves.recall[:, :, columns].mean(axis=(0, 2))
-    return {str(b): value_at(curves.n_labels, mean_rare, b) for b in budget_checkpoints(result)}
+    return {str(n): value_at(curves.n_labels, mean_rare, n) for n in points}
 
 
 def _mean_reached(values: Sequence[int | None]) -> float | None:
@@ -234,6 +254,8 @@ def _result_header(result: SimulationResult) -> dict[str, Any]:
         "seeds": list(result.seeds),
         "batch_size": result.config.batch_size,
         "budget": result.config.budget,
+        "requested_batch_size": result.requested.batch_size,
+        "requested_budget": result.requested.budget,
         "stopping": asdict(result.config.stopping),
         "reference": asdict(result.reference),
         "embed_s": round(result.embed_s, 3),
@@ -306,7 +328,7 @@ def table_rows(summaries: Sequence[StrategySummary]) -> list[dict[str, str]]:
         rows.append(
             {
                 "strategy": s.strategy,
-                "AULC": f"{s.aulc:.4f}±{s.aulc_sd:.4f}",
+                "AULC": f"{s.aulc:.4f}±{s.aulc_sd:.4f}" + ("*" if s.is_same_every_seed else ""),
                 "labels→95% F1": to_target["95"],
                 "labels→98% F1": to_target["98"],
                 "final F1": f"{s.final_macro_f1:.3f}",
@@ -319,6 +341,24 @@ def table_rows(summaries: Sequence[StrategySummary]) -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+def footnotes(summaries: Sequence[StrategySummary]) -> list[str]:
+    """Return the lines to print under the table (empty when there is nothing to say)."""
+    same = [s.strategy for s in summaries if s.is_same_every_seed]
+    if not same:
+        return []
+    return [f"* {', '.join(same)}: every seed gave the same run (deterministic on this pool); ± is not a spread"]
+
+
+def budget_text(result: SimulationResult) -> str:
+    """Return ``batch B, budget N``, saying when the pool size capped what was asked for."""
+    ran, asked = result.config, result.requested
+    text = f"batch {ran.batch_size}, budget {ran.budget}"
+    if (ran.batch_size, ran.budget) != (asked.batch_size, asked.budget):
+        text += (f" (capped at the pool's {result.n_pool} items; asked for batch {asked.batch_size}, "
+                 f"budget {asked.budget})")
+    return text
 
 
 def _mean_text(value: float | None, reached: int, total: int) -> str:

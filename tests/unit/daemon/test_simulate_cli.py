@@ -204,3 +204,19 @@ def test_a_refused_file_is_refused_for_simulation_not_for_import(app: typer.Type
     flat = " ".join(result.output.split())
     assert f"{bad}: refused for simulation: line 3:" in flat
     assert "nothing imported" not in flat
+
+
+def test_the_footer_shows_the_budget_that_ran_and_the_header_the_pool_classes(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    data = tiny_csv(tmp_path / "tiny.csv")
+    with data.open("a", newline="") as handle:  # a class only the test split has: dropped, not counted
+        csv.writer(handle).writerows([[f"mystery thing {i}", "ghost", "test"] for i in range(3)])
+    args = simulate_args(data, tmp_path / "out")
+    args[args.index("--budget") + 1], args[args.index("--batch-size") + 1] = "1000", "100"
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "144 pool / 36 test items, 3 classes;" in flat
+    assert "batch 100, budget 144 (capped at the pool's 144 items; asked for batch 100, budget 1000)" in flat
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["budget"] == 144
