@@ -41,6 +41,8 @@ def first_reaching(
 ) -> int | None:
     """Return the label count of the first point whose value is ``>= target``, or None.
 
+    The first crossing: a curve that reaches the target and later falls below it again
+    still counts as reaching it there (``labels to 95 %`` in the simulate summary).
     No interpolation: a simulation only knows the model at the label counts it
     actually trained at, so the answer is always one of ``n_labels``.
 
