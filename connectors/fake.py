@@ -84,6 +84,9 @@ class FakeConnector:
         self.is_down = False  # flip to simulate an outage: every call raises ConnectorUnavailable
         self.in_push_order = True  # False: the project hands out tasks at random (uniform sampling)
         self.overlap = 1  # answers from this many people complete a task (Label Studio's overlap)
+        # True: a new task's id is the largest existing one + 1, as Label Studio's on SQLite, so the
+        # id of the newest task, once deleted, goes to the next task created
+        self.reuses_deleted_ids = False
         self._api_key = api_key
         self._accepted_keys = frozenset(accepted_keys) if accepted_keys is not None else None
         self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
@@ -127,7 +130,7 @@ class FakeConnector:
             if self._crash_after is not None and created >= self._crash_after:
                 self._crash_after = None
                 raise ConnectorUnavailable(f"{self.url} went away during push (simulated crash)")
-            remote_task_id = str(next(self._ids))
+            remote_task_id = self._new_task_id()
             self._tasks[remote_task_id] = _Task(remote_task_id, task, self._event_time(None))
             self._by_item[task.item_id] = remote_task_id
             created += 1
@@ -324,6 +327,13 @@ class FakeConnector:
         )
         task.updated_at = max(task.updated_at, moment)
         return annotation_id
+
+    def _new_task_id(self) -> str:
+        if not self.reuses_deleted_ids:
+            return str(next(self._ids))
+        remote_task_id = str(max((int(task_id) for task_id in self._tasks), default=0) + 1)
+        self._deleted_unreported.discard(remote_task_id)  # it exists again
+        return remote_task_id
 
     def _is_complete(self, task: _Task) -> bool:
         """As Label Studio's ``is_labeled``: answered by ``overlap`` different people."""

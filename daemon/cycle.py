@@ -38,7 +38,7 @@ from daemon.store import (
     not_removed,
     utcnow,
 )
-from daemon.sync import sync
+from daemon.sync import record_pushed, sync
 from daemon.training import embed_pool, retrain
 
 __all__ = ["CycleReport", "cycle_due", "push_pending", "queue_is_low", "run_cycle"]
@@ -239,9 +239,7 @@ def _push_batch(ctx: LoopContext, batch_id: str) -> int:
                 session.commit()
                 log.error("batch %s parked: %s", batch_id, e, extra={"batch_id": batch_id})
                 return pushed
-            for item, _ in todo:
-                item.remote_task_id = remote[item.item_id]
-                session.add(item)
+            record_pushed(session, [item for item, _ in todo], remote)
             session.commit()
             pushed += len(todo)
 

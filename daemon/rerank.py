@@ -89,10 +89,10 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
     stale = _withdrawable(ctx, stale)
     gone = set(ctx.connector.withdraw(stale)) if stale else set()
     with Session(ctx.engine) as session:
-        by_remote = {i.remote_task_id: i for i in session.exec(
+        by_task = {(i.remote_task_id, i.item_id): i for i in session.exec(
             select(BatchItem).where(col(BatchItem.remote_task_id).in_([w.remote_task_id for w in waiting])))}
-        for update in updates:
-            item = by_remote.get(update.remote_task_id)
+        for w, update in zip(waiting, updates, strict=True):
+            item = by_task.get((w.remote_task_id, w.item_id))
             if item is None:
                 continue
             item.predicted_label, item.predicted_score = update.predicted_label, update.predicted_score

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -34,7 +35,7 @@ from daemon.store import (
     set_value,
 )
 
-__all__ = ["SyncReport", "apply_task_states", "close_finished_batches", "mark_withdrawn", "sync"]
+__all__ = ["SyncReport", "apply_task_states", "close_finished_batches", "mark_withdrawn", "record_pushed", "sync"]
 
 log = logging.getLogger(__name__)
 WATERMARK_KEY = "pull_watermark"
@@ -101,10 +102,9 @@ def sync(ctx: LoopContext) -> SyncReport:
         refresh_classes(ctx)
     with Session(ctx.engine) as session:
         changed, unknown = apply_task_states(session, result.tasks)
-        deleted = list(result.deleted_task_ids)
+        mark_withdrawn(session, list(result.deleted_task_ids))
         if since is None:  # a full listing: any open task of ours it lacks was deleted in the tool
-            deleted += _missing_from(session, {task.remote_task_id for task in result.tasks})
-        mark_withdrawn(session, deleted)
+            _withdraw(_missing_from(session, {(task.remote_task_id, task.item_id) for task in result.tasks}), session)
         closed = close_finished_batches(session)
         _advance_watermark(session, raw, result.watermark)
         session.commit()
@@ -140,7 +140,7 @@ def apply_task_states(session: Session, tasks: Sequence[RemoteTaskState]) -> tup
         if _record(session, task, verdict):
             changed += 1
             disputed += verdict.status is LabelStatus.DISPUTED
-        item = items.get(task.remote_task_id)
+        item = items.get((task.remote_task_id, task.item_id))
         if item is not None:  # with overlap, a labeled task waits until the tool wants no more answers
             waits = not task.is_complete and verdict.status not in (None, LabelStatus.SKIPPED)
             _set_item_state(session, item, None if waits else verdict.status)
@@ -247,12 +247,19 @@ def _write(
     return True
 
 
-def _batch_items(session: Session, remote_task_ids: Sequence[str]) -> dict[str, BatchItem]:
-    found: dict[str, BatchItem] = {}
+def _batch_items(
+    session: Session, remote_task_ids: Sequence[str], *where: Any
+) -> dict[tuple[str, str], BatchItem]:
+    """The batch items of the given tasks (under the extra conditions), by ``(remote task id, item id)``.
+
+    Keyed by both: Label Studio on SQLite hands a deleted task's id to the next task it creates,
+    so one task id can have named two of our items (:func:`record_pushed` withdraws the first).
+    """
+    found: dict[tuple[str, str], BatchItem] = {}
     for start in range(0, len(remote_task_ids), 500):
         chunk = list(remote_task_ids[start : start + 500])
-        for item in session.exec(select(BatchItem).where(col(BatchItem.remote_task_id).in_(chunk))):
-            found[item.remote_task_id or ""] = item
+        for item in session.exec(select(BatchItem).where(col(BatchItem.remote_task_id).in_(chunk), *where)):
+            found[(item.remote_task_id or "", item.item_id)] = item
     return found
 
 
@@ -282,19 +289,43 @@ def _reopen(session: Session, batch_id: str) -> None:
 
 def mark_withdrawn(session: Session, remote_task_ids: Sequence[str]) -> None:
     """Mark the waiting items of tasks gone from the tool (deleted there or withdrawn by us) withdrawn. No commit."""
-    items = _batch_items(session, remote_task_ids)
-    for item in items.values():
-        if item.state is BatchItemState.PENDING:
-            item.state = BatchItemState.WITHDRAWN
-            session.add(item)
+    _withdraw(_batch_items(session, remote_task_ids, BatchItem.state == BatchItemState.PENDING).values(), session)
 
 
-def _missing_from(session: Session, present: set[str]) -> list[str]:
+def record_pushed(session: Session, items: Sequence[BatchItem], remote: Mapping[str, str]) -> None:
+    """Give each pushed item its task id; an earlier item still waiting on the same id lost its task. No commit.
+
+    Label Studio on SQLite reuses the id of its newest task once that task is deleted, so a new
+    task's id can be one we hold for a task deleted there since the last full read. That item is
+    withdrawn here: left waiting, it would never close its batch, and removing it would delete the
+    new task.
+    """
+    for item in items:
+        item.remote_task_id = remote[item.item_id]
+        session.add(item)
+    session.flush()
+    ours = {item.item_id for item in items}
+    earlier = _batch_items(session, list(remote.values()), BatchItem.state == BatchItemState.PENDING)
+    stale = [item for (_, item_id), item in earlier.items() if item_id not in ours]
+    for item in stale:
+        log.warning("Label Studio gave task %s, deleted there, to a new task: item %s is withdrawn",
+                    item.remote_task_id, item.item_id)
+    _withdraw(stale, session)
+
+
+def _withdraw(items: Iterable[BatchItem], session: Session) -> None:
+    for item in items:
+        item.state = BatchItemState.WITHDRAWN
+        session.add(item)
+
+
+def _missing_from(session: Session, present: set[tuple[str, str]]) -> list[BatchItem]:
+    """Our waiting items whose task a full listing lacks (by task id and item id)."""
     pending = session.exec(
-        select(BatchItem.remote_task_id)
+        select(BatchItem)
         .where(BatchItem.state == BatchItemState.PENDING, col(BatchItem.remote_task_id).is_not(None))
     ).all()
-    return [remote for remote in pending if remote is not None and remote not in present]
+    return [item for item in pending if (item.remote_task_id or "", item.item_id) not in present]
 
 
 def close_finished_batches(session: Session) -> int:

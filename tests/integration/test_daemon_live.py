@@ -215,6 +215,54 @@ def test_new_model_refreshes_predictions_of_waiting_tasks(
     assert project.model_version == third.model_version  # Label Studio pre-annotates from the new model
 
 
+def test_a_waiting_task_deleted_in_label_studio_does_not_stop_the_refresh_of_the_others(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
+) -> None:
+    """Label Studio refused the whole chunk of predictions for one deleted task (HTTP 400), and every
+    cycle with a new model failed until a full read noticed the deletion."""
+    ctx, _, gold = loop_ctx
+    ctx.settings.loop.stale_score_ratio = 0.0  # refresh only: nothing is withdrawn
+    ctx.settings.loop.full_reconcile_interval_s = 600  # no full read notices the deletion first
+    answer(ls_client, gold, items_of(ctx, run_cycle(ctx).batch_id or ""))
+    second = run_cycle(ctx)
+    items = sorted(items_of(ctx, second.batch_id or ""), key=lambda i: int(i.remote_task_id or 0))
+    deleted = next(i for i in items if not i.is_control)  # the oldest task: Label Studio will not reuse its id
+    ls_helpers.delete_task(ls_client, int(deleted.remote_task_id or 0))
+    answer(ls_client, gold, items[-3:])
+    third = run_cycle(ctx)
+    assert third.status == "ok", third.reason
+    assert third.model_version not in (None, second.model_version)
+    for item in items[1:-3]:
+        if not item.is_control:
+            versions = {p.model_version for p in ls_client.predictions.list(task=int(item.remote_task_id or 0))}
+            assert third.model_version in versions
+
+
+def test_a_deleted_task_whose_id_label_studio_gives_to_a_new_task_withdraws_the_item_it_named(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
+) -> None:
+    """Label Studio on SQLite gives the id of its newest task, once deleted, to the next task it creates."""
+    ctx, _, gold = loop_ctx
+    ctx.settings.loop.full_reconcile_interval_s = 600  # no full read notices the deletion first
+    ctx.settings.loop.low_water_fraction = 0.5  # the next batch comes with the deleted task still waiting
+    first = run_cycle(ctx).batch_id or ""
+    batch = items_of(ctx, first)
+    newest = max(batch, key=lambda i: int(i.remote_task_id or 0))
+    ls_helpers.delete_task(ls_client, int(newest.remote_task_id or 0))
+    answer(ls_client, gold, [i for i in batch if i is not newest])
+    second = run_cycle(ctx)
+    heirs = [i for i in items_of(ctx, second.batch_id or "") if i.remote_task_id == newest.remote_task_id]
+    assert len(heirs) == 1  # the id was reused: the case under test
+    assert states(ctx, first)[newest.item_id] is BatchItemState.WITHDRAWN
+    sync(ctx)
+    with Session(ctx.engine) as session:
+        assert session.get(Batch, first).status is BatchStatus.CLOSED  # type: ignore[union-attr]
+    answer(ls_client, gold, heirs)
+    sync(ctx)
+    assert states(ctx, second.batch_id)[heirs[0].item_id] is BatchItemState.LABELED
+    assert labels(ctx)[heirs[0].item_id] == (LabelStatus.LABELED, gold[heirs[0].item_id])
+
+
 def test_rerank_never_withdraws_the_task_an_annotator_has_open(
     loop_ctx: tuple[LoopContext, int, dict[str, str]],
     ls_client: LabelStudio,

@@ -305,6 +305,41 @@ def test_task_deleted_while_the_daemon_was_away_is_withdrawn(
         assert session.get(Batch, batch_id).status is BatchStatus.CLOSED  # type: ignore[union-attr]
 
 
+def test_a_deleted_task_whose_id_label_studio_gives_to_a_new_task_withdraws_the_item_it_named(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Label Studio on SQLite reuses the id of its newest task once deleted. Two items then held one
+    task id: the first stayed pending for good (its batch never closed), and removing it deleted the
+    second's live task."""
+    import dataclasses
+
+    from daemon.removal import remove_items
+
+    ctx, fake, gold = world
+    fake.reuses_deleted_ids = True
+    real_pull = fake.pull  # as the real connector between full reads: a deletion goes unreported
+    monkeypatch.setattr(fake, "pull", lambda *, since: dataclasses.replace(real_pull(since=since), deleted_task_ids=()))
+    first = run_cycle(ctx).batch_id or ""
+    items = batch_items(ctx, first)
+    newest = max(items, key=lambda item: int(item.remote_task_id or 0))
+    reused = fake.delete_task(newest.item_id)
+    for item in items:
+        if item is not newest:
+            fake.annotate(item.item_id, gold[item.item_id])
+    second = run_cycle(ctx).batch_id or ""
+    heir = next(item for item in batch_items(ctx, second) if item.remote_task_id == reused)
+    assert {i.item_id: i.state for i in batch_items(ctx, first)}[newest.item_id] == "withdrawn"
+    sync(ctx)
+    with Session(ctx.engine) as session:
+        assert session.get(Batch, first).status is BatchStatus.CLOSED  # type: ignore[union-attr]
+    remove_items(ctx.engine, [newest.item_id])
+    sync(ctx)
+    assert fake.remote_task_id(heir.item_id) == reused  # the heir's task was not withdrawn
+    fake.annotate(heir.item_id, gold[heir.item_id])
+    sync(ctx)
+    assert {i.item_id: i.state for i in batch_items(ctx, second)}[heir.item_id] == "labeled"
+
+
 def test_new_model_refreshes_waiting_tasks_and_withdraws_stale_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
