@@ -101,8 +101,14 @@ def delete_untouched(client: LabelStudio, project_id: int, task_ids: list[int], 
             filters=cast(Any, {"conjunction": "and", "items": untouched}),
             selected_items=cast(Any, {"all": False, "included": candidates}),
         )
-    remaining = iter_tasks(client, project_id, by_id, fields="task_only", include="id", page_size=page_size)
-    return {str(task.id) for task in remaining}
+    return existing_ids(client, project_id, task_ids, page_size=page_size)
+
+
+def existing_ids(client: LabelStudio, project_id: int, task_ids: list[int], *, page_size: int) -> set[str]:
+    """The ids among ``task_ids`` that are tasks of the project now."""
+    by_id = [lt.dm_filter("id", "in_list", "Number", task_ids)]
+    listed = iter_tasks(client, project_id, by_id, fields="task_only", include="id", page_size=page_size)
+    return {str(task.id) for task in listed}
 
 
 def find_or_create_project(

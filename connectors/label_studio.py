@@ -285,7 +285,9 @@ class LabelStudioConnector:
 
         Label Studio pre-annotates from the project's ``model_version``, so annotators see the
         current model's suggestion, and the Data Manager can sort by the new prediction score.
-        Updates whose label is not a class of the project are skipped.
+        Updates whose label is not a class of the project are skipped, and so are tasks deleted
+        there (one missing task made Label Studio refuse its whole chunk, and the cycle fail,
+        until a full read noticed the deletion).
 
         Raises:
             ConnectorUnavailable, ConnectorRejected.
@@ -296,6 +298,14 @@ class LabelStudioConnector:
                   and u.remote_task_id.isdigit()]
         versions = {update.model_version for update, _ in wanted}
         with translated(self.url, "refresh_predictions"):
+            present: set[str] = set()
+            for chunk in lt.id_chunks([u.remote_task_id for u, _ in wanted], max_items=self.lookup_chunk_size):
+                present |= lk.existing_ids(self._client, project.project_id, [int(task_id) for task_id in chunk],
+                                           page_size=self.page_size)
+            if len(present) < len(wanted):
+                log.info("refresh_predictions: %s tasks were deleted in project %s; skipped",
+                         len(wanted) - len(present), project.project_id)
+            wanted = [(update, label) for update, label in wanted if update.remote_task_id in present]
             for start in range(0, len(wanted), _PREDICTION_CHUNK):  # one request per chunk, not per task
                 self._client.projects.import_predictions(id=project.project_id, request=[
                     PredictionRequest(
