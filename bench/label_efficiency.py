@@ -36,6 +36,7 @@ from daemon.simulate import ReplayConfig, proxy_classifier, run_simulation  # no
 from daemon.simulate_data import DataSource, load_simulation_data  # noqa: E402
 from daemon.simulate_report import (  # noqa: E402
     StrategySummary,
+    footnotes,
     format_text_table,
     summarise,
     table_rows,
@@ -254,6 +255,8 @@ def run_dataset(
         flush=True,
     )
     print(format_text_table(table_rows(summaries)), flush=True)
+    for note in footnotes(summaries):
+        print(note, flush=True)
     return summaries, {
         "classes": len(result.eval_classes),
         "n_pool": result.n_pool,
