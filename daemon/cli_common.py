@@ -30,9 +30,9 @@ __all__ = [
     "ConfigChoice", "JsonOpt", "RateColumn", "cli_errors", "err", "out", "print_json", "settings", "store_engine",
 ]
 
-# soft_wrap: a message is one line however long (the terminal folds it), so piped output greps;
-# rich hard-wrapped at 80 columns when not on a terminal. Tables still fit the width.
-out = Console(soft_wrap=True)
+out = Console()
+# soft_wrap: an error is one line however long (the terminal folds it), so piped output greps; rich
+# hard-wrapped at 80 columns off a terminal. Not for `out`: its panels would crop their long lines.
 err = Console(stderr=True, soft_wrap=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 

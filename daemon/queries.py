@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -310,7 +312,21 @@ def _daemon(session: Session, now: datetime) -> dict[str, Any]:
     if beat:
         age = _age_s(datetime.fromisoformat(beat["last_beat"]), now)
         beat["last_beat_age_s"] = age
-        beat["healthy"] = beat.get("state") == "running" and age <= _HEALTHY_WITHIN_S
+        if beat.get("state") == "running" and beat.get("host") == socket.gethostname() and not _alive(beat["pid"]):
+            beat["state"] = "gone"  # its process ended without saying so: killed, or the machine restarted
+        beat["healthy"] = (beat.get("state") == "running" and age <= _HEALTHY_WITHIN_S
+                           and not beat.get("backoff_failures"))
     events = session.exec(select(HealthEvent).order_by(col(HealthEvent.id).desc()).limit(5)).all()
     beat["recent_events"] = [{"at": _iso(e.at), "kind": e.kind, "message": e.message} for e in events]
     return beat
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (signal 0 checks without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
@@ -84,9 +86,7 @@ def status_panels(report: StatusReport) -> list[Panel]:
         cycles.add_row(str(c["id"]), c["started_at"][:19], c["status"], c["reason"], c["batch_id"] or "",
                        f"{sum(c['stage_seconds'].values()):.2f}")
     daemon = report.daemon
-    health = ("daemon: never ran" if "state" not in daemon else
-              f"daemon pid {daemon['pid']}: {daemon['state']}, last beat {daemon['last_beat_age_s']}s ago, "
-              f"{'healthy' if daemon['healthy'] else 'NOT healthy'}")
+    health = "daemon: never ran" if "state" not in daemon else _health(daemon)
     events = "\n".join(f"  {e['at'][:19]} {e['kind']}: {e['message']}" for e in daemon.get("recent_events", []))
     return [
         Panel(pool, title="pool"),
@@ -107,3 +107,16 @@ def _no_model(report: StatusReport) -> str:
         return "no model yet (cold start: fewer than two classes labeled)"
     return ("no model yet: no cycle has run since the labels came (the daemon trains one at its next cycle; "
             "labelloop predict trains one now)")
+
+
+def _health(daemon: dict[str, Any]) -> str:
+    """``daemon pid N: <state>, last beat Ns ago, healthy`` (or why not)."""
+    state = daemon["state"]
+    if state == "gone":
+        state = "gone (its process ended without stopping: killed?)"
+    why = "healthy"
+    if not daemon["healthy"]:
+        failures = daemon.get("backoff_failures") or 0
+        why = (f"NOT healthy: {failures} runs in a row failed (see the events below)" if failures
+               and daemon["state"] == "running" else "NOT healthy")
+    return f"daemon pid {daemon['pid']}: {state}, last beat {daemon['last_beat_age_s']}s ago, {why}"

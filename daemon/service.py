@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -219,7 +220,8 @@ class Service:
         self.cycle_job(wait=True, synced_within_s=_JUST_SYNCED_S)  # no second pull right after this one
 
     def heartbeat(self, state: str = "running") -> None:
-        beat = {"pid": os.getpid(), "state": state, "started_at": self.started_at.isoformat(),
+        beat = {"pid": os.getpid(), "host": socket.gethostname(), "state": state,
+                "started_at": self.started_at.isoformat(),
                 "last_beat": datetime.now(UTC).isoformat(), "backoff_failures": self._backoff.failures}
         try:
             with Session(self.ctx.engine) as session:

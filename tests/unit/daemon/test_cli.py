@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,41 @@ def test_an_interrupted_command_says_so_and_exits_130(workdir: Path, monkeypatch
     (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello"}\n')
     result = runner.invoke(app, ["pool", "add", "pool.jsonl"])
     assert result.exit_code == 130 and "interrupted: the write in progress was rolled back" in result.output
+
+
+def _plain(output: str) -> str:
+    """The words of rich output, without panel borders or line breaks."""
+    return " ".join(re.sub("[│╭╮╰╯─]", " ", output).split())
+
+
+def _beat(workdir: Path, **beat: object) -> None:
+    from datetime import UTC, datetime
+
+    from daemon.store import set_value
+
+    engine = make_engine(load_settings(workdir / "labelloop.toml").store.url)
+    with Session(engine) as session:
+        set_value(session, "daemon", json.dumps({"state": "running", "started_at": datetime.now(UTC).isoformat(),
+                                                 "last_beat": datetime.now(UTC).isoformat(), **beat}))
+        session.commit()
+    engine.dispose()
+
+
+def test_status_says_a_killed_daemon_is_gone_and_a_failing_one_is_not_healthy(workdir: Path) -> None:
+    """A daemon killed with SIGKILL read "running … healthy" until its last beat aged."""
+    import os
+    import socket
+    import subprocess
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    _beat(workdir, pid=ended.pid, host=socket.gethostname(), backoff_failures=0)
+    report = json.loads(runner.invoke(app, ["status", "--json"]).stdout)["daemon"]
+    assert (report["state"], report["healthy"]) == ("gone", False)
+    assert "gone (its process ended without stopping: killed?)" in _plain(runner.invoke(app, ["status"]).output)
+    _beat(workdir, pid=os.getpid(), host=socket.gethostname(), backoff_failures=3)
+    report = json.loads(runner.invoke(app, ["status", "--json"]).stdout)["daemon"]
+    assert (report["state"], report["healthy"]) == ("running", False)
+    assert "NOT healthy: 3 runs in a row failed" in _plain(runner.invoke(app, ["status"]).output)
+    _beat(workdir, pid=os.getpid(), host=socket.gethostname(), backoff_failures=0)
+    assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["daemon"]["healthy"] is True
