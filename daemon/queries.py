@@ -41,6 +41,7 @@ __all__ = [
 
 PREVIEW_CHARS = 80
 _HEALTHY_WITHIN_S = 30.0
+_UNSETTLED = (LabelStatus.DISPUTED, LabelStatus.UNKNOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +53,13 @@ class BatchSummary:
     created_at: str
     age_s: float
     size: int
-    labeled: int
+    labeled: int  # answered with a class the model trains on
     skipped: int
     pending: int
     withdrawn: int
     control: int
     note: str
+    unsettled: int = 0  # answered, but not trained on: annotators disagree, or chose no class of the project
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +130,18 @@ def _summary(session: Session, batch: Batch, now: datetime) -> BatchSummary:
     for state, is_control, n in rows:
         states[str(state)] += n
         control += n if is_control else 0
+    unsettled = session.exec(
+        select(func.count()).select_from(BatchItem)
+        .join(LabelRecord, col(LabelRecord.item_id) == col(BatchItem.item_id))
+        .where(BatchItem.batch_id == batch.id, BatchItem.state == BatchItemState.LABELED,
+               col(LabelRecord.status).in_(_UNSETTLED))
+    ).one()
     return BatchSummary(
         id=batch.id, status=str(batch.status), strategy=batch.strategy, model_version=batch.model_version,
         created_at=_iso(batch.created_at), age_s=_age_s(batch.created_at, now), size=batch.size,
-        labeled=states[BatchItemState.LABELED], skipped=states[BatchItemState.SKIPPED],
+        labeled=states[BatchItemState.LABELED] - unsettled, skipped=states[BatchItemState.SKIPPED],
         pending=states[BatchItemState.PENDING], withdrawn=states[BatchItemState.WITHDRAWN],
-        control=control, note=batch.note,
+        control=control, note=batch.note, unsettled=unsettled,
     )
 
 
@@ -146,7 +154,7 @@ def batch_detail(session: Session, batch_id: str) -> BatchDetail | None:
     if batch is None:
         return None
     stmt = (
-        select(BatchItem, PoolItem.text, LabelRecord.label)
+        select(BatchItem, PoolItem.text, LabelRecord.label, LabelRecord.status)
         .join(PoolItem, col(PoolItem.item_id) == col(BatchItem.item_id))
         .join(LabelRecord, col(LabelRecord.item_id) == col(BatchItem.item_id), isouter=True)
         .where(BatchItem.batch_id == batch.id)
@@ -157,11 +165,19 @@ def batch_detail(session: Session, batch_id: str) -> BatchDetail | None:
             position=item.position, item_id=item.item_id, text=_preview(text), score=round(item.score, 4),
             predicted_label=item.predicted_label,
             predicted_score=None if item.predicted_score is None else round(item.predicted_score, 4),
-            is_control=item.is_control, state=str(item.state), label=label, remote_task_id=item.remote_task_id,
+            is_control=item.is_control, state=_item_state(item.state, label_status), label=label,
+            remote_task_id=item.remote_task_id,
         )
-        for item, text, label in session.exec(stmt)
+        for item, text, label, label_status in session.exec(stmt)
     ]
     return BatchDetail(_summary(session, batch, datetime.now(UTC)), items)
+
+
+def _item_state(state: BatchItemState, label_status: str | None) -> str:
+    """The item's state; an answer the model does not train on says why (``disputed``, ``unknown``)."""
+    if state is BatchItemState.LABELED and label_status in _UNSETTLED:
+        return str(label_status)
+    return str(state)
 
 
 def _preview(text: str) -> str:

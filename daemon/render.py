@@ -25,19 +25,21 @@ def _age(seconds: float) -> str:
 
 def batches_table(rows: list[BatchSummary]) -> Table:
     table = Table(title=f"batches ({len(rows)})")
-    for column in ("id", "age", "status", "strategy", "model", "size", "labeled", "skipped", "pending", "control"):
-        table.add_column(column, justify="right" if column in {"size", "labeled", "skipped", "pending", "control"}
-                         else "left")
+    counts = ("size", "labeled", "unsettled", "skipped", "pending", "withdrawn", "control")
+    for column in ("id", "age", "status", "strategy", "model", *counts):
+        table.add_column(column, justify="right" if column in counts else "left")
     for r in rows:
         table.add_row(r.id, _age(r.age_s), r.status, r.strategy, r.model_version, str(r.size), str(r.labeled),
-                      str(r.skipped), str(r.pending), str(r.control))
+                      str(r.unsettled), str(r.skipped), str(r.pending), str(r.withdrawn), str(r.control))
     return table
 
 
 def batch_table(detail: BatchDetail) -> Table:
     b = detail.batch
     table = Table(title=f"batch {b.id}: {b.status}, {b.strategy}, model {b.model_version}, "
-                        f"{b.labeled}/{b.size} labeled" + (f" — {b.note}" if b.note else ""))
+                        f"{b.labeled}/{b.size} labeled"
+                        + (f", {b.unsettled} disputed or unknown" if b.unsettled else "")
+                        + (f" — {b.note}" if b.note else ""))
     for column in ("#", "item", "text", "score", "predicted", "state", "label"):
         table.add_column(column, overflow="fold" if column == "text" else "ellipsis")
     for item in detail.items:

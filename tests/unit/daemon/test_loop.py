@@ -173,6 +173,11 @@ def test_edit_delete_skip_and_unknown_choice_reach_the_store(
     assert labels[c] == (LabelStatus.SKIPPED, None)
     assert labels[d] == (LabelStatus.UNKNOWN, "not-a-class")
     assert report.unknown_choices == {"not-a-class": 1}
+    with Session(ctx.engine) as session:  # the batch counts the unknown choice apart from the labels
+        detail = batch_detail(session, batch_id)
+    assert detail is not None
+    assert {row.item_id: row.state for row in detail.items}[d] == "unknown"
+    assert (detail.batch.labeled, detail.batch.unsettled, detail.batch.skipped) == (1, 1, 1)
 
 
 def test_outage_is_recorded_and_nothing_is_lost(world: tuple[LoopContext, FakeConnector, dict[str, str]]) -> None:
