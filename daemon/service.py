@@ -246,11 +246,11 @@ class Service:
             body()
         except ConnectorUnavailable as e:
             delay = self._backoff.failed(now, self._rng)
-            log.warning("%s: Label Studio unavailable (%s); retrying in %.0fs", name, e, delay)
+            log.warning("%s: Label Studio unavailable (%s); next try at the first run after %.0fs", name, e, delay)
             self._health("unavailable", str(e))
         except ConnectorAuthError as e:
             delay = self._backoff.failed(now, self._rng)
-            log.error("%s: %s (retrying in %.0fs)", name, e, delay)
+            log.error("%s: %s (next try at the first run after %.0fs)", name, e, delay)
             self._health("auth_error", str(e))
         except (ConnectorError, ModelError) as e:
             log.error("%s failed: %s: %s", name, type(e).__name__, e)

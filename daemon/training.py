@@ -163,8 +163,8 @@ def retrain(ctx: LoopContext) -> TrainedModel | None:
             ))
             session.commit()
     ctx.model = TrainedModel(version, classifier, classes, len(labeled.labels))
-    log.info("trained model %s on %s labels in %.2fs (cv macro-F1 %s)", version, len(labeled.labels),
-             elapsed, quality.macro_f1, extra={"model_version": version})
+    log.info("trained model %s on %s labels in %.2fs (cv macro-F1 %s)", version, len(labeled.labels), elapsed,
+             "n/a" if quality.macro_f1 is None else f"{quality.macro_f1:.3f}", extra={"model_version": version})
     return ctx.model
 
 

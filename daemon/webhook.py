@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -184,6 +185,9 @@ class WebhookServer(ThreadingHTTPServer):
         self.server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # a broken pipe or reset: the caller hung up
+            log.info("webhook: %s closed the connection before the answer was written", client_address[0])
+            return
         log.exception("webhook: handler failed for a call from %s", client_address[0])
 
 

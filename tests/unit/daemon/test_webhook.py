@@ -499,3 +499,22 @@ def test_the_daemon_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="secret"):
         run_service(settings, connector=fake)
     assert fake.calls == []  # refused before anything was sent
+
+
+def test_a_caller_that_hangs_up_early_is_noted_without_a_traceback(
+    server: WebhookServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Label Studio closing the connection before the 202 was written logged an error and a traceback."""
+    with caplog.at_level(logging.INFO, logger="daemon.webhook"):
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except BrokenPipeError:
+            server.handle_error(None, ("127.0.0.1", 5555))
+        try:
+            raise ValueError("a real bug")
+        except ValueError:
+            server.handle_error(None, ("127.0.0.1", 5555))
+    hung_up, bug = caplog.records
+    assert (hung_up.levelno, hung_up.exc_info) == (logging.INFO, None)
+    assert "closed the connection" in hung_up.getMessage()
+    assert bug.levelno == logging.ERROR and bug.exc_info is not None
