@@ -104,7 +104,7 @@ def resume() -> None:
     from daemon.pause import lift_pause
 
     with cli_errors():
-        engine = store_engine(settings())
+        engine = store_engine(settings(), existing=True)
     with Session(engine) as session:
         lifted = lift_pause(session, "operator asked (labelloop resume)")
         session.commit()
@@ -115,7 +115,7 @@ def resume() -> None:
 def _read_session() -> Iterator[Session]:
 
     with cli_errors():
-        engine = store_engine(settings())
+        engine = store_engine(settings(), existing=True)
     with Session(engine) as session:
         yield session
 
@@ -189,7 +189,7 @@ def export_command(
 
     with cli_errors():
         cfg = settings()
-        report = export_labels(store_engine(cfg), file, pool=cfg.pool, everything=everything,
+        report = export_labels(store_engine(cfg, existing=True), file, pool=cfg.pool, everything=everything,
                                overwrite=force)
     if as_json:
         print_json(asdict(report))
@@ -208,7 +208,9 @@ def predict_command(
     from daemon.app import predictions
 
     with cli_errors():
-        report = predictions(settings(), file, overwrite=force)
+        cfg = settings()
+        store_engine(cfg, existing=True).dispose()
+        report = predictions(cfg, file, overwrite=force)
     if as_json:
         print_json(asdict(report))
         return

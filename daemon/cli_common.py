@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 from connectors.errors import ConnectorAuthError, ConnectorError
 from daemon.errors import AlreadyRunning, ConfigError, DaemonError, PoolFileError
 from daemon.settings import Settings, load_settings
-from daemon.store import is_disk_full, is_store_locked, make_engine
+from daemon.store import is_disk_full, is_store_locked, make_engine, sqlite_path
 from models.errors import ModelError
 
 __all__ = [
@@ -86,7 +86,19 @@ def _disk_full(where: object) -> NoReturn:
     raise typer.Exit(1) from None
 
 
-def store_engine(cfg: Settings) -> Engine:
+def store_engine(cfg: Settings, *, existing: bool = False) -> Engine:
+    """The store's engine; with ``existing``, a SQLite store that is not there yet is refused, not created.
+
+    Commands that only read (or take away) need a store that exists: one run in the wrong
+    folder used to create an empty store there and report an empty pool with exit 0.
+
+    Raises:
+        ConfigError: ``existing`` and there is no such store.
+    """
+    path = sqlite_path(cfg.store.url)
+    if existing and path is not None and not path.exists():
+        raise ConfigError(f"no store at {path}: run `labelloop init` and `labelloop pool add` here first, "
+                          "or point --config (or store.url) at the store")
     return make_engine(cfg.store.url, busy_timeout_s=cfg.store.busy_timeout_s)
 
 

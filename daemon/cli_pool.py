@@ -118,7 +118,7 @@ def pool_remove(
         if [bool(files), bool(source), bool(item_id)].count(True) != 1:
             raise ConfigError("name the items one way: pool FILEs, --source NAME or --id ID")
         cfg = settings()
-        engine, pool = store_engine(cfg), cfg.pool
+        engine, pool = store_engine(cfg, existing=True), cfg.pool
         ids: dict[str, None] = {}  # each once, in the order named
         for file in files or []:
             try:

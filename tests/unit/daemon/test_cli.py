@@ -235,3 +235,16 @@ def test_status_says_a_killed_daemon_is_gone_and_a_failing_one_is_not_healthy(wo
     assert "NOT healthy: 3 runs in a row failed" in _plain(runner.invoke(app, ["status"]).output)
     _beat(workdir, pid=os.getpid(), host=socket.gethostname(), backoff_failures=0)
     assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["daemon"]["healthy"] is True
+
+
+@pytest.mark.parametrize("command", [["status"], ["batches"], ["export", "x.csv"], ["predict", "p.csv"],
+                                     ["pool", "remove", "--id", "a"], ["resume"]])
+def test_reading_commands_refuse_a_store_that_is_not_there_instead_of_creating_an_empty_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Run in the wrong folder, status created an empty store there and reported an empty pool, exit 0."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LABELLOOP_CONFIG", raising=False)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2 and "no store at .labelloop/labelloop.db: run `labelloop init`" in result.output
+    assert not (tmp_path / ".labelloop").exists()
