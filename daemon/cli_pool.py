@@ -94,6 +94,9 @@ def _print_import(report: ImportReport) -> None:
     restored = f" ({report.restored} of them removed before, now back)" if report.restored else ""
     out.print(f"{report.path}: {report.rows} rows, {report.added} added, {report.already_present} already "
               f"in the pool{restored}, {report.labels_added} seed labels")
+    if report.labels_differing:
+        err.print(f"[yellow]{report.labels_differing} seed labels differ from the store's and were not applied "
+                  f"(a label is changed in Label Studio): {'; '.join(report.labels_differing_first)}[/]")
 
 
 @pool_app.command("remove")

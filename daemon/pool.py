@@ -11,15 +11,16 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy import text as sql_text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
 from daemon.errors import PoolFileError
 from daemon.pool_files import MAX_PROBLEMS
 from daemon.pool_staging import StagedFile, byo_hash, byo_model_key, stage_pool_file
 from daemon.settings import PoolSettings
-from daemon.store import get_value, set_value
+from daemon.store import LabelRecord, get_value, set_value, table_of
 from models.cache import EmbeddingCache
 
 __all__ = ["ImportReport", "add_pool_file", "byo_hash", "byo_model_key", "known_classes"]
@@ -37,6 +38,8 @@ class ImportReport:
     labels_added: int
     embedding_dim: int | None
     restored: int = 0  # of those already present: removed items brought back
+    labels_differing: int = 0  # seed labels of items the store labels otherwise: not applied
+    labels_differing_first: tuple[str, ...] = ()  # the first few, as "line N: id 'x' is 'a' in the store, 'b' here"
 
 
 def known_classes(session: Session) -> list[str]:
@@ -80,7 +83,8 @@ def add_pool_file(
     with engine.connect() as conn, stage_pool_file(conn, path, pool=pool, scratch_dir=data_dir,
                                                    on_rows=reading) as staged:
         report_rows("checking", staged.items)
-        _check_against_store(staged, project_classes, classes)
+        _check_against_store(staged, project_classes, classes, _store_labels(conn))
+        differing, first_differing = staged.labels_differing()
         embedding_source = _embedding_source(path, staged.dim, source_so_far)
         if staged.dim is not None:
             _cache_vectors(staged, embedding_source, data_dir)  # before the rows: a crash leaves no dangling row
@@ -101,16 +105,22 @@ def add_pool_file(
 
                 lift_pause(session, f"{added + restored} new pool items")
             session.commit()
-        report = ImportReport(str(path), staged.items, added, staged.items - added, labels, staged.dim, restored)
+        report = ImportReport(str(path), staged.items, added, staged.items - added, labels, staged.dim, restored,
+                              differing, tuple(f"line {line}: id {item_id!r} is {there!r} in the store, {here!r} here"
+                                               for line, item_id, here, there in first_differing))
     log.info("pool file imported: %s rows, %s new, %s labels", report.rows, report.added, report.labels_added)
     return report
 
 
-def _check_against_store(staged: StagedFile, project: Sequence[str], configured: Sequence[str]) -> None:
+def _check_against_store(
+    staged: StagedFile, project: Sequence[str], configured: Sequence[str], stored: Sequence[str]
+) -> None:
     problems = staged.conflicts_with_store()
     classes, origin = (project, "the project's classes") if project else (configured, "loop.classes")
     if classes:
         problems.extend(_unknown_labels(staged.label_lines(), classes, origin))
+    else:
+        problems.extend(_case_variants(staged.label_lines(), stored))
     if problems:
         raise PoolFileError(str(staged.path), sorted(problems, key=lambda problem: problem[0] or 0)[:MAX_PROBLEMS])
 
@@ -129,6 +139,28 @@ def _unknown_labels(
         also = f" (and {count - 1} more rows)" if count > 1 else ""
         problems.append((first_line, f"unknown label {label!r}{also}: not one of {origin} ({shown})"))
     return problems
+
+
+def _case_variants(label_lines: dict[str, tuple[int, int]], stored: Sequence[str]) -> list[tuple[int | None, str]]:
+    """With no classes declared, labels that differ only in case are one class spelled several ways
+    (``spam``, ``Spam``): the project would get a class for each. One problem per such group."""
+    spellings: dict[str, set[str]] = {}
+    for label in [*label_lines, *stored]:
+        spellings.setdefault(label.casefold(), set()).add(label)
+    problems: list[tuple[int | None, str]] = []
+    for group in spellings.values():
+        if len(group) > 1 and not group <= set(stored):  # a store that has them all already is not this file's doing
+            names = sorted(group)
+            line = min((label_lines[name][0] for name in names if name in label_lines), default=None)
+            problems.append((line, f"labels {', '.join(map(repr, names))} differ only in case: use one spelling "
+                                   "(or declare the classes in loop.classes)"))
+    return problems
+
+
+def _store_labels(conn: Connection) -> list[str]:
+    """The distinct labels the store holds (seed or from Label Studio)."""
+    records = table_of(LabelRecord)
+    return [label for (label,) in conn.execute(select(records.c.label).distinct()) if label]
 
 
 def _embedding_source(path: Path, dim: int | None, source: str | None) -> str:

@@ -127,6 +127,20 @@ class StagedFile:
         )
         return {label: (int(first), int(count)) for label, first, count in self.conn.execute(stmt)}
 
+    def labels_differing(self) -> tuple[int, list[tuple[int, str, str, str]]]:
+        """Seed labels of items the store already labels otherwise: how many, and the first few
+        ``(line, item id, label here, label in the store)``. They are not applied."""
+        records = table_of(LabelRecord)
+        where = (_staged.c.is_first, records.c.status == LabelStatus.LABELED, _staged.c.label.is_not(None),
+                 records.c.label != _staged.c.label)
+        joined = _staged.join(records, records.c.item_id == _staged.c.item_id)
+        count = int(self.conn.execute(select(func.count()).select_from(joined).where(*where)).scalar_one())
+        first = self.conn.execute(
+            select(_staged.c.line, _staged.c.item_id, _staged.c.label, records.c.label)
+            .select_from(joined).where(*where).order_by(_staged.c.line).limit(3)
+        ).all()
+        return count, [(int(line), item_id, here, there) for line, item_id, here, there in first]
+
     def new_items(self) -> Select[Any]:
         """The staged rows to add: first of their id and not in the pool yet."""
         return select(_staged).where(_staged.c.is_first, ~_in_pool())

@@ -248,3 +248,13 @@ def test_reading_commands_refuse_a_store_that_is_not_there_instead_of_creating_a
     result = runner.invoke(app, command)
     assert result.exit_code == 2 and "no store at .labelloop/labelloop.db: run `labelloop init`" in result.output
     assert not (tmp_path / ".labelloop").exists()
+
+
+def test_pool_add_says_when_a_seed_label_differs_from_the_stores(workdir: Path) -> None:
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello", "label": "ham"}\n')
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+    (workdir / "relabel.jsonl").write_text('{"id": "a", "text": "hello", "label": "spam"}\n')
+    result = runner.invoke(app, ["pool", "add", "relabel.jsonl"])
+    assert result.exit_code == 0
+    assert "1 seed labels differ from the store's and were not applied" in result.output
+    assert "line 1: id 'a' is 'ham' in the store, 'spam' here" in result.output

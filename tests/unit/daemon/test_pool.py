@@ -70,6 +70,25 @@ def test_a_seed_label_never_replaces_a_label_from_label_studio(engine: Engine, t
         assert {r.item_id: (r.label, r.source) for r in session.exec(select(LabelRecord))} == {
             "a": ("spam", "label_studio"), "c": ("ham", "seed")}
         assert [e.item_id for e in session.exec(select(LabelEvent))] == ["c"]
+    report = add_pool_file(engine, tmp_path / "seeded.jsonl", pool=PoolSettings(), data_dir=tmp_path / "state")
+    assert report.labels_differing == 1  # said, not silently dropped
+    assert report.labels_differing_first == ("line 1: id 'a' is 'spam' in the store, 'ham' here",)
+
+
+def test_labels_that_differ_only_in_case_are_refused_when_no_classes_are_declared(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """With no classes declared the project would get a class per spelling: spam, Spam and SPAM."""
+    write_jsonl(tmp_path / "mixed.jsonl", [{"id": "a", "text": "x", "label": "spam"},
+                                           {"id": "b", "text": "y", "label": "ham"},
+                                           {"id": "c", "text": "z", "label": "Spam"}])
+    with pytest.raises(PoolFileError, match=r"line 1: labels 'Spam', 'spam' differ only in case"):
+        add(engine, tmp_path / "mixed.jsonl", tmp_path)
+    write_jsonl(tmp_path / "first.jsonl", [{"id": "a", "text": "x", "label": "spam"}])
+    assert add(engine, tmp_path / "first.jsonl", tmp_path) == (1, 1)
+    write_jsonl(tmp_path / "later.jsonl", [{"id": "d", "text": "w", "label": "SPAM"}])
+    with pytest.raises(PoolFileError, match=r"labels 'SPAM', 'spam' differ only in case"):
+        add(engine, tmp_path / "later.jsonl", tmp_path)  # against the store's labels too
 
 
 def test_own_vectors_are_cached_unit_length_and_a_pool_keeps_one_width(engine: Engine, tmp_path: Path) -> None:
