@@ -37,13 +37,13 @@ from sqlmodel import Session, col
 
 from daemon.errors import ExportError
 from daemon.pool import known_classes
+from daemon.pool_files import EXPORT_STATUS_COLUMNS
 from daemon.settings import PoolSettings
 from daemon.store import LabelRecord, LabelStatus, PoolItem, RemovedItem
 
 __all__ = ["FORMATS", "ExportReport", "export_labels", "file_kind", "write_atomically"]
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-_STATUS_COLUMNS = ("label_status", "label_source", "annotator", "labeled_at", "remote_task_id", "answer")
 _OUTSIDE = "not_a_class"  # label_status of a label whose class the project lacks
 _REMOVED = "removed"  # label_status of an item taken out of the loop (labelloop pool remove)
 _PAGE = 5_000  # rows fetched and written at a time
@@ -133,7 +133,7 @@ def _of_exported_items(stmt: Any, everything: bool) -> Any:
 
 
 def _header(pool: PoolSettings, meta_keys: Sequence[str]) -> list[str]:
-    own = [pool.id_field, pool.text_field, pool.label_field, *_STATUS_COLUMNS]
+    own = [pool.id_field, pool.text_field, pool.label_field, *EXPORT_STATUS_COLUMNS]
     taken = set(own)
     return own + [f"meta_{key}" if key in taken else key for key in meta_keys]
 
@@ -202,8 +202,9 @@ def _write_tsv(path: Path, header: list[str], rows: Iterator[list[Any]]) -> None
 
 def _write_jsonl(path: Path, header: list[str], rows: Iterator[list[Any]]) -> None:
     with path.open("w", encoding="utf-8") as handle:
-        for values in rows:
-            handle.write(json.dumps(dict(zip(header, values, strict=True)), ensure_ascii=False) + "\n")
+        for values in rows:  # NaN and infinity are not JSON (JSON.parse refuses them): null instead
+            finite = [None if type(value) is float and not math.isfinite(value) else value for value in values]
+            handle.write(json.dumps(dict(zip(header, finite, strict=True)), ensure_ascii=False) + "\n")
 
 
 def _write_parquet(path: Path, header: list[str], rows: Iterator[list[Any]]) -> None:

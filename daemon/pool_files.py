@@ -22,6 +22,7 @@ from daemon.errors import PoolFileError
 from models._types import Float32Array
 
 __all__ = [
+    "EXPORT_STATUS_COLUMNS",
     "MAX_PROBLEMS", "NO_ROWS", "PoolRow", "iter_pool_rows", "read_pool_file", "read_pool_ids", "repeated_id_problem",
 ]
 
@@ -29,6 +30,8 @@ MAX_PROBLEMS = 20  # a refused file lists at most this many problems
 NO_ROWS = "the file holds no rows"
 _PARQUET_ROWS = 4096  # rows turned into Python values at a time: 65,536 rows of 384-d vectors took 800 MB
 _DEFAULT_FIELDS = ("id", "text", "label", "embedding")
+# the columns `labelloop export` adds after the label: the store's view of the label, not the item's
+EXPORT_STATUS_COLUMNS = ("label_status", "label_source", "annotator", "labeled_at", "remote_task_id", "answer")
 _FLOAT16_MAX = 65504.0  # vectors are kept as float16 (models/cache.py)
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as read with surrogateescape
 _NOT_UTF8 = "not UTF-8 text: save the file as UTF-8"
@@ -350,6 +353,8 @@ def _to_row(line: int, record: Mapping[str, Any], fields: _Fields, *, keep_dupli
             item_id = "h-" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:20]
     label = _text_value(record.get(fields.label_field), fields.label_field) or None
     reserved = {fields.id_field, fields.text_field, fields.label_field, fields.embedding_field}
+    if all(column in record for column in EXPORT_STATUS_COLUMNS):  # an export read back: not the item's metadata
+        reserved.update(EXPORT_STATUS_COLUMNS)
     meta = {key: _jsonable(value) for key, value in record.items() if key not in reserved}
     vector = None if embedding is None else np.asarray(embedding, dtype=np.float32)
     return PoolRow(line, item_id, text, label, vector, meta)

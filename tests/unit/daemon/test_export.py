@@ -113,6 +113,26 @@ def test_an_export_is_a_pool_file_whose_labels_are_seeds(tmp_path: Path) -> None
     export_labels(second, tmp_path / "again.csv", pool=pool)
     again = {row["uid"]: row["body"] for row in read_back(tmp_path / "again.csv")}
     assert again == {"u1": texts["u1"], "u2": texts["u2"]}  # quotes, commas and newlines survive
+    second_header = (tmp_path / "again.csv").read_text().splitlines()[0].split(",")
+    assert second_header == header  # the status columns read back are not metadata: no meta_meta_… pile-up
+
+
+def test_jsonl_export_writes_null_for_nan_and_infinity(tmp_path: Path) -> None:
+    """Python's json wrote NaN, which JSON.parse (and strict readers) refuse."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": ["a", "b"], "text": ["x", "y"], "label": ["ham", "spam"], "score": [float("nan"), 1.5]})
+    pq.write_table(table, tmp_path / "in.parquet")
+    engine = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    add_pool_file(engine, tmp_path / "in.parquet", pool=PoolSettings(), data_dir=tmp_path / "a")
+    export_labels(engine, tmp_path / "out.jsonl", pool=PoolSettings())
+
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    rows = [json.loads(line, parse_constant=refuse) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [row["score"] for row in rows] == [None, 1.5]
 
 
 def test_refusals_leave_no_file(labeled_world: tuple[LoopContext, dict[str, str]], tmp_path: Path) -> None:
