@@ -190,7 +190,7 @@ def export_command(
     with cli_errors():
         cfg = settings()
         report = export_labels(store_engine(cfg, existing=True), file, pool=cfg.pool, everything=everything,
-                               overwrite=force)
+                               overwrite=force, data_dir=cfg.store.data_dir)
     if as_json:
         print_json(asdict(report))
     else:

@@ -21,6 +21,7 @@ writes never half-appear.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most four columns
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
@@ -38,8 +40,10 @@ from sqlmodel import Session, col
 from daemon.errors import ExportError
 from daemon.pool import known_classes
 from daemon.pool_files import EXPORT_STATUS_COLUMNS
+from daemon.pool_staging import byo_hash
 from daemon.settings import PoolSettings
-from daemon.store import LabelRecord, LabelStatus, PoolItem, RemovedItem
+from daemon.store import LabelRecord, LabelStatus, PoolItem, RemovedItem, get_value
+from models.cache import EmbeddingCache
 
 __all__ = ["FORMATS", "ExportReport", "export_labels", "file_kind", "write_atomically"]
 
@@ -48,6 +52,7 @@ _OUTSIDE = "not_a_class"  # label_status of a label whose class the project lack
 _REMOVED = "removed"  # label_status of an item taken out of the loop (labelloop pool remove)
 _PAGE = 5_000  # rows fetched and written at a time
 _PARQUET_ROWS = 65_536  # rows per Parquet row group
+_VECTOR_AT = 3  # an own-vector column goes after id, text and label
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +63,13 @@ class ExportReport:
 
 
 def export_labels(
-    engine: Engine, path: Path, *, pool: PoolSettings, everything: bool = False, overwrite: bool = False
+    engine: Engine, path: Path, *, pool: PoolSettings, everything: bool = False, overwrite: bool = False,
+    data_dir: Path | None = None,
 ) -> ExportReport:
     """Write the labels to ``path`` (.csv, .tsv, .jsonl or .parquet, by its suffix).
+
+    A pool that brought its own vectors gets them back in its embedding column (read from the
+    cache under ``data_dir``; without it, no vectors), so the file adds to another store as it came.
 
     Raises:
         ExportError: the suffix is not one of those, ``path`` exists and ``overwrite`` is
@@ -72,7 +81,14 @@ def export_labels(
         meta_keys = _meta_keys(session, everything)
         header = _header(pool, meta_keys)
         counts: Counter[str] = Counter()
-        write_atomically(path, kind, header, _counted(_rows(session, classes, everything, meta_keys), counts))
+        rows = _counted(_rows(session, classes, everything, meta_keys), counts)
+        cache = _own_vectors(session, data_dir)
+        if cache is None:
+            write_atomically(path, kind, header, rows)
+        else:
+            with cache:
+                header.insert(_VECTOR_AT, pool.embedding_field)
+                write_atomically(path, kind, header, _with_vectors(rows, cache))
     return ExportReport(str(path), sum(counts.values()), dict(sorted(counts.items())))
 
 
@@ -161,6 +177,27 @@ def _rows(
             None if is_label else label,
             *(meta.get(key) for key in meta_keys),
         ]
+
+
+def _own_vectors(session: Session, data_dir: Path | None) -> EmbeddingCache | None:
+    """The cache of the pool's own vectors (read only), or ``None`` when the encoder makes them."""
+    source = get_value(session, "embedding_source")
+    if data_dir is None or source is None or not source.startswith("byo-d"):
+        return None
+    return EmbeddingCache(data_dir / "embeddings", model_key=source, dim=int(source.removeprefix("byo-d")),
+                          readonly=True)
+
+
+def _with_vectors(rows: Iterator[list[Any]], cache: EmbeddingCache) -> Iterator[list[Any]]:
+    """Each row with its item's own vector (a list of floats) after the label, ``_PAGE`` rows at a time."""
+    while page := list(itertools.islice(rows, _PAGE)):
+        found = cache.lookup([byo_hash(values[0]) for values in page])
+        hits = found >= 0
+        # float64 before rounding: a float32's own digits would print as 0.012340000085532665
+        vectors = iter(np.round(cache.get(found[hits]).astype(np.float64), 5).tolist() if hits.any() else [])
+        for values, hit in zip(page, hits, strict=True):
+            values.insert(_VECTOR_AT, next(vectors) if hit else None)
+            yield values
 
 
 def _counted(rows: Iterator[tuple[str, list[Any]]], counts: Counter[str]) -> Iterator[list[Any]]:

@@ -177,3 +177,30 @@ def test_a_cell_holds_what_json_would_write(value: Any) -> None:
     from daemon.export import _flat
 
     assert _flat(value) == json.dumps(value)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_a_pool_of_own_vectors_exports_them_and_adds_to_another_store_as_it_came(
+    tmp_path: Path, suffix: str
+) -> None:
+    """The vectors were left out, so the export added to a fresh store as a text pool (the encoder's
+    vectors), and to a store of own vectors not at all."""
+    from daemon.pool_staging import byo_hash
+    from models.cache import EmbeddingCache
+
+    rows = [{"id": "a", "text": "x", "label": "ham", "embedding": [3.0, 4.0]},
+            {"id": "b", "text": "y", "label": "spam", "embedding": [0.0, 2.0]}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    first = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    add_pool_file(first, tmp_path / "in.jsonl", pool=PoolSettings(), data_dir=tmp_path / "a")
+    out = tmp_path / f"out{suffix}"
+    export_labels(first, out, pool=PoolSettings(), data_dir=tmp_path / "a")
+    exported = [json.loads(v) if isinstance(v := row["embedding"], str) else v for row in read_back(out)]
+    assert exported == [pytest.approx([0.6, 0.8], abs=1e-3), [0.0, 1.0]]  # unit length, kept as float16
+
+    second = make_engine(f"sqlite:///{tmp_path / 'b.db'}")
+    report = add_pool_file(second, out, pool=PoolSettings(), data_dir=tmp_path / "b")
+    assert (report.added, report.labels_added, report.embedding_dim) == (2, 2, 2)
+    with EmbeddingCache(tmp_path / "b" / "embeddings", model_key="byo-d2", dim=2, readonly=True) as cache:
+        vectors = cache.get(cache.lookup([byo_hash("a"), byo_hash("b")]))
+    assert vectors.ravel().tolist() == pytest.approx([0.6, 0.8, 0.0, 1.0], abs=1e-3)
