@@ -35,6 +35,7 @@ EXPORT_STATUS_COLUMNS = ("label_status", "label_source", "annotator", "labeled_a
 _FLOAT16_MAX = 65504.0  # vectors are kept as float16 (models/cache.py)
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as read with surrogateescape
 _NOT_UTF8 = "not UTF-8 text: save the file as UTF-8"
+_KEEP_BOTH = "give every row an id, or read with keep_duplicates"  # read_pool_file's own way out
 csv.field_size_limit(1 << 26)
 
 
@@ -98,7 +99,7 @@ def read_pool_file(
             rows.append(row)
         elif (earlier.text, earlier.label) != (row.text, row.label):
             problems.append((line, repeated_id_problem(row.item_id, earlier.line, earlier.text, earlier.label,
-                                                       row.text, row.label)))
+                                                       row.text, row.label, way_out=_KEEP_BOTH)))
         if len(problems) >= MAX_PROBLEMS:
             break
     _refuse_if_bad(path, problems, has_rows=bool(rows))
@@ -187,13 +188,19 @@ def iter_pool_rows(
 
 
 def repeated_id_problem(
-    item_id: str, earlier_line: int, earlier_text: str, earlier_label: str | None, text: str, label: str | None
+    item_id: str, earlier_line: int, earlier_text: str, earlier_label: str | None, text: str, label: str | None,
+    *, way_out: str = "give every row an id",
 ) -> str:
-    """The problem with a row whose id an earlier row has, with other text or label."""
+    """The problem with a row whose id an earlier row has, with other text or label; ``way_out`` says what to do
+    about one text under two labels (simulate can also replay both)."""
     if item_id.startswith("h-") and earlier_text == text:  # no id column: ids come from the text
-        return (f"the same text is on line {earlier_line} with label {earlier_label!r}, here {label!r}; "
-                "give every row an id (or, for simulate, pass --keep-duplicates)")
+        return (f"the same text is on line {earlier_line} {_labeled(earlier_label)}, here {_labeled(label)}; "
+                f"{way_out}")
     return f"id {item_id!r} appears again (line {earlier_line}) with other content"
+
+
+def _labeled(label: str | None) -> str:
+    return "without a label" if label is None else f"with label {label!r}"
 
 
 def _file_type(path: Path) -> str:

@@ -27,6 +27,7 @@ from models.embedder import Embedder
 __all__ = ["DataSource", "LabeledSplit", "SimulationData", "load_simulation_data", "stratified_test_mask"]
 
 log = logging.getLogger(__name__)
+_KEEP_BOTH = "give every row an id, or pass --keep-duplicates to replay both"
 Float32Array = npt.NDArray[np.float32]
 LabelArray = npt.NDArray[np.object_]
 SPLIT_FIELD = "split"
@@ -227,7 +228,7 @@ def _labeled_rows(source: DataSource, path: Path) -> tuple[list[PoolRow], int, s
             rows.append(row)
         elif (earlier.text, earlier.label) != (row.text, row.label):
             problems.append((line, repeated_id_problem(row.item_id, earlier.line, earlier.text, earlier.label,
-                                                       row.text, row.label)))
+                                                       row.text, row.label, way_out=_KEEP_BOTH)))
         if row is not None:
             sides.setdefault(row.item_id, set()).add(_is_test_row(row))
         if len(problems) >= MAX_PROBLEMS:

@@ -93,8 +93,11 @@ def test_one_text_under_two_labels_without_ids_names_both_lines_and_the_way_out(
     read: Callable[[Path], object], tmp_path: Path
 ) -> None:
     path = write(tmp_path / "p.csv", "text,label\nhello,spam\nbye,ham\nhello,ham\n")
-    with pytest.raises(PoolFileError, match=r"line 4: the same text is on line 2 with label 'spam', here 'ham'.*"
-                       r"--keep-duplicates"):
+    with pytest.raises(PoolFileError, match=r"line 4: the same text is on line 2 with label 'spam', "
+                       r"here with label 'ham'; give every row an id"):
+        read(path)
+    path = write(tmp_path / "q.csv", "text,label\nhello,\nhello,ham\n")
+    with pytest.raises(PoolFileError, match=r"line 3: the same text is on line 2 without a label, here with label"):
         read(path)
 
 
