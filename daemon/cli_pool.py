@@ -66,9 +66,12 @@ def pool_add(
             try:
                 reports.append(add_pool_file(engine, file, pool=pool, data_dir=cfg.store.data_dir,
                                              classes=cfg.loop.classes, progress=progress))
-            except PoolFileError:
+            except PoolFileError as e:
                 if reports:
                     err.print(f"{len(reports)} files before it were added: {', '.join(r.path for r in reports)}")
+                if as_json:  # a script learns what was added and why the file was refused
+                    print_json({"added": [asdict(report) for report in reports], "refused": e.path,
+                                "problems": [{"line": line, "reason": why} for line, why in e.problems]})
                 raise
             bar.remove_task(task)
             if not as_json:

@@ -258,3 +258,14 @@ def test_pool_add_says_when_a_seed_label_differs_from_the_stores(workdir: Path) 
     assert result.exit_code == 0
     assert "1 seed labels differ from the store's and were not applied" in result.output
     assert "line 1: id 'a' is 'ham' in the store, 'spam' here" in result.output
+
+
+def test_pool_add_json_says_what_was_added_and_why_a_file_was_refused(workdir: Path) -> None:
+    (workdir / "good.jsonl").write_text('{"id": "a", "text": "hello"}\n')
+    (workdir / "bad.csv").write_text("id,text\nb,fine\nc\n")
+    result = runner.invoke(app, ["pool", "add", "good.jsonl", "bad.csv", "--json"])
+    assert result.exit_code == 1
+    answer = json.loads(result.stdout)
+    assert [report["path"] for report in answer["added"]] == ["good.jsonl"]
+    assert answer["refused"] == "bad.csv" and answer["problems"] == [
+        {"line": 3, "reason": "1 fields where the header has 2"}]
