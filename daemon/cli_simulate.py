@@ -150,7 +150,7 @@ def simulate(
     try:
         result, summaries, written = run_request(request)
     except PoolFileError as e:
-        err.print(f"[red]error:[/] {_refusal_text(e)}")
+        err.print(f"[red]error:[/] {PoolFileError(e.path, e.problems, outcome='nothing simulated')}")  # not imported
         raise typer.Exit(1) from None
     except (DaemonError, ModelError, ValueError) as e:
         err.print(f"[red]error:[/] {e}")
@@ -192,13 +192,6 @@ def _folder_problem(option: str, folder: Path) -> str | None:
                 return f"{option} {folder} is a file, not a folder"
             return f"{option} {folder} cannot be created: {candidate} is a file, not a folder"
     return None
-
-
-def _refusal_text(error: PoolFileError) -> str:
-    """Render a refused file for ``simulate``: pool-add's wording ("nothing imported") does not fit here."""
-    shown = "; ".join(f"line {line}: {why}" if line is not None else why for line, why in error.problems[:5])
-    more = f" (and {len(error.problems) - 5} more)" if len(error.problems) > 5 else ""
-    return f"{error.path}: refused for simulation: {shown}{more}"
 
 
 def run_request(request: SimulateRequest) -> tuple[SimulationResult, list[StrategySummary], list[Path]]:

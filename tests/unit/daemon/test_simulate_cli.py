@@ -202,7 +202,7 @@ def test_a_refused_file_is_refused_for_simulation_not_for_import(app: typer.Type
     result = CliRunner().invoke(app, simulate_args(bad, tmp_path / "out"))
     assert result.exit_code == 1
     flat = " ".join(result.output.split())
-    assert f"{bad}: refused for simulation: line 3:" in flat
+    assert f"{bad}: refused, nothing simulated: line 3:" in flat
     assert "nothing imported" not in flat
 
 
