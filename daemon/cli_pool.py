@@ -95,7 +95,9 @@ def _source_ids(engine: Engine, name: str) -> list[str]:
 
 def _print_import(report: ImportReport) -> None:
     restored = f" ({report.restored} of them removed before, now back)" if report.restored else ""
-    out.print(f"{report.path}: {report.rows} rows, {report.added} added, {report.already_present} already "
+    repeats = (f" (and {report.repeated_rows} rows repeating an earlier one, kept once)"
+               if report.repeated_rows else "")
+    out.print(f"{report.path}: {report.rows} rows{repeats}, {report.added} added, {report.already_present} already "
               f"in the pool{restored}, {report.labels_added} seed labels")
     if report.labels_differing:
         err.print(f"[yellow]{report.labels_differing} seed labels differ from the store's and were not applied "

@@ -40,6 +40,7 @@ class ImportReport:
     restored: int = 0  # of those already present: removed items brought back
     labels_differing: int = 0  # seed labels of items the store labels otherwise: not applied
     labels_differing_first: tuple[str, ...] = ()  # the first few, as "line N: id 'x' is 'a' in the store, 'b' here"
+    repeated_rows: int = 0  # rows repeating an earlier row of the file exactly, kept once (not in ``rows``)
 
 
 def known_classes(session: Session) -> list[str]:
@@ -107,7 +108,7 @@ def add_pool_file(
             session.commit()
         report = ImportReport(str(path), staged.items, added, staged.items - added, labels, staged.dim, restored,
                               differing, tuple(f"line {line}: id {item_id!r} is {there!r} in the store, {here!r} here"
-                                               for line, item_id, here, there in first_differing))
+                                               for line, item_id, here, there in first_differing), staged.repeats)
     log.info("pool file imported: %s rows, %s new, %s labels", report.rows, report.added, report.labels_added)
     return report
 

@@ -93,6 +93,7 @@ class StagedFile:
     items: int  # distinct ids in the file
     dim: int | None  # the width of the file's vectors; None when it carries none
     vectors: IO[bytes] | None
+    repeats: int = 0  # rows that repeat an earlier row of the file exactly (kept once)
 
     def __enter__(self) -> StagedFile:
         return self
@@ -233,6 +234,7 @@ def stage_pool_file(
         if problems:
             raise PoolFileError(str(path), problems)
         staged.items = int(conn.execute(select(func.count()).where(_staged.c.is_first)).scalar_one())
+        staged.repeats = int(conn.execute(select(func.count()).select_from(_staged)).scalar_one()) - staged.items
         if staged.items == 0:
             raise PoolFileError(str(path), [(None, NO_ROWS)])
         conn.commit()

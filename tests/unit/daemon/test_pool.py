@@ -124,6 +124,7 @@ def test_repeats_collapse_and_each_new_item_gets_its_own_vector_across_chunks(
     write_jsonl(tmp_path / "second.jsonl", repeated)
     report = add_pool_file(engine, tmp_path / "second.jsonl", pool=PoolSettings(), data_dir=tmp_path / "state")
     assert (report.rows, report.added, report.already_present, report.labels_added) == (9, 8, 1, 9)
+    assert report.repeated_rows == 1  # said, not hidden in the count
     with Session(engine) as session:
         assert list(session.exec(select(PoolItem.item_id).order_by(col(PoolItem.seq)))) == ["b", *angles]
     with EmbeddingCache(tmp_path / "state" / "embeddings", model_key=byo_model_key(2), dim=2) as cache:
