@@ -6,6 +6,8 @@ Parsing (typer) -> :mod:`daemon.pool` / :mod:`daemon.removal` -> rendering (rich
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -80,17 +82,17 @@ def pool_add(
         print_json(asdict(reports[0]) if len(reports) == 1 else [asdict(report) for report in reports])
 
 
-def _source_ids(engine: Engine, name: str) -> list[str]:
-    """The items imported from the file named ``name`` (a path names its file); none is an error."""
-    from daemon.removal import item_ids_of_source, source_names
+def _source_name(engine: Engine, name: str) -> str:
+    """The source name items were imported under (a path names its file); a name nothing came from is an error."""
+    from daemon.removal import has_source, source_names
 
-    found = item_ids_of_source(engine, name) or item_ids_of_source(engine, Path(name).name)
-    if not found:
-        known = source_names(engine)
-        shown = ", ".join(known[:10]) + (f", … ({len(known)} in all)" if len(known) > 10 else "")
-        raise ConfigError(f"no pool items were imported from a file named {name!r}; nothing removed "
-                          f"(sources: {shown or 'none'})")
-    return found
+    for candidate in (name, Path(name).name):
+        if has_source(engine, candidate):
+            return candidate
+    known = source_names(engine)
+    shown = ", ".join(known[:10]) + (f", … ({len(known)} in all)" if len(known) > 10 else "")
+    raise ConfigError(f"no pool items were imported from a file named {name!r}; nothing removed "
+                      f"(sources: {shown or 'none'})")
 
 
 def _print_import(report: ImportReport) -> None:
@@ -119,26 +121,25 @@ def pool_remove(
     Every file is read before anything is removed, and the removal is one transaction. Works
     while the daemon runs; `pool add` of the same items brings them back.
     """
-    from daemon.pool_files import read_pool_ids
-    from daemon.removal import remove_items
+    from daemon.pool_files import iter_pool_ids
+    from daemon.removal import item_ids_of_source, remove_items
 
     with cli_errors():
         if [bool(files), bool(source), bool(item_id)].count(True) != 1:
             raise ConfigError("name the items one way: pool FILEs, --source NAME or --id ID")
         cfg = settings()
         engine, pool = store_engine(cfg, existing=True), cfg.pool
-        ids: dict[str, None] = {}  # each once, in the order named
-        for file in files or []:
-            try:
-                ids.update(dict.fromkeys(read_pool_ids(file, id_field=pool.id_field, text_field=pool.text_field,
-                                                       label_field=pool.label_field,
-                                                       embedding_field=pool.embedding_field)))
-            except PoolFileError as e:
-                raise PoolFileError(e.path, e.problems, outcome="nothing removed") from None
-        for name in source or []:
-            ids.update(dict.fromkeys(_source_ids(engine, name)))
-        ids.update(dict.fromkeys(item_id or []))
-        report = remove_items(engine, list(ids), reason=reason)
+        names = [_source_name(engine, name) for name in source or []]  # every name checked before any is read
+        streams: list[Iterable[str]] = [
+            *(iter_pool_ids(file, id_field=pool.id_field, text_field=pool.text_field, label_field=pool.label_field,
+                            embedding_field=pool.embedding_field) for file in files or []),
+            *(item_ids_of_source(engine, name) for name in names),
+            item_id or [],
+        ]
+        try:  # the ids are streamed into a temporary table: every file is read before anything is removed
+            report = remove_items(engine, itertools.chain.from_iterable(streams), reason=reason)
+        except PoolFileError as e:
+            raise PoolFileError(e.path, e.problems, outcome="nothing removed") from None
     if as_json:
         print_json(asdict(report))
         return

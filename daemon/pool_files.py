@@ -23,7 +23,8 @@ from models._types import Float32Array
 
 __all__ = [
     "EXPORT_STATUS_COLUMNS",
-    "MAX_PROBLEMS", "NO_ROWS", "PoolRow", "iter_pool_rows", "read_pool_file", "read_pool_ids", "repeated_id_problem",
+    "MAX_PROBLEMS", "NO_ROWS", "PoolRow", "iter_pool_ids", "iter_pool_rows", "read_pool_file", "read_pool_ids",
+    "repeated_id_problem",
 ]
 
 MAX_PROBLEMS = 20  # a refused file lists at most this many problems
@@ -110,27 +111,36 @@ def read_pool_ids(
     path: Path, *, id_field: str = "id", text_field: str = "text", label_field: str = "label",
     embedding_field: str = "embedding",
 ) -> list[str]:
-    """The item ids of a pool file, each once, in file order, without holding its rows.
+    """The item ids of a pool file, each once, in file order (:func:`iter_pool_ids`, held in memory)."""
+    return list(dict.fromkeys(iter_pool_ids(path, id_field=id_field, text_field=text_field, label_field=label_field,
+                                            embedding_field=embedding_field)))
 
-    A malformed row refuses the file as :func:`read_pool_file` does; an id repeated with other
-    content does not (only the ids are used).
+
+def iter_pool_ids(
+    path: Path, *, id_field: str = "id", text_field: str = "text", label_field: str = "label",
+    embedding_field: str = "embedding",
+) -> Iterator[str]:
+    """The item ids of a pool file in file order, repeats included, streamed.
+
+    A malformed row refuses the file as :func:`read_pool_file` does, once the file is read (or
+    at ``MAX_PROBLEMS``); an id repeated with other content does not (only the ids are used).
 
     Raises:
         PoolFileError: as :func:`read_pool_file`.
     """
-    ids: dict[str, None] = {}
     problems: list[tuple[int | None, str]] = []
+    has_rows = False
     stream = iter_pool_rows(path, id_field=id_field, text_field=text_field, label_field=label_field,
                             embedding_field=embedding_field)
     for line, row, problem in stream:
         if row is not None:
-            ids[row.item_id] = None
+            has_rows = True
+            yield row.item_id
             continue
         problems.append((line, problem))
         if len(problems) >= MAX_PROBLEMS:
             break
-    _refuse_if_bad(path, problems, has_rows=bool(ids))
-    return list(ids)
+    _refuse_if_bad(path, problems, has_rows=has_rows)
 
 
 def _refuse_if_bad(path: Path, problems: list[tuple[int | None, str]], *, has_rows: bool) -> None:

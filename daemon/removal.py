@@ -11,24 +11,19 @@ Removal only writes the store, so it works while the daemon runs and needs no to
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy import Column, MetaData, String, Table, exists, func, insert, literal
+from sqlalchemy import select as sa_select
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
-from daemon.store import (
-    BatchItem,
-    BatchItemState,
-    LabelRecord,
-    LabelStatus,
-    PoolItem,
-    RemovedItem,
-    bulk_insert,
-    ids_present,
-)
+from daemon.store import BatchItem, BatchItemState, LabelRecord, LabelStatus, PoolItem, RemovedItem, table_of
 
 if TYPE_CHECKING:  # pool add imports this module and must not pay for torch (daemon.context)
     from daemon.context import LoopContext
@@ -36,6 +31,9 @@ if TYPE_CHECKING:  # pool add imports this module and must not pay for torch (da
 __all__ = ["RemovalReport", "item_ids_of_source", "remove_items", "source_names", "withdraw_removed"]
 
 log = logging.getLogger(__name__)
+_CHUNK = 5_000  # ids staged at a time
+# the ids asked for, on the removal's own connection: a million of them held as Python strings took 0.5 GB
+_wanted = Table("labelloop_removal", MetaData(), Column("item_id", String, nullable=False), prefixes=["TEMPORARY"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +45,17 @@ class RemovalReport:
     waiting: int  # of those taken out: items with a task waiting in Label Studio, withdrawn at the next sync
 
 
-def item_ids_of_source(engine: Engine, source: str) -> list[str]:
-    """Ids of the items imported from the file named ``source`` (``PoolItem.source``), in pool order."""
+def item_ids_of_source(engine: Engine, source: str) -> Iterator[str]:
+    """Ids of the items imported from the file named ``source`` (``PoolItem.source``), in pool order, streamed."""
     with Session(engine) as session:
         stmt = select(PoolItem.item_id).where(PoolItem.source == source).order_by(col(PoolItem.seq))
-        return list(session.exec(stmt))
+        yield from session.exec(stmt.execution_options(yield_per=_CHUNK))
+
+
+def has_source(engine: Engine, source: str) -> bool:
+    """Whether any pool item was imported from the file named ``source``."""
+    with Session(engine) as session:
+        return session.exec(select(PoolItem.item_id).where(PoolItem.source == source).limit(1)).first() is not None
 
 
 def source_names(engine: Engine) -> list[str]:
@@ -60,21 +64,55 @@ def source_names(engine: Engine) -> list[str]:
         return sorted(name for name in session.exec(select(PoolItem.source).distinct()) if name)
 
 
-def remove_items(engine: Engine, item_ids: Sequence[str], *, reason: str = "") -> RemovalReport:
-    """Take the given pool items out of the loop, in one transaction; ids not in the pool are counted, not errors."""
-    wanted = list(dict.fromkeys(item_ids))
-    with Session(engine) as session:
-        in_pool = ids_present(session, PoolItem.item_id, wanted)
-        gone = ids_present(session, RemovedItem.item_id, wanted)
-        new = [item_id for item_id in wanted if item_id in in_pool and item_id not in gone]
-        labeled = ids_present(session, LabelRecord.item_id, new, LabelRecord.status == LabelStatus.LABELED)
-        waiting = ids_present(session, BatchItem.item_id, new, BatchItem.state == BatchItemState.PENDING)
-        bulk_insert(session, RemovedItem, [{"item_id": item_id, "reason": reason} for item_id in new])
-        session.commit()
-    report = RemovalReport(len(new), len(gone), len(wanted) - len(in_pool), len(labeled), len(waiting))
+def remove_items(engine: Engine, item_ids: Iterable[str], *, reason: str = "") -> RemovalReport:
+    """Take the given pool items out of the loop, in one transaction; ids not in the pool are counted, not errors.
+
+    ``item_ids`` may be a stream, with repeats: it is read whole into a temporary table
+    before anything is removed, so a stream that raises (a bad pool file) removes nothing.
+    """
+    with engine.connect() as conn:
+        _wanted.drop(conn, checkfirst=True)
+        _wanted.create(conn)
+        try:
+            stream = iter(item_ids)
+            while chunk := list(itertools.islice(stream, _CHUNK)):
+                conn.execute(insert(_wanted), [{"item_id": item_id} for item_id in chunk])
+            conn.commit()  # the staging locks nothing: the write transaction below starts from a fresh snapshot
+            report = _remove_wanted(conn, reason)
+            conn.commit()
+        finally:
+            conn.rollback()
+            _wanted.drop(conn, checkfirst=True)
+            conn.commit()
     log.info("pool remove: %s items removed (%s labeled, %s waiting in Label Studio)", report.removed,
              report.labeled, report.waiting)
     return report
+
+
+def _remove_wanted(conn: Connection, reason: str) -> RemovalReport:
+    """Insert the removals first (the write lock, and the latest snapshot, come with it), then count."""
+    pool, removed, records, tasks = (table_of(model) for model in (PoolItem, RemovedItem, LabelRecord, BatchItem))
+    wanted = sa_select(_wanted.c.item_id).distinct().subquery()
+    now = datetime.now(UTC)
+    new = (sa_select(wanted.c.item_id, literal(reason, removed.c.reason.type), literal(now, removed.c.removed_at.type))
+           .join(pool, pool.c.item_id == wanted.c.item_id)
+           .where(~exists().where(removed.c.item_id == wanted.c.item_id)))
+    count = int(conn.execute(insert(removed).from_select(["item_id", "reason", "removed_at"], new)).rowcount)
+    just_removed = wanted.join(removed, (removed.c.item_id == wanted.c.item_id) & (removed.c.removed_at == now))
+
+    def items(joined: Any, *where: Any) -> int:
+        return int(conn.execute(sa_select(func.count(func.distinct(wanted.c.item_id))).select_from(joined)
+                                .where(*where)).scalar_one())
+
+    return RemovalReport(
+        removed=count,
+        already_removed=items(wanted.join(removed, removed.c.item_id == wanted.c.item_id)) - count,
+        not_in_pool=items(wanted) - items(wanted.join(pool, pool.c.item_id == wanted.c.item_id)),
+        labeled=items(just_removed.join(records, records.c.item_id == wanted.c.item_id),
+                      records.c.status == LabelStatus.LABELED),
+        waiting=items(just_removed.join(tasks, tasks.c.item_id == wanted.c.item_id),
+                      tasks.c.state == BatchItemState.PENDING),
+    )
 
 
 def withdraw_removed(ctx: LoopContext) -> list[str]:
