@@ -43,7 +43,8 @@ class PoolFileError(DaemonError):
     ) -> None:
         self.path = path
         self.problems = problems
-        shown = "; ".join(f"line {line}: {why}" if line is not None else why for line, why in problems[:5])
+        unit = "row" if path.lower().endswith((".parquet", ".pq")) else "line"  # a Parquet file has no lines
+        shown = "; ".join(f"{unit} {line}: {why}" if line is not None else why for line, why in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         super().__init__(f"{path}: refused, {outcome}: {shown}{more}")
 

@@ -277,7 +277,7 @@ def _open_text(path: Path) -> Any:
 
 
 def _delimiter(path: Path) -> str:
-    return "\t" if path.suffix.lower() == ".tsv" or path.name.lower().endswith(".tsv.gz") else ","
+    return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
 def _csv_header(path: Path, reader: Any) -> list[str] | None:

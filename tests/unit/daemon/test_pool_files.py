@@ -143,7 +143,7 @@ def test_parquet(tmp_path: Path) -> None:
 def test_parquet_bad_row_names_the_row(read: Callable[[Path], object], tmp_path: Path) -> None:
     path = tmp_path / "p.parquet"
     pq.write_table(pa.table({"id": ["a", "b"], "text": ["one", ""]}), path)
-    with pytest.raises(PoolFileError, match="line 2"):
+    with pytest.raises(PoolFileError, match="row 2: missing or empty 'text'"):  # rows, not lines: Parquet has none
         read(path)
 
 
