@@ -45,7 +45,8 @@ from daemon.settings import PoolSettings
 from daemon.store import LabelRecord, LabelStatus, PoolItem, RemovedItem, get_value
 from models.cache import EmbeddingCache
 
-__all__ = ["FORMATS", "ExportReport", "export_labels", "file_kind", "write_atomically"]
+__all__ = ["FORMATS", "ExportReport", "export_labels", "file_kind", "metadata_keys", "with_metadata",
+           "write_atomically"]
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 _OUTSIDE = "not_a_class"  # label_status of a label whose class the project lacks
@@ -78,8 +79,8 @@ def export_labels(
     kind = file_kind(path, overwrite=overwrite)
     with Session(engine) as session, session.begin():
         classes = set(known_classes(session))
-        meta_keys = _meta_keys(session, everything)
-        header = _header(pool, meta_keys)
+        meta_keys = metadata_keys(session, _of_exported_items(sa_select(col(PoolItem.meta_json)), everything))
+        header = with_metadata([pool.id_field, pool.text_field, pool.label_field, *EXPORT_STATUS_COLUMNS], meta_keys)
         counts: Counter[str] = Counter()
         rows = _counted(_rows(session, classes, everything, meta_keys), counts)
         cache = _own_vectors(session, data_dir)
@@ -131,11 +132,18 @@ def _exported(everything: bool) -> Any:
     return _of_exported_items(sa_select(*columns), everything).order_by(col(PoolItem.seq))
 
 
-def _meta_keys(session: Session, everything: bool) -> list[str]:
+def metadata_keys(session: Session, meta_json: Any) -> list[str]:
+    """The metadata keys of the items a query of their ``PoolItem.meta_json`` selects, in first-seen order."""
     keys: dict[str, None] = {}
-    for raw in session.execute(_of_exported_items(sa_select(col(PoolItem.meta_json)), everything).distinct()).scalars():
+    for raw in session.execute(meta_json.distinct()).scalars():
         keys.update(dict.fromkeys(json.loads(raw or "{}")))
     return list(keys)
+
+
+def with_metadata(own: list[str], meta_keys: Sequence[str]) -> list[str]:
+    """``own`` columns, then one per metadata key (``meta_``-prefixed where the name is taken)."""
+    taken = set(own)
+    return own + [f"meta_{key}" if key in taken else key for key in meta_keys]
 
 
 def _of_exported_items(stmt: Any, everything: bool) -> Any:
@@ -146,12 +154,6 @@ def _of_exported_items(stmt: Any, everything: bool) -> Any:
     if everything:
         return joined
     return joined.where(col(LabelRecord.status) == LabelStatus.LABELED, col(RemovedItem.item_id).is_(None))
-
-
-def _header(pool: PoolSettings, meta_keys: Sequence[str]) -> list[str]:
-    own = [pool.id_field, pool.text_field, pool.label_field, *EXPORT_STATUS_COLUMNS]
-    taken = set(own)
-    return own + [f"meta_{key}" if key in taken else key for key in meta_keys]
 
 
 def _rows(

@@ -8,12 +8,13 @@ Columns: the pool's id and text fields; ``predicted`` (the most probable class, 
 item with no vector yet), ``confidence`` (its probability) and ``margin`` (its lead over the
 runner-up; small means the model hesitates); the pool's label field, holding the human label
 where there is one the model trains on (so the file is a pool file again, and ``predicted`` is
-only metadata, never a seed label); and ``label_status``. The write is atomic, as for
-``labelloop export``.
+only metadata, never a seed label); ``label_status``; then the items' metadata, as
+``labelloop export`` writes it. The write is atomic, as for ``labelloop export``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,7 @@ from sqlmodel import Session, col
 
 from daemon.context import LoopContext
 from daemon.errors import ExportError
-from daemon.export import file_kind, write_atomically
+from daemon.export import file_kind, metadata_keys, with_metadata, write_atomically
 from daemon.store import LabelRecord, LabelStatus, PoolItem, not_removed
 from daemon.training import active_cache, fit_proxy, labeled_set, model_version
 from models.cache import EmbeddingCache
@@ -71,10 +72,12 @@ def export_predictions(ctx: LoopContext, path: Path, *, overwrite: bool = False)
     version = model_version(ctx, labeled)
     cache = active_cache(ctx)
     pool = ctx.settings.pool
-    header = [pool.id_field, pool.text_field, "predicted", "confidence", "margin", pool.label_field, "label_status"]
     predicted: Counter[str] = Counter()
     with Session(ctx.engine) as session, session.begin():
-        write_atomically(path, kind, header, _rows(session, cache, classifier, predicted))
+        meta_keys = metadata_keys(session, sa_select(col(PoolItem.meta_json)).where(not_removed(PoolItem.item_id)))
+        header = with_metadata([pool.id_field, pool.text_field, "predicted", "confidence", "margin", pool.label_field,
+                                "label_status"], meta_keys)
+        write_atomically(path, kind, header, _rows(session, cache, classifier, predicted, meta_keys))
     rows = predicted.total()
     not_embedded = predicted.pop("", 0)
     report = PredictionReport(str(path), rows, not_embedded, version, len(labeled.labels),
@@ -85,11 +88,12 @@ def export_predictions(ctx: LoopContext, path: Path, *, overwrite: bool = False)
 
 
 def _rows(
-    session: Session, cache: EmbeddingCache, classifier: ProxyClassifier, predicted: Counter[str]
+    session: Session, cache: EmbeddingCache, classifier: ProxyClassifier, predicted: Counter[str],
+    meta_keys: Sequence[str],
 ) -> Iterator[list[Any]]:
     """Values in header order per pool item; ``predicted`` counts the predicted classes ("" for none)."""
     columns = [col(c) for c in (PoolItem.item_id, PoolItem.text, PoolItem.content_hash, PoolItem.is_embedded,
-                                LabelRecord.status, LabelRecord.label)]
+                                LabelRecord.status, LabelRecord.label, PoolItem.meta_json)]
     stmt = (sa_select(*columns).select_from(PoolItem)
             .outerjoin(LabelRecord, col(LabelRecord.item_id) == col(PoolItem.item_id))
             .where(not_removed(PoolItem.item_id))
@@ -98,11 +102,14 @@ def _rows(
     trained_on = set(classes)
     for part in session.execute(stmt).yield_per(_CHUNK).partitions():
         guesses = _predict(cache, classifier, classes, part)
-        for (item_id, text, _, _, status, label), (guess, confidence, margin) in zip(part, guesses, strict=True):
+        for (item_id, text, _, _, status, label, meta_json), (guess, confidence, margin) in zip(
+            part, guesses, strict=True
+        ):
             predicted[guess] += 1
             is_label = status is LabelStatus.LABELED and label in trained_on
+            meta = json.loads(meta_json) if meta_keys and meta_json else {}
             yield [item_id, text, guess or None, confidence, margin, label if is_label else None,
-                   str(status) if status is not None else None]
+                   str(status) if status is not None else None, *(meta.get(key) for key in meta_keys)]
 
 
 def _predict(

@@ -49,8 +49,10 @@ def test_every_item_gets_the_daemons_models_prediction(
     assert ctx.model is not None
     report = export_predictions(ctx, tmp_path / "predictions.csv")
     rows = read_csv(tmp_path / "predictions.csv")
-    assert list(rows[0]) == ["id", "text", "predicted", "confidence", "margin", "label", "label_status"]
+    assert list(rows[0]) == ["id", "text", "predicted", "confidence", "margin", "label", "label_status", "channel"]
     assert [r["id"] for r in rows] == list(gold)  # every item, in pool order
+    pool = {r["id"]: r["channel"] for r in read_csv(tmp_path / "pool.csv")}
+    assert {r["id"]: r["channel"] for r in rows} == pool  # the items' metadata, as export writes it
     assert report.model_version == ctx.model.version and report.n_labels == ctx.model.n_labels == 10
     assert report.rows == len(gold) and report.not_embedded == 0 and sum(report.predicted.values()) == len(gold)
 
@@ -76,7 +78,7 @@ def test_items_without_a_vector_are_written_without_a_guess(
     report = export_predictions(ctx, tmp_path / "predictions.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert rows[-1] == {"id": "late-1", "text": "a message that came in late", "predicted": None,
-                        "confidence": None, "margin": None, "label": None, "label_status": None}
+                        "confidence": None, "margin": None, "label": None, "label_status": None, "channel": None}
     assert report.not_embedded == 1 and report.rows == len(rows)
 
 
