@@ -135,8 +135,12 @@ class Connector(Protocol):
         """Verify reachability and credentials; return the user name we act as."""
         ...
 
-    def ensure_project(self, *, classes: Sequence[str] | None) -> ProjectInfo:
-        """Use the configured project (reading its classes) or create one from ``classes``."""
+    def ensure_project(self, *, classes: Sequence[str] | None, known_project_id: str | None = None) -> ProjectInfo:
+        """Use the configured project (reading its classes) or create one from ``classes``.
+
+        ``known_project_id`` is the project the caller worked with before (a restart): with no
+        project configured, it is used while it exists, whatever its title has become since.
+        """
         ...
 
     def push(self, tasks: Sequence[OutgoingTask]) -> Mapping[str, str]:

@@ -110,7 +110,7 @@ class FakeConnector:
         self._enter("check")
         return self.user
 
-    def ensure_project(self, *, classes: Sequence[str] | None) -> ProjectInfo:
+    def ensure_project(self, *, classes: Sequence[str] | None, known_project_id: str | None = None) -> ProjectInfo:
         self._enter("ensure_project")
         if self.classes is None:
             if not classes:

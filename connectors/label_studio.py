@@ -151,12 +151,14 @@ class LabelStudioConnector:
             me = self._client.users.whoami()
         return str(me.email or me.username or me.id)
 
-    def ensure_project(self, *, classes: Sequence[str] | None) -> ProjectInfo:
-        """Use the configured project id, else find the project by title, else create it.
+    def ensure_project(self, *, classes: Sequence[str] | None, known_project_id: str | None = None) -> ProjectInfo:
+        """Use the configured project id, else ``known_project_id`` while it exists, else find the
+        project by title, else create it.
 
         The project's own ``<Choices>`` decide the classes (in its order); ``classes`` is
         only used to create a project. Once bound, the connector stays with that project: a
-        later call reads it again by id (its classes may have changed), even if it was renamed.
+        later call reads it again by id (its classes may have changed), even if it was renamed;
+        ``known_project_id`` carries that over a restart.
 
         Raises:
             ConnectorRejected: no such project id; no project with that title and no
@@ -166,6 +168,8 @@ class LabelStudioConnector:
         with translated(self.url, "ensure_project"):
             bound = self.project_id if self.project_id is not None else (
                 self._project.project_id if self._project is not None else None)
+            if bound is None and known_project_id is not None and known_project_id.isdigit():
+                bound = self._existing_project(int(known_project_id))
             if bound is not None:
                 found = self._client.projects.get(id=bound)
                 project_id, title, config = int(found.id or bound), found.title, found.label_config
@@ -424,6 +428,17 @@ class LabelStudioConnector:
         if self._project is None:  # pragma: no cover - ensure_project sets it or raises
             raise ConnectorRejected("no Label Studio project")
         return self._project
+
+    def _existing_project(self, project_id: int) -> int | None:
+        """``project_id`` if that project exists, else None (deleted: the caller finds one by title)."""
+        try:
+            self._client.projects.get(id=project_id)
+        except ApiError as e:
+            if e.status_code != 404:
+                raise
+            log.warning("project %s, which this store worked with, no longer exists in Label Studio", project_id)
+            return None
+        return project_id
 
     def _iter_tasks(
         self, project: _Project, filters: Sequence[Mapping[str, Any]], *, fields: str, include: str

@@ -153,7 +153,7 @@ class _OfflineConnector:
     def check(self) -> str:
         raise self._refuse()
 
-    def ensure_project(self, *, classes: Sequence[str] | None) -> ProjectInfo:
+    def ensure_project(self, *, classes: Sequence[str] | None, known_project_id: str | None = None) -> ProjectInfo:
         raise self._refuse()
 
     def push(self, tasks: Sequence[OutgoingTask]) -> Mapping[str, str]:

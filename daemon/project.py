@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 def ensure_project(ctx: LoopContext) -> ProjectInfo:
     """Find or create the project and store its id and classes (the tool's list wins).
 
+    With no ``project_id`` configured, the project this store worked with is used while it
+    exists, even renamed: finding it by title again forked the labeling into a new project.
+
     The classes to create a project with come from ``loop.classes``, else from the seed labels.
 
     Raises:
@@ -30,8 +33,13 @@ def ensure_project(ctx: LoopContext) -> ProjectInfo:
     """
     with Session(ctx.engine) as session:
         wanted = list(ctx.settings.loop.classes) or _seed_classes(session)
-    info = ctx.connector.ensure_project(classes=wanted or None)
+        known = get_value(session, "project_id")  # a renamed project is still ours after a restart
+    info = ctx.connector.ensure_project(classes=wanted or None, known_project_id=known)
     _bind(ctx, info, at_start=True)
+    configured = ctx.settings.loop.classes
+    if configured and set(configured) != set(info.classes):
+        log.warning("loop.classes (%s) differs from the classes of project %s (%s), which decide: edit the classes "
+                    "in the project's labeling config", ", ".join(configured), info.project_id, ", ".join(info.classes))
     if not ctx.connector.serves_in_push_order():
         log.warning("project %s does not hand out tasks in the order they were pushed, so annotators do not get "
                     "the most informative ones first and re-ranking withdraws nothing; set its sampling to "

@@ -205,6 +205,30 @@ def test_a_project_found_by_title_stays_bound_when_renamed_and_its_classes_are_r
         ls_client.projects.delete(id=int(first.project_id))
 
 
+def test_after_a_restart_a_renamed_project_is_still_used_and_a_deleted_one_is_found_again_by_title(
+    ls_client: LabelStudio, ls_connector: ConnectorFactory
+) -> None:
+    """A restarted daemon looked its project up by title again: renamed in Label Studio, it made a
+    second project and forked the labeling (answers in the first were no longer read)."""
+    title = f"restart {int(time.time() * 1000) % 10**9}"
+    first = ls_connector(None, project_title=title).ensure_project(classes=["spam", "ham"])
+    made = [int(first.project_id)]
+    try:
+        ls_client.projects.update(id=int(first.project_id), title=f"{title} (renamed)")
+        restarted = ls_connector(None, project_title=title)  # a new process: nothing bound yet
+        again = restarted.ensure_project(classes=["spam", "ham"], known_project_id=first.project_id)
+        assert again.project_id == first.project_id
+        ls_client.projects.delete(id=int(first.project_id))
+        made.clear()
+        later = ls_connector(None, project_title=title).ensure_project(classes=["spam", "ham"],
+                                                                        known_project_id=first.project_id)
+        made.append(int(later.project_id))
+        assert later.project_id != first.project_id and later.title == title  # made anew, by title
+    finally:
+        for project_id in made:
+            ls_client.projects.delete(id=project_id)
+
+
 def test_ensure_project_without_a_title_match_or_classes_is_rejected(ls_connector: ConnectorFactory) -> None:
     with pytest.raises(ConnectorRejected, match="no project titled"):
         ls_connector(None, project_title=f"absent {time.time()}").ensure_project(classes=None)

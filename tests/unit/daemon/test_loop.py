@@ -715,3 +715,15 @@ def test_switching_the_store_to_another_project_says_what_happens_to_the_waiting
     sync(ctx)
     assert {item.state for item in batch_items(ctx, batch_id)} == {BatchItemState.WITHDRAWN}
     assert run_cycle(ctx).pushed > 0  # the new project gets tasks
+
+
+def test_start_warns_when_loop_classes_differ_from_the_projects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A class added to loop.classes for an existing project was ignored without a word."""
+    ctx, _fake, _ = build_world(tmp_path)
+    ctx.settings.loop.classes = [*CLASSES, "refund"]
+    with caplog.at_level("WARNING", logger="daemon.project"):
+        ensure_project(ctx)
+    assert any("loop.classes (billing, delivery, fraud, refund) differs from the classes of project" in r.getMessage()
+               for r in caplog.records)
