@@ -39,7 +39,7 @@ from daemon.store import (
     utcnow,
 )
 from daemon.sync import record_pushed, sync
-from daemon.training import embed_pool, retrain
+from daemon.training import embed_pool, retrain, to_embed
 
 __all__ = ["CycleReport", "cycle_due", "push_pending", "queue_is_low", "run_cycle"]
 
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _Timer = Callable[[str, Callable[[], Any]], Any]
 _PUSH_CHUNK = 100
+EMBED_BUDGET_S = 20.0  # a cycle embeds this long at most; syncs and batches go on between cycles
 
 
 @dataclass(slots=True)
@@ -80,6 +81,9 @@ def cycle_due(ctx: LoopContext) -> str:
         return f"{labeled - trained_on} new labels"
     if labeled < trained_on:  # labeled items were removed from the pool: the model still learns from them
         return f"{trained_on - labeled} labels removed"
+    with Session(ctx.engine) as session:
+        if session.exec(select(PoolItem.seq).where(*to_embed()).limit(1)).first() is not None:
+            return "pool items to embed"
     return ""
 
 
@@ -134,7 +138,7 @@ def _stages(ctx: LoopContext, report: CycleReport, synced_within_s: float) -> No
     steps: list[tuple[str, Callable[[], object]]] = [
         ("sync", (lambda: None) if fresh else (lambda: sync(ctx))),
         ("push_leftover", lambda: push_pending(ctx)),
-        ("embed", lambda: embed_pool(ctx)),
+        ("embed", lambda: embed_pool(ctx, budget_s=EMBED_BUDGET_S)),
     ]
     for name, stage in steps:
         if ctx.stop.is_set():
@@ -165,7 +169,8 @@ def _fill_queue(ctx: LoopContext, report: CycleReport, model: TrainedModel | Non
         report.status, report.reason = "skipped", "paused by the stopping rule (labelloop resume)"
         return
     if not queue_is_low(ctx.settings.loop, waiting):
-        report.reason = report.reason or f"retrained; {waiting} items still waiting, no new batch"
+        if report.batch_id is None:  # a refill after re-ranking must not say no batch came
+            report.reason = report.reason or f"retrained; {waiting} items still waiting, no new batch"
         return
     batch = timed("select", lambda: select_next_batch(ctx, model, cycle_id=report.cycle_id))
     if batch is None:

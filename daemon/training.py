@@ -18,7 +18,7 @@ from sqlmodel import Session, col, func, select
 from daemon.context import LoopContext, TrainedModel
 from daemon.pool import known_classes
 from daemon.progress import ProgressLog
-from daemon.store import LabelRecord, LabelStatus, ModelRun, PoolItem, get_value, not_removed, table_of
+from daemon.store import LabelRecord, LabelStatus, ModelRun, PoolItem, get_value, not_removed, set_value, table_of
 from models.cache import EmbeddingCache, embed_missing, model_key
 from models.classifier import ProxyClassifier
 from models.quality import estimate_quality
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # small (a rate and an ETA show within seconds); later ones take about _CHUNK_S at the measured rate.
 _FIRST_CHUNK, _MAX_CHUNK, _CHUNK_S = 256, 8192, 5.0
 _clock = time.perf_counter  # a test's fake clock sets the chunk sizes
+_EMBEDDED_WITH = "embedded_with"  # the encoder key the pool's items were embedded with
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +56,24 @@ def encoder_key(ctx: LoopContext) -> str:
     return active_cache(ctx).model_key
 
 
-def embed_pool(ctx: LoopContext, *, progress: Callable[[int, int], None] | None = None) -> int:
+def embed_pool(
+    ctx: LoopContext, *, progress: Callable[[int, int], None] | None = None, budget_s: float | None = None
+) -> int:
     """Embed every pool item that has no vector yet; return how many were embedded.
 
     Works in chunks and marks each chunk in the store after its vectors are cached,
     so a process killed midway continues where it stopped. With ``[scaleout] backend = "ray"``
-    the chunks are Ray Data jobs (:func:`daemon.scaleout_ray.embed_pool_ray`).
+    the chunks are Ray Data jobs (:func:`daemon.scaleout_ray.embed_pool_ray`). After a change
+    of encoder the pool is embedded again (:func:`_follow_encoder`).
 
     Args:
         progress: called as ``progress(done, total)`` after each chunk (local backend); ``None``
             logs done/total, rate and ETA at most every 10 s instead.
+        budget_s: stop after the chunk that passes this many seconds (local backend); the rest
+            waits for the next call. The daemon's cycle holds its work lock meanwhile, so a
+            large import must not keep syncs and batches waiting for an hour of encoding.
     """
+    _follow_encoder(ctx)
     if ctx.settings.scaleout.backend == "ray":
         from daemon.scaleout_ray import embed_pool_ray  # ray is an optional extra: import on use
 
@@ -75,7 +83,8 @@ def embed_pool(ctx: LoopContext, *, progress: Callable[[int, int], None] | None 
         total = session.exec(select(func.count()).where(*to_embed())).one()
     done, chunk = 0, _FIRST_CHUNK
     report(0, total)
-    while not ctx.stop.is_set():
+    began = _clock()
+    while not ctx.stop.is_set() and (budget_s is None or done == 0 or _clock() - began < budget_s):
         with Session(ctx.engine) as session:
             rows = session.exec(
                 select(PoolItem.seq, PoolItem.text).where(*to_embed()).limit(chunk)
@@ -94,8 +103,29 @@ def embed_pool(ctx: LoopContext, *, progress: Callable[[int, int], None] | None 
         done += len(rows)
         report(done, max(total, done))  # items added meanwhile are embedded too
     if done:
-        log.info("embedded %s pool items", done)
+        left = total - done
+        log.info("embedded %s pool items%s", done, f"; {left} more in the next cycles" if left > 0 else "")
     return done
+
+
+def _follow_encoder(ctx: LoopContext) -> None:
+    """After a change of encoder (model, dtype or backend with a cache of its own), mark the pool for
+    embedding again: its vectors are in the old encoder's cache, and training failed on every cycle
+    with "items have no cached embedding" while the items read as embedded."""
+    key = encoder_key(ctx)
+    if key.startswith("byo-d"):
+        return  # the pool brought its own vectors: there is no encoder to follow
+    with Session(ctx.engine) as session:
+        before = get_value(session, _EMBEDDED_WITH)
+        if before == key:
+            return
+        if before is not None:
+            reset = session.exec(select(func.count()).where(col(PoolItem.is_embedded))).one()
+            session.execute(update(table_of(PoolItem)).where(col(PoolItem.is_embedded)).values(is_embedded=False))
+            log.warning("the encoder changed (%s, was %s): %s pool items are embedded again; vectors the new "
+                        "encoder's cache already holds are reused", key, before, reset)
+        set_value(session, _EMBEDDED_WITH, key)
+        session.commit()
 
 
 def to_embed() -> tuple[Any, Any]:
@@ -115,12 +145,15 @@ def vectors_for(ctx: LoopContext, hashes: list[str]) -> npt.NDArray[np.float32]:
 
 
 def labeled_set(session: Session) -> LabeledSet:
-    """Return the items with a known-class label, in item-id order (removed items left out)."""
+    """Return the items with a known-class label and a vector, in item-id order (removed items left out).
+
+    An item not embedded yet (a large import the daemon embeds over several cycles) joins once it is.
+    """
     classes = set(known_classes(session))
     stmt = (
         select(LabelRecord.item_id, LabelRecord.label, PoolItem.content_hash)
         .join(PoolItem, col(PoolItem.item_id) == col(LabelRecord.item_id))
-        .where(LabelRecord.status == LabelStatus.LABELED, not_removed(LabelRecord.item_id))
+        .where(LabelRecord.status == LabelStatus.LABELED, not_removed(LabelRecord.item_id), col(PoolItem.is_embedded))
         .order_by(col(LabelRecord.item_id))
     )
     ids, hashes, labels = [], [], []

@@ -727,3 +727,46 @@ def test_start_warns_when_loop_classes_differ_from_the_projects(
         ensure_project(ctx)
     assert any("loop.classes (billing, delivery, fraud, refund) differs from the classes of project" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_new_encoder_embeds_the_pool_again_instead_of_failing_every_cycle(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]],
+) -> None:
+    """Switching model.dtype to int8 (its own cache) left every item marked embedded with no vector in
+    the new cache: each cycle failed with "items have no cached embedding", and embed had nothing to do."""
+    ctx, fake, gold = world
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    assert run_cycle(ctx).model_version is not None
+    switched = LoopContext(settings=ctx.settings, engine=ctx.engine, connector=fake,
+                           embedder_factory=lambda: HashingEmbedder(dim=32))  # another encoder, another cache
+    report = run_cycle(switched)
+    assert report.status == "ok" and report.model_version is not None
+    with Session(ctx.engine) as session:
+        assert status_report(session).pool["embedded"] == len(gold)
+    assert run_cycle(switched).stage_seconds["embed"] < 1.0  # once: the next cycle has nothing to embed
+
+
+def test_a_cycle_embeds_a_large_import_a_bounded_while_and_trains_on_what_has_a_vector(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 50k-row import made one cycle embed for minutes under the work lock: no sync, no batch meanwhile."""
+    ctx, fake, gold = world
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    late = tmp_path / "late.csv"
+    late.write_text("id,text,label\n" + "".join(f"late-{i},late message {i},billing\n" for i in range(600)))
+    add_pool_file(ctx.engine, late, pool=ctx.settings.pool, data_dir=ctx.settings.store.data_dir)
+    monkeypatch.setattr("daemon.cycle.EMBED_BUDGET_S", 0.0)  # one chunk per cycle
+    monkeypatch.setattr("daemon.training._MAX_CHUNK", 256)
+    assert cycle_due(ctx) != ""
+    report = run_cycle(ctx)
+    assert report.status == "ok" and report.model_version is not None  # trained on the labels with a vector
+    with Session(ctx.engine) as session:
+        status = status_report(session)
+        n_labels = session.exec(select(ModelRun.n_labels).where(ModelRun.version == report.model_version)).one()
+    assert status.pool["embedded"] == len(gold) + 256  # one chunk of the import, then on to train and select
+    assert n_labels == 10 + 256  # the batch's answers and the seed labels of the embedded chunk
+    for _ in range(2):  # the rest, a chunk per cycle
+        run_cycle(ctx)
+    with Session(ctx.engine) as session:
+        assert status_report(session).pool["embedded"] == len(gold) + 600
+    assert cycle_due(ctx) != "pool items to embed"
