@@ -67,7 +67,8 @@ def _api_error(url: str, op: str, error: ApiError) -> ConnectorUnavailable | Con
         )
     if status == 404:
         return ConnectorRejected(
-            f"Label Studio at {url} answered 404 during {op}: the project or task does not exist (check the project id)"
+            f"Label Studio at {url} answered 404 during {op}: the project or task does not exist (deleted there? "
+            "check label_studio.project_id; with none set, a restart finds or creates the project by title)"
         )
     fields = error.body.get("validation_errors") if isinstance(error.body, dict) else None
     about = f"; check {', '.join(sorted(map(str, fields)))}" if isinstance(fields, dict) and fields else ""

@@ -252,6 +252,10 @@ class Service:
             delay = self._backoff.failed(now, self._rng)
             log.error("%s: %s (next try at the first run after %.0fs)", name, e, delay)
             self._health("auth_error", str(e))
+        except ConnectorRejected as e:  # often lasting (the project was deleted): back off, do not flood the log
+            delay = self._backoff.failed(now, self._rng)
+            log.error("%s failed: %s (next try at the first run after %.0fs)", name, e, delay)
+            self._health("job_error", f"{name}: ConnectorRejected: {e}")
         except (ConnectorError, ModelError) as e:
             log.error("%s failed: %s: %s", name, type(e).__name__, e)
             self._health("job_error", f"{name}: {type(e).__name__}: {e}")

@@ -109,3 +109,20 @@ def test_pool_add_on_a_locked_store_says_so_and_writes_nothing(workdir: Path, mo
     status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
     assert status["pool"]["items"] == 0
     assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+
+
+def test_a_rejection_that_lasts_backs_off_instead_of_failing_every_run(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A project deleted in Label Studio made every sync fail, every 5 s, with no backoff, and status healthy."""
+    from connectors.errors import ConnectorRejected
+
+    fake = service.ctx.connector
+    fake.fail_next(1, ConnectorRejected("Label Studio answered 404 during pull"))  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO, logger="daemon.service"):
+        service.sync_job()
+        service.sync_job()  # within the backoff: not tried
+    failed = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failed) == 1 and "next try at the first run after" in failed[0].getMessage()
+    assert fake.calls.count("pull") == 0  # type: ignore[attr-defined]
+    assert service.health()["backoff_failures"] == 1
