@@ -58,10 +58,12 @@ def is_paused(session: Session) -> dict[str, Any] | None:
 
 
 def lift_pause(session: Session, why: str) -> bool:
-    """Resume pushing; the stability history starts afresh. Return whether a pause was lifted."""
+    """Resume pushing; the stability history and sample start afresh (new pool items join the sample).
+    Return whether a pause was lifted."""
     was = is_paused(session) is not None
     set_value(session, PAUSE_KEY, "")
     set_value(session, _HISTORY_KEY, "[]")
+    set_value(session, _SAMPLE_KEY, "")
     if was:
         session.add(HealthEvent(kind="resumed", message=why))
         log.info("queue resumed: %s", why)
@@ -115,27 +117,40 @@ def _maybe_pause(session: Session, points: list[StabilityPoint], rule: StoppingR
 
 
 def _sample(session: Session, ctx: LoopContext) -> list[str]:
+    """The unlabeled items both models predict: drawn once, and drawn again when labels or removals
+    took half of it (with all of it labeled, the rule went silent for good) or when the pause is lifted."""
     raw = get_value(session, _SAMPLE_KEY)
-    if raw:
-        chosen: list[str] = json.loads(raw)
-    else:
-        # seqs, not ids: a million ints, then the ids of the chosen ones only (same sample as before)
-        seqs = np.fromiter(
-            session.exec(select(PoolItem.seq).where(col(PoolItem.is_embedded), not_removed(PoolItem.item_id))
-                         .order_by(col(PoolItem.seq))),
-            dtype=np.int64,
-        )
-        rng = np.random.default_rng([ctx.settings.loop.seed, 7])
-        size = min(ctx.settings.loop.stability_sample, len(seqs))
-        picked = [int(seqs[p]) for p in sorted(rng.choice(len(seqs), size=size, replace=False))] if size else []
-        ids: dict[int | None, str] = {}
-        for start in range(0, len(picked), 500):
-            chunk = picked[start : start + 500]
-            ids.update(session.exec(select(PoolItem.seq, PoolItem.item_id).where(col(PoolItem.seq).in_(chunk))).all())
-        chosen = [ids[seq] for seq in picked]
+    chosen: list[str] = json.loads(raw) if raw else []
+    remaining = _still_unlabeled(session, chosen)
+    if not chosen or 2 * len(remaining) < len(chosen):
+        chosen = _draw_sample(session, ctx)
         set_value(session, _SAMPLE_KEY, json.dumps(chosen))
+        remaining = _still_unlabeled(session, chosen)
+    return remaining
+
+
+def _still_unlabeled(session: Session, chosen: list[str]) -> list[str]:
     left_out = ids_present(session, LabelRecord.item_id, chosen) | ids_present(session, RemovedItem.item_id, chosen)
     return [item_id for item_id in chosen if item_id not in left_out]
+
+
+def _draw_sample(session: Session, ctx: LoopContext) -> list[str]:
+    """A uniform sample of the embedded, unlabeled pool items in the loop, in pool order."""
+    # seqs, not ids: a million ints, then the ids of the chosen ones only
+    seqs = np.fromiter(
+        session.exec(select(PoolItem.seq).where(col(PoolItem.is_embedded), not_removed(PoolItem.item_id),
+                                                col(PoolItem.item_id).not_in(select(LabelRecord.item_id)))
+                     .order_by(col(PoolItem.seq))),
+        dtype=np.int64,
+    )
+    rng = np.random.default_rng([ctx.settings.loop.seed, 7, len(seqs)])
+    size = min(ctx.settings.loop.stability_sample, len(seqs))
+    picked = [int(seqs[p]) for p in sorted(rng.choice(len(seqs), size=size, replace=False))] if size else []
+    ids: dict[int | None, str] = {}
+    for start in range(0, len(picked), 500):
+        chunk = picked[start : start + 500]
+        ids.update(session.exec(select(PoolItem.seq, PoolItem.item_id).where(col(PoolItem.seq).in_(chunk))).all())
+    return [ids[seq] for seq in picked]
 
 
 def _predict(ctx: LoopContext, model: TrainedModel, item_ids: list[str]) -> dict[str, str]:

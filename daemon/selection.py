@@ -94,7 +94,7 @@ def select_next_batch(ctx: LoopContext, model: TrainedModel | None, *, cycle_id:
     if k <= 0:
         return None
     rng = np.random.default_rng([loop.seed, inputs.n_batches])
-    n_control = min(round(k * loop.control_fraction), k - 1)
+    n_control = min(_control_count(k * loop.control_fraction, rng), k - 1)
     control = rng.choice(n, size=n_control, replace=False) if n_control > 0 else np.zeros(0, dtype=np.intp)
     is_rest = np.ones(n, dtype=bool)
     is_rest[control] = False
@@ -257,3 +257,10 @@ def _store_batch(
     log.info("selected batch %s: %s items (%s control) by %s", batch.id, len(items),
              sum(1 for pick in chosen if pick.is_control), strategy, extra={"batch_id": batch.id})
     return batch
+
+
+def _control_count(expected: float, rng: np.random.Generator) -> int:
+    """The control slice's size: ``expected`` rounded up or down at random, so small batches carry it
+    on average (rounding 10 × 5% down to none left the stopping rule without its control items)."""
+    whole = int(expected)
+    return whole + int(expected > whole and rng.random() < expected - whole)

@@ -34,6 +34,7 @@ from daemon.store import (
     make_engine,
 )
 from daemon.sync import sync
+from daemon.training import embed_pool
 from models.hashing import HashingEmbedder
 
 CLASSES = ["billing", "delivery", "fraud"]
@@ -770,3 +771,38 @@ def test_a_cycle_embeds_a_large_import_a_bounded_while_and_trains_on_what_has_a_
     with Session(ctx.engine) as session:
         assert status_report(session).pool["embedded"] == len(gold) + 600
     assert cycle_due(ctx) != "pool items to embed"
+
+
+def test_the_stability_sample_is_drawn_again_once_labels_took_half_of_it(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]],
+) -> None:
+    """Once every sample item was labeled, the stopping rule recorded no agreement, silently, for good;
+    and items added after the first draw never joined it."""
+    from daemon.pause import _sample, lift_pause
+
+    ctx, _fake, gold = world
+    ctx.settings.loop.stability_sample = 10
+    embed_pool(ctx)
+    with Session(ctx.engine) as session:
+        first = _sample(session, ctx)
+        assert len(first) == 10
+        for item_id in first[:4]:  # under half labeled: the same sample, less those
+            session.add(LabelRecord(item_id=item_id, status=LabelStatus.LABELED, label=gold[item_id]))
+        assert _sample(session, ctx) == first[4:]
+        for item_id in first[4:6]:  # over half: a new draw of unlabeled items
+            session.add(LabelRecord(item_id=item_id, status=LabelStatus.LABELED, label=gold[item_id]))
+        again = _sample(session, ctx)
+        assert len(again) == 10 and not set(again) & set(first[:6])
+        lift_pause(session, "new pool items")  # drawn afresh at the next retrain, new items eligible
+        assert len(_sample(session, ctx)) == 10
+
+
+def test_small_batches_carry_the_control_slice_on_average(tmp_path: Path) -> None:
+    """10 items × 5% rounded down to no control item at all, so the stopping rule could never pause."""
+    ctx, fake, gold = build_world(tmp_path, control_fraction=0.05)
+    control = 0
+    for _ in range(6):
+        batch_id = run_cycle(ctx).batch_id or ""
+        control += sum(item.is_control for item in batch_items(ctx, batch_id))
+        annotate_batch(ctx, fake, gold, batch_id)
+    assert 1 <= control <= 6  # half an item per batch of ten, on average
