@@ -22,7 +22,9 @@ def configure_logging(level: str | None = None) -> None:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": formatter},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}},
+        "filters": {"expected_skips": {"()": "daemon.logfmt.ExpectedSkips"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr",
+                                "filters": ["expected_skips"]}},
         "root": {"level": chosen, "handlers": ["stderr"]},
         "loggers": {
             "apscheduler": {"level": "WARNING"},

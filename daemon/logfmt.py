@@ -6,7 +6,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-__all__ = ["JsonFormatter"]
+__all__ = ["ExpectedSkips", "JsonFormatter"]
 
 _EXTRA_KEYS = ("batch_id", "cycle_id", "model_version")
 
@@ -25,3 +25,17 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False)
+
+
+class ExpectedSkips(logging.Filter):
+    """Drop APScheduler's warnings that a run was skipped because the previous one still runs (or was
+    missed): a long cycle (a large import being embedded) makes them every interval, and the service
+    handles the same events itself (``Service._on_event``)."""
+
+    _EXPECTED = ("maximum number of running instances reached", "was missed by")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("apscheduler"):
+            return True
+        message = record.getMessage()
+        return not any(expected in message for expected in self._EXPECTED)

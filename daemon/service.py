@@ -371,6 +371,11 @@ class Service:
                 EVENT_JOB_MAX_INSTANCES: "job_max_instances"}.get(event.code, "job_event")
         exception = getattr(event, "exception", None)
         detail = f"{event.job_id}: {type(exception).__name__}" if exception else event.job_id
+        if exception is None and event.code in (EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED):
+            # a run still going (a long embed) when the next is due: expected, and it filled the
+            # health log, pushing out the events that matter
+            log.debug("scheduler: %s %s", kind, detail)
+            return
         log.log(logging.ERROR if exception else logging.INFO, "scheduler: %s %s", kind, detail)
         self._health(kind, detail)
 

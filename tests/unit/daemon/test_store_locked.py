@@ -126,3 +126,22 @@ def test_a_rejection_that_lasts_backs_off_instead_of_failing_every_run(
     assert len(failed) == 1 and "next try at the first run after" in failed[0].getMessage()
     assert fake.calls.count("pull") == 0  # type: ignore[attr-defined]
     assert service.health()["backoff_failures"] == 1
+
+
+def test_a_run_skipped_while_the_last_still_runs_is_not_a_warning_or_a_health_event(service: Service) -> None:
+    """A long cycle (a large import being embedded) made a warning, an INFO line and a health event every
+    interval, pushing the events that matter out of status."""
+    from datetime import UTC, datetime
+
+    from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+
+    from daemon.logfmt import ExpectedSkips
+
+    service._on_event(JobExecutionEvent(EVENT_JOB_MAX_INSTANCES, "cycle", None, datetime.now(UTC)))
+    with Session(service.ctx.engine) as session:
+        assert session.exec(select(HealthEvent)).all() == []
+    skipped = logging.LogRecord("apscheduler.scheduler", logging.WARNING, "", 0, 'Execution of job "cycle" skipped: '
+                                "maximum number of running instances reached (1)", None, None)
+    other = logging.LogRecord("apscheduler.scheduler", logging.WARNING, "", 0, "something else", None, None)
+    ours = logging.LogRecord("daemon.service", logging.WARNING, "", 0, "was missed by nothing", None, None)
+    assert [ExpectedSkips().filter(record) for record in (skipped, other, ours)] == [False, True, True]
