@@ -107,7 +107,7 @@ def _iso(moment: datetime) -> str:
 
 def _age_s(moment: datetime, now: datetime) -> float:
     aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return round((now - aware).total_seconds(), 1)
+    return max(0.0, round((now - aware).total_seconds(), 1))  # a beat written just after `now` read -0.0
 
 
 def list_batches(session: Session, *, status: str | None = None, now: datetime | None = None) -> list[BatchSummary]:

@@ -179,6 +179,7 @@ class Service:
             self._deactivate_webhook()
             self.heartbeat(state="stopped")
             self._health("stopped", "graceful shutdown")
+            log.info("stopped")
 
     def install_signal_handlers(self) -> None:
         def handle(signum: int, _frame: FrameType | None) -> None:

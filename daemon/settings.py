@@ -371,6 +371,9 @@ def describe_invalid(error: ValidationError) -> str:
     for item in error.errors(include_input=False, include_url=False):
         path = [str(p) for p in item["loc"]]
         variable = "LABELLOOP_" + "__".join(path).upper()
-        source = f" (from {variable})" if variable in environment else ""
+        # a section's own check (model: backend with dtype) names the variables of the section that are set
+        section = sorted(name for name in environment if name.startswith(variable + "__"))
+        named = [variable] if variable in environment else section
+        source = f" (from {', '.join(named)})" if named else ""
         parts.append(f"{'.'.join(path)}{source}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
