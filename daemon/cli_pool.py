@@ -143,6 +143,9 @@ def pool_remove(
     if as_json:
         print_json(asdict(report))
         return
+    more = ", …" if report.not_in_pool > len(report.not_in_pool_first) else ""
+    missing = f" ({', '.join(report.not_in_pool_first)}{more})" if report.not_in_pool else ""
     out.print(f"{report.removed} items removed ({report.labeled} with a label, no longer trained on or exported; "
               f"{report.waiting} waiting in Label Studio, withdrawn at the next sync unless someone answered "
-              f"them); {report.already_removed} were already removed, {report.not_in_pool} are not in the pool")
+              f"them); {report.already_removed} were already removed, {report.not_in_pool} are not in the pool"
+              f"{missing}")

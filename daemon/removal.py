@@ -32,6 +32,7 @@ __all__ = ["RemovalReport", "item_ids_of_source", "remove_items", "source_names"
 
 log = logging.getLogger(__name__)
 _CHUNK = 5_000  # ids staged at a time
+_SHOWN = 5  # ids not in the pool that a report names
 # the ids asked for, on the removal's own connection: a million of them held as Python strings took 0.5 GB
 _wanted = Table("labelloop_removal", MetaData(), Column("item_id", String, nullable=False), prefixes=["TEMPORARY"])
 
@@ -43,6 +44,7 @@ class RemovalReport:
     not_in_pool: int
     labeled: int  # of those taken out: items with a label, no longer trained on or exported
     waiting: int  # of those taken out: items with a task waiting in Label Studio, withdrawn at the next sync
+    not_in_pool_first: tuple[str, ...] = ()  # the first few ids asked for that are not in the pool
 
 
 def item_ids_of_source(engine: Engine, source: str) -> Iterator[str]:
@@ -112,6 +114,9 @@ def _remove_wanted(conn: Connection, reason: str) -> RemovalReport:
                       records.c.status == LabelStatus.LABELED),
         waiting=items(just_removed.join(tasks, tasks.c.item_id == wanted.c.item_id),
                       tasks.c.state == BatchItemState.PENDING),
+        not_in_pool_first=tuple(conn.execute(
+            sa_select(wanted.c.item_id).where(~exists().where(pool.c.item_id == wanted.c.item_id))
+            .order_by(wanted.c.item_id).limit(_SHOWN)).scalars()),
     )
 
 
