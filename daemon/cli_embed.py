@@ -12,6 +12,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -41,17 +42,19 @@ def embed() -> None:
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )
     with cli_errors(), Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task("embed", total=None)
+        tasks: list[TaskID] = []  # the bar appears once the work starts (a refusal draws none)
 
         def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            if not tasks:
+                tasks.append(bar.add_task("embed", total=total))
+            bar.update(tasks[0], completed=done, total=total)
 
         try:
             done = embed_backfill(settings(), progress=progress)
         except AlreadyRunning as e:
             raise AlreadyRunning(f"{e} (stop the daemon, or let its embed stage do the work)") from None
         except KeyboardInterrupt:
-            completed = int(bar.tasks[0].completed)
+            completed = int(bar.tasks[0].completed) if bar.tasks else 0
             err.print(f"interrupted after {completed} items; run `labelloop embed` again to continue")
             raise typer.Exit(130) from None
     out.print(f"embedded {done} pool items" if done else "every pool item already has a vector")

@@ -138,3 +138,16 @@ def test_embed_command_on_a_tiny_pool(tmp_path: Path, monkeypatch: pytest.Monkey
     again = runner.invoke(app, ["embed"])
     assert again.exit_code == 0 and "already has a vector" in again.output
     assert len(embedder.encoded) == 5
+
+    from daemon.service import InstanceLock
+    from daemon.settings import load_settings
+
+    settings = load_settings(tmp_path / "labelloop.toml")
+    lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir)
+    lock.acquire()  # as a running daemon holds it
+    try:
+        refused = runner.invoke(app, ["embed"])
+    finally:
+        lock.release()
+    assert refused.exit_code == 3 and "stop the daemon" in refused.output
+    assert "embedding" not in refused.output  # no progress bar drawn before the refusal
