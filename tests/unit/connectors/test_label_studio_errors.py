@@ -123,7 +123,7 @@ def test_forbidden_is_an_auth_error_about_permissions() -> None:
 
 
 def test_not_found_is_rejected_and_names_the_project_id_as_the_suspect() -> None:
-    with pytest.raises(ConnectorRejected, match="project id") as caught:
+    with pytest.raises(ConnectorRejected, match=r"deleted there\? check label_studio\.project_id") as caught:
         _connector(_answer(404), project_id=42).ensure_project(classes=None)
     assert not isinstance(caught.value, ConnectorAuthError)
 
