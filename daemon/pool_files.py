@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,8 @@ def read_pool_file(
     label_field: str = "label",
     embedding_field: str = "embedding",
     keep_duplicates: bool = False,
+    way_out: str = _KEEP_BOTH,
+    on_row: Callable[[PoolRow], None] | None = None,
 ) -> list[PoolRow]:
     """Read and validate every row of a pool file into memory (``pool add`` streams instead:
     :mod:`daemon.pool_staging`).
@@ -80,7 +82,8 @@ def read_pool_file(
     ``keep_duplicates`` they get ``row-<line>`` instead: every row is its own item (a
     simulation replays a data set as it is, repeated and conflicting rows included).
     A row needs a non-empty text unless it carries an embedding (any modality). A row that
-    repeats an earlier one exactly is dropped.
+    repeats an earlier one exactly is dropped; ``on_row`` still sees it (every valid row, in
+    file order), and ``way_out`` ends the message about one text under two labels.
 
     Raises:
         PoolFileError: the file is missing, of an unknown type, or any row is malformed
@@ -100,7 +103,9 @@ def read_pool_file(
             rows.append(row)
         elif (earlier.text, earlier.label) != (row.text, row.label):
             problems.append((line, repeated_id_problem(row.item_id, earlier.line, earlier.text, earlier.label,
-                                                       row.text, row.label, way_out=_KEEP_BOTH)))
+                                                       row.text, row.label, way_out=way_out)))
+        if row is not None and on_row is not None:
+            on_row(row)
         if len(problems) >= MAX_PROBLEMS:
             break
     _refuse_if_bad(path, problems, has_rows=bool(rows))

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from daemon.errors import PoolFileError
-from daemon.pool_files import MAX_PROBLEMS, NO_ROWS, PoolRow, iter_pool_rows, repeated_id_problem
+from daemon.pool_files import PoolRow, read_pool_file
 from models.class_names import embed_class_names
 from models.embedder import Embedder
 
@@ -212,29 +212,11 @@ def _labeled_rows(source: DataSource, path: Path) -> tuple[list[PoolRow], int, s
     Raises:
         PoolFileError: a malformed row, a repeated id with other content, or no rows.
     """
-    rows: list[PoolRow] = []
-    problems: list[tuple[int | None, str]] = []
-    seen: dict[str, PoolRow] = {}
-    sides: dict[str, set[bool]] = {}
-    stream = iter_pool_rows(path, id_field=source.id_field, text_field=source.text_field,
-                            label_field=source.label_field, embedding_field=source.embedding_field,
-                            keep_duplicates=source.keep_duplicates)
-    for line, row, problem in stream:
-        earlier = seen.get(row.item_id) if row is not None else None
-        if row is None:
-            problems.append((line, problem))
-        elif earlier is None:
-            seen[row.item_id] = row
-            rows.append(row)
-        elif (earlier.text, earlier.label) != (row.text, row.label):
-            problems.append((line, repeated_id_problem(row.item_id, earlier.line, earlier.text, earlier.label,
-                                                       row.text, row.label, way_out=_KEEP_BOTH)))
-        if row is not None:
-            sides.setdefault(row.item_id, set()).add(_is_test_row(row))
-        if len(problems) >= MAX_PROBLEMS:
-            break
-    if problems or not rows:
-        raise PoolFileError(str(path), problems or [(None, NO_ROWS)])
+    sides: dict[str, set[bool]] = {}  # each item's sides of the split column, over all its rows
+    rows = read_pool_file(path, id_field=source.id_field, text_field=source.text_field,
+                          label_field=source.label_field, embedding_field=source.embedding_field,
+                          keep_duplicates=source.keep_duplicates, way_out=_KEEP_BOTH,
+                          on_row=lambda row: sides.setdefault(row.item_id, set()).add(_is_test_row(row)))
     labeled = [row for row in rows if row.label is not None]
     in_both = {row.item_id for row in labeled if len(sides[row.item_id]) == 2}
     return labeled, len(rows) - len(labeled), in_both
