@@ -84,7 +84,7 @@ def add_pool_file(
     with engine.connect() as conn, stage_pool_file(conn, path, pool=pool, scratch_dir=data_dir,
                                                    on_rows=reading) as staged:
         report_rows("checking", staged.items)
-        _check_against_store(staged, project_classes, classes, _store_labels(conn))
+        _check_against_store(staged, project_classes, classes, conn)
         differing, first_differing = staged.labels_differing()
         embedding_source = _embedding_source(path, staged.dim, source_so_far)
         if staged.dim is not None:
@@ -114,14 +114,14 @@ def add_pool_file(
 
 
 def _check_against_store(
-    staged: StagedFile, project: Sequence[str], configured: Sequence[str], stored: Sequence[str]
+    staged: StagedFile, project: Sequence[str], configured: Sequence[str], conn: Connection
 ) -> None:
     problems = staged.conflicts_with_store()
     classes, origin = (project, "the project's classes") if project else (configured, "loop.classes")
     if classes:
         problems.extend(_unknown_labels(staged.label_lines(), classes, origin))
     else:
-        problems.extend(_case_variants(staged.label_lines(), stored))
+        problems.extend(_case_variants(staged.label_lines(), _store_labels(conn)))  # read only when needed
     if problems:
         raise PoolFileError(str(staged.path), sorted(problems, key=lambda problem: problem[0] or 0)[:MAX_PROBLEMS])
 

@@ -95,9 +95,11 @@ class LoopSettings(_Section):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, name: str) -> str:
-        from strategies import REGISTRY  # numpy only; most commands load it anyway
+        if name == "default":
+            return name  # every command loads the settings: importing the registry (numpy) only when named
+        from strategies import REGISTRY
 
-        if name != "default" and name not in REGISTRY:
+        if name not in REGISTRY:
             raise ValueError(f"unknown strategy {name!r}; known: default, {', '.join(REGISTRY)}")
         return name
 
