@@ -61,6 +61,11 @@ class LabelStudioSettings(_Section):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http(s) URL such as http://127.0.0.1:8080")
+        if "@" in parts.netloc:  # the client would send it as basic auth, which replaces the token's header
+            raise ValueError(
+                "must not carry a user name or password (user:password@): Label Studio takes the "
+                "token in label_studio.api_key, and basic auth in the URL would replace it"
+            )
         return url
 
 
@@ -245,6 +250,11 @@ class Settings(BaseSettings):
                 "no Label Studio API token configured: set LABELLOOP_LABEL_STUDIO__API_KEY "
                 "(a Personal Access Token from Account & Settings, or a legacy token)"
             )
+        if not all(33 <= ord(char) < 127 for char in value):  # an HTTP header cannot carry it
+            raise ConfigError(
+                "the Label Studio API token holds a character no token has (a space, a line break, a "
+                "typographic quote or another non-ASCII character): copy it again from Account & Settings"
+            )
         return value
 
     def webhook_secret(self) -> str:
@@ -322,7 +332,7 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
             if path.is_file():
-                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+                sources.append(_ConfigFileSource(settings_cls, path))
             return tuple(sources)
 
     where = str(path) if path.is_file() else "environment"
@@ -334,6 +344,33 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"invalid settings (environment): {_describe_env(e)}") from None
     except ValueError as e:  # TOML syntax errors
         raise ConfigError(f"invalid settings file {path}: {e}") from None
+
+
+class _ConfigFileSource(TomlConfigSettingsSource):
+    """The config file's values, its relative store paths taken from the file's folder.
+
+    So ``labelloop -c /srv/x/labelloop.toml status`` reads the store beside that file from any
+    working directory, as the daemon started there does. Paths set by an environment variable
+    or a keyword argument stay relative to the working directory.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls, toml_file=path)
+        self._folder = path.resolve().parent
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        store = data.get("store")
+        if not isinstance(store, dict):
+            return data
+        anchored = dict(store)
+        url, data_dir = store.get("url"), store.get("data_dir")
+        prefix = "sqlite:///"
+        if isinstance(url, str) and url.startswith(prefix) and url != prefix and ":memory:" not in url:
+            anchored["url"] = prefix + str(self._folder / Path(url[len(prefix):]).expanduser())
+        if isinstance(data_dir, str) and data_dir:
+            anchored["data_dir"] = str(self._folder / Path(data_dir).expanduser())
+        return {**data, "store": anchored}
 
 
 def masked_url(url: str) -> str:

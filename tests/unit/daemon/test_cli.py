@@ -47,6 +47,25 @@ def test_pool_add_then_read_commands(workdir: Path) -> None:
     assert runner.invoke(app, ["status"]).exit_code == 0  # the human rendering works too
 
 
+def test_commands_run_elsewhere_with_config_use_the_store_beside_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the store's relative path used to be taken from the working directory: pool add made a
+    # second store there with exit 0, and status refused although --config named the file
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello", "label": "ham"}\n')
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    added = runner.invoke(app, ["-c", "../labelloop.toml", "pool", "add", "../pool.jsonl", "--json"])
+    assert added.exit_code == 0, added.output
+    assert list(elsewhere.iterdir()) == []  # no second store
+    status = runner.invoke(app, ["--config", str(workdir / "labelloop.toml"), "status", "--json"])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["pool"]["items"] == 1
+    monkeypatch.chdir(workdir)
+    assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["pool"]["items"] == 1  # the same store
+
+
 def test_malformed_pool_file_says_where(workdir: Path) -> None:
     (workdir / "bad.csv").write_text("id,text\n1,fine\n2\n")
     result = runner.invoke(app, ["pool", "add", "bad.csv"])

@@ -117,11 +117,63 @@ def test_label_studio_needs_an_http_url_and_a_positive_project_id(tmp_path: Path
 def test_passwords_in_urls_are_masked_by_config_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LABELLOOP_STORE__URL", "postgresql://loop:dbs3cret@db.example.com/labelloop")
-    monkeypatch.setenv("LABELLOOP_LABEL_STUDIO__URL", "https://ann:lss3cret@ls.example.com")
+    monkeypatch.setenv("LABELLOOP_WEBHOOK__PUBLIC_URL", "https://hook:whs3cret@loop.example.com/webhook")
     dump = load_settings().public_dump()
     assert dump["store"]["url"] == "postgresql://loop:***@db.example.com/labelloop"
-    assert dump["label_studio"]["url"] == "https://ann:***@ls.example.com"
+    assert dump["webhook"]["public_url"] == "https://hook:***@loop.example.com/webhook"
     assert "s3cret" not in str(dump)
+
+
+def test_a_label_studio_url_with_a_user_or_password_is_refused_without_echoing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # httpx sends URL credentials as basic auth, which replaces the token's header: the right
+    # token was then reported as refused (401)
+    monkeypatch.chdir(tmp_path)
+    for url in ("https://ann:lss3cret@ls.example.com", "http://ann@127.0.0.1:8080"):
+        monkeypatch.setenv("LABELLOOP_LABEL_STUDIO__URL", url)
+        with pytest.raises(ConfigError, match=r"label_studio\.url .*user name or password") as info:
+            load_settings()
+        assert "s3cret" not in str(info.value) and "ann" not in str(info.value)
+
+
+@pytest.mark.parametrize("token", ["\u201ctok123456\u201d", "tok12 3456", "tok12\n3456", "tök123456"])
+def test_a_token_no_http_header_can_carry_is_refused_without_echoing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    # a typographic quote from a copied snippet crashed run and sync with a UnicodeEncodeError
+    # traceback naming the character; a line break read as "cannot reach Label Studio"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LABELLOOP_LABEL_STUDIO__API_KEY", token)
+    with pytest.raises(ConfigError, match="holds a character no token has") as info:
+        load_settings().api_key()
+    assert "3456" not in str(info.value)
+    monkeypatch.setenv("LABELLOOP_LABEL_STUDIO__API_KEY", "  tok123456\n")  # surrounding blanks are trimmed
+    assert load_settings().api_key() == "tok123456"
+
+
+def test_relative_store_paths_in_the_file_are_taken_from_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # run from another folder with -c, commands used to open (or create) a second store there
+    config_dir, elsewhere = tmp_path / "etc", tmp_path / "elsewhere"
+    config_dir.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = config_dir / "labelloop.toml"
+    config.write_text('[store]\nurl = "sqlite:///state/loop.db"\ndata_dir = "state"\n')
+    store = load_settings(config).store
+    assert store.url == f"sqlite:///{config_dir.resolve()}/state/loop.db"
+    assert store.data_dir == config_dir.resolve() / "state"
+    config.write_text('[store]\nurl = "sqlite:////abs/loop.db"\ndata_dir = "/abs"\n')
+    assert load_settings(config).store.url == "sqlite:////abs/loop.db"
+    assert load_settings(config).store.data_dir == Path("/abs")
+    config.write_text('[store]\nurl = "sqlite:///:memory:"\n')
+    assert load_settings(config).store.url == "sqlite:///:memory:"
+    # an environment variable or keyword argument stays relative to the working directory
+    monkeypatch.setenv("LABELLOOP_STORE__DATA_DIR", "mine")
+    assert load_settings(config).store.data_dir == Path("mine")
+    assert load_settings(config, store={"url": "sqlite:///x.db"}).store.url == "sqlite:///x.db"
 
 
 def test_a_list_from_the_environment_that_is_not_json_names_the_variable_and_the_form(
