@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -317,10 +318,11 @@ def test_fifty_webhook_calls_in_a_second_give_one_or_two_syncs(tmp_path: Path, c
     for _ in range(50):
         service.trigger_now()
         time.sleep(0.01)
-    assert time.monotonic() - started < 1.0
+    burst = time.monotonic() - started  # about 0.5 s; longer on a loaded host
     time.sleep(1.5)
     service._trigger.close()
-    assert 1 <= counted.count("sync") <= 2
+    # at most one run per min_interval_s (1 s) while the calls come, and one for the last of them
+    assert 1 <= counted.count("sync") <= 1 + math.ceil(burst)
     assert counted.count("cycle_due") == counted.count("sync")  # each triggered sync is followed by the cycle check
     assert threading.active_count() < 10
 
