@@ -14,10 +14,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlmodel import Session
 
-from daemon.cli_common import ConfigChoice, JsonOpt, cli_errors, err, out, print_json, settings, store_engine
+from daemon.cli_common import (
+    ConfigChoice,
+    JsonOpt,
+    cli_errors,
+    err,
+    out,
+    print_error,
+    print_json,
+    settings,
+    store_engine,
+)
 from daemon.settings import DEFAULT_CONFIG_FILE, load_settings
 
 __all__ = ["app"]
@@ -57,7 +68,7 @@ def init(
         write_config(path, url=url, project_id=project_id, classes=classes.split(",") if classes else [],
                      force=force)
         store_engine(load_settings(path)).dispose()
-        out.print(f"wrote {path}; set the token with [bold]export LABELLOOP_LABEL_STUDIO__API_KEY=…[/]")
+        out.print(f"wrote {escape(str(path))}; set the token with [bold]export LABELLOOP_LABEL_STUDIO__API_KEY=…[/]")
 
 
 @app.command()
@@ -134,7 +145,7 @@ def batches(
     from daemon.store import BatchStatus
 
     if status is not None and status not in set(BatchStatus):
-        err.print(f"[red]error:[/] no batch status {status!r}: use {' | '.join(BatchStatus)}")
+        print_error(f"no batch status {status!r}: use {' | '.join(BatchStatus)}")
         raise typer.Exit(2)
     with _read_session() as session:
         rows = list_batches(session, status=status)
@@ -153,7 +164,7 @@ def batches_show(batch_id: str, as_json: JsonOpt = False) -> None:
     with _read_session() as session:
         detail = batch_detail(session, batch_id)
     if detail is None:
-        err.print(f"[red]error:[/] no batch {batch_id!r} (see `labelloop batches`)")
+        print_error(f"no batch {batch_id!r} (see `labelloop batches`)")
         raise typer.Exit(1)
     if as_json:
         print_json(asdict(detail))
@@ -195,7 +206,7 @@ def export_command(
         print_json(asdict(report))
     else:
         counts = ", ".join(f"{status} {n}" for status, n in report.statuses.items()) or "no labels yet"
-        out.print(f"wrote {report.path}: {report.rows} items ({counts})")
+        out.print(f"wrote {escape(str(report.path))}: {report.rows} items ({counts})")
 
 
 @app.command("predict")
@@ -215,7 +226,7 @@ def predict_command(
         print_json(asdict(report))
         return
     counts = ", ".join(f"{label} {n}" for label, n in report.predicted.items())
-    out.print(f"wrote {report.path}: {report.rows} items; model {report.model_version} trained on "
+    out.print(f"wrote {escape(str(report.path))}: {report.rows} items; model {report.model_version} trained on "
               f"{report.n_labels} labels predicts {counts}")
     if report.not_embedded:
         err.print(f"[yellow]{report.not_embedded} items have no vector yet and no prediction "

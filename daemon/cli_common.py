@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 from sqlalchemy.engine import Engine
@@ -27,7 +28,8 @@ from daemon.store import is_disk_full, is_store_locked, make_engine, sqlite_path
 from models.errors import ModelError
 
 __all__ = [
-    "ConfigChoice", "JsonOpt", "RateColumn", "cli_errors", "err", "out", "print_json", "settings", "store_engine",
+    "ConfigChoice", "JsonOpt", "RateColumn", "cli_errors", "err", "out", "print_error", "print_json", "settings",
+    "store_engine",
 ]
 
 out = Console()
@@ -53,13 +55,13 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except (ConfigError, ConnectorAuthError) as e:
-        err.print(f"[red]error:[/] {e}")
+        print_error(e)
         raise typer.Exit(2) from None
     except AlreadyRunning as e:
-        err.print(f"[red]error:[/] {e}")
+        print_error(e)
         raise typer.Exit(3) from None
     except (PoolFileError, DaemonError, ConnectorError, ModelError) as e:
-        err.print(f"[red]error:[/] {e}")
+        print_error(e)
         raise typer.Exit(1) from None
     except OperationalError as e:
         if is_store_locked(e):
@@ -79,8 +81,17 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+def print_error(message: object) -> None:
+    """Print ``error: message`` on stderr, the message as plain text.
+
+    Rich reads ``[...]`` as markup and drops it: ``pip install 'labelloop[ray]'`` came out as
+    ``pip install 'labelloop'``.
+    """
+    err.print(f"[red]error:[/] {escape(str(message))}")
+
+
 def _disk_full(where: object) -> NoReturn:
-    err.print(f"[red]error:[/] no space left on the disk for {where} (SQLite's temporary files go to "
+    err.print(f"[red]error:[/] no space left on the disk for {escape(str(where))} (SQLite's temporary files go to "
               "$SQLITE_TMPDIR, else /var/tmp or /tmp); the transaction in flight was rolled back, so "
               "nothing of it was written: free some space and run the command again")
     raise typer.Exit(1) from None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from daemon.cli_common import JsonOpt, RateColumn, cli_errors, err, out, print_json, settings, store_engine
 from daemon.errors import ConfigError, PoolFileError
@@ -70,7 +71,8 @@ def pool_add(
                                              classes=cfg.loop.classes, progress=progress))
             except PoolFileError as e:
                 if reports:
-                    err.print(f"{len(reports)} files before it were added: {', '.join(r.path for r in reports)}")
+                    added = escape(", ".join(r.path for r in reports))
+                    err.print(f"{len(reports)} files before it were added: {added}")
                 if as_json:  # a script learns what was added and why the file was refused
                     print_json({"added": [asdict(report) for report in reports], "refused": e.path,
                                 "problems": [{"line": line, "reason": why} for line, why in e.problems]})
@@ -99,8 +101,8 @@ def _print_import(report: ImportReport) -> None:
     restored = f" ({report.restored} of them removed before, now back)" if report.restored else ""
     repeats = (f" (and {report.repeated_rows} rows repeating an earlier one, kept once)"
                if report.repeated_rows else "")
-    out.print(f"{report.path}: {report.rows} rows{repeats}, {report.added} added, {report.already_present} already "
-              f"in the pool{restored}, {report.labels_added} seed labels")
+    out.print(f"{escape(report.path)}: {report.rows} rows{repeats}, {report.added} added, "
+              f"{report.already_present} already in the pool{restored}, {report.labels_added} seed labels")
     if report.labels_differing:
         err.print(f"[yellow]{report.labels_differing} seed labels differ from the store's and were not applied "
                   f"(a label is changed in Label Studio): {'; '.join(report.labels_differing_first)}[/]")

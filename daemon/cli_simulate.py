@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from daemon.cli_common import err, out
+from daemon.cli_common import out, print_error
 from daemon.errors import DaemonError, PoolFileError
 from models.errors import ModelError
 
@@ -128,7 +128,7 @@ def simulate(
 
     problem = _option_problem(out_dir, cache_dir, test_file, test_fraction, kappa_threshold, kappa_window)
     if problem:
-        err.print(f"[red]error:[/] {problem}")
+        print_error(problem)
         raise typer.Exit(1)
     names = tuple(strategy or (*DEFAULT_STRATEGIES, DEFAULT_STRATEGY))
     if "all" in names:
@@ -150,10 +150,10 @@ def simulate(
     try:
         result, summaries, written = run_request(request)
     except PoolFileError as e:
-        err.print(f"[red]error:[/] {PoolFileError(e.path, e.problems, outcome='nothing simulated')}")  # not imported
+        print_error(PoolFileError(e.path, e.problems, outcome="nothing simulated"))  # not imported
         raise typer.Exit(1) from None
     except (DaemonError, ModelError, ValueError) as e:
-        err.print(f"[red]error:[/] {e}")
+        print_error(e)
         raise typer.Exit(1) from None
     render(result, summaries, written)
 

@@ -66,6 +66,19 @@ def test_commands_run_elsewhere_with_config_use_the_store_beside_it(
     assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["pool"]["items"] == 1  # the same store
 
 
+def test_square_brackets_in_messages_and_paths_are_printed_not_read_as_markup(workdir: Path) -> None:
+    # rich dropped "[ray]" from "pip install 'labelloop[ray]'" and "[1]" from file names
+    (workdir / "items[1].jsonl").write_text('{"id": "a", "text": "hello"}\n')
+    added = runner.invoke(app, ["pool", "add", "items[1].jsonl"])
+    assert added.exit_code == 0 and "items[1].jsonl: 1 rows" in added.output
+    (workdir / "bad[2].csv").write_text("id,text\n1,fine\n2\n")
+    refused = runner.invoke(app, ["pool", "add", "bad[2].csv"])
+    assert refused.exit_code == 1 and "bad[2].csv" in refused.output
+    (workdir / "labelloop.toml").write_text('[loop]\nclasses = ["[urgent]", "[urgent]", "later"]\n')
+    message = runner.invoke(app, ["status"]).output
+    assert "class names repeated: [urgent]" in message
+
+
 def test_malformed_pool_file_says_where(workdir: Path) -> None:
     (workdir / "bad.csv").write_text("id,text\n1,fine\n2\n")
     result = runner.invoke(app, ["pool", "add", "bad.csv"])
