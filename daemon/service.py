@@ -18,6 +18,7 @@ import random
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -190,13 +191,18 @@ class Service:
         signal.signal(signal.SIGINT, handle)
 
     def sync_job(self, *, wait: bool = False) -> None:
-        self._guarded("sync", lambda: sync(self.ctx), wait=wait)
+        def body() -> bool:
+            sync(self.ctx)
+            return True  # a pull answered
+
+        self._guarded("sync", body, wait=wait)
 
     def cycle_job(self, *, wait: bool = False, synced_within_s: float = 0.0) -> None:
-        def body() -> None:
+        def body() -> bool:
             reason = cycle_due(self.ctx)
-            if reason:
+            if reason:  # a cycle pulls, or runs right after a pull that answered
                 run_cycle(self.ctx, reason=reason, synced_within_s=synced_within_s)
+            return bool(reason)
 
         self._guarded("cycle", body, wait=wait)
 
@@ -234,17 +240,24 @@ class Service:
                 raise
             log.debug("heartbeat skipped: the store is locked by another writer")
 
-    def _guarded(self, name: str, body: Any, *, wait: bool = False) -> None:
+    def _guarded(self, name: str, body: Callable[[], bool], *, wait: bool = False) -> None:
+        """Run ``body`` under the work lock and the backoff; it returns whether it reached Label Studio.
+
+        Only a run that reached Label Studio ends a backoff: a cycle that was not due asks it
+        nothing, and used to log "reachable again" and clear the backoff in the middle of an outage.
+        """
         if self._backoff.waiting(self.ctx.clock()) or not self._acquire(wait):
             return
         now = self.ctx.clock()
+        reached = False
         try:
             if not self._has_project:
                 self._project_id = ensure_project(self.ctx).project_id
-                self._has_project = True
+                self._has_project = reached = True
             if self._webhook_pending:
-                self._register_webhook()
-            body()
+                self._register_webhook()  # it returns once Label Studio answered, yes or no
+                reached = True
+            reached = body() or reached
         except ConnectorUnavailable as e:
             delay = self._backoff.failed(now, self._rng)
             log.warning("%s: Label Studio unavailable (%s); next try at the first run after %.0fs", name, e, delay)
@@ -272,7 +285,7 @@ class Service:
                 raise
             self._disk_full(name, e.filename or "a file under store.data_dir")
         else:
-            if self._backoff.succeeded():
+            if reached and self._backoff.succeeded():
                 log.info("Label Studio reachable again")
                 self._health("recovered", name)
             self._store_unlocked()

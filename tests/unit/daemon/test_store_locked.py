@@ -128,6 +128,32 @@ def test_a_rejection_that_lasts_backs_off_instead_of_failing_every_run(
     assert service.health()["backoff_failures"] == 1
 
 
+def test_only_a_run_that_reached_label_studio_ends_a_backoff(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cycle that was not due asked Label Studio nothing, yet logged "reachable again" and cleared
+    the backoff in the middle of an outage, so status read healthy and the sync warned every 10 s."""
+    from datetime import UTC, datetime, timedelta
+
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    service.ctx.clock = lambda: now[0]
+    fake = service.ctx.connector
+    service.sync_job()
+    service.cycle_job()  # the first batch: the queue is full, so the next cycle is not due
+    fake.is_down = True  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO, logger="daemon.service"):
+        service.sync_job()
+        assert service.health()["backoff_failures"] == 1
+        now[0] += timedelta(hours=1)  # past the backoff
+        service.cycle_job()
+        assert service.health()["backoff_failures"] == 1
+        assert not [r for r in caplog.records if "reachable again" in r.getMessage()]
+        fake.is_down = False  # type: ignore[attr-defined]
+        service.sync_job()
+    assert service.health()["backoff_failures"] == 0
+    assert [r for r in caplog.records if "reachable again" in r.getMessage()]
+
+
 def test_a_run_skipped_while_the_last_still_runs_is_not_a_warning_or_a_health_event(service: Service) -> None:
     """A long cycle (a large import being embedded) made a warning, an INFO line and a health event every
     interval, pushing the events that matter out of status."""
