@@ -12,8 +12,9 @@ The endpoint:
   constant time) and a JSON object with an ``action``: 202. No secret: 401; a wrong one:
   403 (the body is drained, never parsed); no length: 411; more than ``max_body_bytes``:
   413; not a JSON object with an ``action``: 400. Nothing of the request is echoed.
-* ``GET /healthz``: the daemon's state as JSON (no secrets). Other paths: 404; other
-  methods on ``/webhook``: 405.
+* ``GET /healthz``: the daemon's state as JSON (no secrets; ``HEAD``: the status alone).
+  Other paths: 404; other methods on ``/webhook``: 405; a method http.server does not know
+  or a malformed request: its status (501, 400, ...) with a JSON body that echoes nothing.
 
 Log lines carry the action, the project id and the status; never a body or a header value.
 """
@@ -140,6 +141,9 @@ class WebhookServer(ThreadingHTTPServer):
 
     daemon_threads = True
     request_timeout_s = 10.0  # a client that sends nothing for this long is dropped
+    # http.server listens with a queue of 5: 10 calls at once (several annotators submitting) had
+    # some wait 1 s for the kernel's retry, the timeout of Label Studio's call
+    request_queue_size = 128
 
     def __init__(
         self,
@@ -231,6 +235,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PATCH(self) -> None:
         self._not_allowed()
+
+    def do_HEAD(self) -> None:
+        status = HTTPStatus.OK if self._path() == HEALTH_PATH else (
+            HTTPStatus.METHOD_NOT_ALLOWED if self._path() == WEBHOOK_PATH else HTTPStatus.NOT_FOUND)
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        if status is HTTPStatus.METHOD_NOT_ALLOWED:
+            self.send_header("Allow", "POST")
+        self.end_headers()
+
+    def do_OPTIONS(self) -> None:
+        self._not_allowed()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (an unknown method, a malformed request line): a JSON
+        answer that, unlike its HTML page, repeats nothing of the request, and a log line."""
+        status = HTTPStatus(code)
+        log.warning("webhook: a request from %s that is not well-formed HTTP for us -> %d", self.client_address[0],
+                    status.value)
+        self.close_connection = True
+        self._answer(status, {"error": status.phrase.lower()})
 
     def log_message(self, format: str, *args: Any) -> None:
         """Keep http.server's own lines (request lines, parse errors) out of the daemon's log."""

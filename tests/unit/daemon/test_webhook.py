@@ -177,7 +177,8 @@ def test_deeply_nested_json_is_a_400_not_a_crash(server: WebhookServer, events: 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [("POST", "/hook", 404), ("GET", "/webhook", 405), ("PUT", "/webhook", 405), ("DELETE", "/webhook", 405),
-     ("GET", "/", 404), ("PATCH", "/other", 404)],
+     ("GET", "/", 404), ("PATCH", "/other", 404), ("OPTIONS", "/webhook", 405), ("HEAD", "/webhook", 405),
+     ("HEAD", "/healthz", 200)],
 )
 def test_wrong_paths_and_methods(client: httpx.Client, events: list[str], method: str, path: str, status: int) -> None:
     body = b'{"action": "ANNOTATION_CREATED"}'
@@ -186,6 +187,40 @@ def test_wrong_paths_and_methods(client: httpx.Client, events: list[str], method
     if status == 405:
         assert response.headers["Allow"] == "POST"
     assert events == []
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [(b"GARBAGE /x<b>ECHO</b> HTTP/1.1", 501), (b"GET /x<b>ECHO</b> HTTP/7.0", 505), (b"<b>ECHO</b>", 400)],
+)
+def test_requests_http_server_refuses_itself_echo_nothing_and_are_logged(
+    server: WebhookServer, events: list[str], caplog: pytest.LogCaptureFixture, request_line: bytes, status: int
+) -> None:
+    # http.server answered these with its HTML error page, which repeats the method, and logged nothing
+    caplog.set_level(logging.INFO, logger="daemon.webhook")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        raw.sendall(request_line + b"\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65_536):
+            answer += chunk
+    if status == 501:  # the others parse as HTTP/0.9, which has no status line: the body alone
+        assert answer.startswith(b"HTTP/1.0 501 ")
+    assert b"ECHO" not in answer and b"GARBAGE" not in answer and b"<" not in answer
+    assert answer.endswith(b'"}')  # the JSON body
+    assert f"not well-formed HTTP for us -> {status}" in caplog.text and "ECHO" not in caplog.text
+    assert events == []
+
+
+def test_the_listen_queue_takes_a_burst_of_connections(server: WebhookServer) -> None:
+    assert server.request_queue_size >= 64  # http.server's 5 made a burst of 10 wait 1 s for the kernel's retry
+    sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(30)]
+    try:
+        for raw in sockets:
+            raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert all(raw.recv(64).startswith(b"HTTP/1.0 200") for raw in sockets)
+    finally:
+        for raw in sockets:
+            raw.close()
 
 
 def test_healthz_reports_state_without_secrets(client: httpx.Client) -> None:
