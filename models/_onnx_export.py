@@ -5,17 +5,31 @@ with eager attention. It needs nothing beyond torch, takes about a second, and p
 attention pattern ORT's BERT optimizer fuses; the torch.export-based exporter (torch's default
 since 2.9) needs ``onnxscript``, takes several seconds, and its graph does not fuse to ORT's
 ``Attention`` op.
+
+Publishing: the file is built in a private ``.export-*`` folder beside its final path and renamed into
+place, then its SHA-256 is published beside it (``<file>.sha256``, ``sha256sum`` format). A loader
+that finds no digest, or one the file no longer matches, treats the file as damaged and exports
+again: a partial overwrite can leave a file that still loads but yields wrong or NaN vectors. Each
+work folder holds an ``flock`` on its ``owner.lock`` for the exporter's life (the kernel drops it
+when the process dies, SIGKILL included), so a later export removes the folders of dead exporters
+and never those of live ones.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +38,9 @@ from transformers import AutoModel
 
 from models.errors import EmbedderUnavailable
 
-__all__ = ["KEY_PROP", "OPSET", "RECIPE", "export", "import_onnx"]
+__all__ = ["KEY_PROP", "OPSET", "RECIPE", "digest_path", "export", "import_onnx", "is_intact", "sweep_abandoned"]
+
+log = logging.getLogger(__name__)
 
 RECIPE = "v1-eager-bertfuse-int8pc-xffn2"  # bump when the export or quantisation recipe changes
 OPSET = 17
@@ -33,6 +49,13 @@ KEY_PROP = "labelloop_key"  # model metadata entry holding the export key the fi
 # that per-tensor activation quantisation handles badly (min cosine to fp32 0.987 quantised, 0.995 left out).
 _FFN_OUT = re.compile(r"layer\.\d+/output/dense/MatMul$")
 _INSTALL_HINT = "install the ONNX extra: pip install 'labelloop[onnx]'"
+_WORK_PREFIX = ".export-"
+_OWNER_LOCK = "owner.lock"
+# A work folder younger than this is never removed: its exporter may be between creating it and locking it.
+_LOCK_GRACE_S = 60.0
+# A work folder with no owner.lock (made before exporters locked theirs) is abandoned once nothing in it
+# has changed for this long; exporting even a large encoder writes a new file every few seconds to minutes.
+_UNLOCKED_IDLE_S = 600.0
 
 
 def import_onnx() -> tuple[Any, Any]:
@@ -63,16 +86,36 @@ class _Pooled(torch.nn.Module):
         return torch.nn.functional.normalize(summed, dim=1)
 
 
+def digest_path(path: Path) -> Path:
+    """Where the SHA-256 of the ONNX file at ``path`` is recorded: ``<path>.sha256``."""
+    return path.with_name(path.name + ".sha256")
+
+
+def is_intact(path: Path) -> bool:
+    """Whether ``path`` and its recorded digest exist and the file's SHA-256 still matches it.
+
+    Costs one read of the file (about 0.1 s for MiniLM's 90 MB, from the page cache).
+    """
+    try:
+        recorded = digest_path(path).read_text(encoding="ascii").split()
+        actual = _sha256(path)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(recorded) and recorded[0] == actual
+
+
 def export(source: Path, path: Path, *, key: str, precision: str) -> None:
-    """Export, fuse, maybe quantise, tag with ``key``; publish at ``path`` atomically (tmp + rename).
+    """Export, fuse, maybe quantise, tag with ``key``; publish at ``path`` (rename), then its digest.
+
+    First removes the work folders that dead exports left in ``path``'s folder (:func:`sweep_abandoned`).
 
     Raises:
         EmbedderUnavailable: the model cannot be loaded, exported, optimised or quantised.
     """
     _, onnx = import_onnx()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as work_dir:
-        work = Path(work_dir)
+    sweep_abandoned(path.parent)
+    with _work_folder(path.parent) as work:
         try:
             _export_fp32(source, work / "raw.onnx")
             _fuse(source, work / "raw.onnx", work / "fused.onnx")
@@ -83,9 +126,86 @@ def export(source: Path, path: Path, *, key: str, precision: str) -> None:
             model = onnx.load(str(final))
             onnx.helper.set_model_props(model, {KEY_PROP: key})
             onnx.save(model, str(work / "tagged.onnx"))
+            (work / "tagged.sha256").write_text(f"{_sha256(work / 'tagged.onnx')}  {path.name}\n", encoding="ascii")
         except (RuntimeError, ValueError, TypeError, KeyError, OSError) as e:
             raise EmbedderUnavailable(f"cannot export the model in {source} to ONNX ({precision}): {e}") from e
+        # Exports are byte-identical for one key, so two exporters racing here publish the same pair.
         os.replace(work / "tagged.onnx", path)
+        os.replace(work / "tagged.sha256", digest_path(path))
+
+
+def sweep_abandoned(folder: Path) -> None:
+    """Remove the ``.export-*`` work folders in ``folder`` whose exporter has died.
+
+    Abandoned means: its ``owner.lock`` exists and nobody holds it (and nothing in it changed for a
+    minute), or it has no ``owner.lock`` and nothing in it changed for ten minutes. Live exports,
+    in this process or another, keep their lock and are left alone.
+    """
+    now_s = time.time()
+    for work in folder.glob(f"{_WORK_PREFIX}*"):
+        if not work.is_dir():
+            continue
+        idle_s = now_s - _last_change_s(work)
+        if idle_s < _LOCK_GRACE_S:
+            continue
+        try:
+            fd = os.open(work / _OWNER_LOCK, os.O_RDWR)
+        except FileNotFoundError:
+            if idle_s >= _UNLOCKED_IDLE_S:
+                _remove(work)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by a live exporter (or locks unsupported here): not ours to judge
+            os.close(fd)
+            continue
+        try:
+            _remove(work)
+        finally:
+            os.close(fd)
+
+
+@contextmanager
+def _work_folder(parent: Path) -> Iterator[Path]:
+    """A fresh ``.export-*`` folder in ``parent``, locked for as long as it exists, removed on exit."""
+    work = Path(tempfile.mkdtemp(dir=parent, prefix=_WORK_PREFIX))
+    fd = os.open(work / _OWNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:  # a file system without locks: export anyway; sweeps then skip this folder
+            log.debug("cannot lock %s: %s", work, e)
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # whatever stays behind, a later sweep removes
+        os.close(fd)
+
+
+def _last_change_s(work: Path) -> float:
+    """The latest modification time of ``work`` and its entries (an export rewrites them as it goes)."""
+    try:
+        return max([work.stat().st_mtime, *(entry.stat().st_mtime for entry in work.iterdir())])
+    except OSError:  # removed meanwhile, or unreadable
+        return time.time()
+
+
+def _remove(work: Path) -> None:
+    try:
+        shutil.rmtree(work)
+    except FileNotFoundError:  # another export removed it first
+        return
+    except OSError as e:
+        log.warning("cannot remove the abandoned ONNX export folder %s: %s", work, e)
+        return
+    log.info("removed the abandoned ONNX export folder %s", work)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _export_fp32(source: Path, target: Path) -> None:

@@ -5,7 +5,9 @@ The Hugging Face model is wrapped with the mean pooling and L2 normalisation of
 passed through ONNX Runtime's BERT fusions (attention, embedding and skip layer norms, bias GELU)
 and, for ``precision="int8"``, dynamically quantised (:mod:`models._onnx_export`). The file is
 written once per model revision, precision and tool versions under ``cache_dir`` and reused; every
-later start only loads it.
+later start only loads it, after checking the file against the SHA-256 recorded when it was
+exported (a mismatch, or no digest, exports it again). A session that still returns a non-finite
+vector raises :class:`EmbedderUnavailable` rather than passing it on.
 
 Short texts in int8: dynamic quantisation scales each activation tensor (the whole batch) by its
 extreme values, and a text of a few tokens has no long mean to average the rounding out, so its
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -48,6 +51,7 @@ PRECISIONS = ("fp32", "int8")
 # up to 30, then >= 0.9925 at 33-64 tokens and >= 0.9946 above. The price: texts this short lose int8's
 # speed-up (about 20-30% on one or two threads on Banking77); longer texts keep it.
 FP32_MAX_TOKENS = 32
+log = logging.getLogger(__name__)
 _export = _onnx_export.export  # a module attribute, so tests can count exports
 
 
@@ -171,7 +175,8 @@ class OnnxEmbedder(LazyLoad["_Loaded"]):
             ``(n, dim)`` float32, each row of L2 norm 1.
 
         Raises:
-            EmbedderUnavailable: onnxruntime is not installed, or the model cannot be loaded or exported.
+            EmbedderUnavailable: onnxruntime is not installed, the model cannot be loaded or exported,
+                or the session returned a non-finite vector.
             ValueError: a text is not a ``str``, or a constructor argument is out of range.
         """
         self._check_params()
@@ -248,8 +253,12 @@ class OnnxEmbedder(LazyLoad["_Loaded"]):
 
 
 def _open_session(ort: Any, path: Path, key: str, threads: int) -> Any | None:
-    """Return a session on ``path`` if it exists, loads and carries ``key``; else ``None``."""
+    """Return a session on ``path`` if it exists, matches its recorded digest, loads and has ``key``; else ``None``."""
     if not path.is_file():
+        return None
+    if not _onnx_export.is_intact(path):
+        log.warning("ONNX file %s does not match the SHA-256 recorded at export (damaged, or exported by an "
+                    "older labelloop); exporting it again", path)
         return None
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -298,6 +307,12 @@ def _run_session(session: Any, token_ids: list[list[int]], *, pad_id: int) -> Fl
         mask[row, : len(row_ids)] = 1
     (vectors,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
     result: Float32Array = np.asarray(vectors, dtype=np.float32)
+    n_bad = int((~np.isfinite(result).all(axis=1)).sum())
+    if n_bad:
+        raise EmbedderUnavailable(
+            f"ONNX Runtime returned non-finite vectors for {n_bad} of {len(token_ids)} texts: the exported model "
+            f"is broken (delete its .onnx file under the ONNX cache folder to export it again)"
+        )
     return result
 
 
