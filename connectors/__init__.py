@@ -7,6 +7,7 @@ from connectors.base import (
     PredictionUpdate,
     ProjectInfo,
     PullResult,
+    Refreshed,
     RemoteTaskState,
     TaskSummary,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "PredictionUpdate",
     "ProjectInfo",
     "PullResult",
+    "Refreshed",
     "RemoteTaskState",
     "TaskSummary",
 ]

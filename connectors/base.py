@@ -20,6 +20,7 @@ __all__ = [
     "PredictionUpdate",
     "ProjectInfo",
     "PullResult",
+    "Refreshed",
     "RemoteTaskState",
     "TaskSummary",
 ]
@@ -118,6 +119,19 @@ class PredictionUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class Refreshed:
+    """What :meth:`Connector.refresh_predictions` did: tasks updated, and tasks found deleted in the tool.
+
+    A task deleted in the tool leaves no trace an incremental pull can see; the refresh has to ask
+    which tasks exist, so it says which are gone and the daemon withdraws them at once instead of
+    at the next full read.
+    """
+
+    refreshed: int
+    deleted_task_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectInfo:
     project_id: str
     title: str
@@ -170,8 +184,8 @@ class Connector(Protocol):
         """Number of our tasks in the tool that have no annotation yet."""
         ...
 
-    def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> int:
-        """Attach a newer model's prediction to waiting tasks; return how many were updated.
+    def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> Refreshed:
+        """Attach a newer model's prediction to waiting tasks; say how many, and which are gone.
 
         Annotators then start from the current model's suggestion, and the tool can sort
         the queue by the new prediction scores.

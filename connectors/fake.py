@@ -25,6 +25,7 @@ from connectors.base import (
     PredictionUpdate,
     ProjectInfo,
     PullResult,
+    Refreshed,
     RemoteTaskState,
     TaskSummary,
 )
@@ -177,17 +178,18 @@ class FakeConnector:
         self._require_project()
         return sum(1 for task in self._tasks.values() if not task.annotations)
 
-    def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> int:
+    def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> Refreshed:
         self._enter("refresh_predictions")
         self._require_project()
-        done = 0
+        done, deleted = 0, set()
         for update in updates:
             task = self._tasks.get(update.remote_task_id)
             if task is None:
+                deleted.add(update.remote_task_id)
                 continue
             self.predictions.setdefault(update.remote_task_id, []).append(update)
             done += 1
-        return done
+        return Refreshed(done, tuple(sorted(deleted, key=int)))
 
     def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
         self._enter("withdraw")

@@ -31,7 +31,7 @@ from connectors._label_config import ChoicesControl, read_choices
 from connectors._ls_auth import auth_for
 from connectors._ls_errors import TOKEN_ADVICE, display_url, translated
 from connectors._ls_webhooks import deactivate_webhooks, upsert_webhook
-from connectors.base import OutgoingTask, PredictionUpdate, ProjectInfo, PullResult, TaskSummary
+from connectors.base import OutgoingTask, PredictionUpdate, ProjectInfo, PullResult, Refreshed, TaskSummary
 from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
 
 __all__ = ["LabelStudioConnector"]
@@ -284,14 +284,14 @@ class LabelStudioConnector:
             )
             return int(page.response.total)
 
-    def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> int:
+    def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> Refreshed:
         """Add the newer model's prediction to each task and make it the project's current version.
 
         Label Studio pre-annotates from the project's ``model_version``, so annotators see the
         current model's suggestion, and the Data Manager can sort by the new prediction score.
         Updates whose label is not a class of the project are skipped, and so are tasks deleted
         there (one missing task made Label Studio refuse its whole chunk, and the cycle fail,
-        until a full read noticed the deletion).
+        until a full read noticed the deletion); they are returned as deleted.
 
         Raises:
             ConnectorUnavailable, ConnectorRejected.
@@ -309,6 +309,7 @@ class LabelStudioConnector:
             if len(present) < len(wanted):
                 log.info("refresh_predictions: %s tasks were deleted in project %s; skipped",
                          len(wanted) - len(present), project.project_id)
+            deleted = tuple(sorted({u.remote_task_id for u, _ in wanted} - present, key=_numeric))
             wanted = [(update, label) for update, label in wanted if update.remote_task_id in present]
             for start in range(0, len(wanted), _PREDICTION_CHUNK):  # one request per chunk, not per task
                 self._client.projects.import_predictions(id=project.project_id, request=[
@@ -323,7 +324,7 @@ class LabelStudioConnector:
             if len(versions) == 1:
                 self._client.projects.update(id=project.project_id, model_version=versions.pop())
         log.info("refresh_predictions: %s of %s tasks in project %s", len(wanted), len(updates), project.project_id)
-        return len(wanted)
+        return Refreshed(len(wanted), deleted)
 
     def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
         """Delete the given tasks that nobody annotated, skipped or drafted; return the ids now gone.

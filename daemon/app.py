@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from connectors.base import Connector, OutgoingTask, PredictionUpdate, ProjectInfo, PullResult, TaskSummary
+from connectors.base import Connector, OutgoingTask, PredictionUpdate, ProjectInfo, PullResult, Refreshed, TaskSummary
 from connectors.errors import ConnectorUnavailable
 from connectors.label_studio import LabelStudioConnector
 from daemon.context import LoopContext, default_embedder_factory
@@ -168,7 +168,7 @@ class _OfflineConnector:
     def count_waiting(self) -> int:
         raise self._refuse()
 
-    def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> int:
+    def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> Refreshed:
         raise self._refuse()
 
     def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:

@@ -83,7 +83,7 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
         PredictionUpdate(w.remote_task_id, model.version, model.classes[int(np.argmax(row))], float(np.max(row)))
         for w, row in zip(waiting, proba, strict=True)
     ]
-    refreshed = ctx.connector.refresh_predictions(updates)
+    refreshed = ctx.connector.refresh_predictions(updates)  # no push comes before the marks below
     stale = [w.remote_task_id for w, new in zip(waiting, new_scores, strict=True)
              if w.is_comparable and new < loop.stale_score_ratio * w.old_score]
     stale = _withdrawable(ctx, stale)
@@ -97,13 +97,13 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
                 continue
             item.predicted_label, item.predicted_score = update.predicted_label, update.predicted_score
             session.add(item)
-        mark_withdrawn(session, sorted(gone))
+        mark_withdrawn(session, sorted(gone | set(refreshed.deleted_task_ids)))  # deleted there: not waiting
         close_finished_batches(session)
         session.commit()
     if gone:
         log.info("re-ranked the queue for model %s: %s tasks withdrawn as stale", model.version, len(gone),
                  extra={"model_version": model.version})
-    return _done(ctx, model, RerankReport(refreshed, len(gone)))
+    return _done(ctx, model, RerankReport(refreshed.refreshed, len(gone)))
 
 
 def _withdrawable(ctx: LoopContext, stale: list[str]) -> list[str]:

@@ -23,7 +23,7 @@ from label_studio_sdk import LabelStudio
 from sqlmodel import Session, select
 
 from connectors._label_config import choices_config
-from connectors.base import OutgoingTask
+from connectors.base import OutgoingTask, Refreshed
 from daemon.context import LoopContext
 from daemon.cycle import CycleReport, push_pending, run_cycle
 from daemon.export import export_labels
@@ -236,6 +236,8 @@ def test_a_waiting_task_deleted_in_label_studio_does_not_stop_the_refresh_of_the
         if not item.is_control:
             versions = {p.model_version for p in ls_client.predictions.list(task=int(item.remote_task_id or 0))}
             assert third.model_version in versions
+    # and the refresh found the deletion: the item is withdrawn now, not at the next full read
+    assert states(ctx, second.batch_id or "")[deleted.item_id] is BatchItemState.WITHDRAWN
 
 
 def test_a_deleted_task_whose_id_label_studio_gives_to_a_new_task_withdraws_the_item_it_named(
@@ -295,7 +297,7 @@ def test_rerank_spares_the_open_task_of_an_annotator_ahead_of_the_store(
     opened: list[int] = []
     refresh = ctx.connector.refresh_predictions
 
-    def annotator_races_ahead(updates: Any) -> int:
+    def annotator_races_ahead(updates: Any) -> Refreshed:
         answer(ls_client, gold, items[3:5])  # answered after the cycle's pull
         opened.append(ls_helpers.next_task(label_studio, project_id))  # and opens the next one
         return refresh(updates)

@@ -77,7 +77,8 @@ def test_refreshed_predictions_belong_to_the_project_and_the_task_can_still_be_a
     connector = ls_connector(project_id)
     mapping = connector.push(_tasks(3))
     updates = [PredictionUpdate(mapping[f"item-{n}"], "mv-2", "neg", 0.9) for n in range(3)]
-    assert connector.refresh_predictions([*updates, PredictionUpdate(mapping["item-0"], "mv-2", "nope", 0.5)]) == 3
+    done = connector.refresh_predictions([*updates, PredictionUpdate(mapping["item-0"], "mv-2", "nope", 0.5)])
+    assert (done.refreshed, done.deleted_task_ids) == (3, ())
     task = ls_client.tasks.get(id=mapping["item-1"])
     assert {p.model_version for p in task.predictions or []} == {"mv-1", "mv-2"}
     assert ls_client.projects.get(id=project_id).model_version == "mv-2"

@@ -20,6 +20,7 @@ def test_exported_names() -> None:
         "PredictionUpdate",
         "ProjectInfo",
         "PullResult",
+        "Refreshed",
         "RemoteTaskState",
         "TaskSummary",
     ]

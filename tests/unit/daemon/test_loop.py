@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sqlmodel import Session, col, select
 
+from connectors.base import Refreshed
 from connectors.errors import ConnectorAuthError, ConnectorRejected, ConnectorUnavailable
 from connectors.fake import FakeConnector
 from daemon.context import LoopContext
@@ -404,7 +405,7 @@ def test_rerank_keeps_the_next_tasks_by_the_tools_live_view_when_the_store_lags(
     ctx, fake, gold, second, items = stale_queue(tmp_path, monkeypatch, keep_next=2)
     refresh = fake.refresh_predictions
 
-    def annotator_races_ahead(updates: Any) -> int:  # answered in the tool while the daemon re-ranks
+    def annotator_races_ahead(updates: Any) -> Refreshed:  # answered in the tool while the daemon re-ranks
         for item in items[4:7]:
             fake.annotate(item.item_id, gold[item.item_id])
         return refresh(updates)
@@ -414,6 +415,26 @@ def test_rerank_keeps_the_next_tasks_by_the_tools_live_view_when_the_store_lags(
     after = {i.item_id: i.state for i in batch_items(ctx, second)}
     # the store still counted items[4:6] as the next two; the tool hands out items[7:9] next
     assert [after[i.item_id] for i in items[7:]] == [BatchItemState.PENDING] * 2 + [BatchItemState.WITHDRAWN] * 1
+
+
+def test_a_waiting_task_the_refresh_finds_deleted_is_withdrawn_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleted in the tool, it stayed pending until the next full read (10 minutes by default): its
+    batch could not close and the queue looked fuller than it was."""
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold = build_world(tmp_path, stale_score_ratio=0.0, control_fraction=0.0,
+                                  full_reconcile_interval_s=3600)
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    second = run_cycle(ctx).batch_id or ""
+    items = sorted(batch_items(ctx, second), key=lambda i: i.position)
+    fake.annotate(items[0].item_id, gold[items[0].item_id])  # a new model comes, so the queue is re-ranked
+    fake.delete_task(items[-1].item_id)
+    third = run_cycle(ctx)
+    assert third.model_version is not None and "refresh_predictions" in fake.calls
+    after = {i.item_id: i.state for i in batch_items(ctx, second)}
+    assert after[items[-1].item_id] is BatchItemState.WITHDRAWN
+    assert [after[i.item_id] for i in items[1:-1]] == [BatchItemState.PENDING] * (len(items) - 2)
 
 
 def test_rerank_withdraws_nothing_when_the_project_serves_tasks_at_random(
