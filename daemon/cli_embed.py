@@ -1,4 +1,4 @@
-"""``labelloop embed``: embed every pool item without a vector now, with a progress bar.
+"""``labelloop embed``: embed every pool item without a vector now, showing progress.
 
 Parsing (typer) -> :func:`daemon.app.embed_backfill` -> rendering (rich). ``daemon/cli.py`` calls
 :func:`register` to add the command. A killed run loses at most the chunk in flight: rerunning
@@ -7,7 +7,12 @@ continues where it stopped.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import typer
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,9 +25,11 @@ from rich.progress import (
 
 from daemon.cli_common import RateColumn, cli_errors, err, out, settings
 from daemon.errors import AlreadyRunning
+from daemon.progress import ProgressLines
 
-__all__ = ["register"]
+__all__ = ["progress_view", "register"]
 
+_LINE_INTERVAL_S = 10.0  # off a terminal: one plain progress line this often
 
 
 def register(app: typer.Typer) -> None:
@@ -37,24 +44,66 @@ def embed() -> None:
     """
     from daemon.app import embed_backfill
 
-    columns = (
-        TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-    )
-    with cli_errors(), Progress(*columns, console=err, transient=False) as bar:
-        tasks: list[TaskID] = []  # the bar appears once the work starts (a refusal draws none)
+    reached = [0]  # items done when last reported, for the interruption message
+    with cli_errors(), progress_view(err) as show:
 
         def progress(done: int, total: int) -> None:
-            if not tasks:
-                tasks.append(bar.add_task("embed", total=total))
-            bar.update(tasks[0], completed=done, total=total)
+            reached[0] = done
+            show(done, total)
 
         try:
             done = embed_backfill(settings(), progress=progress)
         except AlreadyRunning as e:
             raise AlreadyRunning(f"{e} (stop the daemon, or let its embed stage do the work)") from None
         except KeyboardInterrupt:
-            completed = int(bar.tasks[0].completed) if bar.tasks else 0
-            err.print(f"interrupted after {completed} items; run `labelloop embed` again to continue")
+            err.print(f"interrupted after {reached[0]} items; run `labelloop embed` again to continue")
             raise typer.Exit(130) from None
     out.print(f"embedded {done} pool items" if done else "every pool item already has a vector")
+
+
+@contextmanager
+def progress_view(
+    console: Console, *, interval_s: float = _LINE_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+) -> Iterator[Callable[[int, int], None]]:
+    """Yield a ``progress(done, total)`` that shows the embedding's progress on ``console``.
+
+    On a terminal, a live bar (items, rate, elapsed, ETA); elsewhere (piped, a log file) a
+    plain line every ``interval_s`` with no control characters, since a redrawn bar shows there
+    only once it ends. Nothing at all while ``total`` is 0 (nothing to embed), nor before the
+    first call (a refusal draws nothing).
+
+    Args:
+        console: where to show it.
+        interval_s: seconds between plain lines.
+        clock: monotonic seconds for the plain lines' rate; injectable for tests.
+    """
+    if not console.is_terminal:
+        lines = ProgressLines(lambda line: console.print(line, markup=False, highlight=False),
+                              "pool items embedded", interval_s=interval_s, clock=clock)
+
+        def plain(done: int, total: int) -> None:
+            if total > 0:
+                lines(done, total)
+
+        yield plain
+        return
+    columns = (
+        TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+    )
+    bar = Progress(*columns, console=console, transient=False)
+    tasks: list[TaskID] = []
+
+    def draw(done: int, total: int) -> None:
+        if not tasks:
+            if total <= 0:
+                return
+            bar.start()  # only now: an idle run leaves the terminal as it was
+            tasks.append(bar.add_task("embed", total=total))
+        bar.update(tasks[0], completed=done, total=total)
+
+    try:
+        yield draw
+    finally:
+        if tasks:
+            bar.stop()
