@@ -21,19 +21,23 @@ GPUs are requested per actor only when the cluster reports some. The first use c
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from daemon._ray_workers import EncodeWorker, RowScorer, ScoreWorker, SharedCache, top_by_score_key
 from daemon.context import LoopContext
 from daemon.errors import ConfigError
+from daemon.progress import ProgressLog
 from daemon.scoring import SCORING_DTYPE, Shortlist, shortlist
 from daemon.settings import ScaleoutSettings
 from daemon.store import PoolItem
@@ -52,6 +56,9 @@ log = logging.getLogger(__name__)
 _STORE_CHUNK_ROWS = 4096  # vectors appended to the cache at once (as embed_missing's default)
 _INSTALL_HINT = "pip install 'labelloop[ray]'"
 _IN_CHUNK = 500  # seqs per UPDATE ... IN (...)
+_GCS_CONNECT_TIMEOUT_S = 10.0  # a TCP connect to the head's GCS port before ray.init
+_GCS_ATTEMPTS_ENV = "RAY_gcs_server_port_wait_time_s"  # ray.init's GCS attempts, ~1 s apart
+_ADDRESS_HINT = "check scaleout.ray_address (the head's GCS port, 6379 by default) and that the cluster is up"
 IntArray = npt.NDArray[np.intp]
 FloatArray = npt.NDArray[np.float64]
 
@@ -65,9 +72,14 @@ def connect(settings: ScaleoutSettings) -> Any:
     A ``"ray://"`` (Ray Client) address is refused: Ray Data jobs need a driver with a local
     raylet, which Ray Client does not give (ray-project/ray#42739).
 
+    Joining is bounded: left alone, ``ray.init`` retries an address where nothing answers 20
+    times for ~40 s each, holding the daemon's work lock all along. So a ``host:port`` must first
+    accept a TCP connection within ``_GCS_CONNECT_TIMEOUT_S`` (10 s), and ``ray.init`` then gets
+    one attempt (~40 s at most against a port that answers but is no GCS).
+
     Raises:
         ConfigError: ``ray`` is not installed (the message says ``pip install 'labelloop[ray]'``),
-            or ``ray_address`` is a ``ray://`` address.
+            or ``ray_address`` is a ``ray://`` address or neither ``"auto"`` nor ``host:port``.
         EmbedderUnavailable: the cluster cannot be reached.
     """
     if (settings.ray_address or "").startswith("ray://"):
@@ -85,19 +97,72 @@ def connect(settings: ScaleoutSettings) -> Any:
             "(or set scaleout.backend = 'local')"
         ) from e
     if not ray.is_initialized():
-        local = settings.ray_address is None
+        address = settings.ray_address
+        local = address is None
+        if address is not None and address != "auto":
+            _check_gcs_answers(address)
         try:
-            ray.init(
-                address=settings.ray_address,
-                num_cpus=settings.local_num_cpus if local else None,
-                include_dashboard=False if local else None,
-                log_to_driver=True,
-            )
+            with _one_gcs_attempt(enabled=not local):
+                ray.init(
+                    address=address,
+                    num_cpus=settings.local_num_cpus if local else None,
+                    include_dashboard=False if local else None,
+                    log_to_driver=True,
+                )
         except (ConnectionError, RuntimeError, TimeoutError) as e:
-            raise EmbedderUnavailable(f"cannot reach the Ray cluster at {settings.ray_address!r}: {e}") from e
-        log.info("connected to Ray (%s): %s", settings.ray_address or "local instance", ray.cluster_resources())
+            raise EmbedderUnavailable(
+                f"cannot reach the Ray cluster at {address!r}: {_first_line(e)}; {_ADDRESS_HINT}"
+            ) from e
+        log.info("connected to Ray (%s): %s", address or "local instance", ray.cluster_resources())
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
+
+
+def _check_gcs_answers(address: str) -> None:
+    """Refuse at once a ``host:port`` where no TCP connection opens within ``_GCS_CONNECT_TIMEOUT_S``.
+
+    Ray's own head listens on every interface, so the address as written is the one to try.
+
+    Raises:
+        ConfigError: ``address`` is not ``host:port``.
+        EmbedderUnavailable: the connection was refused, timed out or the host has no address.
+    """
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ConfigError(f"scaleout.ray_address = {address!r} is neither 'auto' nor host:port "
+                          "(the head's GCS port, 6379 by default)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=_GCS_CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise EmbedderUnavailable(
+            f"cannot reach the Ray cluster at {address!r}: {reason} (TCP connect, {_GCS_CONNECT_TIMEOUT_S:.0f} s "
+            f"limit); {_ADDRESS_HINT}"
+        ) from e
+
+
+@contextmanager
+def _one_gcs_attempt(*, enabled: bool) -> Iterator[None]:
+    """Make ``ray.init`` try the GCS once instead of 20 times, unless the operator chose a count.
+
+    ``RAY_gcs_server_port_wait_time_s`` is Ray's own override of that count (read when
+    ``ray.init`` runs, ray/_private/node.py); it is restored afterwards, as a local instance
+    started later in this process waits on its GCS port by the same variable.
+    """
+    if not enabled or _GCS_ATTEMPTS_ENV in os.environ:
+        yield
+        return
+    os.environ[_GCS_ATTEMPTS_ENV] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_GCS_ATTEMPTS_ENV, None)
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (Ray appends whole tracebacks to some)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def job_actors(ray: Any, settings: ScaleoutSettings, *, work_units: int) -> tuple[int, dict[str, float]]:
@@ -243,17 +308,27 @@ def _append_streamed(
         getattr(batches, "close", lambda: None)()
 
 
-def embed_pool_ray(ctx: LoopContext) -> int:
+def embed_pool_ray(ctx: LoopContext, *, progress: Callable[[int, int], None] | None = None) -> int:
     """Run the embed stage on Ray: every pool item without a vector, ``embed_job_rows`` per job.
 
     Items are marked embedded only once their vectors are in the cache, so a daemon killed
     midway re-reads them next time and sends only the texts the cache still lacks.
+
+    Args:
+        progress: called as ``progress(done, total)`` in pool items: ``(0, total)`` first, then as
+            vectors reach the cache (within a job, its items in proportion to its texts stored;
+            they count as done, since a rerun finds them in the cache) and after each job;
+            ``None`` logs done/total, rate and ETA at most every 10 s instead.
 
     Raises:
         ConfigError: ``ray`` is not installed, or ``ray_address`` is a Ray Client (``ray://``) address.
         EmbedderUnavailable: the cluster is unreachable or a job failed.
     """
     settings, done = ctx.settings.scaleout, 0
+    report = progress if progress is not None else ProgressLog(log, "pool items embedded")
+    with Session(ctx.engine) as session:
+        total = session.exec(select(func.count()).where(*to_embed())).one()
+    report(0, total)
     while not ctx.stop.is_set():
         with Session(ctx.engine) as session:
             todo = session.exec(
@@ -263,7 +338,8 @@ def embed_pool_ray(ctx: LoopContext) -> int:
         if not todo:
             break
         cached = embed_missing_ray(ctx.embedder_factory, active_cache(ctx), [text for _, text in todo],
-                                   settings=settings, stop=ctx.stop)
+                                   settings=settings, stop=ctx.stop,
+                                   progress=partial(_report_within_job, report, done, len(todo), total))
         seqs = [seq for (seq, _), row in zip(todo, cached, strict=True) if row >= 0]
         with Session(ctx.engine) as session:
             for start in range(0, len(seqs), _IN_CHUNK):
@@ -271,11 +347,20 @@ def embed_pool_ray(ctx: LoopContext) -> int:
                 session.execute(update(PoolItem).where(col(PoolItem.seq).in_(chunk)).values(is_embedded=True))
             session.commit()
         done += len(seqs)
+        report(done, max(total, done))  # items added meanwhile are embedded too
         if len(seqs) < len(todo):  # stopped midway
             break
     if done:
         log.info("embedded %s pool items on Ray", done)
     return done
+
+
+def _report_within_job(
+    report: Callable[[int, int], None], before: int, job_items: int, total: int, texts_done: int, texts_total: int
+) -> None:
+    """Turn a job's ``(texts stored, texts sent)`` into ``report(pool items done, total)``."""
+    done = before + job_items * texts_done // max(texts_total, 1)
+    report(done, max(total, done))
 
 
 def vector_mode(ray: Any, settings: ScaleoutSettings) -> str:

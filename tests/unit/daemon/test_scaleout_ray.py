@@ -25,7 +25,7 @@ from daemon.cycle import run_cycle
 from daemon.errors import ConfigError
 from daemon.pool import add_pool_file
 from daemon.project import ensure_project
-from daemon.scaleout_ray import connect, embed_missing_ray, shortlist_ray, vector_mode
+from daemon.scaleout_ray import connect, embed_missing_ray, embed_pool_ray, shortlist_ray, vector_mode
 from daemon.scoring import SCORING_DTYPE, shortlist
 from daemon.settings import ScaleoutSettings, load_settings
 from daemon.store import BatchItem, PoolItem, make_engine
@@ -158,7 +158,7 @@ def test_auto_vectors_use_the_shared_path_on_a_local_instance(local_ray: Any) ->
     assert vector_mode(local_ray, client) == "object_store"
 
 
-def loop_world(tmp_path: Path, backend: str) -> tuple[LoopContext, FakeConnector]:
+def loop_world(tmp_path: Path, backend: str, **scaleout: Any) -> tuple[LoopContext, FakeConnector]:
     tmp_path.mkdir()
     settings = load_settings(
         None,
@@ -166,7 +166,7 @@ def loop_world(tmp_path: Path, backend: str) -> tuple[LoopContext, FakeConnector
         label_studio={"max_waiting_tasks": 40},
         loop={"batch_size": 12, "classes": ["billing", "delivery", "fraud"], "min_new_labels": 1},
         model={"epochs": 40, "cv_folds": 3},
-        scaleout=ONE_ACTOR.model_copy(update={"backend": backend}).model_dump(),
+        scaleout=ONE_ACTOR.model_copy(update={"backend": backend, **scaleout}).model_dump(),
     )
     with (tmp_path / "pool.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -206,3 +206,22 @@ def test_the_loop_picks_the_same_batch_with_either_backend(
     assert "ray: embedding 1500 texts" in ran and "ray: scoring" in ran  # both hooks took the Ray path
     assert [item_id for item_id, _ in there] == [item_id for item_id, _ in here]
     np.testing.assert_allclose([s for _, s in there], [s for _, s in here], rtol=0, atol=1e-9)
+
+
+def test_embedding_the_pool_on_ray_reports_progress_in_pool_items(local_ray: Any, tmp_path: Path) -> None:
+    """``labelloop embed`` draws its bar and counts an interruption from these calls (2 jobs of 1,000)."""
+    ctx, _ = loop_world(tmp_path / "pool", "ray", embed_job_rows=1000)
+    seen: list[tuple[int, int]] = []
+
+    def interrupt_once_some_are_done(done: int, total: int) -> None:
+        seen.append((done, total))
+        if done > 0:
+            raise KeyboardInterrupt  # Ctrl-C once the first job's vectors are in the cache
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_pool_ray(ctx, progress=interrupt_once_some_are_done)
+    assert seen == [(0, 1500), (1000, 1500)]  # what "interrupted after N items" reads
+    seen.clear()
+    assert embed_pool_ray(ctx, progress=lambda done, total: seen.append((done, total))) == 1500
+    assert seen[0] == (0, 1500) and seen[-1] == (1500, 1500)
+    assert (1000, 1500) in seen and seen == sorted(seen)
