@@ -23,8 +23,8 @@ from models.cache import EmbeddingCache, embed_missing, model_key
 from models.classifier import ProxyClassifier
 from models.quality import estimate_quality
 
-__all__ = ["LabeledSet", "embed_pool", "fit_proxy", "labeled_set", "model_version", "retrain", "to_embed",
-           "vectors_for"]
+__all__ = ["LabeledSet", "embed_pool", "fit_proxy", "labeled_set", "model_version", "reconcile_embedded", "retrain",
+           "to_embed", "vectors_for"]
 
 log = logging.getLogger(__name__)
 # Embedding chunks: each is committed as done, so an interruption loses at most one. The first is
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 _FIRST_CHUNK, _MAX_CHUNK, _CHUNK_S = 256, 8192, 5.0
 _clock = time.perf_counter  # a test's fake clock sets the chunk sizes
 _EMBEDDED_WITH = "embedded_with"  # the encoder key the pool's items were embedded with
+# The active cache's row count when items were last marked embedded. The cache only ever grows, so
+# fewer rows now means vectors of marked items are gone (a deleted folder, a cut shard).
+_CACHE_ROWS = "embedded_cache_rows"
+_RECONCILE_ROWS = 65536  # marked items looked up in the cache per query
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +78,9 @@ def embed_pool(
             large import must not keep syncs and batches waiting for an hour of encoding.
     """
     _follow_encoder(ctx)
+    reconcile_embedded(ctx)
     if ctx.settings.scaleout.backend == "ray":
-        from daemon.scaleout_ray import embed_pool_ray  # ray is an optional extra: import on use
-
-        return embed_pool_ray(ctx)
+        return _embed_pool_ray(ctx)
     report = progress if progress is not None else ProgressLog(log, "pool items embedded")
     with Session(ctx.engine) as session:
         total = session.exec(select(func.count()).where(*to_embed())).one()
@@ -99,12 +102,23 @@ def embed_pool(
         with Session(ctx.engine) as session:  # one statement per chunk: cache hits make the chunks quick
             session.execute(update(table_of(PoolItem)).where(col(PoolItem.seq).in_([seq for seq, _ in rows]))
                             .values(is_embedded=True))
+            _record_cache_rows(session, cache)
             session.commit()
         done += len(rows)
         report(done, max(total, done))  # items added meanwhile are embedded too
     if done:
         left = total - done
         log.info("embedded %s pool items%s", done, f"; {left} more in the next cycles" if left > 0 else "")
+    return done
+
+
+def _embed_pool_ray(ctx: LoopContext) -> int:
+    from daemon.scaleout_ray import embed_pool_ray  # ray is an optional extra: import on use
+
+    done = embed_pool_ray(ctx)
+    with Session(ctx.engine) as session:  # the rows its marks rely on, as embed_pool records them
+        _record_cache_rows(session, active_cache(ctx))
+        session.commit()
     return done
 
 
@@ -125,7 +139,53 @@ def _follow_encoder(ctx: LoopContext) -> None:
             log.warning("the encoder changed (%s, was %s): %s pool items are embedded again; vectors the new "
                         "encoder's cache already holds are reused", key, before, reset)
         set_value(session, _EMBEDDED_WITH, key)
+        set_value(session, _CACHE_ROWS, "0")  # nothing is marked for the new cache yet
         session.commit()
+
+
+def reconcile_embedded(ctx: LoopContext) -> int:
+    """Clear the embedded mark of items whose vector the active cache no longer holds; return how many.
+
+    Cheap on every call: it compares the cache's row count with the count recorded when items were
+    last marked (the cache only grows). Only when it shrank (the cache folder deleted, a shard cut
+    and its rows dropped), or on a store that has no record yet, are the marked items looked up.
+
+    Raises:
+        CacheError: the cache is damaged in a way it cannot repair (the message names the shard).
+    """
+    if encoder_key(ctx).startswith("byo-d"):
+        return 0  # vectors brought with the pool: nothing could embed them again
+    cache = active_cache(ctx)
+    cache.refresh()  # a cache this process opened before the damage reads its files again
+    rows = len(cache)
+    with Session(ctx.engine) as session:
+        recorded = get_value(session, _CACHE_ROWS)
+        if recorded is not None and rows >= int(recorded):
+            return 0
+        lost = _unmark_missing(session, cache)
+        _record_cache_rows(session, cache)
+        session.commit()
+    if lost:
+        log.warning("embedding cache %s holds %s rows (%s when items were last embedded): %s pool items lost "
+                    "their vectors and are embedded again", cache.directory, rows, recorded or "unknown", lost)
+    return lost
+
+
+def _unmark_missing(session: Session, cache: EmbeddingCache) -> int:
+    """Clear ``is_embedded`` on items whose content hash the cache lacks; return how many (not committed)."""
+    stmt = select(PoolItem.seq, PoolItem.content_hash).where(col(PoolItem.is_embedded)).order_by(col(PoolItem.seq))
+    lost: list[int] = []
+    for part in session.execute(stmt).yield_per(_RECONCILE_ROWS).partitions():
+        found = cache.lookup([digest for _, digest in part])
+        lost += [seq for (seq, _), row in zip(part, found, strict=True) if row < 0]
+    for start in range(0, len(lost), _RECONCILE_ROWS):
+        chunk = lost[start : start + _RECONCILE_ROWS]
+        session.execute(update(table_of(PoolItem)).where(col(PoolItem.seq).in_(chunk)).values(is_embedded=False))
+    return len(lost)
+
+
+def _record_cache_rows(session: Session, cache: EmbeddingCache) -> None:
+    set_value(session, _CACHE_ROWS, str(len(cache)))
 
 
 def to_embed() -> tuple[Any, Any]:

@@ -1,7 +1,8 @@
-"""File-level helpers of the embedding cache: count complete rows, cut torn tails, positioned writes."""
+"""File-level helpers of the embedding cache: meta.json, count complete rows, cut torn tails, positioned I/O."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,24 +11,86 @@ import numpy.typing as npt
 
 from models._digest_index import DIGEST_BYTES
 from models._types import IntArray
+from models.errors import CacheError
 
-__all__ = ["assign_new_rows", "committed_rows", "read_into", "read_keys", "repair_tail", "write_at"]
+__all__ = ["ShardFiles", "assign_new_rows", "committed_rows", "read_into", "read_keys", "read_or_create_meta",
+           "repair_tail", "write_at"]
 
+_FORMAT = 1
 _IOV_MAX = 1024  # buffers per preadv call: POSIX's minimum for IOV_MAX is 16, Linux's is 1024
 
 
+def read_or_create_meta(directory: Path, *, dim: int, shard_rows: int, create: bool) -> int:
+    """Return the cache's rows per shard from ``meta.json``, writing it first (when ``create``) if absent.
+
+    Raises:
+        CacheError: the cache on disk has another format or ``dim``.
+    """
+    meta_path = directory / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format") != _FORMAT or meta.get("dim") != dim:
+            raise CacheError(
+                f"cache {directory} holds format {meta.get('format')} dim {meta.get('dim')}, "
+                f"expected format {_FORMAT} dim {dim}; use another model_key or root"
+            )
+        return int(meta["shard_rows"])
+    if create:
+        meta = {"format": _FORMAT, "dim": dim, "dtype": "float16", "shard_rows": shard_rows}
+        partial = meta_path.with_suffix(".tmp")
+        partial.write_text(json.dumps(meta), encoding="utf-8")
+        os.replace(partial, meta_path)
+    return shard_rows
+
+
+class ShardFiles:
+    """Read-only descriptors of a cache's shard files, opened on first use and closed on exit."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._fds: dict[int, int] = {}
+
+    def __enter__(self) -> ShardFiles:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def fd(self, shard: int) -> int:
+        found = self._fds.get(shard)
+        if found is None:
+            found = self._fds[shard] = os.open(_shard_path(self._directory, shard), os.O_RDONLY)
+        return found
+
+
 def committed_rows(directory: Path, *, row_bytes: int, shard_rows: int) -> int:
-    """Rows that have both a complete key and a complete vector: ``min(keys, vector rows)``."""
+    """Rows that have both a complete key and a complete vector.
+
+    Vectors are fsynced before their keys, so a crash leaves vector rows past the last key (a torn
+    tail, cut by :func:`repair_tail`), never keys past the vectors. Keyed rows whose vectors are gone
+    at the end of the rows are dropped with their keys (they are embedded again); keyed rows missing
+    *before* intact ones are damage, and cutting there would throw the intact shards away.
+
+    Raises:
+        CacheError: a shard lacks keyed rows that later shards follow (cut short or deleted).
+    """
     keys = _size(directory / "keys.bin") // DIGEST_BYTES
-    vectors = 0
-    shard = 0
-    while (path := _shard_path(directory, shard)).exists():
-        in_shard = min(_size(path) // row_bytes, shard_rows)
-        vectors += in_shard
-        if in_shard < shard_rows:
-            break
-        shard += 1
-    return min(keys, vectors)
+    counts = [min(_size(_shard_path(directory, shard)) // row_bytes, shard_rows)
+              for shard in range(-(-keys // shard_rows))]
+    for shard, in_shard in enumerate(counts):
+        needed = min(shard_rows, keys - shard * shard_rows)
+        if in_shard >= needed:
+            continue
+        if any(counts[shard + 1 :]):
+            path = _shard_path(directory, shard)
+            raise CacheError(
+                f"embedding cache shard {path} is damaged: it holds {in_shard} of its {needed} rows and later "
+                f"shards follow; delete the folder {directory} and run `labelloop embed` to embed again"
+            )
+        return shard * shard_rows + in_shard
+    return keys
 
 
 def repair_tail(directory: Path, size: int, *, row_bytes: int, shard_rows: int) -> int:
