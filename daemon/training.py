@@ -71,8 +71,8 @@ def embed_pool(
     of encoder the pool is embedded again (:func:`_follow_encoder`).
 
     Args:
-        progress: called as ``progress(done, total)`` after each chunk (local backend); ``None``
-            logs done/total, rate and ETA at most every 10 s instead.
+        progress: called as ``progress(done, total)`` after each chunk (on Ray, as vectors
+            arrive); ``None`` logs done/total, rate and ETA at most every 10 s instead.
         budget_s: stop after the chunk that passes this many seconds (local backend); the rest
             waits for the next call. The daemon's cycle holds its work lock meanwhile, so a
             large import must not keep syncs and batches waiting for an hour of encoding.
@@ -80,7 +80,7 @@ def embed_pool(
     _follow_encoder(ctx)
     reconcile_embedded(ctx)
     if ctx.settings.scaleout.backend == "ray":
-        return _embed_pool_ray(ctx)
+        return _embed_pool_ray(ctx, progress)
     report = progress if progress is not None else ProgressLog(log, "pool items embedded")
     with Session(ctx.engine) as session:
         total = session.exec(select(func.count()).where(*to_embed())).one()
@@ -112,10 +112,10 @@ def embed_pool(
     return done
 
 
-def _embed_pool_ray(ctx: LoopContext) -> int:
+def _embed_pool_ray(ctx: LoopContext, progress: Callable[[int, int], None] | None) -> int:
     from daemon.scaleout_ray import embed_pool_ray  # ray is an optional extra: import on use
 
-    done = embed_pool_ray(ctx)
+    done = embed_pool_ray(ctx, progress=progress)
     with Session(ctx.engine) as session:  # the rows its marks rely on, as embed_pool records them
         _record_cache_rows(session, active_cache(ctx))
         session.commit()

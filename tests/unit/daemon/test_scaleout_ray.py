@@ -29,6 +29,7 @@ from daemon.scaleout_ray import connect, embed_missing_ray, embed_pool_ray, shor
 from daemon.scoring import SCORING_DTYPE, shortlist
 from daemon.settings import ScaleoutSettings, load_settings
 from daemon.store import BatchItem, PoolItem, make_engine
+from daemon.training import embed_pool
 from models.cache import EmbeddingCache, embed_missing, model_key
 from models.classifier import ProxyClassifier
 from models.embedder import TransformerEmbedder
@@ -222,6 +223,7 @@ def test_embedding_the_pool_on_ray_reports_progress_in_pool_items(local_ray: Any
         embed_pool_ray(ctx, progress=interrupt_once_some_are_done)
     assert seen == [(0, 1500), (1000, 1500)]  # what "interrupted after N items" reads
     seen.clear()
-    assert embed_pool_ray(ctx, progress=lambda done, total: seen.append((done, total))) == 1500
+    # through embed_pool, as `labelloop embed` calls it: it used to drop the callback on Ray
+    assert embed_pool(ctx, progress=lambda done, total: seen.append((done, total))) == 1500
     assert seen[0] == (0, 1500) and seen[-1] == (1500, 1500)
     assert (1000, 1500) in seen and seen == sorted(seen)
