@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import ConfigError
-from daemon.scaleout_ray import connect
+from daemon.ray_connect import connect
 from daemon.settings import ScaleoutSettings
 
 try:
@@ -31,7 +31,7 @@ except ImportError:
 REPO = Path(__file__).resolve().parents[3]
 PROBE = """
 import sys
-from daemon.scaleout_ray import connect
+from daemon.ray_connect import connect
 from daemon.settings import ScaleoutSettings
 from models.errors import EmbedderUnavailable
 try:
