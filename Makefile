@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # The CPU wheel of torch lies on this kind of machine's disk; with a GPU, pip's default (CUDA) build is used.
+# Elsewhere, PyPI's Linux torch is the CUDA build: TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch' || echo 'torch==2.13.0')
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: venv ls-venv demo up test test-fast lint bench-labels bench-encode bench-score bench-cycle bench-reconcile bench-ray bench-pool-add clean
@@ -14,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev,bench,ray,onnx]"
 	touch $(STAMP)
 
@@ -25,7 +27,7 @@ demo: venv ls-venv
 	$(PY) deploy/demo.py
 
 up: venv ls-venv
-	$(PY) deploy/demo.py --live
+	$(PY) deploy/demo.py --live $(if $(PORT),--port $(PORT))
 
 test: venv ls-venv
 	$(PY) -m pytest -q -p no:cacheprovider

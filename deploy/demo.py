@@ -33,8 +33,30 @@ DEMO_DATA = REPO / "daemon" / "demo_data"
 LABELLOOP = Path(sys.executable).parent / "labelloop"
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def main() -> int:
+    """Run the demo; Ctrl-C, SIGTERM or SIGHUP (a closed terminal) stop everything it started."""
     args = _parse()
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # as Ctrl-C: Label Studio runs in its own session
+        signal.signal(signum, _interrupt)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted; everything the demo started is stopped.", file=sys.stderr, flush=True)
+        return 130
+    except ls_local.LabelStudioStartError as e:
+        print(f"error: {e}" + ("; choose another with `make up PORT=8081`" if "in use" in str(e) else ""),
+              file=sys.stderr, flush=True)
+        return 1
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).resolve()
     if not args.live and workdir.exists():
         shutil.rmtree(workdir)
@@ -61,14 +83,23 @@ def main() -> int:
             print("\nTo run it for real: `make up`, then label in the browser at the printed address.")
         return code
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-        server.stop()
-        print("stopped the daemon and Label Studio.", flush=True)
+        _stop(daemon, server)
+
+
+def _stop(daemon: subprocess.Popen[bytes] | None, server: ls_local.LocalLabelStudio) -> None:
+    """Stop the daemon, then Label Studio, deaf to further stop signals: a second Ctrl-C landing
+    here used to leave Label Studio running (it is in a session of its own)."""
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    print("stopping the daemon and Label Studio …", flush=True)
+    if daemon is not None and daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+    server.stop()
+    print("stopped the daemon and Label Studio.", flush=True)
 
 
 def _export(workdir: Path, env: dict[str, str], gold: dict[str, str]) -> None:
@@ -176,8 +207,8 @@ def _live(server: ls_local.LocalLabelStudio, daemon: subprocess.Popen[bytes]) ->
     secrets = server.credentials_path
     print(f"\nLabel Studio is at {server.url} — log in as {server.username}; the password is in {secrets}.")
     print("Open the project 'labelloop demo' and label; the daemon queues new batches as you go.")
-    print("In another terminal: `labelloop -c .labelloop/live/labelloop.toml status` (run from the repo).")
-    print("Press Ctrl-C to stop.", flush=True)
+    print("In another terminal: `.venv/bin/labelloop -c .labelloop/live/labelloop.toml status` (from the repo).")
+    print("Press Ctrl-C to stop (the labels stay in .labelloop/live for the next `make up`).", flush=True)
     try:
         while daemon.poll() is None:
             time.sleep(1)
