@@ -152,7 +152,7 @@ def batches(
     if as_json:
         print_json([asdict(r) for r in rows])
     else:
-        out.print(batches_table(rows))
+        out.print(batches_table(rows, width=out.width))
 
 
 @batches_app.command("show")

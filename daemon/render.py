@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
@@ -23,14 +24,37 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.1f}d"
 
 
-def batches_table(rows: list[BatchSummary]) -> Table:
-    table = Table(title=f"batches ({len(rows)})")
-    counts = ("size", "labeled", "unsettled", "skipped", "pending", "withdrawn", "control")
-    for column in ("id", "age", "status", "strategy", "model", *counts):
-        table.add_column(column, justify="right" if column in counts else "left")
+_SHORT_ID = 8  # `labelloop batches show` takes any unique prefix of an id
+_WIDE = 120  # columns the full table needs
+
+
+def batches_table(rows: list[BatchSummary], *, width: int = _WIDE) -> Table:
+    """One line per batch, ids and model versions by their first 8 characters (`--json` has them whole).
+
+    Narrower than ``_WIDE`` columns the strategy is left out and the rarer counts share a column:
+    at 80 columns the 12 columns were each cut to three characters and an ellipsis, ids included.
+    """
+    title = f"batches ({len(rows)}; `batches show ID` takes an id's first characters)"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    wide = width >= _WIDE
+    counts = ("size", "labeled", "unsettled", "skipped", "pending", "withdrawn", "control") if wide else (
+        "labeled", "pending")
+    for column in ("id", "age", "status", *(("strategy",) if wide else ()), "model"):
+        table.add_column(column, no_wrap=True)
+    for column in counts:
+        table.add_column(column, justify="right", no_wrap=True)
+    if not wide:
+        table.add_column("also", overflow="fold")
     for r in rows:
-        table.add_row(r.id, _age(r.age_s), r.status, r.strategy, r.model_version, str(r.size), str(r.labeled),
-                      str(r.unsettled), str(r.skipped), str(r.pending), str(r.withdrawn), str(r.control))
+        head = [r.id[:_SHORT_ID], _age(r.age_s), r.status, *((r.strategy,) if wide else ()),
+                (r.model_version or "")[:_SHORT_ID]]
+        if wide:
+            table.add_row(*head, str(r.size), str(r.labeled), str(r.unsettled), str(r.skipped), str(r.pending),
+                          str(r.withdrawn), str(r.control))
+            continue
+        also = [f"{n} {what}" for n, what in ((r.unsettled, "unsettled"), (r.skipped, "skipped"),
+                                              (r.withdrawn, "withdrawn"), (r.control, "control")) if n]
+        table.add_row(*head, f"{r.labeled}/{r.size}", str(r.pending), ", ".join(also))
     return table
 
 
