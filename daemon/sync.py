@@ -30,8 +30,10 @@ from daemon.store import (
     LabelEvent,
     LabelRecord,
     LabelStatus,
+    PoolItem,
     advance,
     get_value,
+    ids_present,
     set_value,
 )
 
@@ -95,13 +97,14 @@ def sync(ctx: LoopContext) -> SyncReport:
             log.info("sync: a full read of %s tasks took %.0f s; the next one in %.0f s at the earliest",
                      len(result.tasks), ctx.reconcile_cost_s, _spacing(ctx))
     with Session(ctx.engine) as session:
-        stray = _names_a_new_choice(session, result.tasks)
+        ours = _of_this_store(session, result.tasks)
+        stray = _names_a_new_choice(session, ours)
     # the labeling config may have changed (gained the class) while we run; the process's first
     # sync follows ensure_project, which has just read it
     if stray or (full and not first_in_process):
         refresh_classes(ctx)
     with Session(ctx.engine) as session:
-        changed, unknown = apply_task_states(session, result.tasks)
+        changed, unknown = apply_task_states(session, ours)
         mark_withdrawn(session, list(result.deleted_task_ids))
         if since is None:  # a full listing: any open task of ours it lacks was deleted in the tool
             _withdraw(_missing_from(session, {(task.remote_task_id, task.item_id) for task in result.tasks}), session)
@@ -121,6 +124,20 @@ def sync(ctx: LoopContext) -> SyncReport:
         log.info("sync: %s tasks, %s label changes, %s unknown, %s batches closed",
                  len(result.tasks), changed, unknown, closed)
     return SyncReport(len(result.tasks), changed, unknown, closed, full)
+
+
+def _of_this_store(session: Session, tasks: Sequence[RemoteTaskState]) -> list[RemoteTaskState]:
+    """The tasks whose item is in this store: in its pool, or with a label here (a removed item).
+
+    Another store bound to the same project (or its pool before a change) made tasks whose answers
+    were counted as this store's labels in ``status``, for items ``export`` could not write.
+    """
+    ids = [task.item_id for task in tasks]
+    known = ids_present(session, PoolItem.item_id, ids) | ids_present(session, LabelRecord.item_id, ids)
+    foreign = len(tasks) - sum(task.item_id in known for task in tasks)
+    if foreign:
+        log.info("sync: %s tasks name items this store's pool does not hold (another store's?); ignored", foreign)
+    return [task for task in tasks if task.item_id in known]
 
 
 def _spacing(ctx: LoopContext) -> float:
@@ -210,10 +227,28 @@ def _record(session: Session, task: RemoteTaskState, verdict: _Verdict) -> bool:
     if verdict.status is None:
         if current is None or current.status is LabelStatus.RETRACTED or current.source == "seed":
             return False
+        if _from_another_task(current, task):
+            return False  # an untouched task of the item (a duplicate, another project's) retracted its label
         return _write(session, task, current, LabelStatus.RETRACTED, None, None)
     if current is not None and current.source == "seed" and verdict.status is not LabelStatus.LABELED:
         return False  # a skip or stray choice does not erase a seed label
+    if _from_another_task(current, task) and (verdict.status is LabelStatus.SKIPPED or _older(verdict, current)):
+        return False  # of two tasks of one item the latest answer holds, whichever task is read last
     return _write(session, task, current, verdict.status, verdict.label, verdict.annotation)
+
+
+def _from_another_task(current: LabelRecord | None, task: RemoteTaskState) -> bool:
+    return (current is not None and current.source != "seed" and current.remote_task_id is not None
+            and current.remote_task_id != task.remote_task_id)
+
+
+def _older(verdict: _Verdict, current: LabelRecord | None) -> bool:
+    """Whether the verdict's deciding answer is older than the one the current label came from."""
+    if verdict.annotation is None or current is None or current.remote_updated_at is None:
+        return False
+    stored = current.remote_updated_at  # SQLite gives it back without its zone: it is UTC
+    stored = stored if stored.tzinfo is not None else stored.replace(tzinfo=UTC)
+    return verdict.annotation.updated_at < stored
 
 
 def _write(

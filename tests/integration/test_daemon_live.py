@@ -240,6 +240,23 @@ def test_a_waiting_task_deleted_in_label_studio_does_not_stop_the_refresh_of_the
     assert states(ctx, second.batch_id or "")[deleted.item_id] is BatchItemState.WITHDRAWN
 
 
+def test_a_second_untouched_task_of_an_answered_item_does_not_retract_its_label(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
+) -> None:
+    """A task of one of our items imported again (or left in a project the store was bound to before)
+    retracted the item's label at every full read: the empty task was read after the answered one."""
+    ctx, project_id, gold = loop_ctx
+    first = run_cycle(ctx).batch_id or ""
+    answered = next(i for i in items_of(ctx, first) if not i.is_control)
+    answer(ls_client, gold, [answered])
+    ls_client.projects.import_tasks(id=project_id, request=[  # type: ignore[list-item]
+        {"data": {"text": "the same item, imported again", "al_item_id": answered.item_id}}])
+    sync(ctx)
+    ctx.reconciled_at = None  # the next sync is a full read, which lists both tasks
+    sync(ctx)
+    assert labels(ctx)[answered.item_id] == (LabelStatus.LABELED, gold[answered.item_id])
+
+
 def test_a_deleted_task_whose_id_label_studio_gives_to_a_new_task_withdraws_the_item_it_named(
     loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
 ) -> None:
