@@ -42,25 +42,52 @@ def choices_config(classes: Sequence[str], *, text_key: str = "text") -> str:
     )
 
 
-def read_choices(label_config: str, *, project_id: str) -> ChoicesControl:
-    """Find the first ``<Choices>`` tag and the object tag it labels.
+def read_choices(label_config: str, *, project_id: str, control_name: str | None = None) -> ChoicesControl:
+    """Find the ``<Choices>`` tag that holds the classes, and the object tag it labels.
+
+    With one ``<Choices>`` tag, that one; with several, the one named ``control_name`` (the first
+    one used to be bound silently: a yes/no question before the topic became the classes, and an
+    admin adding one later turned every topic label into an unknown choice).
 
     Raises:
-        ConnectorRejected: the config is not XML, has no ``<Choices>`` or it has no ``<Choice>``.
+        ConnectorRejected: the config is not XML; has no ``<Choices>``, several and no
+            ``control_name``, or none of that name; the tag allows several choices per task, has
+            no ``<Choice>``, or two that give one class name.
     """
     try:
         root = ET.fromstring(label_config)
     except ET.ParseError as e:
         raise ConnectorRejected(f"project {project_id}: its labeling config is not valid XML") from e
-    control = next(root.iter("Choices"), None)
-    if control is None:
+    controls = list(root.iter("Choices"))
+    names = ", ".join(repr(c.get("name", "")) for c in controls)
+    if not controls:
         raise ConnectorRejected(
             f"project {project_id}: its labeling config has no <Choices> tag, so labelloop cannot read "
             "labels; use a classification config or another project"
         )
+    if control_name is not None:
+        control = next((c for c in controls if c.get("name") == control_name), None)
+        if control is None:
+            raise ConnectorRejected(f"project {project_id}: its labeling config has no <Choices name="
+                                    f"{control_name!r}> (label_studio.choices_name); its <Choices> are {names}")
+    elif len(controls) > 1:
+        raise ConnectorRejected(
+            f"project {project_id}: its labeling config has {len(controls)} <Choices> tags ({names}); set "
+            "label_studio.choices_name to the one that holds the classes"
+        )
+    else:
+        control = controls[0]
+    label = f"project {project_id}: <Choices name={control.get('name', '')!r}>"
+    if control.get("choice", "single") == "multiple":
+        raise ConnectorRejected(f'{label} allows several choices per task (choice="multiple"); labelloop learns '
+                                'one class per item: make it choice="single" or "single-radio"')
     classes = tuple(choice.get("alias") or choice.get("value") or "" for choice in control.iter("Choice"))
     if not classes or any(not name for name in classes):
-        raise ConnectorRejected(f"project {project_id}: its <Choices> tag has no usable <Choice> values")
+        raise ConnectorRejected(f"{label} has no usable <Choice> values")
+    repeated = sorted({name for name in classes if classes.count(name) > 1})
+    if repeated:
+        raise ConnectorRejected(f"{label} gives these class names twice (a value and an alias?): "
+                                f"{', '.join(repeated)}")
     to_name = control.get("toName", "")
     target = next((tag for tag in root.iter() if tag.get("name") == to_name and tag is not control), None)
     variable = target.get("value", "") if target is not None else ""

@@ -229,9 +229,12 @@ class FakeConnector:
 
     # -- test hooks ------------------------------------------------------------------
 
-    def annotate(self, item_id: str, choice: str, *, annotator: str | None = None, at: datetime | None = None) -> str:
-        """Submit a new annotation choosing ``choice`` (any string); return its id."""
-        return self._add(item_id, (choice,), annotator=annotator, at=at, is_skipped=False)
+    def annotate(
+        self, item_id: str, choice: str | None, *, annotator: str | None = None, at: datetime | None = None
+    ) -> str:
+        """Submit a new annotation choosing ``choice`` (any string; ``None``: nothing chosen in the
+        bound tag, as when only another question was answered or the tag was renamed); return its id."""
+        return self._add(item_id, () if choice is None else (choice,), annotator=annotator, at=at, is_skipped=False)
 
     def skip(self, item_id: str, *, annotator: str | None = None, at: datetime | None = None) -> str:
         """Skip the task (a cancelled annotation with no choice); return the annotation id."""

@@ -63,6 +63,7 @@ class LabelStudioConnector:
         project_id: int | None = None,
         project_title: str = "labelloop",
         text_key: str = "text",
+        choices_name: str | None = None,
         timeout_s: float = 30.0,
         page_size: int = 500,
         import_chunk_size: int = 500,
@@ -75,6 +76,7 @@ class LabelStudioConnector:
         self.project_id = project_id
         self.project_title = project_title
         self.text_key = text_key
+        self.choices_name = choices_name  # the <Choices> tag of the classes; None: the config's only one
         self.timeout_s = timeout_s
         self.page_size = page_size
         self.import_chunk_size = import_chunk_size
@@ -92,6 +94,7 @@ class LabelStudioConnector:
         project_id: int | None = None,
         project_title: str = "labelloop",
         text_key: str = "text",
+        choices_name: str | None = None,
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
     ) -> LabelStudioConnector:
@@ -129,6 +132,7 @@ class LabelStudioConnector:
             project_id=project_id,
             project_title=project_title,
             text_key=text_key,
+            choices_name=choices_name,
             timeout_s=timeout_s,
             http_client=http,
         )
@@ -181,7 +185,7 @@ class LabelStudioConnector:
                     text_key=self.text_key,
                     display_url=self.url,
                 )
-        control = read_choices(config or "", project_id=str(project_id))
+        control = read_choices(config or "", project_id=str(project_id), control_name=self.choices_name)
         if control.data_key is not None and control.data_key != self.text_key:
             raise ConnectorRejected(
                 f"project {project_id} shows task field {control.data_key!r} but labelloop sends the text as "

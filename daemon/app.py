@@ -49,7 +49,7 @@ def build_connector(settings: Settings) -> Connector:
     ls = settings.label_studio
     return LabelStudioConnector.connect(
         url=ls.url, api_key=settings.api_key(), project_id=ls.project_id, project_title=ls.project_title,
-        text_key=ls.text_key, timeout_s=ls.timeout_s,
+        text_key=ls.text_key, choices_name=ls.choices_name, timeout_s=ls.timeout_s,
     )
 
 

@@ -6,10 +6,12 @@ from typing import Any
 
 from rich import box
 from rich.console import Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from daemon.queries import BatchDetail, BatchSummary, StatusReport
+from daemon.store import NO_CHOICE
 
 __all__ = ["batch_table", "batches_table", "status_panels"]
 
@@ -80,8 +82,10 @@ def status_panels(report: StatusReport) -> list[Panel]:
     for label, n in report.labels_outside_classes.items():
         classes.add_row(f"[yellow]label {label!r}: not a class of the project, not trained on[/]", str(n))
     for raw, n in report.unknown_choices.items():
-        classes.add_row(f"[yellow]unknown choice {raw!r}: add it to the project's labeling config to count it[/]",
-                        str(n))
+        why = ("answers with nothing chosen in the bound <Choices> (only another question answered, or "
+               "the tag renamed): not trained on" if raw == NO_CHOICE else
+               f"unknown choice {raw!r}: add it to the project's labeling config to count it")
+        classes.add_row(f"[yellow]{escape(why)}[/]", str(n))
     if report.labels.get("disputed"):
         classes.add_row("[yellow]disputed: annotators disagree, star a ground truth in Label Studio[/]",
                         str(report.labels["disputed"]))

@@ -52,6 +52,8 @@ class LabelStudioSettings(_Section):
     project_id: int | None = Field(default=None, gt=0)  # use this project; None = find or create by title
     project_title: str = Field(default="labelloop", min_length=1, max_length=50)  # Label Studio caps at 50
     text_key: str = "text"
+    # the <Choices> tag that holds the classes, for a config with several; None = the config's only one
+    choices_name: str | None = Field(default=None, min_length=1)
     timeout_s: float = Field(default=15.0, gt=0)
     max_waiting_tasks: int = Field(default=200, gt=0)  # unlabeled tasks of ours allowed in the queue
 

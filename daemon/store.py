@@ -23,6 +23,7 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 from daemon.errors import InvalidTransition
 
 __all__ = [
+    "NO_CHOICE",
     "Batch",
     "BatchItem",
     "BatchItemState",
@@ -89,6 +90,9 @@ class BatchItemState(enum.StrEnum):
     LABELED = "labeled"
     SKIPPED = "skipped"
     WITHDRAWN = "withdrawn"  # task deleted (by us or in the tool) before it was labeled
+
+
+NO_CHOICE = "<no choice>"  # an answer with nothing chosen in the bound <Choices> (stored as an unknown choice)
 
 
 class LabelStatus(enum.StrEnum):

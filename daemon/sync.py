@@ -23,6 +23,7 @@ from daemon.pool import known_classes
 from daemon.project import refresh_classes
 from daemon.removal import withdraw_removed
 from daemon.store import (
+    NO_CHOICE,
     Batch,
     BatchItem,
     BatchItemState,
@@ -203,7 +204,9 @@ def _names_a_new_choice(session: Session, tasks: Iterable[RemoteTaskState]) -> b
     if not classes:
         return False
     for task in tasks:
-        strays = [a for a in task.annotations if not a.is_skipped and any(c not in classes for c in a.choices)]
+        # no choice at all: the tag may have been renamed (or only another question answered)
+        strays = [a for a in task.annotations
+                  if not a.is_skipped and (not a.choices or any(c not in classes for c in a.choices))]
         if not strays:
             continue
         record = session.get(LabelRecord, task.item_id)
@@ -219,7 +222,7 @@ def _voter(annotation: AnnotationState) -> str:
 
 
 def _answer(annotation: AnnotationState) -> str:
-    return "|".join(annotation.choices) or "<no choice>"
+    return "|".join(annotation.choices) or NO_CHOICE
 
 
 def _record(session: Session, task: RemoteTaskState, verdict: _Verdict) -> bool:

@@ -252,6 +252,27 @@ def test_a_project_reading_another_text_field_is_rejected_with_the_fix(
     assert ls_connector(ls_project(label_config=config), text_key="body").ensure_project(classes=None).classes == ("a",)
 
 
+def test_a_project_with_several_choices_tags_binds_the_named_one_and_refuses_to_guess(
+    ls_project: ProjectFactory, ls_connector: ConnectorFactory, ls_client: LabelStudio
+) -> None:
+    # the first <Choices> was bound silently: a quality question before the topic became the classes
+    config = ('<View><Text name="text" value="$text"/>'
+              '<Choices name="quality" toName="text"><Choice value="clear"/><Choice value="ambiguous"/></Choices>'
+              '<Choices name="label" toName="text" choice="single"><Choice value="HUM"/><Choice value="LOC"/>'
+              '</Choices></View>')
+    project_id = ls_project(label_config=config)
+    with pytest.raises(ConnectorRejected, match=r"2 <Choices> tags \('quality', 'label'\)"):
+        ls_connector(project_id).ensure_project(classes=None)
+    named = ls_connector(project_id, choices_name="label")
+    assert named.ensure_project(classes=None).classes == ("HUM", "LOC")
+    mapping = named.push([OutgoingTask(item_id="q1", batch_id="b", text="who?", predicted_label="HUM",
+                                       predicted_score=0.9, model_version="mv-1")])
+    ls_helpers.annotate(ls_client, int(mapping["q1"]), "clear", from_name="quality")  # the other question
+    ls_helpers.annotate(ls_client, int(mapping["q1"]), "LOC", from_name="label")
+    [state] = named.pull(since=None).tasks
+    assert [a.choices for a in state.annotations] == [(), ("LOC",)]  # only the named tag's answer
+
+
 def test_an_unknown_project_id_is_rejected(ls_connector: ConnectorFactory) -> None:
     with pytest.raises(ConnectorRejected, match="404"):
         ls_connector(987654).ensure_project(classes=None)

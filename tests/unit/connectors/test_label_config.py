@@ -32,13 +32,39 @@ def test_custom_names_order_and_aliases_are_respected() -> None:
         '<Choices name="topic" toName="doc"><Choice value="Zeta" alias="z"/><Choice value="Alpha"/></Choices>'
         '<Choices name="second" toName="doc"><Choice value="ignored"/></Choices></View>'
     )
-    control = read_choices(config, project_id="7")
+    control = read_choices(config, project_id="7", control_name="topic")
     assert (control.from_name, control.to_name, control.classes, control.data_key) == (
         "topic",
         "doc",
         ("z", "Alpha"),
         "html",
     )
+    assert read_choices(config, project_id="7", control_name="second").classes == ("ignored",)
+
+
+def test_several_choices_tags_need_a_name_instead_of_binding_the_first() -> None:
+    # a yes/no question before the topic became the classes, silently
+    config = ('<View><Text name="text" value="$text"/>'
+              '<Choices name="relevant" toName="text"><Choice value="yes"/><Choice value="no"/></Choices>'
+              '<View visibleWhen="choice-selected" whenTagName="relevant" whenChoiceValue="yes">'
+              '<Choices name="label" toName="text"><Choice value="HUM"/><Choice value="LOC"/></Choices></View></View>')
+    refusal = r"2 <Choices> tags \('relevant', 'label'\); set label_studio\.choices_name"
+    with pytest.raises(ConnectorRejected, match=refusal):
+        read_choices(config, project_id="4")
+    assert read_choices(config, project_id="4", control_name="label").classes == ("HUM", "LOC")
+    with pytest.raises(ConnectorRejected, match=r"no <Choices name='topic'> .*its <Choices> are 'relevant', 'label'"):
+        read_choices(config, project_id="4", control_name="topic")
+
+
+def test_several_choices_per_task_and_one_class_name_twice_are_refused() -> None:
+    multiple = ('<View><Text name="t" value="$text"/><Choices name="c" toName="t" choice="multiple">'
+                '<Choice value="HUM"/><Choice value="NUM"/></Choices></View>')
+    with pytest.raises(ConnectorRejected, match=r'allows several choices per task \(choice="multiple"\)'):
+        read_choices(multiple, project_id="5")
+    twice = ('<View><Text name="t" value="$text"/><Choices name="c" toName="t">'
+             '<Choice value="Human" alias="HUM"/><Choice value="HUM"/><Choice value="NUM"/></Choices></View>')
+    with pytest.raises(ConnectorRejected, match=r"gives these class names twice .*: HUM"):
+        read_choices(twice, project_id="5")
 
 
 @pytest.mark.parametrize(

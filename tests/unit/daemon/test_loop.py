@@ -22,6 +22,7 @@ from daemon.queries import batch_detail, list_batches, status_report
 from daemon.rerank import RerankReport
 from daemon.settings import Settings, load_settings
 from daemon.store import (
+    NO_CHOICE,
     Batch,
     BatchItem,
     BatchItemState,
@@ -623,6 +624,28 @@ def test_seed_labels_of_a_class_the_project_lacks_are_reported_not_trained_on(
         report = status_report(session)
     assert model.n_labels == 8
     assert report.per_class == {"billing": 4, "delivery": 4} and report.labels_outside_classes == {"fraud": 4}
+
+
+def test_an_answer_with_nothing_chosen_reads_the_labeling_config_again_once(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]]
+) -> None:
+    """A renamed <Choices> tag makes every answer come back empty; that went unnoticed until the next
+    full read, 10 minutes later, while the batch closed on answers the model could not use."""
+    ctx, fake, _ = world
+    batch = run_cycle(ctx).batch_id or ""
+    first, second = batch_items(ctx, batch)[:2]
+    fake.annotate(first.item_id, None)
+    before = fake.calls.count("ensure_project")
+    sync(ctx)
+    assert fake.calls.count("ensure_project") == before + 1
+    sync(ctx)  # already recorded as such: not read again
+    assert fake.calls.count("ensure_project") == before + 1
+    fake.annotate(second.item_id, None)
+    sync(ctx)
+    assert fake.calls.count("ensure_project") == before + 2
+    with Session(ctx.engine) as session:
+        report = status_report(session)
+    assert report.unknown_choices == {NO_CHOICE: 2}
 
 
 def test_a_class_added_to_the_project_while_the_daemon_runs_turns_its_answers_into_labels(
