@@ -249,8 +249,8 @@ def test_a_second_untouched_task_of_an_answered_item_does_not_retract_its_label(
     first = run_cycle(ctx).batch_id or ""
     answered = next(i for i in items_of(ctx, first) if not i.is_control)
     answer(ls_client, gold, [answered])
-    ls_client.projects.import_tasks(id=project_id, request=[  # type: ignore[list-item]
-        {"data": {"text": "the same item, imported again", "al_item_id": answered.item_id}}])
+    again = {"data": {"text": "the same item, imported again", "al_item_id": answered.item_id}}
+    ls_client.projects.import_tasks(id=project_id, request=[again])  # type: ignore[list-item]
     sync(ctx)
     ctx.reconciled_at = None  # the next sync is a full read, which lists both tasks
     sync(ctx)
