@@ -40,7 +40,7 @@ from sqlmodel import Session, col
 from daemon.errors import ExportError
 from daemon.pool import known_classes
 from daemon.pool_files import EXPORT_STATUS_COLUMNS
-from daemon.pool_staging import byo_hash
+from daemon.pool_staging import byo_dim, byo_hash
 from daemon.settings import PoolSettings
 from daemon.store import LabelRecord, LabelStatus, PoolItem, RemovedItem, get_value
 from models.cache import EmbeddingCache
@@ -184,10 +184,10 @@ def _rows(
 def _own_vectors(session: Session, data_dir: Path | None) -> EmbeddingCache | None:
     """The cache of the pool's own vectors (read only), or ``None`` when the encoder makes them."""
     source = get_value(session, "embedding_source")
-    if data_dir is None or source is None or not source.startswith("byo-d"):
+    dim = byo_dim(source)
+    if data_dir is None or source is None or dim is None:
         return None
-    return EmbeddingCache(data_dir / "embeddings", model_key=source, dim=int(source.removeprefix("byo-d")),
-                          readonly=True)
+    return EmbeddingCache(data_dir / "embeddings", model_key=source, dim=dim, readonly=True)
 
 
 def _with_vectors(rows: Iterator[list[Any]], cache: EmbeddingCache) -> Iterator[list[Any]]:

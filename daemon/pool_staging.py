@@ -49,8 +49,9 @@ from daemon.store import LabelEvent, LabelRecord, LabelStatus, PoolItem, Removed
 from models._types import Float32Array, IntArray
 from models.cache import content_hash
 
-__all__ = ["StagedFile", "byo_hash", "byo_model_key", "stage_pool_file"]
+__all__ = ["StagedFile", "byo_dim", "byo_hash", "byo_model_key", "stage_pool_file"]
 
+_BYO_PREFIX = "byo-d"  # cache keys of vectors a pool file brought: byo-d<width>
 _STAGE_ROWS = 5000  # rows read, hashed and staged at a time
 _VECTOR_ROWS = 50_000  # vectors read back from the scratch file at a time
 
@@ -73,7 +74,12 @@ Index("labelloop_staged_by_id", _staged.c.item_id, _staged.c.line)  # created wi
 
 def byo_model_key(dim: int) -> str:
     """Cache key under which bring-your-own vectors of width ``dim`` are stored."""
-    return f"byo-d{dim}"
+    return f"{_BYO_PREFIX}{dim}"
+
+
+def byo_dim(key: str | None) -> int | None:
+    """The width of the bring-your-own vectors stored under cache key ``key``; ``None`` for an encoder's."""
+    return int(key.removeprefix(_BYO_PREFIX)) if key is not None and key.startswith(_BYO_PREFIX) else None
 
 
 def byo_hash(item_id: str) -> str:

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, func, select
 
 from daemon.context import LoopContext, TrainedModel
 from daemon.pool import known_classes
+from daemon.pool_staging import byo_dim
 from daemon.progress import ProgressLog
 from daemon.store import LabelRecord, LabelStatus, ModelRun, PoolItem, get_value, not_removed, set_value, table_of
 from models.cache import EmbeddingCache, embed_missing, model_key
@@ -49,8 +50,9 @@ def active_cache(ctx: LoopContext) -> EmbeddingCache:
     """Return the cache that holds this pool's vectors (the encoder's, or bring-your-own)."""
     with Session(ctx.engine) as session:
         source = get_value(session, "embedding_source")
-    if source is not None and source.startswith("byo-d"):
-        return ctx.cache(source, int(source.removeprefix("byo-d")))
+    dim = byo_dim(source)
+    if source is not None and dim is not None:
+        return ctx.cache(source, dim)
     embedder = ctx.embedder()
     return ctx.cache(model_key(embedder), embedder.dim)
 
@@ -77,8 +79,10 @@ def embed_pool(
             waits for the next call. The daemon's cycle holds its work lock meanwhile, so a
             large import must not keep syncs and batches waiting for an hour of encoding.
     """
-    _follow_encoder(ctx)
-    reconcile_embedded(ctx)
+    cache = active_cache(ctx)
+    if byo_dim(cache.model_key) is None:  # an encoder's vectors (a pool's own: nothing to follow or redo)
+        _follow_encoder(ctx, cache.model_key)
+        _reconcile(ctx, cache)
     if ctx.settings.scaleout.backend == "ray":
         return _embed_pool_ray(ctx, progress)
     report = progress if progress is not None else ProgressLog(log, "pool items embedded")
@@ -122,13 +126,10 @@ def _embed_pool_ray(ctx: LoopContext, progress: Callable[[int, int], None] | Non
     return done
 
 
-def _follow_encoder(ctx: LoopContext) -> None:
-    """After a change of encoder (model, dtype or backend with a cache of its own), mark the pool for
-    embedding again: its vectors are in the old encoder's cache, and training failed on every cycle
-    with "items have no cached embedding" while the items read as embedded."""
-    key = encoder_key(ctx)
-    if key.startswith("byo-d"):
-        return  # the pool brought its own vectors: there is no encoder to follow
+def _follow_encoder(ctx: LoopContext, key: str) -> None:
+    """After a change of encoder (model, dtype or backend with a cache of its own; ``key`` is the
+    current one), mark the pool for embedding again: its vectors are in the old encoder's cache, and
+    training failed on every cycle with "items have no cached embedding" while the items read as embedded."""
     with Session(ctx.engine) as session:
         before = get_value(session, _EMBEDDED_WITH)
         if before == key:
@@ -153,9 +154,11 @@ def reconcile_embedded(ctx: LoopContext) -> int:
     Raises:
         CacheError: the cache is damaged in a way it cannot repair (the message names the shard).
     """
-    if encoder_key(ctx).startswith("byo-d"):
-        return 0  # vectors brought with the pool: nothing could embed them again
     cache = active_cache(ctx)
+    return 0 if byo_dim(cache.model_key) is not None else _reconcile(ctx, cache)  # own vectors: none to redo
+
+
+def _reconcile(ctx: LoopContext, cache: EmbeddingCache) -> int:
     cache.refresh()  # a cache this process opened before the damage reads its files again
     rows = len(cache)
     with Session(ctx.engine) as session:
