@@ -28,7 +28,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from daemon.pool import known_classes
 from daemon.pool_files import EXPORT_STATUS_COLUMNS
 from daemon.pool_staging import byo_dim, byo_hash
 from daemon.settings import PoolSettings
-from daemon.store import LabelRecord, LabelStatus, PoolItem, RemovedItem, get_value
+from daemon.store import LabelRecord, LabelStatus, PoolItem, RemovedItem, as_utc, get_value
 from models.cache import EmbeddingCache
 
 __all__ = ["FORMATS", "ExportReport", "export_labels", "file_kind", "metadata_keys", "with_metadata",
@@ -209,7 +209,7 @@ def _counted(rows: Iterator[tuple[str, list[Any]]], counts: Counter[str]) -> Ite
 
 
 def _iso(moment: datetime) -> str:
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+    return as_utc(moment).isoformat()
 
 
 def _flat(value: Any) -> str:

@@ -25,6 +25,7 @@ from daemon.store import (
     ModelRun,
     PoolItem,
     RemovedItem,
+    as_utc,
     get_value,
     not_removed,
 )
@@ -102,12 +103,11 @@ class StatusReport:
 
 
 def _iso(moment: datetime) -> str:
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+    return as_utc(moment).isoformat()
 
 
 def _age_s(moment: datetime, now: datetime) -> float:
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return max(0.0, round((now - aware).total_seconds(), 1))  # a beat written just after `now` read -0.0
+    return max(0.0, round((now - as_utc(moment)).total_seconds(), 1))  # a beat written just after `now` read -0.0
 
 
 def list_batches(session: Session, *, status: str | None = None, now: datetime | None = None) -> list[BatchSummary]:

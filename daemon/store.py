@@ -60,6 +60,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stored moment with its zone: SQLite gives datetimes back without one, and they are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def table_of(model: type[SQLModel]) -> Table:
     """The Core table of a table model: bulk inserts into it skip the ORM's per-row work."""
     table: Table = SQLModel.metadata.tables[str(model.__tablename__)]

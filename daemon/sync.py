@@ -33,6 +33,7 @@ from daemon.store import (
     LabelStatus,
     PoolItem,
     advance,
+    as_utc,
     get_value,
     ids_present,
     set_value,
@@ -249,9 +250,7 @@ def _older(verdict: _Verdict, current: LabelRecord | None) -> bool:
     """Whether the verdict's deciding answer is older than the one the current label came from."""
     if verdict.annotation is None or current is None or current.remote_updated_at is None:
         return False
-    stored = current.remote_updated_at  # SQLite gives it back without its zone: it is UTC
-    stored = stored if stored.tzinfo is not None else stored.replace(tzinfo=UTC)
-    return verdict.annotation.updated_at < stored
+    return verdict.annotation.updated_at < as_utc(current.remote_updated_at)
 
 
 def _write(
@@ -382,7 +381,6 @@ def close_finished_batches(session: Session) -> int:
 
 
 def _advance_watermark(session: Session, raw: str | None, watermark: datetime) -> None:
-    if watermark.tzinfo is None:
-        watermark = watermark.replace(tzinfo=UTC)
+    watermark = as_utc(watermark)
     if raw is None or watermark > datetime.fromisoformat(raw):
         set_value(session, WATERMARK_KEY, watermark.isoformat())
