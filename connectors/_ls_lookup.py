@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from label_studio_sdk import LabelStudio
+from label_studio_sdk.core import ApiError
 
 from connectors import _ls_tasks as lt
 from connectors._label_config import choices_config
@@ -24,6 +25,7 @@ __all__ = [
     "find_by_item_ids",
     "find_or_create_project",
     "iter_tasks",
+    "user_names",
 ]
 
 log = logging.getLogger("connectors.label_studio")  # one logger for the adapter, whichever module logs
@@ -141,3 +143,14 @@ def find_or_create_project(
     )
     log.info("created Label Studio project %s (%s classes)", created.id, len(classes))
     return int(created.id or 0), title, created.label_config or config
+
+
+def user_names(client: LabelStudio) -> dict[int, str]:
+    """Every user's email (or username) by id; empty for a token without the right to list users."""
+    try:
+        users = client.users.list()
+    except ApiError as e:
+        if e.status_code != 403:
+            raise
+        return {}
+    return {int(user.id): str(user.email or user.username or user.id) for user in users}

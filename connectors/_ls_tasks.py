@@ -25,6 +25,7 @@ __all__ = [
     "dm_query",
     "dm_time",
     "id_chunks",
+    "numeric_order",
     "remote_state",
     "summary",
     "task_payload",
@@ -186,3 +187,8 @@ def _aware(value: datetime | str | None) -> datetime:
         return EPOCH
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def numeric_order(task_id: str) -> tuple[int, str]:
+    """Sort key for task ids: numerically, the odd non-numeric id first."""
+    return (int(task_id), "") if task_id.isdigit() else (0, task_id)

@@ -22,10 +22,11 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
-from label_studio_sdk import LabelStudio, PredictionRequest
+from label_studio_sdk import LabelStudio
 from label_studio_sdk.core import ApiError
 
 from connectors import _ls_lookup as lk
+from connectors import _ls_predictions as lp
 from connectors import _ls_tasks as lt
 from connectors._label_config import ChoicesControl, read_choices
 from connectors._ls_auth import auth_for
@@ -37,7 +38,6 @@ from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejec
 __all__ = ["LabelStudioConnector"]
 
 log = logging.getLogger(__name__)
-_PREDICTION_CHUNK = 500  # predictions per bulk import request
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +254,7 @@ class LabelStudioConnector:
         seen = {state.remote_task_id for state in states}
         deleted: tuple[str, ...] = ()
         if since is None:
-            deleted = tuple(sorted(self._known_task_ids - seen, key=_numeric))
+            deleted = tuple(sorted(self._known_task_ids - seen, key=lt.numeric_order))
             self._known_task_ids = set(seen)
         else:
             self._known_task_ids |= seen
@@ -301,34 +301,12 @@ class LabelStudioConnector:
             ConnectorUnavailable, ConnectorRejected.
         """
         project = self._resolved()
-        wanted = [(u, u.predicted_label) for u in updates
-                  if u.predicted_label is not None and u.predicted_label in project.control.classes
-                  and u.remote_task_id.isdigit()]
-        versions = {update.model_version for update, _ in wanted}
         with translated(self.url, "refresh_predictions"):
-            present: set[str] = set()
-            for chunk in lt.id_chunks([u.remote_task_id for u, _ in wanted], max_items=self.lookup_chunk_size):
-                present |= lk.existing_ids(self._client, project.project_id, [int(task_id) for task_id in chunk],
-                                           page_size=self.page_size)
-            if len(present) < len(wanted):
-                log.info("refresh_predictions: %s tasks were deleted in project %s; skipped",
-                         len(wanted) - len(present), project.project_id)
-            deleted = tuple(sorted({u.remote_task_id for u, _ in wanted} - present, key=_numeric))
-            wanted = [(update, label) for update, label in wanted if update.remote_task_id in present]
-            for start in range(0, len(wanted), _PREDICTION_CHUNK):  # one request per chunk, not per task
-                self._client.projects.import_predictions(id=project.project_id, request=[
-                    PredictionRequest(
-                        task=int(update.remote_task_id),
-                        result=lt.choices_result(label, control=project.control),
-                        model_version=update.model_version,
-                        score=update.predicted_score,
-                    )
-                    for update, label in wanted[start : start + _PREDICTION_CHUNK]
-                ])
-            if len(versions) == 1:
-                self._client.projects.update(id=project.project_id, model_version=versions.pop())
-        log.info("refresh_predictions: %s of %s tasks in project %s", len(wanted), len(updates), project.project_id)
-        return Refreshed(len(wanted), deleted)
+            refreshed = lp.refresh(self._client, project.project_id, project.control, updates,
+                                   page_size=self.page_size, lookup_chunk_size=self.lookup_chunk_size)
+        log.info("refresh_predictions: %s of %s tasks in project %s", refreshed.refreshed, len(updates),
+                 project.project_id)
+        return refreshed
 
     def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
         """Delete the given tasks that nobody annotated, skipped or drafted; return the ids now gone.
@@ -484,15 +462,6 @@ class LabelStudioConnector:
         }
         if wanted <= self._annotators.keys():
             return
-        try:
-            users = self._client.users.list()
-        except ApiError as e:
-            if e.status_code != 403:
-                raise
-            users = []  # a token without user listing rights: annotators stay user ids
-        self._annotators.update({int(user.id): str(user.email or user.username or user.id) for user in users})
+        self._annotators.update(lk.user_names(self._client))
         self._annotators.update({who: str(who) for who in wanted - self._annotators.keys()})  # ask once
 
-
-def _numeric(task_id: str) -> tuple[int, str]:
-    return (int(task_id), "") if task_id.isdigit() else (0, task_id)
