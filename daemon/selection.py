@@ -36,6 +36,7 @@ from daemon.scoring import (
 from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus
 from daemon.training import active_cache, labeled_set, vectors_for
 from models.cache import EmbeddingCache
+from models.errors import NonFiniteInput
 from strategies import DEFAULT_STRATEGY, PoolView, Prefilter, prefilter, prefilter_scores, select_batch
 
 __all__ = ["label_counts", "pool_index", "select_next_batch", "strategy_name", "waiting_count"]
@@ -140,7 +141,11 @@ def _strategy_picks(
             return prefilter_scores(name, proba, counts, n_unseen_classes=n_unseen,
                                     has_labeled_embeddings=has_labeled)
     rows = inputs.pool.cache_rows[rest]
-    short = _shortlist(ctx, cache, rows, plan, model, score, rng)
+    try:
+        short = _shortlist(ctx, cache, rows, plan, model, score, rng)
+    except NonFiniteInput:
+        cache.check_finite(rows)  # the pass reads rows unchecked: find the damaged shard and name it
+        raise  # finite rows whose logits overflow
     if plan.n_named and prototypes is not None:
         short = _with_named_rows(cache, rows, short, nearest_rows(cache, rows, prototypes, plan.n_named), model)
     view = PoolView(

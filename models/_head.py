@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.errors import NonFiniteInput
+
 __all__ = [
     "HEAD_DTYPES",
     "TORCH_DTYPES",
@@ -161,7 +163,7 @@ def forward_proba(features: torch.Tensor, folded: Layers, dtype: torch.dtype = t
         hidden = nn.functional.linear(hidden, weight, bias)
     proba = torch.softmax(hidden.to(dtype), dim=1)
     if not bool(torch.isfinite(proba.sum())):  # one reduction: a NaN/inf logit leaves NaN in its row
-        raise ValueError("X contains NaN or inf (or values so large that the logits overflow)")
+        raise NonFiniteInput("X contains NaN or inf (or values so large that the logits overflow)")
     return proba
 
 

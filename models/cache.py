@@ -181,7 +181,21 @@ class EmbeddingCache:
         self._check_finite(positions, vectors)
         return vectors
 
-    def _check_finite(self, positions: IntArray, vectors: Float32Array) -> None:
+    def check_finite(self, rows: npt.ArrayLike, chunk_rows: int = 65536) -> None:
+        """Read ``rows`` a chunk at a time and refuse the first that holds NaN or inf, as :meth:`get` does.
+
+        For callers that stream rows through :meth:`iter_stored_chunks` (unchecked, for speed) and
+        met a non-finite value: this finds which shard is damaged.
+
+        Raises:
+            ValueError: as :meth:`iter_stored_chunks`.
+            CacheError: naming the first damaged row's shard file.
+        """
+        positions = self._checked_rows(rows)
+        for span, stored in self.iter_stored_chunks(positions, chunk_rows):
+            self._check_finite(positions[span], stored)
+
+    def _check_finite(self, positions: IntArray, vectors: npt.NDArray[np.floating]) -> None:
         """Refuse rows holding NaN or inf: ``put`` stores finite values only, so such a row is damage.
 
         A row's float32 sum is finite exactly when its values are (float16 values cannot overflow

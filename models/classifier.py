@@ -25,7 +25,7 @@ from models._head import (
 )
 from models._types import Float32Array, FloatArray
 from models.device import select_device
-from models.errors import ModelNotFitted
+from models.errors import ModelNotFitted, NonFiniteInput
 
 __all__ = ["ProxyClassifier"]
 
@@ -230,7 +230,7 @@ class ProxyClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # 
         np.exp(proba, out=proba)
         sums = proba.sum(axis=1, keepdims=True)  # >= 1: each row's largest entry is now exp(0)
         if not np.isfinite(sums).all():
-            raise ValueError("X contains NaN or inf (or values so large that the logits overflow)")
+            raise NonFiniteInput("X contains NaN or inf (or values so large that the logits overflow)")
         proba *= 1.0 / sums
         return proba
 

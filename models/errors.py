@@ -4,6 +4,7 @@ Tree::
 
     ModelError
      ├── ModelNotFitted        predict/predict_proba called before fit
+     ├── NonFiniteInput        rows with NaN or inf reached the head (also a ValueError)
      ├── EmbedderUnavailable   the embedding model is missing or cannot be loaded; the message
      │                         names the path tried and what to do
      └── CacheError            the embedding cache cannot be opened as asked (held by another
@@ -14,7 +15,7 @@ Messages never contain pool texts: paths, counts and ids only.
 
 from __future__ import annotations
 
-__all__ = ["CacheError", "EmbedderUnavailable", "ModelError", "ModelNotFitted"]
+__all__ = ["CacheError", "EmbedderUnavailable", "ModelError", "ModelNotFitted", "NonFiniteInput"]
 
 
 class ModelError(Exception):
@@ -23,6 +24,10 @@ class ModelError(Exception):
 
 class ModelNotFitted(ModelError):
     """The classifier was used before ``fit`` was called."""
+
+
+class NonFiniteInput(ModelError, ValueError):
+    """Rows with NaN or inf (or values so large that the logits overflow) reached the classifier."""
 
 
 class EmbedderUnavailable(ModelError):

@@ -850,3 +850,27 @@ def test_small_batches_carry_the_control_slice_on_average(tmp_path: Path) -> Non
         control += sum(item.is_control for item in batch_items(ctx, batch_id))
         annotate_batch(ctx, fake, gold, batch_id)
     assert 1 <= control <= 6  # half an item per batch of ten, on average
+
+
+def test_a_damaged_vector_among_the_candidates_fails_the_cycle_naming_its_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The streamed scoring pass reads shards without get()'s check: a NaN row among the candidates
+    failed every cycle with a bare "ValueError: X contains NaN or inf", which names no file and no fix."""
+    from daemon.selection import _read_inputs
+    from daemon.training import active_cache
+    from models.errors import CacheError
+
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold = build_world(tmp_path)
+    monkeypatch.setattr("daemon.cycle.update_stability", lambda *_: None)  # its sample of 90 would read the row
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")  # the queue is empty again
+    cache = active_cache(ctx)
+    row = int(_read_inputs(ctx, cache).pool.cache_rows[-1])  # a candidate: neither labeled nor queued
+    shard = cache.directory / f"shard-{row // 262144:05d}.f16"
+    with shard.open("r+b") as handle:
+        handle.seek((row % 262144) * cache.dim * 2)
+        handle.write(b"\xff\xff")  # one float16 NaN
+    with pytest.raises(CacheError, match=rf"{shard.name} is damaged: row {row} holds NaN or inf.*labelloop embed"):
+        run_cycle(ctx)

@@ -106,3 +106,15 @@ def test_nan_bytes_in_a_shard_are_an_error_naming_it(tmp_path: Path) -> None:
         np.testing.assert_allclose(cache.get(np.arange(30)), vectors(ROWS)[:30], atol=1e-2)
         with pytest.raises(CacheError, match=r"shard-00003\.f16 is damaged: row 34 holds NaN or inf.*delete"):
             cache.get(np.array([1, 34, 40]))
+
+
+def test_check_finite_names_the_damaged_shard_only_when_the_rows_reach_it(tmp_path: Path) -> None:
+    """The scoring pass streams rows unchecked; on a non-finite score it asks the cache which shard is damaged."""
+    folder = filled(tmp_path)
+    with shard(folder, 3).open("r+b") as handle:  # row 34
+        handle.seek(4 * DIM * 2)
+        handle.write(b"\xff\xff")
+    with EmbeddingCache(tmp_path, model_key=KEY, dim=DIM, readonly=True) as cache:
+        cache.check_finite(np.arange(30), chunk_rows=7)
+        with pytest.raises(CacheError, match=r"shard-00003\.f16 is damaged: row 34 holds NaN or inf"):
+            cache.check_finite(np.array([2, 40, 34, 5]), chunk_rows=2)
