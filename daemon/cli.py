@@ -91,7 +91,7 @@ def cycle(as_json: JsonOpt = False) -> None:
         print_json(asdict(report))
     else:
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in report.stage_seconds.items())
-        out.print(f"cycle {report.cycle_id}: {report.status} {report.reason} batch={report.batch_id} "
+        out.print(f"cycle {report.cycle_id}: {report.status} {escape(report.reason)} batch={report.batch_id} "
                   f"pushed={report.pushed} model={report.model_version} ({stages})")
 
 
@@ -225,7 +225,7 @@ def predict_command(
     if as_json:
         print_json(asdict(report))
         return
-    counts = ", ".join(f"{label} {n}" for label, n in report.predicted.items())
+    counts = escape(", ".join(f"{label} {n}" for label, n in report.predicted.items()))
     out.print(f"wrote {escape(str(report.path))}: {report.rows} items; model {report.model_version} trained on "
               f"{report.n_labels} labels predicts {counts}")
     if report.not_embedded:
@@ -244,7 +244,7 @@ def config_show(as_json: JsonOpt = False) -> None:
         table = Table("setting", "value", title="effective configuration")
         for section, values in data.items():
             for key, value in values.items():
-                table.add_row(f"{section}.{key}", json.dumps(value))
+                table.add_row(f"{section}.{key}", escape(json.dumps(value)))
         out.print(table)
 
 

@@ -64,7 +64,7 @@ def pool_add(
             task = bar.add_task(f"reading {file.name}", total=None)
 
             def progress(phase: str, rows: int, task: TaskID = task, name: str = file.name) -> None:
-                bar.update(task, description=f"{phase} {name}", completed=rows)
+                bar.update(task, description=f"{phase} {escape(name)}", completed=rows)
 
             try:
                 reports.append(add_pool_file(engine, file, pool=pool, data_dir=cfg.store.data_dir,
@@ -105,7 +105,7 @@ def _print_import(report: ImportReport) -> None:
               f"{report.already_present} already in the pool{restored}, {report.labels_added} seed labels")
     if report.labels_differing:
         err.print(f"[yellow]{report.labels_differing} seed labels differ from the store's and were not applied "
-                  f"(a label is changed in Label Studio): {'; '.join(report.labels_differing_first)}[/]")
+                  f"(a label is changed in Label Studio): {escape('; '.join(report.labels_differing_first))}[/]")
 
 
 @pool_app.command("remove")
@@ -146,7 +146,7 @@ def pool_remove(
         print_json(asdict(report))
         return
     more = ", …" if report.not_in_pool > len(report.not_in_pool_first) else ""
-    missing = f" ({', '.join(report.not_in_pool_first)}{more})" if report.not_in_pool else ""
+    missing = f" ({escape(', '.join(report.not_in_pool_first))}{more})" if report.not_in_pool else ""
     out.print(f"{report.removed} items removed ({report.labeled} with a label, no longer trained on or exported; "
               f"{report.waiting} waiting in Label Studio, withdrawn at the next sync unless someone answered "
               f"them); {report.already_removed} were already removed, {report.not_in_pool} are not in the pool"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from daemon.cli_common import out, print_error
@@ -234,20 +235,21 @@ def render(result: SimulationResult, summaries: list[StrategySummary], written: 
     n_classes = len(result.pool_counts)
     in_test = "" if len(result.eval_classes) == n_classes else f" ({len(result.eval_classes)} in the test set)"
     table = Table(
-        title=f"{result.dataset}: {result.n_pool} pool / {result.n_test} test items, "
+        title=f"{escape(result.dataset)}: {result.n_pool} pool / {result.n_test} test items, "
         f"{n_classes} classes{in_test}; full-data macro-F1 {ref.macro_f1:.3f}, accuracy {ref.accuracy:.3f}",
     )
     rows = table_rows(summaries)
     for column in rows[0]:
         table.add_column(column)
     for row in rows:
-        table.add_row(*row.values())
+        table.add_row(*(escape(value) for value in row.values()))
     wide = out if out.is_terminal else Console(width=max(out.width, 180))  # files and pipes: no squeeze
     wide.print(table)
     for line in footnotes(summaries):
-        wide.print(line)
-    wide.print(f"{len(result.seeds)} seeds, {budget_text(result)}; encoder {result.encoder}; {result.wall_s:.0f}s")
-    wide.print("wrote " + ", ".join(str(path) for path in written))
+        wide.print(escape(line))
+    wide.print(escape(f"{len(result.seeds)} seeds, {budget_text(result)}; encoder {result.encoder}; "
+                      f"{result.wall_s:.0f}s"))
+    wide.print("wrote " + escape(", ".join(str(path) for path in written)))
 
 
 def _embedder(name: str) -> Embedder:

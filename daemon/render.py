@@ -62,25 +62,25 @@ def batches_table(rows: list[BatchSummary], *, width: int = _WIDE) -> Table:
 
 def batch_table(detail: BatchDetail) -> Table:
     b = detail.batch
-    table = Table(title=f"batch {b.id}: {b.status}, {b.strategy}, model {b.model_version}, "
-                        f"{b.labeled}/{b.size} labeled"
-                        + (f", {b.unsettled} disputed or unknown" if b.unsettled else "")
-                        + (f" — {b.note}" if b.note else ""))
+    table = Table(title=escape(f"batch {b.id}: {b.status}, {b.strategy}, model {b.model_version}, "
+                               f"{b.labeled}/{b.size} labeled"
+                               + (f", {b.unsettled} disputed or unknown" if b.unsettled else "")
+                               + (f" — {b.note}" if b.note else "")))
     for column in ("#", "item", "text", "score", "predicted", "state", "label"):
         table.add_column(column, overflow="fold" if column == "text" else "ellipsis")
     for item in detail.items:
         predicted = "" if item.predicted_label is None else f"{item.predicted_label} ({item.predicted_score:.2f})"
-        table.add_row(str(item.position), item.item_id + (" [dim](control)[/]" if item.is_control else ""),
-                      item.text, f"{item.score:.3f}", predicted, item.state, item.label or "")
+        table.add_row(str(item.position), escape(item.item_id) + (" [dim](control)[/]" if item.is_control else ""),
+                      escape(item.text), f"{item.score:.3f}", escape(predicted), item.state, escape(item.label or ""))
     return table
 
 
 def status_panels(report: StatusReport) -> list[Panel]:
     classes = Table("class", "labels", title="labels per class")
     for name, n in sorted(report.per_class.items(), key=lambda kv: -kv[1]):
-        classes.add_row(name, str(n))
+        classes.add_row(escape(name), str(n))
     for label, n in report.labels_outside_classes.items():
-        classes.add_row(f"[yellow]label {label!r}: not a class of the project, not trained on[/]", str(n))
+        classes.add_row(f"[yellow]{escape(f'label {label!r}: not a class of the project, not trained on')}[/]", str(n))
     for raw, n in report.unknown_choices.items():
         why = ("answers with nothing chosen in the bound <Choices> (only another question answered, or "
                "the tag renamed): not trained on" if raw == NO_CHOICE else
@@ -108,16 +108,16 @@ def status_panels(report: StatusReport) -> list[Panel]:
     stopping = report.stopping
     kappas = [k for k in (p["kappa"] for p in stopping.get("kappa_history", [])) if k is not None]
     if stopping.get("paused"):
-        model_text += f"\n[yellow]queue PAUSED[/]: {stopping['paused']['reason']} (labelloop resume)"
+        model_text += f"\n[yellow]queue PAUSED[/]: {escape(stopping['paused']['reason'])} (labelloop resume)"
     elif kappas:
         model_text += f"\nagreement with the previous model (kappa): {', '.join(f'{k:.3f}' for k in kappas[-5:])}"
     cycles = Table("cycle", "started", "status", "reason", "batch", "seconds", title="last cycles")
     for c in report.cycles:
-        cycles.add_row(str(c["id"]), c["started_at"][:19], c["status"], c["reason"], c["batch_id"] or "",
+        cycles.add_row(str(c["id"]), c["started_at"][:19], c["status"], escape(c["reason"]), c["batch_id"] or "",
                        f"{sum(c['stage_seconds'].values()):.2f}")
     daemon = report.daemon
     health = "daemon: never ran" if "state" not in daemon else _health(daemon)
-    events = "\n".join(f"  {e['at'][:19]} {e['kind']}: {e['message']}" for e in daemon.get("recent_events", []))
+    events = "\n".join(f"  {e['at'][:19]} {e['kind']}: {escape(e['message'])}" for e in daemon.get("recent_events", []))
     return [
         Panel(pool, title="pool"),
         Panel(classes, title="labels"),

@@ -301,3 +301,22 @@ def test_pool_add_json_says_what_was_added_and_why_a_file_was_refused(workdir: P
     assert [report["path"] for report in answer["added"]] == ["good.jsonl"]
     assert answer["refused"] == "bad.csv" and answer["problems"] == [
         {"line": 3, "reason": "1 fields where the header has 2"}]
+
+
+def test_class_names_ids_and_labels_with_closing_tags_are_printed_not_read_as_markup(workdir: Path) -> None:
+    """`[/x]` in a class name, id or label made rich raise MarkupError; `[b]` lost its brackets."""
+    (workdir / "labelloop.toml").write_text('[loop]\nclasses = ["[/x]ham", "[b]spam"]\n')
+    shown = runner.invoke(app, ["config", "show"])
+    assert shown.exit_code == 0, shown.output
+    assert '["[/x]ham", "[b]spam"]' in " ".join(shown.output.split())
+    (workdir / "pool.jsonl").write_text('{"id": "[/i]a", "text": "hello", "label": "[/x]ham"}\n')
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+    (workdir / "relabel.jsonl").write_text('{"id": "[/i]a", "text": "hello", "label": "[b]spam"}\n')
+    relabeled = runner.invoke(app, ["pool", "add", "relabel.jsonl"])
+    assert relabeled.exit_code == 0, relabeled.output
+    assert "id '[/i]a' is '[/x]ham' in the store, '[b]spam' here" in " ".join(relabeled.output.split())
+    removed = runner.invoke(app, ["pool", "remove", "--id", "[/q]gone"])
+    assert removed.exit_code == 0, removed.output
+    assert "([/q]gone)" in removed.output
+    status = runner.invoke(app, ["status"])
+    assert status.exit_code == 0 and "[/x]ham" in status.output
