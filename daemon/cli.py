@@ -110,8 +110,23 @@ def sync_command(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def pause(
+    reason: Annotated[str, typer.Option(help="Why, for `status` and the log (no secrets).")] = "",
+) -> None:
+    """Stop queueing new batches (tasks already in Label Studio stay and are still pulled) until `resume`."""
+    from daemon.pause import pause_by_operator
+
+    with cli_errors():
+        engine = store_engine(settings(), existing=True)
+    with Session(engine) as session:
+        paused = pause_by_operator(session, reason.strip())
+        session.commit()
+    out.print("paused: no new batches until `labelloop resume`" if paused else "the queue was already paused")
+
+
+@app.command()
 def resume() -> None:
-    """Lift a pause set by the stopping rule; the daemon queues batches again."""
+    """Lift a pause (the stopping rule's or `labelloop pause`); the daemon queues batches again."""
     from daemon.pause import lift_pause
 
     with cli_errors():

@@ -166,7 +166,8 @@ def _fill_queue(ctx: LoopContext, report: CycleReport, model: TrainedModel | Non
         waiting = waiting_count(session)
         paused = is_paused(session)
     if paused is not None:
-        report.status, report.reason = "skipped", "paused by the stopping rule (labelloop resume)"
+        by = "an operator" if paused.get("by") == "operator" else "the stopping rule"
+        report.status, report.reason = "skipped", f"paused by {by} (labelloop resume)"
         return
     if not queue_is_low(ctx.settings.loop, waiting):
         if report.batch_id is None:  # a refill after re-ranking must not say no batch came

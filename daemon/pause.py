@@ -4,7 +4,8 @@ After each retrain the new model predicts a fixed random sample of unlabeled ite
 kappa against the previous model's predictions on the same items goes into a history. When
 the rule (``daemon.stopping``) fires *and* the random control slice agrees with the model's
 own quality estimate, the daemon stops pushing new batches. ``labelloop resume`` or new pool
-items lift the pause.
+items lift the pause. An operator can pause too (``labelloop pause``); only ``labelloop resume``
+lifts that one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ from daemon.store import (
 if TYPE_CHECKING:  # `pool add` lifts a pause: it need not load torch for that
     from daemon.context import LoopContext, TrainedModel
 
-__all__ = ["PAUSE_KEY", "StabilityPoint", "history", "is_paused", "lift_pause", "update_stability"]
+__all__ = [
+    "PAUSE_KEY",
+    "StabilityPoint",
+    "history",
+    "is_paused",
+    "lift_pause",
+    "pause_by_operator",
+    "update_stability",
+]
 
 log = logging.getLogger(__name__)
 PAUSE_KEY = "paused"
@@ -57,11 +66,30 @@ def is_paused(session: Session) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def lift_pause(session: Session, why: str) -> bool:
+def pause_by_operator(session: Session, reason: str) -> bool:
+    """Stop queueing new batches until ``labelloop resume``; return False when already paused by an operator.
+
+    A pause of the stopping rule becomes the operator's (new pool items no longer lift it).
+    """
+    paused = is_paused(session)
+    if paused is not None and paused.get("by") == "operator":
+        return False
+    text = f"an operator paused the queue: {reason}" if reason else "an operator paused the queue"
+    set_value(session, PAUSE_KEY, json.dumps({"reason": text, "by": "operator"}))
+    session.add(HealthEvent(kind="paused", message=text))
+    log.warning("queue paused: %s; run `labelloop resume` to keep labeling", text)
+    return True
+
+
+def lift_pause(session: Session, why: str, *, operator: bool = True) -> bool:
     """Resume pushing; the stability history and sample start afresh (new pool items join the sample).
-    Return whether a pause was lifted."""
-    was = is_paused(session) is not None
-    set_value(session, PAUSE_KEY, "")
+
+    With ``operator=False`` (new pool items) a pause an operator set stays. Return whether a pause was lifted.
+    """
+    paused = is_paused(session)
+    was = paused is not None and (operator or paused.get("by") != "operator")
+    if was:
+        set_value(session, PAUSE_KEY, "")
     set_value(session, _HISTORY_KEY, "[]")
     set_value(session, _SAMPLE_KEY, "")
     if was:

@@ -104,7 +104,7 @@ def add_pool_file(
             if added or restored:
                 from daemon.pause import lift_pause
 
-                lift_pause(session, f"{added + restored} new pool items")
+                lift_pause(session, f"{added + restored} new pool items", operator=False)
             session.commit()
         report = ImportReport(str(path), staged.items, added, staged.items - added, labels, staged.dim, restored,
                               differing, tuple(f"line {line}: id {item_id!r} is {there!r} in the store, {here!r} here"

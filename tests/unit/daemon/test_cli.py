@@ -320,3 +320,14 @@ def test_class_names_ids_and_labels_with_closing_tags_are_printed_not_read_as_ma
     assert "([/q]gone)" in removed.output
     status = runner.invoke(app, ["status"])
     assert status.exit_code == 0 and "[/x]ham" in status.output
+
+
+def test_pause_and_resume_by_the_operator(workdir: Path) -> None:
+    paused = runner.invoke(app, ["pause", "--reason", "guide [v2] review"])
+    assert paused.exit_code == 0 and "paused: no new batches until `labelloop resume`" in paused.output
+    assert "the queue was already paused" in runner.invoke(app, ["pause"]).output
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["stopping"]["paused"]["reason"] == "an operator paused the queue: guide [v2] review"
+    assert "guide [v2] review" in " ".join(runner.invoke(app, ["status"]).output.split())
+    assert "resumed" in runner.invoke(app, ["resume"]).output
+    assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["stopping"]["paused"] is None

@@ -287,6 +287,32 @@ def test_stopping_rule_pauses_and_resume_or_new_items_lift_it(tmp_path: Path, mo
         assert is_paused(session) is None
 
 
+def test_an_operator_pause_holds_new_batches_until_resume_and_new_items_do_not_lift_it(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], tmp_path: Path,
+) -> None:
+    from daemon.pause import is_paused, lift_pause, pause_by_operator
+
+    ctx, fake, gold = world
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    with Session(ctx.engine) as session:
+        assert pause_by_operator(session, "new labeling guide") is True
+        assert pause_by_operator(session, "again") is False  # already the operator's
+        session.commit()
+    report = run_cycle(ctx)
+    assert report.batch_id is None and report.reason == "paused by an operator (labelloop resume)"
+    assert report.model_version is not None  # answers are still pulled and trained on
+    extra = tmp_path / "more.csv"
+    extra.write_text("id,text\nnew-1,stolen card scam again\n")
+    add_pool_file(ctx.engine, extra, pool=ctx.settings.pool, data_dir=ctx.settings.store.data_dir)
+    with Session(ctx.engine) as session:
+        paused = is_paused(session)
+        assert paused is not None and paused["reason"] == "an operator paused the queue: new labeling guide"
+        assert status_report(session).stopping["paused"] == paused
+        assert lift_pause(session, "operator asked") is True
+        session.commit()
+    assert run_cycle(ctx).batch_id is not None
+
+
 def test_task_deleted_while_the_daemon_was_away_is_withdrawn(
     world: tuple[LoopContext, FakeConnector, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
