@@ -61,6 +61,7 @@ class _Waiting:
     content_hash: str
     old_score: float
     is_comparable: bool  # chosen by the same strategy, so its score is on the same scale
+    is_control: bool  # refreshed in the tool like the rest; never withdrawn, and its pushed prediction is kept
 
 
 def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> RerankReport:
@@ -78,14 +79,15 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
         return _done(ctx, model, RerankReport(0, 0))
     vectors = vectors_for(ctx, [w.content_hash for w in waiting])
     proba = model.classifier.predict_proba(vectors)
-    new_scores = _scores(ctx, model, strategy, vectors, proba)
+    chosen = [i for i, w in enumerate(waiting) if not w.is_control]
+    new_scores = _scores(ctx, model, strategy, vectors[chosen], proba[chosen]) if chosen else np.zeros(0)
     updates = [
         PredictionUpdate(w.remote_task_id, model.version, model.classes[int(np.argmax(row))], float(np.max(row)))
         for w, row in zip(waiting, proba, strict=True)
     ]
     refreshed = ctx.connector.refresh_predictions(updates)  # no push comes before the marks below
-    stale = [w.remote_task_id for w, new in zip(waiting, new_scores, strict=True)
-             if w.is_comparable and new < loop.stale_score_ratio * w.old_score]
+    stale = [waiting[i].remote_task_id for i, new in zip(chosen, new_scores, strict=True)
+             if waiting[i].is_comparable and new < loop.stale_score_ratio * waiting[i].old_score]
     stale = _withdrawable(ctx, stale)
     gone = set(ctx.connector.withdraw(stale)) if stale else set()
     with Session(ctx.engine) as session:
@@ -93,7 +95,7 @@ def rerank_queue(ctx: LoopContext, model: TrainedModel, *, strategy: str) -> Rer
             select(BatchItem).where(col(BatchItem.remote_task_id).in_([w.remote_task_id for w in waiting])))}
         for w, update in zip(waiting, updates, strict=True):
             item = by_task.get((w.remote_task_id, w.item_id))
-            if item is None:
+            if item is None or w.is_control:  # a control item's pushed prediction is the unbiased estimate's
                 continue
             item.predicted_label, item.predicted_score = update.predicted_label, update.predicted_score
             session.add(item)
@@ -135,17 +137,22 @@ def _done(ctx: LoopContext, model: TrainedModel, report: RerankReport) -> Rerank
 
 
 def _waiting(session: Session, strategy: str, version: str) -> list[_Waiting]:
-    """Our pushed, unanswered, non-control tasks, except those ``version`` itself chose."""
+    """Our pushed, unanswered tasks, except those ``version`` itself chose.
+
+    Control tasks are among them: the project's ``model_version`` moves on, and Label Studio shows
+    only that version's predictions, so a control task left out lost its suggestion and annotators
+    could tell the control items apart.
+    """
     rows = session.exec(
         select(BatchItem, Batch.strategy, PoolItem.content_hash)
         .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
         .join(PoolItem, col(PoolItem.item_id) == col(BatchItem.item_id))
         .where(Batch.status == BatchStatus.PUSHED, BatchItem.state == BatchItemState.PENDING)
-        .where(col(BatchItem.remote_task_id).is_not(None), col(BatchItem.is_control).is_(False))
+        .where(col(BatchItem.remote_task_id).is_not(None))
         .where(Batch.model_version != version)
     ).all()
-    return [_Waiting(item.item_id, item.remote_task_id or "", digest, item.score, batch_strategy == strategy)
-            for item, batch_strategy, digest in rows]
+    return [_Waiting(item.item_id, item.remote_task_id or "", digest, item.score, batch_strategy == strategy,
+                     item.is_control) for item, batch_strategy, digest in rows]
 
 
 def _scores(

@@ -388,11 +388,17 @@ def test_new_model_refreshes_waiting_tasks_and_withdraws_stale_ones(
     answered = items[:6]
     for item in answered:
         fake.annotate(item.item_id, gold[item.item_id])
+    controls = [i for i in items[6:] if i.is_control]
+    assert controls, "the test needs a waiting control task"
     third = run_cycle(ctx)  # a new model: the 4 waiting tasks are re-ranked
     assert third.model_version not in (None, second.model_version)
     waiting = [i for i in items[6:] if not i.is_control]
     refreshed = {rid for rid, updates in fake.predictions.items() if updates[-1].model_version == third.model_version}
-    assert refreshed == {i.remote_task_id for i in waiting}
+    # control tasks too: Label Studio shows only the project's current model_version, and a control
+    # task without a suggestion among tasks with one was easy to tell apart
+    assert refreshed == {i.remote_task_id for i in items[6:]}
+    after_controls = {i.item_id: i for i in batch_items(ctx, second.batch_id) if i.is_control}
+    assert all(after_controls[i.item_id].predicted_label == i.predicted_label for i in controls)  # kept as pushed
     after = {i.item_id: i for i in batch_items(ctx, second.batch_id)}
     withdrawn = [i for i in waiting if after[i.item_id].state == "withdrawn"]
     assert withdrawn, "with stale_score_ratio=1.0 some task should have lost informativeness"
