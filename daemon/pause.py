@@ -82,16 +82,23 @@ def pause_by_operator(session: Session, reason: str) -> bool:
 
 
 def lift_pause(session: Session, why: str, *, operator: bool = True) -> bool:
-    """Resume pushing; the stability history and sample start afresh (new pool items join the sample).
+    """Resume pushing; return whether a pause was lifted.
 
-    With ``operator=False`` (new pool items) a pause an operator set stays. Return whether a pause was lifted.
+    The stability record starts afresh (history, sample and the last predictions): new pool items
+    join the sample, and the next retrain is compared with nothing rather than with the same model's
+    own predictions (which counted a kappa of 1.0 toward the window, so the queue paused again one
+    retrain early). With ``operator=False`` (new pool items) an operator's pause stays, and the
+    record starts afresh anyway (the pool changed). An operator's resume of a queue that is not
+    paused changes nothing.
     """
     paused = is_paused(session)
     was = paused is not None and (operator or paused.get("by") != "operator")
+    if operator and not was:
+        return False
     if was:
         set_value(session, PAUSE_KEY, "")
-    set_value(session, _HISTORY_KEY, "[]")
-    set_value(session, _SAMPLE_KEY, "")
+    for key in (_HISTORY_KEY, _SAMPLE_KEY, _PREDICTIONS_KEY):
+        set_value(session, key, "")
     if was:
         session.add(HealthEvent(kind="resumed", message=why))
         log.info("queue resumed: %s", why)

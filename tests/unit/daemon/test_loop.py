@@ -869,7 +869,7 @@ def test_the_stability_sample_is_drawn_again_once_labels_took_half_of_it(
             session.add(LabelRecord(item_id=item_id, status=LabelStatus.LABELED, label=gold[item_id]))
         again = _sample(session, ctx)
         assert len(again) == 10 and not set(again) & set(first[:6])
-        lift_pause(session, "new pool items")  # drawn afresh at the next retrain, new items eligible
+        lift_pause(session, "new pool items", operator=False)  # drawn afresh at the next retrain, new items eligible
         assert len(_sample(session, ctx)) == 10
 
 
@@ -906,3 +906,28 @@ def test_a_damaged_vector_among_the_candidates_fails_the_cycle_naming_its_shard(
         handle.write(b"\xff\xff")  # one float16 NaN
     with pytest.raises(CacheError, match=rf"{shard.name} is damaged: row {row} holds NaN or inf.*labelloop embed"):
         run_cycle(ctx)
+
+
+def test_after_a_lift_the_window_needs_new_retrains_and_a_resume_of_a_running_queue_changes_nothing(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]],
+) -> None:
+    """After `resume`, the next retrain was compared with the same model's own predictions (kappa 1.0),
+    so the queue paused again one retrain early; and `resume` of a running queue wiped the progress."""
+    from daemon.pause import history, lift_pause, pause_by_operator, update_stability
+    from daemon.training import retrain
+
+    ctx, fake, gold = world
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    run_cycle(ctx)
+    with Session(ctx.engine) as session:
+        before = history(session)
+        assert before and lift_pause(session, "operator asked") is False  # not paused: nothing changes
+        session.commit()
+        assert history(session) == before
+        pause_by_operator(session, "")
+        assert lift_pause(session, "operator asked") is True
+        session.commit()
+    model = retrain(ctx)
+    assert model is not None and model.version == before[-1].model_version  # no new label: the same model
+    point = update_stability(ctx, model)
+    assert point is not None and point.kappa is None  # compared with nothing, not with itself
