@@ -34,9 +34,11 @@ from daemon.store import (
 
 if TYPE_CHECKING:  # `pool add` lifts a pause: it need not load torch for that
     from daemon.context import LoopContext, TrainedModel
+    from daemon.settings import LoopSettings
 
 __all__ = [
     "PAUSE_KEY",
+    "PauseWatch",
     "StabilityPoint",
     "history",
     "is_paused",
@@ -64,6 +66,35 @@ class StabilityPoint:
 def is_paused(session: Session) -> dict[str, Any] | None:
     raw = get_value(session, PAUSE_KEY)
     return json.loads(raw) if raw else None
+
+
+class PauseWatch:
+    """Log the queue's pause as the daemon sees it: at its first check, and when another process changes it.
+
+    ``labelloop pause``, ``resume`` and ``pool add`` change it from another process, which logs to
+    its own terminal; the daemon's log went from "queue paused" to pushing again with no word, and
+    after a restart while paused it said nothing while it skipped every batch.
+    """
+
+    def __init__(self, loop: LoopSettings) -> None:
+        self._loop = loop
+        self._checked = False
+        self._last: dict[str, Any] | None = None
+
+    def check(self, session: Session) -> None:
+        paused = is_paused(session)
+        if not self._checked:
+            self._checked = True
+            if self._loop.stop_rule_enabled and self._loop.control_fraction == 0:
+                log.warning("the stopping rule never pauses the queue: it needs the control slice to confirm, and "
+                            "loop.control_fraction is 0")
+            if paused is not None:
+                log.warning("queue paused: %s; run `labelloop resume` to keep labeling", paused["reason"])
+        elif paused is None and self._last is not None:
+            log.info("queue resumed: new batches are queued again")
+        elif paused is not None and self._last is None and paused.get("by") == "operator":
+            log.warning("queue paused: %s; run `labelloop resume` to keep labeling", paused["reason"])
+        self._last = paused
 
 
 def pause_by_operator(session: Session, reason: str) -> bool:
@@ -137,14 +168,19 @@ def _maybe_pause(session: Session, points: list[StabilityPoint], rule: StoppingR
     tail = [p.kappa for p in points[-rule.window :]]
     if len(tail) < rule.window or first_stop(tail, rule) != rule.window - 1:
         return
-    control = control_slice_accuracy(session)
+    control = control_slice_accuracy(session)["recent"]  # the latest models', not every model's since the start
     latest = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
+    agree = f"successive models agree (kappa ≥ {rule.threshold} over {rule.window} retrains)"
     if control["n"] < MIN_CONTROL_LABELS or latest is None or latest.accuracy is None:
-        return  # the control slice cannot confirm yet
+        log.info("%s, but the queue keeps going: %s labeled control items, %s needed to confirm (loop.control_fraction "
+                 "draws them)", agree, control["n"], MIN_CONTROL_LABELS)
+        return
     if control["accuracy"] < latest.accuracy - CONTROL_TOLERANCE:
+        log.info("%s, but the queue keeps going: the control slice's accuracy %.3f is below the model's own "
+                 "estimate %.3f", agree, control["accuracy"], latest.accuracy)
         return  # the model looks better on selected data than on random data: keep labeling
-    reason = (f"successive models agree (kappa ≥ {rule.threshold} over {rule.window} retrains) and the "
-              f"control slice confirms (accuracy {control['accuracy']:.3f} on {control['n']} random items)")
+    reason = (f"{agree} and the control slice confirms (accuracy {control['accuracy']:.3f} on the last "
+              f"{control['n']} random items)")
     set_value(session, PAUSE_KEY, json.dumps({"reason": reason, "n_labels": points[-1].n_labels,
                                               "model_version": points[-1].model_version}))
     session.add(HealthEvent(kind="paused", message=reason))

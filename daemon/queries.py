@@ -281,10 +281,18 @@ def _model(session: Session) -> dict[str, Any] | None:
             "class_counts": json.loads(run.class_counts_json), "encoder": run.encoder, "train_s": run.train_s}
 
 
+RECENT_CONTROL = 20  # control items of the latest models that make the "recent" figure
+
+
 def control_slice_accuracy(session: Session) -> dict[str, Any]:
     """Accuracy of the pushed prediction on the labeled random control items (an unbiased estimate).
 
-    Items removed from the pool since are left out: the estimate is of the pool as it is now.
+    ``accuracy`` pools every control item ever answered, each judged by the model that pushed it,
+    so early models weigh on it long after. ``recent`` is the latest models' figure: their control
+    items, newest model first, until at least :data:`RECENT_CONTROL` (``from_labels`` is the
+    fewest labels those models were trained on); it is what the stopping rule checks. ``curve``
+    gives each model's own. Items removed from the pool since are left out: the estimate is of the
+    pool as it is now.
     """
     rows = session.exec(
         select(BatchItem.predicted_label, LabelRecord.label)
@@ -293,8 +301,19 @@ def control_slice_accuracy(session: Session) -> dict[str, Any]:
                col(BatchItem.predicted_label).is_not(None), not_removed(BatchItem.item_id))
     ).all()
     correct = sum(1 for predicted, label in rows if predicted == label)
+    curve = _control_curve(session)
     return {"n": len(rows), "accuracy": round(correct / len(rows), 4) if rows else None,
-            "curve": _control_curve(session)}
+            "recent": _recent(curve), "curve": curve}
+
+
+def _recent(curve: list[dict[str, Any]]) -> dict[str, Any]:
+    n = hits = 0
+    from_labels = None
+    for point in reversed(curve):
+        n, hits, from_labels = n + point["n_control"], hits + point["n_correct"], point["n_labels"]
+        if n >= RECENT_CONTROL:
+            break
+    return {"n": n, "accuracy": round(hits / n, 4) if n else None, "from_labels": from_labels}
 
 
 def _control_curve(session: Session) -> list[dict[str, Any]]:
@@ -309,8 +328,8 @@ def _control_curve(session: Session) -> list[dict[str, Any]]:
     by_model: dict[tuple[int, str], list[bool]] = {}
     for n_labels, version, predicted, label in rows:
         by_model.setdefault((n_labels, version), []).append(predicted == label)
-    return [{"n_labels": n, "model_version": v, "n_control": len(hits), "accuracy": round(sum(hits) / len(hits), 4)}
-            for (n, v), hits in sorted(by_model.items())]
+    return [{"n_labels": n, "model_version": v, "n_control": len(hits), "n_correct": sum(hits),
+             "accuracy": round(sum(hits) / len(hits), 4)} for (n, v), hits in sorted(by_model.items())]
 
 
 def _cycles(session: Session, limit: int) -> list[dict[str, Any]]:

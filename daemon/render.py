@@ -9,6 +9,7 @@ from rich.console import Group
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from daemon.queries import BatchDetail, BatchSummary, StatusReport
 from daemon.store import NO_CHOICE
@@ -49,7 +50,7 @@ def batches_table(rows: list[BatchSummary], *, width: int = _WIDE) -> Table:
         table.add_column("also", overflow="fold")
     for r in rows:
         head = [r.id[:_SHORT_ID], _age(r.age_s), r.status, *((r.strategy,) if wide else ()),
-                (r.model_version or "")[:_SHORT_ID]]
+                _short_version(r.model_version)]
         if wide:
             table.add_row(*head, str(r.size), str(r.labeled), str(r.unsettled), str(r.skipped), str(r.pending),
                           str(r.withdrawn), str(r.control))
@@ -75,6 +76,11 @@ def batch_table(detail: BatchDetail) -> Table:
     return table
 
 
+def _short_version(version: str | None) -> str:
+    """A model version's first 8 characters; the cold-start batch's "cold-start" whole ("cold-sta" read as a typo)."""
+    return "" if version is None else version if not version.isalnum() else version[:_SHORT_ID]
+
+
 def status_panels(report: StatusReport) -> list[Panel]:
     classes = Table("class", "labels", title="labels per class")
     for name, n in sorted(report.per_class.items(), key=lambda kv: -kv[1]):
@@ -98,22 +104,21 @@ def status_panels(report: StatusReport) -> list[Panel]:
     model_text = (_no_model(report) if model is None else
                   f"model {model['version']} on {model['n_labels']} labels: macro-F1 {_fmt(model['macro_f1'])}, "
                   f"accuracy {_fmt(model['accuracy'])} ({model['quality_method']})")
-    control = report.control_slice
-    model_text += (f"\ncontrol slice: accuracy {_fmt(control['accuracy'])} on {control['n']} random items"
-                   if control["n"] else "\ncontrol slice: no labeled control items yet")
-    curve = control.get("curve", [])
+    model_text += _control_text(report.control_slice)
+    curve = report.control_slice.get("curve", [])
     if len(curve) > 1:
         model_text += "\n  by labels used: " + ", ".join(
             f"{p['n_labels']}→{p['accuracy']:.2f} (n={p['n_control']})" for p in curve[-6:])
     stopping = report.stopping
     kappas = [k for k in (p["kappa"] for p in stopping.get("kappa_history", [])) if k is not None]
+    if kappas:
+        model_text += f"\nagreement with the previous model (kappa): {', '.join(f'{k:.3f}' for k in kappas[-5:])}"
     if stopping.get("paused"):
         model_text += f"\n[yellow]queue PAUSED[/]: {escape(stopping['paused']['reason'])} (labelloop resume)"
-    elif kappas:
-        model_text += f"\nagreement with the previous model (kappa): {', '.join(f'{k:.3f}' for k in kappas[-5:])}"
-    cycles = Table("cycle", "started", "status", "reason", "batch", "seconds", title="last cycles")
+    cycles = Table("cycle", "started (UTC)", "status", "reason", "batch", "seconds", title="last cycles")
     for c in report.cycles:
-        cycles.add_row(str(c["id"]), c["started_at"][:19], c["status"], escape(c["reason"]), c["batch_id"] or "",
+        started = c["started_at"][5:19].replace("T", " ")  # 12-06 10:00:00: whole in 80 columns
+        cycles.add_row(str(c["id"]), Text(started, no_wrap=True), c["status"], escape(c["reason"]), c["batch_id"] or "",
                        f"{sum(c['stage_seconds'].values()):.2f}")
     daemon = report.daemon
     health = "daemon: never ran" if "state" not in daemon else _health(daemon)
@@ -125,6 +130,17 @@ def status_panels(report: StatusReport) -> list[Panel]:
         Panel(Group(cycles), title="cycles"),
         Panel(health + ("\n" + events if events else ""), title="health"),
     ]
+
+
+def _control_text(control: dict[str, Any]) -> str:
+    """The control slice's accuracy: the latest models' first when older models' items are pooled in too."""
+    if not control["n"]:
+        return "\ncontrol slice: no labeled control items yet"
+    recent = control.get("recent") or {}
+    if not recent.get("n") or recent["n"] >= control["n"]:
+        return f"\ncontrol slice: accuracy {_fmt(control['accuracy'])} on {control['n']} random items"
+    return (f"\ncontrol slice: accuracy {_fmt(recent['accuracy'])} on the last {recent['n']} random items (models "
+            f"trained on {recent['from_labels']}+ labels); {_fmt(control['accuracy'])} on all {control['n']}")
 
 
 def _fmt(value: float | None) -> str:

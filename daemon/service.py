@@ -36,6 +36,7 @@ from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejec
 from daemon.context import LoopContext
 from daemon.cycle import cycle_due, run_cycle
 from daemon.errors import AlreadyRunning
+from daemon.pause import PauseWatch
 from daemon.project import ensure_project
 from daemon.store import HealthEvent, is_disk_full, is_store_locked, set_value, sqlite_path
 from daemon.sync import sync
@@ -135,6 +136,7 @@ class Service:
         self._full_runs = 0  # runs in a row stopped because the disk was full
         self._rng = random.Random(ctx.settings.loop.seed)
         self._has_project = False
+        self._pause_watch = PauseWatch(ctx.settings.loop)
         self._project_id = ""
         self.started_at = ctx.clock()
         hook = ctx.settings.webhook
@@ -199,6 +201,8 @@ class Service:
 
     def cycle_job(self, *, wait: bool = False, synced_within_s: float = 0.0) -> None:
         def body() -> bool:
+            with Session(self.ctx.engine) as session:
+                self._pause_watch.check(session)
             reason = cycle_due(self.ctx)
             if reason:  # a cycle pulls, or runs right after a pull that answered
                 run_cycle(self.ctx, reason=reason, synced_within_s=synced_within_s)
