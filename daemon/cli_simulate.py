@@ -134,6 +134,10 @@ def simulate(
     names = tuple(strategy or (*DEFAULT_STRATEGIES, DEFAULT_STRATEGY))
     if "all" in names:
         names = tuple(name for name in REGISTRY if name != "cold_start")
+    unknown = [name for name in names if name not in REGISTRY]
+    if unknown:  # before the file is read and embedded, which may take hours
+        print_error(f"unknown strategy {', '.join(map(repr, unknown))}; known: all, {', '.join(REGISTRY)}")
+        raise typer.Exit(1)
     request = SimulateRequest(
         source=DataSource(data, test_file, test_fraction, text_field, label_field, id_field, embedding_field,
                           keep_duplicates),
@@ -167,9 +171,13 @@ def _option_problem(
     kappa_threshold: float,
     kappa_window: int,
 ) -> str | None:
-    """Return what is wrong with the options, in one line naming the option, or None; checked before any work."""
-    for option, folder in (("--out", out_dir), ("--cache-dir", cache_dir or out_dir / "cache")):
-        problem = _folder_problem(option, folder)
+    """Return what is wrong with the options, in one line naming the option, or None; checked before any work.
+
+    The folders are made last, once every other option is good (a refused run leaves nothing behind).
+    """
+    folders = (("--out", out_dir), ("--cache-dir", cache_dir or out_dir / "cache"))
+    for option, folder in folders:
+        problem = _not_a_folder(option, folder)
         if problem:
             return problem
     if test_file is not None and test_fraction is not None:
@@ -180,11 +188,15 @@ def _option_problem(
         return f"--kappa-threshold must be in (0, 1], got {kappa_threshold}"
     if kappa_window < 1:
         return f"--kappa-window must be >= 1, got {kappa_window}"
+    for option, folder in folders:
+        problem = _unwritable(option, folder)
+        if problem:
+            return problem
     return None
 
 
-def _folder_problem(option: str, folder: Path) -> str | None:
-    """Say why ``folder`` cannot be used or created as a folder (it, or a parent, is a file), or None."""
+def _not_a_folder(option: str, folder: Path) -> str | None:
+    """Say why ``folder`` cannot be a folder (it, or a parent, is a file), or None."""
     for candidate in (folder, *folder.parents):
         if candidate.is_dir():
             return None
@@ -192,6 +204,19 @@ def _folder_problem(option: str, folder: Path) -> str | None:
             if candidate == folder:
                 return f"{option} {folder} is a file, not a folder"
             return f"{option} {folder} cannot be created: {candidate} is a file, not a folder"
+    return None
+
+
+def _unwritable(option: str, folder: Path) -> str | None:
+    """Create ``folder`` and write in it now, or say in one line why that fails (an unwritable ``--out`` used to
+    fail with a traceback after the whole run)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".labelloop-write-check-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        return f"{option} {folder} cannot be written: {e.strerror or e}"
     return None
 
 

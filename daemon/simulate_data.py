@@ -160,6 +160,10 @@ def load_simulation_data(
     embed_s = time.perf_counter() - started
     n_pool = len(pool_rows)
     classes = tuple(sorted({str(row.label) for row in pool_rows}))  # every test label is one of them
+    if dropped:
+        log.warning("%s: %d row(s) without a label skipped (empty or missing): they cannot be replayed", source.path,
+                    dropped)
+    _warn_case_variants(source.path, classes)
     prototypes = None
     if use_class_names and embedder is not None and not encoder.startswith(PRECOMPUTED):
         prototypes = embed_class_names(embedder, classes)
@@ -173,6 +177,17 @@ def load_simulation_data(
         n_unlabeled_dropped=dropped,
         class_prototypes=prototypes,
     )
+
+
+def _warn_case_variants(path: Path, classes: Sequence[str]) -> None:
+    """Labels that differ only in case are replayed as separate classes (`pool add` refuses them): say so."""
+    spellings: dict[str, list[str]] = {}
+    for name in classes:
+        spellings.setdefault(name.casefold(), []).append(name)
+    variants = [names for names in spellings.values() if len(names) > 1]
+    if variants:
+        log.warning("%s: labels that differ only in case are separate classes here: %s; fix the spelling if they "
+                    "are one", path, "; ".join(", ".join(map(repr, names)) for names in variants[:5]))
 
 
 def stratified_test_mask(labels: Sequence[str], fraction: float, *, seed: int = SPLIT_SEED) -> npt.NDArray[np.bool_]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -355,3 +356,44 @@ def test_all_classes_seen_is_counted_in_annotation_order() -> None:
         )
     )[0]
     assert summary.all_seen_labels == max(first_seen.values())
+
+
+def test_arms_run_on_one_torch_thread_whatever_jobs_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head's fits depend on the thread count: workers (--jobs 2) ran on one thread and --jobs 1 on
+    torch's default, so the same seeds gave curves up to 0.02 macro-F1 apart."""
+    import torch
+
+    import daemon.simulate as simulate
+
+    seen: list[int] = []
+
+    def record(arm: tuple[str, int], **_: object) -> list[object]:
+        seen.append(torch.get_num_threads())
+        return []
+
+    monkeypatch.setattr(simulate, "_run_arm", record)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_simulation(synthetic(), ["random"], [0, 1], ReplayConfig(batch_size=10, budget=20),
+                       make_classifier=CentroidClassifier, jobs=1)
+        assert seen == [1, 1] and torch.get_num_threads() == 2  # and the setting comes back
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_rows_without_a_label_and_labels_differing_only_in_case_are_called_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both passed silently: rows without a label were dropped, and "desc" and "DESC" became two classes."""
+    path = tmp_path / "cased.csv"
+    rows = [f"{word} message number {i},{word}" for i in range(30) for word in ("spam", "ham")]
+    rows += ["one more message,", "SPAM in capitals,SPAM", "another capital SPAM,SPAM"]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    caplog.set_level(logging.WARNING, logger="daemon.simulate_data")
+    loaded = load_simulation_data(DataSource(path, test_fraction=0.25), embedder=HashingEmbedder(dim=16),
+                                  cache_dir=tmp_path / "cache")
+    assert loaded.n_unlabeled_dropped == 1 and "SPAM" in loaded.classes
+    text = " ".join(record.getMessage() for record in caplog.records)
+    assert "1 row(s) without a label skipped" in text
+    assert "differ only in case are separate classes here: 'SPAM', 'spam'" in text

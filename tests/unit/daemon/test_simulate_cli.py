@@ -220,3 +220,40 @@ def test_the_footer_shows_the_budget_that_ran_and_the_header_the_pool_classes(
     assert "144 pool / 36 test items, 3 classes;" in flat
     assert "batch 100, budget 144 (capped at the pool's 144 items; asked for batch 100, budget 1000)" in flat
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["budget"] == 144
+
+
+def test_an_unknown_strategy_or_an_unwritable_out_is_refused_before_the_data_is_read(
+    app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The strategy was checked after the file was read and embedded (24 s on 2,300 rows), and an
+    unwritable --out failed with a traceback after the whole run."""
+    import daemon.simulate_data as simulate_data
+
+    def never(*args: object, **kwargs: object) -> object:
+        raise AssertionError("the data was loaded before the options were checked")
+
+    monkeypatch.setattr(simulate_data, "load_simulation_data", never)
+    data = tiny_csv(tmp_path / "tiny.csv")
+    unknown = CliRunner().invoke(app, [*simulate_args(data, tmp_path / "o1"), "--strategy", "margni"])
+    assert unknown.exit_code == 1 and "unknown strategy 'margni'; known: all, " in unknown.output
+    proc = CliRunner().invoke(app, simulate_args(data, Path("/proc/labelloop-out")))  # even root cannot write here
+    assert proc.exit_code == 1 and "--out /proc/labelloop-out cannot be written" in proc.output
+    assert "Traceback" not in proc.output
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        refused = CliRunner().invoke(app, simulate_args(data, locked / "out")) if not _can_write(locked) else None
+    finally:
+        locked.chmod(0o700)
+    assert refused is None or (  # None: a user who may write anywhere (root)
+        refused.exit_code == 1 and f"--out {locked / 'out'} cannot be written" in " ".join(refused.output.split()))
+
+
+def _can_write(folder: Path) -> bool:
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        return False
+    (folder / "probe").unlink()
+    return True
