@@ -37,6 +37,7 @@ _FLOAT16_MAX = 65504.0  # vectors are kept as float16 (models/cache.py)
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as read with surrogateescape
 _NOT_UTF8 = "not UTF-8 text: save the file as UTF-8"
 _KEEP_BOTH = "give every row an id, or read with keep_duplicates"  # read_pool_file's own way out
+_CONTENT_ID = re.compile("h-[0-9a-f]{20}")  # the shape of _content_id's ids
 csv.field_size_limit(1 << 26)
 
 
@@ -207,11 +208,23 @@ def repeated_id_problem(
     *, way_out: str = "give every row an id",
 ) -> str:
     """The problem with a row whose id an earlier row has, with other text or label; ``way_out`` says what to do
-    about one text under two labels (simulate can also replay both)."""
-    if item_id.startswith("h-") and earlier_text == text:  # no id column: ids come from the text
+    about one text (or vector) under two labels (simulate can also replay both).
+
+    Without an id column the id is made from the text, or from the vector when the row has one
+    (:func:`_content_id`): the message then names the repeated text or embedding, never that id.
+    """
+    if item_id == _content_id(text):  # no id column, no vectors: the id is the text's
         return (f"the same text is on line {earlier_line} {_labeled(earlier_label)}, here {_labeled(label)}; "
                 f"{way_out}")
+    if _CONTENT_ID.fullmatch(item_id):  # no id column: the id is the vector's
+        other = f"{_labeled(earlier_label)}, here {_labeled(label)}" if earlier_label != label else "with other text"
+        return f"the same embedding is on line {earlier_line} {other}; {way_out}"
     return f"id {item_id!r} appears again (line {earlier_line}) with other content"
+
+
+def _content_id(basis: str) -> str:
+    """The id of a row without one: ``h-`` and a sha256 prefix of its text, or of its vector as JSON."""
+    return "h-" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:20]
 
 
 def _labeled(label: str | None) -> str:
@@ -371,8 +384,7 @@ def _to_row(line: int, record: Mapping[str, Any], fields: _Fields, *, keep_dupli
         if keep_duplicates:
             item_id = f"row-{line}"
         else:
-            basis = text if embedding is None else json.dumps(embedding)  # the values as read: ids stay stable
-            item_id = "h-" + hashlib.sha256(basis.encode("utf-8")).hexdigest()[:20]
+            item_id = _content_id(text if embedding is None else json.dumps(embedding))  # as read: ids stay stable
     label = _text_value(record.get(fields.label_field), fields.label_field) or None
     reserved = {fields.id_field, fields.text_field, fields.label_field, fields.embedding_field}
     if all(column in record for column in EXPORT_STATUS_COLUMNS):  # an export read back: not the item's metadata

@@ -101,6 +101,24 @@ def test_one_text_under_two_labels_without_ids_names_both_lines_and_the_way_out(
         read(path)
 
 
+def test_one_vector_twice_without_ids_names_the_embedding_not_its_hash_id(
+    read: Callable[[Path], object], tmp_path: Path
+) -> None:
+    vector = '"[0.5, 0.25]"'
+    path = write(tmp_path / "p.csv", f"text,label,embedding\nhello,spam,{vector}\nbye,ham,\"[1, 0]\"\n"
+                 f"other,ham,{vector}\n")
+    with pytest.raises(PoolFileError, match=r"line 4: the same embedding is on line 2 with label 'spam', "
+                       r"here with label 'ham'; give every row an id") as refused:
+        read(path)
+    assert "h-" not in str(refused.value)
+    path = write(tmp_path / "q.csv", f"text,label,embedding\nhello,spam,{vector}\nother,spam,{vector}\n")
+    with pytest.raises(PoolFileError, match=r"line 3: the same embedding is on line 2 with other text; give every"):
+        read(path)
+    path = write(tmp_path / "r.csv", f"label,embedding\nspam,{vector}\nham,{vector}\n")  # vectors only
+    with pytest.raises(PoolFileError, match=r"line 3: the same embedding is on line 2 with label 'spam', here"):
+        read(path)
+
+
 def test_keep_duplicates_makes_every_row_an_item(tmp_path: Path) -> None:
     path = write(tmp_path / "p.csv", "text,label\nhello,spam\nhello,spam\nhello,ham\n")
     rows = read_pool_file(path, keep_duplicates=True)

@@ -153,6 +153,16 @@ def test_data_and_test_files_that_disagree_on_vectors_are_refused_naming_both(
     assert problem.startswith(why.format(train=train)) and "give both files vectors of one width, or neither" in problem
 
 
+def test_one_vector_twice_without_ids_names_the_embedding_and_the_way_out(tmp_path: Path) -> None:
+    rows = [{"text": f"row {i}", **{key: row[key] for key in ("embedding", "label")}}
+            for i, row in enumerate(vector_rows(20, 4))]  # no id column; vectors repeat every third row
+    with pytest.raises(PoolFileError) as refused:
+        load(tmp_path, DataSource(write_csv(tmp_path / "train.csv", rows), test_fraction=0.25))
+    line, problem = refused.value.problems[0]
+    assert (line, problem) == (5, "the same embedding is on line 2 with label 'a', here with label 'b'; "
+                               "give every row an id, or pass --keep-duplicates to replay both")
+
+
 def test_a_test_fraction_with_a_test_file_is_refused(tmp_path: Path) -> None:
     train = write_csv(tmp_path / "train.csv", texts(20))
     with pytest.raises(ValueError, match="exclude each other"):
