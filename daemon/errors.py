@@ -17,6 +17,7 @@ the job boundary in ``cycle.py`` catches the roots of all three.
 from __future__ import annotations
 
 __all__ = [
+    "MAX_PROBLEMS",
     "AlreadyRunning",
     "ConfigError",
     "DaemonError",
@@ -25,6 +26,8 @@ __all__ = [
     "PoolExhausted",
     "PoolFileError",
 ]
+
+MAX_PROBLEMS = 20  # a pool file's readers stop at this many problems; PoolFileError then says "at least"
 
 
 class DaemonError(Exception):
@@ -36,7 +39,12 @@ class ConfigError(DaemonError):
 
 
 class PoolFileError(DaemonError):
-    """A pool file was refused; nothing from it was imported (or, as ``outcome`` says, removed)."""
+    """A pool file was refused; nothing from it was imported (or, as ``outcome`` says, removed).
+
+    The message shows the first five ``problems`` and counts the rest. The readers stop at
+    ``MAX_PROBLEMS``: that many means the file may hold more, and the count says "at least"
+    (with 325 bad rows it said "and 15 more").
+    """
 
     def __init__(
         self, path: str, problems: list[tuple[int | None, str]], *, outcome: str = "nothing imported"
@@ -46,6 +54,8 @@ class PoolFileError(DaemonError):
         unit = "row" if path.lower().endswith((".parquet", ".pq")) else "line"  # a Parquet file has no lines
         shown = "; ".join(f"{unit} {line}: {why}" if line is not None else why for line, why in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        if len(problems) >= MAX_PROBLEMS:
+            more = f" (and at least {len(problems) - 5} more; reading stops at {MAX_PROBLEMS} problems)"
         super().__init__(f"{path}: refused, {outcome}: {shown}{more}")
 
 

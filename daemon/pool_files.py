@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.errors import PoolFileError
+from daemon.errors import MAX_PROBLEMS, PoolFileError
 from models._types import Float32Array
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "repeated_id_problem",
 ]
 
-MAX_PROBLEMS = 20  # a refused file lists at most this many problems
 NO_ROWS = "the file holds no rows"
 _PARQUET_ROWS = 4096  # rows turned into Python values at a time: 65,536 rows of 384-d vectors took 800 MB
 _DEFAULT_FIELDS = ("id", "text", "label", "embedding")

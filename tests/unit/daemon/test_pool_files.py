@@ -269,3 +269,19 @@ def test_a_folder_is_refused_as_a_folder(read: Callable[..., object], tmp_path: 
     (tmp_path / "shards").mkdir()
     with pytest.raises(PoolFileError, match="a folder, not a file"):
         read(tmp_path / "shards")
+
+
+def test_a_file_with_more_bad_rows_than_are_read_says_at_least(
+    read: Callable[[Path], object], tmp_path: Path
+) -> None:
+    path = write(tmp_path / "p.csv", "id,text\n" + "".join(f"{i},\n" for i in range(325)))  # 325 empty texts
+    with pytest.raises(PoolFileError) as refused:
+        read(path)
+    assert str(refused.value).endswith("(and at least 15 more; reading stops at 20 problems)")
+
+
+def test_a_file_read_to_its_end_counts_its_problems_exactly(read: Callable[[Path], object], tmp_path: Path) -> None:
+    path = write(tmp_path / "p.csv", "id,text\n" + "".join(f"{i},\n" for i in range(8)) + "9,fine\n")
+    with pytest.raises(PoolFileError) as refused:
+        read(path)
+    assert str(refused.value).endswith("line 6: missing or empty 'text' (and 3 more)")
