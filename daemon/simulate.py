@@ -124,7 +124,8 @@ def run_simulation(
         jobs: worker processes (>= 1); arms are independent, so they run in parallel.
 
     Raises:
-        ValueError: an unknown strategy, an empty strategy or seed list, or a bad config.
+        ValueError: an unknown or repeated strategy, an empty strategy or seed list, a repeated seed,
+            or a bad config.
     """
     _check_config(strategies, seeds, config, jobs)
     requested = config
@@ -235,6 +236,8 @@ def _check_config(strategies: Sequence[str], seeds: Sequence[int], config: Repla
     unknown = [name for name in strategies if name not in REGISTRY]
     if unknown or not strategies:
         raise ValueError(f"unknown or no strategies {unknown}; known: {', '.join(sorted(REGISTRY))}")
+    if len(set(strategies)) != len(strategies):  # their rounds would merge into one curve that summarise refuses
+        raise ValueError(f"strategies must be distinct, got {list(strategies)}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and non-empty, got {list(seeds)}")
     if config.batch_size < 1 or config.budget < 1 or jobs < 1:

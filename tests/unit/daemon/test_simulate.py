@@ -232,6 +232,19 @@ def test_run_simulation_refuses_unknown_strategies() -> None:
         run_simulation(synthetic(), ["nope"], [0], ReplayConfig(), make_classifier=CentroidClassifier)
 
 
+def test_run_simulation_refuses_a_strategy_named_twice_before_running() -> None:
+    ran: list[int] = []
+
+    def counting(seed: int) -> CentroidClassifier:
+        ran.append(seed)
+        return CentroidClassifier(seed)
+
+    with pytest.raises(ValueError, match=r"strategies must be distinct, got \['random', 'random'\]"):
+        run_simulation(synthetic(), ["random", "random"], [0], ReplayConfig(batch_size=10, budget=20),
+                       make_classifier=counting)
+    assert ran == []  # refused up front, not after the arms ran (summarise failed on the doubled rounds)
+
+
 # --- loading files ------------------------------------------------------------------------------
 
 
