@@ -352,12 +352,18 @@ def footnotes(summaries: Sequence[StrategySummary]) -> list[str]:
 
 
 def budget_text(result: SimulationResult) -> str:
-    """Return ``batch B, budget N``, saying when the pool size capped what was asked for."""
+    """Return ``batch B, budget N``, saying what capped them when they differ from what was asked for.
+
+    The budget is capped at the pool size, and the batch at the (capped) budget: a batch of 200
+    with a budget of 60 is the budget's cap, not the pool's.
+    """
     ran, asked = result.config, result.requested
     text = f"batch {ran.batch_size}, budget {ran.budget}"
-    if (ran.batch_size, ran.budget) != (asked.batch_size, asked.budget):
+    if ran.budget != asked.budget:
         text += (f" (capped at the pool's {result.n_pool} items; asked for batch {asked.batch_size}, "
                  f"budget {asked.budget})")
+    elif ran.batch_size != asked.batch_size:
+        text += f" (the batch capped at the budget; asked for batch {asked.batch_size})"
     return text
 
 

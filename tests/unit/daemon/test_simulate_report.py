@@ -23,6 +23,12 @@ def test_a_budget_and_batch_beyond_the_pool_are_recorded_as_run(tmp_path: Path) 
     assert (header["requested_budget"], header["requested_batch_size"]) == (1000, 40)
 
 
+def test_a_batch_beyond_the_budget_names_the_budget_not_the_pool() -> None:
+    result = run_simulation(synthetic(n_pool=60), ["random"], [0], ReplayConfig(batch_size=200, budget=30),
+                            make_classifier=CentroidClassifier)
+    assert budget_text(result) == "batch 30, budget 30 (the batch capped at the budget; asked for batch 200)"
+
+
 def test_a_budget_within_the_pool_is_shown_as_asked() -> None:
     result = run_simulation(synthetic(n_pool=60), ["random"], [0], ReplayConfig(batch_size=10, budget=30),
                             make_classifier=CentroidClassifier)
