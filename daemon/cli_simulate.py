@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -249,7 +249,36 @@ def run_request(request: SimulateRequest) -> tuple[SimulationResult, list[Strate
         jobs=request.jobs,
     )
     summaries = summarise(result)
-    return result, summaries, write_outputs(result, summaries, request.out_dir)
+    settings = _settings(request) | {"class_names_embedded": data.class_prototypes is not None}
+    return result, summaries, write_outputs(result, summaries, request.out_dir, settings=settings)
+
+
+def _settings(request: SimulateRequest) -> dict[str, Any]:
+    """Return the options that change results and are not in the result, for ``summary.json`` (``jobs`` does
+    not change them: arms run on one torch thread each)."""
+    from daemon.simulate_data import DEFAULT_TEST_FRACTION, SPLIT_FIELD
+
+    source = request.source
+    if source.test_path is not None:
+        test_set = "the test file"
+    elif source.test_fraction is not None:
+        test_set = f"a stratified {source.test_fraction:g} of the data"
+    else:
+        test_set = (f"the data's {SPLIT_FIELD!r} column when it has test rows, else a stratified "
+                    f"{DEFAULT_TEST_FRACTION:g} of the data")
+    return {
+        "data": str(source.path.resolve()),
+        "test_file": None if source.test_path is None else str(source.test_path.resolve()),
+        "test_fraction": source.test_fraction,
+        "test_set": test_set,
+        "fields": {"id": source.id_field, "text": source.text_field, "label": source.label_field,
+                   "embedding": source.embedding_field},
+        "keep_duplicates": source.keep_duplicates,
+        "class_names": request.use_class_names,
+        "calibrate": request.calibrate,
+        "encoder_option": request.encoder,
+        "jobs": request.jobs,
+    }
 
 
 def render(result: SimulationResult, summaries: list[StrategySummary], written: list[Path]) -> None:

@@ -84,7 +84,8 @@ class SimulationResult:
     """Every round of every arm on one data set, plus what is needed to summarise them.
 
     ``config`` is what the arms ran with: the budget capped at the pool size and the batch
-    at the budget; ``requested`` is the config as asked for.
+    at the budget; ``requested`` is the config as asked for. ``n_unlabeled_dropped`` counts
+    the data's rows without a label (not replayed).
     """
 
     dataset: str
@@ -101,6 +102,7 @@ class SimulationResult:
     reference: Reference
     records: tuple[RoundRecord, ...]
     wall_s: float
+    n_unlabeled_dropped: int = 0
 
 
 def run_simulation(
@@ -161,6 +163,7 @@ def run_simulation(
         reference=reference,
         records=tuple(record for records in per_arm for record in records),
         wall_s=time.perf_counter() - started,
+        n_unlabeled_dropped=data.n_unlabeled_dropped,
     )
 
 

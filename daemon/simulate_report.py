@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -211,8 +211,18 @@ def _key(target: float) -> str:
     return str(round(target * 100))
 
 
-def write_outputs(result: SimulationResult, summaries: Sequence[StrategySummary], out_dir: Path) -> list[Path]:
+def write_outputs(
+    result: SimulationResult,
+    summaries: Sequence[StrategySummary],
+    out_dir: Path,
+    *,
+    settings: Mapping[str, Any] | None = None,
+) -> list[Path]:
     """Write ``rounds.csv``, ``class_recall.csv``, ``summary.csv``, ``summary.json`` and ``curves.png``.
+
+    ``summary.json`` records, under ``"settings"``, the rows dropped without a label and then
+    ``settings``: whatever else changed the results and is not in the result (the data path,
+    the test set's source, calibration, ...), so two runs' files can be told apart.
 
     Returns:
         The paths written, all inside ``out_dir`` (created if missing).
@@ -229,6 +239,7 @@ def write_outputs(result: SimulationResult, summaries: Sequence[StrategySummary]
         json.dumps(
             _result_header(result)
             | {
+                "settings": {"n_unlabeled_dropped": result.n_unlabeled_dropped} | dict(settings or {}),
                 "summaries": [asdict(s) for s in summaries],
             },
             indent=2,

@@ -257,3 +257,35 @@ def _can_write(folder: Path) -> bool:
         return False
     (folder / "probe").unlink()
     return True
+
+
+def test_summary_json_records_the_settings_that_change_results(app: typer.Typer, tmp_path: Path) -> None:
+    """--calibrate, --no-class-names, the test set's source and --keep-duplicates left no trace: two runs
+    that differ only in them wrote summary.json files that could not be told apart."""
+    data = tiny_csv(tmp_path / "tiny.csv")
+    with data.open("a", newline="") as handle:
+        csv.writer(handle).writerow(["a row nobody labeled", "", "train"])
+    plain = CliRunner().invoke(app, simulate_args(data, tmp_path / "plain"))
+    assert plain.exit_code == 0, plain.output
+    settings = json.loads((tmp_path / "plain" / "summary.json").read_text())["settings"]
+    assert settings == {
+        "n_unlabeled_dropped": 1,
+        "data": str(data.resolve()),
+        "test_file": None,
+        "test_fraction": None,
+        "test_set": "the data's 'split' column when it has test rows, else a stratified 0.2 of the data",
+        "fields": {"id": "id", "text": "text", "label": "label", "embedding": "embedding"},
+        "keep_duplicates": False,
+        "class_names": True,
+        "calibrate": False,
+        "encoder_option": "hashing",
+        "jobs": 1,
+        "class_names_embedded": True,
+    }
+    extra = ("--calibrate", "--no-class-names", "--test-fraction", "0.3", "--keep-duplicates")
+    changed = CliRunner().invoke(app, simulate_args(data, tmp_path / "changed", *extra))
+    assert changed.exit_code == 0, changed.output
+    settings = json.loads((tmp_path / "changed" / "summary.json").read_text())["settings"]
+    assert settings["calibrate"] is True and settings["keep_duplicates"] is True
+    assert settings["class_names"] is False and settings["class_names_embedded"] is False
+    assert (settings["test_fraction"], settings["test_set"]) == (0.3, "a stratified 0.3 of the data")
