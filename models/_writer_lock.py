@@ -36,7 +36,9 @@ def acquire_writer_lock(directory: Path) -> WriterLock:
     """Take (or share, within this process) the writer lock of ``directory``, creating it.
 
     Raises:
-        CacheError: another process holds it.
+        CacheError: another process holds it; the message names its pid and says to try again once it has
+            finished (a CLI may add its own way out: the error's ``__cause__`` is the ``BlockingIOError``).
+            A process that only reads needs no lock: ``EmbeddingCache(..., readonly=True)``.
     """
     directory.mkdir(parents=True, exist_ok=True)
     key = directory.resolve()
@@ -62,12 +64,12 @@ def _flock(directory: Path) -> int:
     fd = os.open(directory / "writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except BlockingIOError as error:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise CacheError(
-            f"cache {directory} is being written by another process (pid {holder}); open it with readonly=True to read"
-        ) from None
+        raise CacheError(  # no readonly=True here: a CLI user read it as advice (QA, two simulate runs)
+            f"cache {directory} is being written by another process (pid {holder}); try again once it has finished"
+        ) from error
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

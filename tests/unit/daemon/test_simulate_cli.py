@@ -289,3 +289,30 @@ def test_summary_json_records_the_settings_that_change_results(app: typer.Typer,
     assert settings["calibrate"] is True and settings["keep_duplicates"] is True
     assert settings["class_names"] is False and settings["class_names_embedded"] is False
     assert (settings["test_fraction"], settings["test_set"]) == (0.3, "a stratified 0.3 of the data")
+
+
+def test_a_cache_dir_another_run_writes_is_refused_with_a_way_out_for_the_cli(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    """Two runs sharing --cache-dir: the second was told to 'open it with readonly=True', advice for Python."""
+    import fcntl
+    import os
+
+    from models.cache import model_key
+    from models.hashing import HashingEmbedder
+
+    held = tmp_path / "cache" / model_key(HashingEmbedder(dim=256))
+    held.mkdir(parents=True)
+    fd = os.open(held / "writer.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a separate open file description acts as the other run
+        os.pwrite(fd, b"3777\n", 0)
+        result = CliRunner().invoke(app, simulate_args(tiny_csv(tmp_path / "tiny.csv"), tmp_path / "out",
+                                                       "--cache-dir", str(tmp_path / "cache")))
+    finally:
+        os.close(fd)
+    assert result.exit_code == 1
+    flat = " ".join(result.output.split())
+    assert ("is being written by another process (pid 3777); try again once it has finished, or give this run its "
+            "own --cache-dir (runs that share one take turns)") in flat
+    assert "readonly" not in flat and "Traceback" not in flat
