@@ -114,11 +114,11 @@ class LoopContext:
             self._embedder = self.embedder_factory()
         return self._embedder
 
-    def cache(self, model_key: str, dim: int) -> EmbeddingCache:
-        """Return the embedding cache for one encoder (or bring-your-own width)."""
+    def cache(self, model_key: str, dim: int, *, readonly: bool = False) -> EmbeddingCache:
+        """Return the embedding cache for one encoder (or bring-your-own width); ``readonly`` takes no writer lock."""
         cache = self._caches.get(model_key)
         if cache is None:
             cache = EmbeddingCache(self.data_dir / "embeddings", model_key=model_key, dim=dim,
-                                   readonly=self.readonly_caches)
+                                   readonly=readonly or self.readonly_caches)
             self._caches[model_key] = cache
         return cache

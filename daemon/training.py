@@ -51,8 +51,8 @@ def active_cache(ctx: LoopContext) -> EmbeddingCache:
     with Session(ctx.engine) as session:
         source = get_value(session, "embedding_source")
     dim = byo_dim(source)
-    if source is not None and dim is not None:
-        return ctx.cache(source, dim)
+    if source is not None and dim is not None:  # only `pool add` writes a pool's own vectors: the daemon held the
+        return ctx.cache(source, dim, readonly=True)  # writer lock for good, and `pool add` of vectors was refused
     embedder = ctx.embedder()
     return ctx.cache(model_key(embedder), embedder.dim)
 

@@ -601,6 +601,44 @@ def test_bring_your_own_embeddings_need_no_encoder(tmp_path: Path, monkeypatch: 
         add_pool_file(ctx.engine, tmp_path / "texts.csv", pool=settings.pool, data_dir=settings.store.data_dir)
 
 
+def test_pool_add_of_own_vectors_works_while_the_daemon_holds_the_pool(tmp_path: Path) -> None:
+    """The daemon opened a pool's own-vector cache for writing and held its lock for good, so `pool add`
+    of more vectors (another process) was refused: "being written by another process; try again"."""
+    import json
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+
+    def vectors_file(name: str, prefix: str, n: int) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"id": f"{prefix}-{i}", "embedding": rng.normal(size=8).round(4).tolist()})
+                                + "\n" for i in range(n)))
+        return path
+
+    settings = make_settings(tmp_path)
+    fake = FakeConnector()
+    ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=fake,
+                      embedder_factory=lambda: HashingEmbedder(dim=8))
+    add_pool_file(ctx.engine, vectors_file("first.jsonl", "a", 40), pool=settings.pool,
+                  data_dir=settings.store.data_dir)
+    ensure_project(ctx)
+    first = run_cycle(ctx).batch_id  # the daemon's context now has the pool's cache open
+    assert first is not None
+    config = tmp_path / "labelloop.toml"
+    config.write_text(f'[store]\nurl = "{settings.store.url}"\ndata_dir = "{settings.store.data_dir}"\n'
+                      f'[loop]\nclasses = {json.dumps(CLASSES)}\n')
+    added = subprocess.run([sys.executable, "-m", "daemon", "-c", str(config), "pool", "add",
+                            str(vectors_file("more.jsonl", "b", 5))], capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0, added.stderr
+    with Session(ctx.engine) as session:
+        assert status_report(session).pool["items"] == 45
+    for n, item in enumerate(batch_items(ctx, first)):
+        fake.annotate(item.item_id, CLASSES[n % 3])
+    report = run_cycle(ctx)  # the daemon trains and selects on the vectors another process appended
+    assert report.status == "ok" and report.model_version is not None and report.batch_id is not None
+
+
 @pytest.mark.parametrize("use_names", [True, False])
 def test_after_the_cold_start_the_item_nearest_an_unseen_class_name_is_asked_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_names: bool
