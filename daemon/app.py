@@ -15,7 +15,7 @@ from connectors.base import Connector, OutgoingTask, PredictionUpdate, ProjectIn
 from connectors.errors import ConnectorUnavailable
 from connectors.label_studio import LabelStudioConnector
 from daemon.context import LoopContext, default_embedder_factory
-from daemon.cycle import CycleReport, run_cycle
+from daemon.cycle import CycleReport, close_interrupted_cycles, run_cycle
 from daemon.errors import ConfigError
 from daemon.project import ensure_project
 from daemon.service import InstanceLock, Service
@@ -77,10 +77,11 @@ def one_cycle(settings: Settings, *, connector: Connector | None = None) -> Cycl
     Raises:
         AlreadyRunning, ConnectorError, ModelError.
     """
-    ctx = build_context(settings, connector=connector)
-    lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir)
-    lock.acquire()
+    lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir, "cycle")
+    lock.acquire()  # first: a refusal came after the whole context was built, 5-80 s later
     try:
+        ctx = build_context(settings, connector=connector)
+        close_interrupted_cycles(ctx.engine)
         ensure_project(ctx)
         return run_cycle(ctx, reason="manual")
     finally:
@@ -88,10 +89,10 @@ def one_cycle(settings: Settings, *, connector: Connector | None = None) -> Cycl
 
 
 def one_sync(settings: Settings, *, connector: Connector | None = None) -> SyncReport:
-    ctx = build_context(settings, connector=connector)
-    lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir)
+    lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir, "sync")
     lock.acquire()
     try:
+        ctx = build_context(settings, connector=connector)
         ensure_project(ctx)
         return sync(ctx)
     finally:
@@ -109,7 +110,7 @@ def embed_backfill(settings: Settings, *, progress: Callable[[int, int], None] |
     from daemon.training import embed_pool
 
     apply_torch_threads(settings)
-    lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir)
+    lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir, "embed")
     lock.acquire()
     try:
         ctx = LoopContext(
@@ -199,9 +200,10 @@ def run_service(settings: Settings, *, connector: Connector | None = None) -> No
         settings.webhook_secret()
         settings.webhook_url()
     lock = InstanceLock.for_store(settings.store.url, settings.store.data_dir)
-    lock.acquire()
+    lock.acquire(wait_for_commands=True)  # a `labelloop cycle` finishes; refusing left a restarted daemon down
     try:
         ctx = build_context(settings, connector=connector)
+        close_interrupted_cycles(ctx.engine)
         try:
             who = ctx.connector.check()
             log.info("connected to Label Studio at %s as %s", masked_url(settings.label_studio.url), who)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import func
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from connectors.base import OutgoingTask
@@ -41,7 +42,7 @@ from daemon.store import (
 from daemon.sync import record_pushed, sync
 from daemon.training import embed_pool, retrain, to_embed
 
-__all__ = ["CycleReport", "cycle_due", "push_pending", "queue_is_low", "run_cycle"]
+__all__ = ["CycleReport", "close_interrupted_cycles", "cycle_due", "push_pending", "queue_is_low", "run_cycle"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,6 +60,21 @@ class CycleReport:
     pushed: int = 0
     model_version: str | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def close_interrupted_cycles(engine: Engine) -> int:
+    """Mark cycles a killed process left ``running`` as ``interrupted``; call it holding the store's instance lock.
+
+    Only the lock's holder runs cycles, so a ``running`` row older than this process is one whose
+    process died (SIGKILL, power loss): ``status`` showed such rows as running for good.
+    """
+    with Session(engine) as session:
+        stale = session.exec(select(CycleRun).where(CycleRun.status == "running")).all()
+        for run in stale:
+            run.status, run.reason = "interrupted", (run.reason + "; " if run.reason else "") + "its process ended"
+            session.add(run)
+        session.commit()
+    return len(stale)
 
 
 def cycle_due(ctx: LoopContext) -> str:

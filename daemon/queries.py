@@ -267,7 +267,7 @@ def _queue(session: Session) -> dict[str, int]:
     waiting = session.exec(
         select(func.count()).select_from(BatchItem).join(Batch, col(Batch.id) == col(BatchItem.batch_id))
         .where(BatchItem.state == BatchItemState.PENDING)
-        .where(col(Batch.status).in_([BatchStatus.SELECTED, BatchStatus.PUSHED]))
+        .where(col(Batch.status).in_([BatchStatus.SELECTED, BatchStatus.PUSHED, BatchStatus.CLOSED]))
     ).one()
     return {"waiting_items": int(waiting), **{f"batches_{k}": v for k, v in batches.items()}}
 

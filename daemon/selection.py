@@ -50,13 +50,17 @@ def strategy_name(ctx: LoopContext) -> str:
 
 
 def waiting_count(session: Session) -> int:
-    """Our items that are queued (selected or pushed) and not answered yet."""
+    """Our items that are queued (selected or pushed) and not answered yet.
+
+    Items of closed batches count too: a deleted annotation puts its task back in the tool's queue,
+    and leaving those out let new batches go past ``max_waiting_tasks``.
+    """
     stmt = (
         select(func.count())
         .select_from(BatchItem)
         .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
         .where(BatchItem.state == BatchItemState.PENDING)
-        .where(col(Batch.status).in_([BatchStatus.SELECTED, BatchStatus.PUSHED]))
+        .where(col(Batch.status).in_([BatchStatus.SELECTED, BatchStatus.PUSHED, BatchStatus.CLOSED]))
     )
     return int(session.exec(stmt).one())
 

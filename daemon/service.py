@@ -18,6 +18,7 @@ import random
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -62,38 +63,53 @@ def prune_health_events(session: Session, *, keep: int = HEALTH_EVENTS_KEPT) -> 
 
 
 class InstanceLock:
-    """An exclusive ``flock`` next to the database: one daemon per store."""
+    """An exclusive ``flock`` next to the database: one daemon, or one one-shot command, per store.
 
-    def __init__(self, path: Path) -> None:
+    The lock file names its holder (``<pid> <role>``: ``daemon``, ``cycle``, ``sync``, ``embed``).
+    """
+
+    def __init__(self, path: Path, role: str = "daemon") -> None:
         self.path = path
+        self.role = role
         self._handle: IO[str] | None = None
 
     @classmethod
-    def for_store(cls, url: str, data_dir: Path) -> InstanceLock:
+    def for_store(cls, url: str, data_dir: Path, role: str = "daemon") -> InstanceLock:
         db = sqlite_path(url)
-        return cls(Path(f"{db}.lock") if db is not None else data_dir / "labelloop.lock")
+        return cls(Path(f"{db}.lock") if db is not None else data_dir / "labelloop.lock", role)
 
-    def acquire(self) -> None:
-        """Take the lock or refuse.
+    def acquire(self, *, wait_for_commands: bool = False, poll_s: float = 0.5) -> None:
+        """Take the lock or refuse; with ``wait_for_commands``, wait while a one-shot command holds it.
+
+        A daemon restarted (by systemd, 10 s after a crash) while an operator's ``labelloop cycle``
+        ran used to exit 3, which the unit does not restart: the loop stayed down. It now waits
+        for the command to finish; another daemon is still refused at once.
 
         Raises:
-            AlreadyRunning: another process holds it.
+            AlreadyRunning: another process holds it (a daemon, or a command when not waiting).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = self.path.open("a+")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise AlreadyRunning(
-                f"another labelloop daemon (pid {holder}) is already running on this store "
-                f"(lock {self.path}); stop it first, or point store.url at another database"
-            ) from None
+        said = False
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                pid, _, role = (handle.read().strip() or "unknown").partition(" ")
+                role = role or "daemon"  # a lock written before roles were recorded
+                if role != "daemon" and wait_for_commands:
+                    if not said:
+                        log.info("waiting for `labelloop %s` (pid %s) to finish with the store", role, pid)
+                        said = True
+                    time.sleep(poll_s)
+                    continue
+                handle.close()
+                raise AlreadyRunning(_held_by(role, pid, self.path)) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(str(os.getpid()))
+        handle.write(f"{os.getpid()} {self.role}")
         handle.flush()
         self._handle = handle
 
@@ -102,6 +118,13 @@ class InstanceLock:
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+
+
+def _held_by(role: str, pid: str, path: Path) -> str:
+    if role == "daemon":
+        return (f"another labelloop daemon (pid {pid}) is already running on this store (lock {path}); stop it "
+                "first, or point store.url at another database")
+    return f"`labelloop {role}` (pid {pid}) is working on this store (lock {path}); try again once it has finished"
 
 
 @dataclass(slots=True)

@@ -969,3 +969,27 @@ def test_after_a_lift_the_window_needs_new_retrains_and_a_resume_of_a_running_qu
     assert model is not None and model.version == before[-1].model_version  # no new label: the same model
     point = update_stability(ctx, model)
     assert point is not None and point.kappa is None  # compared with nothing, not with itself
+
+
+def test_a_task_reopened_after_its_batch_closed_counts_as_waiting(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]],
+) -> None:
+    """Deleting an answer in a closed batch put the task back in Label Studio's queue, but the store did
+    not count it: status said 0 waiting and the next batches went past max_waiting_tasks (13 of 10)."""
+    from daemon.selection import waiting_count
+
+    ctx, fake, gold = world
+    first = run_cycle(ctx).batch_id or ""
+    annotate_batch(ctx, fake, gold, first)
+    sync(ctx)
+    with Session(ctx.engine) as session:
+        assert session.get(Batch, first).status == BatchStatus.CLOSED  # type: ignore[union-attr]
+    reopened = batch_items(ctx, first)[0]
+    fake.delete_annotation(reopened.item_id)
+    sync(ctx)
+    with Session(ctx.engine) as session:
+        assert waiting_count(session) == 1 and status_report(session).queue["waiting_items"] == 1
+    for _ in range(3):
+        run_cycle(ctx)
+    waiting_in_tool = sum(1 for task in fake.list_tasks() if not task.annotation_count and not task.skip_count)
+    assert waiting_in_tool <= ctx.settings.label_studio.max_waiting_tasks
