@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlmodel import Session, col, select
 
-from daemon.queries import control_slice_accuracy
+from daemon.queries import recent_control_accuracy
 from daemon.stopping import StoppingRule, first_stop, prediction_kappa
 from daemon.store import (
     HealthEvent,
@@ -168,7 +168,7 @@ def _maybe_pause(session: Session, points: list[StabilityPoint], rule: StoppingR
     tail = [p.kappa for p in points[-rule.window :]]
     if len(tail) < rule.window or first_stop(tail, rule) != rule.window - 1:
         return
-    control = control_slice_accuracy(session)["recent"]  # the latest models', not every model's since the start
+    control = recent_control_accuracy(session)  # the latest models', not every model's since the start
     latest = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
     agree = f"successive models agree (kappa ≥ {rule.threshold} over {rule.window} retrains)"
     if control["n"] < MIN_CONTROL_LABELS or latest is None or latest.accuracy is None:

@@ -37,7 +37,9 @@ __all__ = [
     "batch_detail",
     "labels_per_class",
     "list_batches",
+    "recent_control_accuracy",
     "status_report",
+    "waiting_count",
 ]
 
 PREVIEW_CHARS = 80
@@ -264,12 +266,23 @@ def _queue(session: Session) -> dict[str, int]:
         select(Batch.status, func.count()).group_by(col(Batch.status))
     ).all()
     batches = {str(status): int(n) for status, n in rows}
-    waiting = session.exec(
-        select(func.count()).select_from(BatchItem).join(Batch, col(Batch.id) == col(BatchItem.batch_id))
+    return {"waiting_items": waiting_count(session), **{f"batches_{k}": v for k, v in batches.items()}}
+
+
+def waiting_count(session: Session) -> int:
+    """Our items that are queued (selected or pushed) and not answered yet.
+
+    Items of closed batches count too: a deleted annotation puts its task back in the tool's queue,
+    and leaving those out let new batches go past ``max_waiting_tasks``.
+    """
+    stmt = (
+        select(func.count())
+        .select_from(BatchItem)
+        .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
         .where(BatchItem.state == BatchItemState.PENDING)
         .where(col(Batch.status).in_([BatchStatus.SELECTED, BatchStatus.PUSHED, BatchStatus.CLOSED]))
-    ).one()
-    return {"waiting_items": int(waiting), **{f"batches_{k}": v for k, v in batches.items()}}
+    )
+    return int(session.exec(stmt).one())
 
 
 def _model(session: Session) -> dict[str, Any] | None:
@@ -304,6 +317,11 @@ def control_slice_accuracy(session: Session) -> dict[str, Any]:
     curve = _control_curve(session)
     return {"n": len(rows), "accuracy": round(correct / len(rows), 4) if rows else None,
             "recent": _recent(curve), "curve": curve}
+
+
+def recent_control_accuracy(session: Session) -> dict[str, Any]:
+    """``control_slice_accuracy(session)["recent"]`` without the pooled figure's query (the stopping rule's check)."""
+    return _recent(_control_curve(session))
 
 
 def _recent(curve: list[dict[str, Any]]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from daemon._coarse import (
     left_out_bound,
     rules_out_the_rest,
 )
+from models.device import torch_threads
 from strategies import Prefilter
 
 __all__ = [
@@ -254,16 +255,8 @@ def _head_threads() -> Iterator[None]:
     and it is faster on every core (0.74 s against 1.08 s), so the float32 pass keeps the setting.
     ``torch.set_num_threads`` also sets the default of threads started meanwhile (the pass's own).
     """
-    before = torch.get_num_threads()
-    wanted = max(1, before - 2)
-    if wanted == before:
+    with torch_threads(torch.get_num_threads() - 2):
         yield
-        return
-    torch.set_num_threads(wanted)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _of_proba(proba: Callable[[Float32Array], AnyProba], score: ScoreFn) -> Callable[[Float32Array], FloatArray]:

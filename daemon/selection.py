@@ -18,12 +18,13 @@ from functools import partial
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from daemon.context import LoopContext, TrainedModel
 from daemon.named_rows import nearest_rows, unseen_prototypes
 from daemon.pool import known_classes
 from daemon.pool_index import CandidateRows, PoolIndex, item_ids_of
+from daemon.queries import waiting_count
 from daemon.scoring import (
     DEFAULT_CHUNK_ROWS,
     SCORING_DTYPE,
@@ -33,7 +34,7 @@ from daemon.scoring import (
     coarse_head_for,
     shortlist,
 )
-from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus
+from daemon.store import Batch, BatchItem
 from daemon.training import active_cache, labeled_set, vectors_for
 from models.cache import EmbeddingCache
 from models.errors import NonFiniteInput
@@ -47,22 +48,6 @@ log = logging.getLogger(__name__)
 def strategy_name(ctx: LoopContext) -> str:
     name = ctx.settings.loop.strategy
     return DEFAULT_STRATEGY if name == "default" else name
-
-
-def waiting_count(session: Session) -> int:
-    """Our items that are queued (selected or pushed) and not answered yet.
-
-    Items of closed batches count too: a deleted annotation puts its task back in the tool's queue,
-    and leaving those out let new batches go past ``max_waiting_tasks``.
-    """
-    stmt = (
-        select(func.count())
-        .select_from(BatchItem)
-        .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
-        .where(BatchItem.state == BatchItemState.PENDING)
-        .where(col(Batch.status).in_([BatchStatus.SELECTED, BatchStatus.PUSHED, BatchStatus.CLOSED]))
-    )
-    return int(session.exec(stmt).one())
 
 
 def pool_index(ctx: LoopContext, session: Session, cache: EmbeddingCache) -> PoolIndex:

@@ -20,9 +20,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -142,7 +141,11 @@ def run_simulation(
     arms = [(name, seed) for name in strategies for seed in seeds]
     run_arm = partial(_run_arm, data=data, eval_classes=eval_classes, config=config, make_classifier=make_classifier)
     if jobs == 1:
-        with _torch_threads(1):  # as in the workers: the head's fits depend on the thread count
+        from models.device import torch_threads  # torch loads only when arms run
+
+        # one thread, as in the workers: the head's fits depend on the thread count, and the same
+        # seeds gave curves up to 0.02 macro-F1 apart with --jobs 1 and 2
+        with torch_threads(1):
             per_arm = [run_arm(arm) for arm in arms]
     else:
         context = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
@@ -200,20 +203,6 @@ def _run_arm(
         len(records),
     )
     return records
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run the block on ``n`` torch threads. Results then do not depend on ``--jobs``: with two threads
-    in one process and one per worker, the same seeds gave macro-F1 curves up to 0.02 apart."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _one_thread() -> None:

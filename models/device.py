@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from models.errors import ModelError
 
-__all__ = ["select_device"]
+__all__ = ["select_device", "torch_threads"]
 
 
 def select_device(preference: str | None = None) -> torch.device:
@@ -30,3 +33,18 @@ def select_device(preference: str | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {preference!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
     return device
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` torch intra-op threads (at least one), then restore the setting."""
+    before = torch.get_num_threads()
+    wanted = max(1, n)
+    if wanted == before:
+        yield
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
