@@ -157,12 +157,16 @@ def _no_model(report: StatusReport) -> str:
 
 def _health(daemon: dict[str, Any]) -> str:
     """``daemon pid N: <state>, last beat Ns ago, healthy`` (or why not)."""
-    state = daemon["state"]
+    state, age = daemon["state"], daemon["last_beat_age_s"]
+    if state == "stopped":  # a clean stop is not a fault: say when, not "NOT healthy"
+        return f"daemon pid {daemon['pid']}: stopped cleanly {age}s ago, not running"
     if state == "gone":
         state = "gone (its process ended without stopping: killed?)"
     why = "healthy"
     if not daemon["healthy"]:
         failures = daemon.get("backoff_failures") or 0
-        why = (f"NOT healthy: {failures} runs in a row failed (see the events below)" if failures
-               and daemon["state"] == "running" else "NOT healthy")
-    return f"daemon pid {daemon['pid']}: {state}, last beat {daemon['last_beat_age_s']}s ago, {why}"
+        why = "NOT healthy"
+        if state == "running":
+            why = (f"NOT healthy: {failures} runs in a row failed (see the events below)" if failures
+                   else "NOT healthy: no beat for that long (frozen, or its machine is unreachable?)")
+    return f"daemon pid {daemon['pid']}: {state}, last beat {age}s ago, {why}"

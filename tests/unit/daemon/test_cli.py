@@ -269,6 +269,20 @@ def test_status_says_a_killed_daemon_is_gone_and_a_failing_one_is_not_healthy(wo
     assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["daemon"]["healthy"] is True
 
 
+def test_status_says_a_cleanly_stopped_daemon_stopped_and_a_silent_one_stopped_beating(workdir: Path) -> None:
+    """After a clean SIGTERM, status read "stopped, last beat 40s ago, NOT healthy", as if something were wrong."""
+    import os
+    import socket
+    from datetime import UTC, datetime, timedelta
+
+    _beat(workdir, pid=4242, host=socket.gethostname(), state="stopped")
+    shown = _plain(runner.invoke(app, ["status"]).output)
+    assert "daemon pid 4242: stopped cleanly" in shown and "NOT healthy" not in shown
+    old = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    _beat(workdir, pid=os.getpid(), host=socket.gethostname(), last_beat=old)
+    assert "NOT healthy: no beat for that long" in _plain(runner.invoke(app, ["status"]).output)
+
+
 @pytest.mark.parametrize("command", [["status"], ["batches"], ["export", "x.csv"], ["predict", "p.csv"],
                                      ["pool", "remove", "--id", "a"], ["resume"]])
 def test_reading_commands_refuse_a_store_that_is_not_there_instead_of_creating_an_empty_one(
