@@ -60,7 +60,7 @@ class _Waiting:
     remote_task_id: str
     content_hash: str
     old_score: float
-    is_comparable: bool  # chosen by the same strategy, so its score is on the same scale
+    is_comparable: bool  # chosen by the same strategy, so its score is on the same scale; withdrawn only if so
     is_control: bool  # refreshed in the tool like the rest; never withdrawn, and its pushed prediction is kept
 
 
@@ -139,20 +139,24 @@ def _done(ctx: LoopContext, model: TrainedModel, report: RerankReport) -> Rerank
 def _waiting(session: Session, strategy: str, version: str) -> list[_Waiting]:
     """Our pushed, unanswered tasks, except those ``version`` itself chose.
 
+    Tasks reopened after their batch closed (an answer deleted) are among them, refreshed but never
+    withdrawn: someone answered them once, and whoever deleted the answer wants a new one.
+
     Control tasks are among them: the project's ``model_version`` moves on, and Label Studio shows
     only that version's predictions, so a control task left out lost its suggestion and annotators
     could tell the control items apart.
     """
     rows = session.exec(
-        select(BatchItem, Batch.strategy, PoolItem.content_hash)
+        select(BatchItem, Batch.strategy, Batch.status, PoolItem.content_hash)
         .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
         .join(PoolItem, col(PoolItem.item_id) == col(BatchItem.item_id))
-        .where(Batch.status == BatchStatus.PUSHED, BatchItem.state == BatchItemState.PENDING)
-        .where(col(BatchItem.remote_task_id).is_not(None))
+        .where(col(Batch.status).in_([BatchStatus.PUSHED, BatchStatus.CLOSED]))
+        .where(BatchItem.state == BatchItemState.PENDING, col(BatchItem.remote_task_id).is_not(None))
         .where(Batch.model_version != version)
     ).all()
-    return [_Waiting(item.item_id, item.remote_task_id or "", digest, item.score, batch_strategy == strategy,
-                     item.is_control) for item, batch_strategy, digest in rows]
+    return [_Waiting(item.item_id, item.remote_task_id or "", digest, item.score,
+                     batch_strategy == strategy and status is BatchStatus.PUSHED, item.is_control)
+            for item, batch_strategy, status, digest in rows]
 
 
 def _scores(

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 WATERMARK_KEY = "pull_watermark"
 RECONCILE_SPACING = 20.0  # a full read waits at least this many times its last duration
 _SLOW_RECONCILE_S = 10.0  # a full read this long is logged
+REOPENED_NOTE = "a task wanted answers again after the batch closed"  # cleared once it is answered again
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +321,7 @@ def _reopen(session: Session, batch_id: str) -> None:
     reopen, so note it."""
     batch = session.get(Batch, batch_id)
     if batch is not None and batch.status is BatchStatus.CLOSED:
-        batch.note = "a task wanted answers again after the batch closed"
+        batch.note = REOPENED_NOTE
         session.add(batch)
 
 
@@ -366,18 +367,25 @@ def _missing_from(session: Session, present: set[tuple[str, str]]) -> list[Batch
 
 
 def close_finished_batches(session: Session) -> int:
-    """Close pushed batches whose items are all labeled, skipped or withdrawn."""
+    """Close pushed batches whose items are all labeled, skipped or withdrawn; a closed batch whose
+    reopened tasks were all answered again loses the note that said it wanted answers."""
     closed = 0
     for batch in session.exec(select(Batch).where(Batch.status == BatchStatus.PUSHED)):
-        pending = session.exec(
-            select(BatchItem.item_id).where(
-                BatchItem.batch_id == batch.id, BatchItem.state == BatchItemState.PENDING
-            )
-        ).first()
-        if pending is None:
+        if not _has_pending(session, batch.id):
             advance(session, batch, BatchStatus.CLOSED)
             closed += 1
+    for batch in session.exec(select(Batch).where(Batch.status == BatchStatus.CLOSED, Batch.note == REOPENED_NOTE)):
+        if not _has_pending(session, batch.id):
+            batch.note = ""
+            session.add(batch)
     return closed
+
+
+def _has_pending(session: Session, batch_id: str) -> bool:
+    found = session.exec(
+        select(BatchItem.item_id).where(BatchItem.batch_id == batch_id, BatchItem.state == BatchItemState.PENDING)
+    ).first()
+    return found is not None
 
 
 def _advance_watermark(session: Session, raw: str | None, watermark: datetime) -> None:

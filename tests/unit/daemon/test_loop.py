@@ -423,6 +423,31 @@ def stale_queue(
     return ctx, fake, gold, second, items
 
 
+def test_rerank_refreshes_a_task_reopened_after_its_batch_closed_and_never_withdraws_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task whose answer was deleted after its batch closed waits in Label Studio again, but the
+    re-ranking read only open batches: it kept the cold start's suggestion under every later model."""
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold = build_world(tmp_path, stale_score_ratio=1.0, control_fraction=0.0, rerank_keep_next=0)
+    first = run_cycle(ctx).batch_id or ""
+    annotate_batch(ctx, fake, gold, first)
+    second = run_cycle(ctx).batch_id or ""
+    reopened = batch_items(ctx, first)[0]
+    fake.delete_annotation(reopened.item_id)
+    items = sorted(batch_items(ctx, second), key=lambda i: i.position)
+    for item in items[:4]:
+        fake.annotate(item.item_id, gold[item.item_id])
+    monkeypatch.setattr("daemon.rerank._scores", lambda ctx, model, strategy, vectors, proba: np.zeros(len(vectors)))
+    third = run_cycle(ctx)
+    assert third.model_version is not None
+    updates = fake.predictions.get(reopened.remote_task_id or "", [])
+    assert updates and updates[-1].model_version == third.model_version
+    after = {i.item_id: i for i in batch_items(ctx, first)}[reopened.item_id]
+    assert after.state is BatchItemState.PENDING and after.predicted_label == updates[-1].predicted_label
+    assert any(i.state is BatchItemState.WITHDRAWN for i in batch_items(ctx, second))  # the stale open ones go
+
+
 def test_rerank_keeps_the_waiting_tasks_annotators_get_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx, _, _, second, items = stale_queue(tmp_path, monkeypatch, keep_next=2)
     third = run_cycle(ctx)
@@ -977,6 +1002,7 @@ def test_a_task_reopened_after_its_batch_closed_counts_as_waiting(
     """Deleting an answer in a closed batch put the task back in Label Studio's queue, but the store did
     not count it: status said 0 waiting and the next batches went past max_waiting_tasks (13 of 10)."""
     from daemon.selection import waiting_count
+    from daemon.sync import REOPENED_NOTE
 
     ctx, fake, gold = world
     first = run_cycle(ctx).batch_id or ""
@@ -989,6 +1015,13 @@ def test_a_task_reopened_after_its_batch_closed_counts_as_waiting(
     sync(ctx)
     with Session(ctx.engine) as session:
         assert waiting_count(session) == 1 and status_report(session).queue["waiting_items"] == 1
+        assert session.get(Batch, first).note == REOPENED_NOTE  # type: ignore[union-attr]
+    fake.annotate(reopened.item_id, gold[reopened.item_id])
+    sync(ctx)
+    with Session(ctx.engine) as session:  # answered again: the note no longer holds
+        assert waiting_count(session) == 0 and session.get(Batch, first).note == ""  # type: ignore[union-attr]
+    fake.delete_annotation(reopened.item_id)
+    sync(ctx)
     for _ in range(3):
         run_cycle(ctx)
     waiting_in_tool = sum(1 for task in fake.list_tasks() if not task.annotation_count and not task.skip_count)
