@@ -217,6 +217,35 @@ def test_new_model_refreshes_predictions_of_waiting_tasks(
     assert project.model_version == third.model_version  # Label Studio pre-annotates from the new model
 
 
+def test_a_task_reopened_after_its_batch_closed_gets_the_new_models_suggestion_and_is_kept(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
+) -> None:
+    """An answer deleted after its batch closed puts the task back in the queue; re-ranking left it
+    without a suggestion for good, and the batch said it wanted answers after it had them again."""
+    ctx, _, gold = loop_ctx
+    ctx.settings.loop.stale_score_ratio = 1.0  # the open batch's stale tasks go; the reopened one must stay
+    ctx.settings.loop.rerank_keep_next = 0
+    first = run_cycle(ctx).batch_id or ""
+    first_items = items_of(ctx, first)
+    answers = [ls_helpers.annotate(ls_client, int(i.remote_task_id or 0), gold[i.item_id]) for i in first_items]
+    second = run_cycle(ctx)
+    reopened = first_items[0]
+    ls_helpers.delete_annotation(ls_client, answers[0])
+    answer(ls_client, gold, items_of(ctx, second.batch_id or "")[:5])
+    third = run_cycle(ctx)
+    assert third.model_version not in (None, second.model_version)
+    versions = {p.model_version for p in ls_client.predictions.list(task=int(reopened.remote_task_id or 0))}
+    assert third.model_version in versions
+    assert states(ctx, first)[reopened.item_id] is BatchItemState.PENDING
+    with Session(ctx.engine) as session:
+        assert session.get(Batch, first).note  # type: ignore[union-attr]
+    answer(ls_client, gold, [reopened])
+    run_cycle(ctx)
+    assert labels(ctx)[reopened.item_id] == (LabelStatus.LABELED, gold[reopened.item_id])
+    with Session(ctx.engine) as session:
+        assert session.get(Batch, first).note == ""  # type: ignore[union-attr]
+
+
 def test_a_waiting_task_deleted_in_label_studio_does_not_stop_the_refresh_of_the_others(
     loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
 ) -> None:
