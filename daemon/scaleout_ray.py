@@ -367,7 +367,7 @@ def _merged(batches: Iterator[dict[str, npt.NDArray[Any]]], n_top: int) -> Short
             held += int(is_top.sum())
             if held > 2 * n_top:  # keep the coordinator's memory at O(n_top)
                 top, held = [_best_of(top, n_top)], n_top
-    except RayError as e:
+    except RayError as e:  # a worker's NonFiniteInput arrives as text only (Ray drops the cause): selection checks
         raise ModelError(f"the Ray scoring job failed: {e}") from e
     finally:
         getattr(batches, "close", lambda: None)()

@@ -37,7 +37,7 @@ from daemon.scoring import (
 from daemon.store import Batch, BatchItem
 from daemon.training import active_cache, labeled_set, vectors_for
 from models.cache import EmbeddingCache
-from models.errors import NonFiniteInput
+from models.errors import ModelError
 from strategies import DEFAULT_STRATEGY, PoolView, Prefilter, prefilter, prefilter_scores, select_batch
 
 __all__ = ["label_counts", "pool_index", "select_next_batch", "strategy_name", "waiting_count"]
@@ -132,9 +132,9 @@ def _strategy_picks(
     rows = inputs.pool.cache_rows[rest]
     try:
         short = _shortlist(ctx, cache, rows, plan, model, score, rng)
-    except NonFiniteInput:
+    except ModelError:  # NonFiniteInput in process; on Ray it arrives as a failed job, its cause lost
         cache.check_finite(rows)  # the pass reads rows unchecked: find the damaged shard and name it
-        raise  # finite rows whose logits overflow
+        raise  # finite rows whose logits overflow, or a job that failed for another reason
     if plan.n_named and prototypes is not None:
         short = _with_named_rows(cache, rows, short, nearest_rows(cache, rows, prototypes, plan.n_named), model)
     view = PoolView(

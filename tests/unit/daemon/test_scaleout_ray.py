@@ -33,6 +33,7 @@ from daemon.training import embed_pool
 from models.cache import EmbeddingCache, embed_missing, model_key
 from models.classifier import ProxyClassifier
 from models.embedder import TransformerEmbedder
+from models.errors import CacheError
 from models.hashing import HashingEmbedder
 from models.head_weights import export_head
 from strategies import Prefilter, prefilter_scores
@@ -207,6 +208,31 @@ def test_the_loop_picks_the_same_batch_with_either_backend(
     assert "ray: embedding 1500 texts" in ran and "ray: scoring" in ran  # both hooks took the Ray path
     assert [item_id for item_id, _ in there] == [item_id for item_id, _ in here]
     np.testing.assert_allclose([s for _, s in there], [s for _, s in here], rtol=0, atol=1e-9)
+
+
+def test_a_damaged_vector_fails_a_ray_cycle_naming_its_shard_as_in_process(
+    local_ray: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN row failed a Ray cycle with "the Ray scoring job failed" and a page of Ray's traceback:
+    the worker's NonFiniteInput reaches the coordinator without its cause, so selection never asked
+    the cache which shard was damaged, as it does in process."""
+    from daemon.selection import _read_inputs
+    from daemon.training import active_cache
+
+    ctx, fake = loop_world(tmp_path / "ray", "ray")
+    monkeypatch.setattr("daemon.cycle.update_stability", lambda *_: None)  # its sample would read the row
+    first = run_cycle(ctx)
+    with Session(ctx.engine) as session:
+        for item in session.exec(select(BatchItem).where(BatchItem.batch_id == first.batch_id)):
+            fake.annotate(item.item_id, ["billing", "delivery", "fraud"][int(item.item_id[-4:]) % 3])
+    cache = active_cache(ctx)
+    row = int(_read_inputs(ctx, cache).pool.cache_rows[-1])  # a candidate: neither labeled nor queued
+    shard = cache.directory / f"shard-{row // 262144:05d}.f16"
+    with shard.open("r+b") as handle:
+        handle.seek((row % 262144) * cache.dim * 2)
+        handle.write(b"\xff\xff")  # one float16 NaN
+    with pytest.raises(CacheError, match=rf"{shard.name} is damaged: row {row} holds NaN or inf.*labelloop embed"):
+        run_cycle(ctx)
 
 
 def test_embedding_the_pool_on_ray_reports_progress_in_pool_items(local_ray: Any, tmp_path: Path) -> None:
