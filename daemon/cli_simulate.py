@@ -19,7 +19,7 @@ from rich.table import Table
 
 from daemon.cli_common import out, print_error
 from daemon.errors import DaemonError, PoolFileError
-from models.errors import CacheError, ModelError
+from models.errors import CacheLocked, ModelError
 
 if TYPE_CHECKING:  # torch and transformers load on use: every other command starts 2 s sooner
     from daemon.simulate import ReplayConfig, SimulationResult
@@ -157,9 +157,8 @@ def simulate(
     except PoolFileError as e:
         print_error(PoolFileError(e.path, e.problems, outcome="nothing simulated"))  # not imported
         raise typer.Exit(1) from None
-    except CacheError as e:
-        shared = isinstance(e.__cause__, BlockingIOError)  # another process writes the cache (models/_writer_lock)
-        print_error(f"{e}, or give this run its own --cache-dir (runs that share one take turns)" if shared else e)
+    except CacheLocked as e:  # another process writes the cache
+        print_error(f"{e}, or give this run its own --cache-dir (runs that share one take turns)")
         raise typer.Exit(1) from None
     except (DaemonError, ModelError, ValueError) as e:
         print_error(e)

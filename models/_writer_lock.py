@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.errors import CacheError
+from models.errors import CacheLocked
 
 __all__ = ["WriterLock", "acquire_writer_lock", "release_writer_lock"]
 
@@ -36,8 +36,8 @@ def acquire_writer_lock(directory: Path) -> WriterLock:
     """Take (or share, within this process) the writer lock of ``directory``, creating it.
 
     Raises:
-        CacheError: another process holds it; the message names its pid and says to try again once it has
-            finished (a CLI may add its own way out: the error's ``__cause__`` is the ``BlockingIOError``).
+        CacheLocked: another process holds it; the message names its pid and says to try again once it
+            has finished (a CLI may add its own way out).
             A process that only reads needs no lock: ``EmbeddingCache(..., readonly=True)``.
     """
     directory.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def _flock(directory: Path) -> int:
     except BlockingIOError as error:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise CacheError(  # no readonly=True here: a CLI user read it as advice (QA, two simulate runs)
+        raise CacheLocked(  # no readonly=True here: a CLI user read it as advice (QA, two simulate runs)
             f"cache {directory} is being written by another process (pid {holder}); try again once it has finished"
         ) from error
     os.ftruncate(fd, 0)

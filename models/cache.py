@@ -97,8 +97,8 @@ class EmbeddingCache:
         readonly: open for reading only: no lock, no repair, never creates files.
 
     Raises:
-        CacheError: another process holds the writer lock, or the cache on disk has another
-            ``dim`` or format.
+        CacheLocked: another process holds the writer lock.
+        CacheError: the cache on disk has another ``dim`` or format.
         ValueError: ``model_key`` is not filesystem-safe, or ``dim``/``shard_rows`` < 1.
     """
 

@@ -7,15 +7,16 @@ Tree::
      ├── NonFiniteInput        rows with NaN or inf reached the head (also a ValueError)
      ├── EmbedderUnavailable   the embedding model is missing or cannot be loaded; the message
      │                         names the path tried and what to do
-     └── CacheError            the embedding cache cannot be opened as asked (held by another
-                               writer, or made for a different vector size)
+     └── CacheError            the embedding cache cannot be opened as asked (made for a different
+          │                    vector size, damaged)
+          └── CacheLocked      another process holds the cache's writer lock; it names the pid
 
 Messages never contain pool texts: paths, counts and ids only.
 """
 
 from __future__ import annotations
 
-__all__ = ["CacheError", "EmbedderUnavailable", "ModelError", "ModelNotFitted", "NonFiniteInput"]
+__all__ = ["CacheError", "CacheLocked", "EmbedderUnavailable", "ModelError", "ModelNotFitted", "NonFiniteInput"]
 
 
 class ModelError(Exception):
@@ -36,3 +37,7 @@ class EmbedderUnavailable(ModelError):
 
 class CacheError(ModelError):
     """The embedding cache is locked by another writer or does not match the embedder."""
+
+
+class CacheLocked(CacheError):
+    """Another process holds the cache's writer lock: trying again once it has finished may work."""
