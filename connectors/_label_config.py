@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class ChoicesControl:
     to_name: str
     classes: tuple[str, ...]  # in the config's order; a Choice's alias wins over its value
     data_key: str | None
+    required_keys: tuple[str, ...] = ()  # every task data field the config's object tags show ($subject → subject)
 
 
 def choices_config(classes: Sequence[str], *, text_key: str = "text") -> str:
@@ -92,4 +94,20 @@ def read_choices(label_config: str, *, project_id: str, control_name: str | None
     target = next((tag for tag in root.iter() if tag.get("name") == to_name and tag is not control), None)
     variable = target.get("value", "") if target is not None else ""
     data_key = variable[1:] if variable.startswith("$") and len(variable) > 1 else None
-    return ChoicesControl(from_name=control.get("name", ""), to_name=to_name, classes=classes, data_key=data_key)
+    return ChoicesControl(from_name=control.get("name", ""), to_name=to_name, classes=classes, data_key=data_key,
+                          required_keys=_shown_keys(root))
+
+
+# Tags whose $field Label Studio requires in every task ("'subject' key is expected in task data").
+_OBJECT_TAGS = frozenset({"Text", "HyperText", "Paragraphs", "Table", "Image", "Audio", "AudioPlus", "Video",
+                          "TimeSeries", "Pdf", "Markdown"})
+
+
+def _shown_keys(root: ET.Element) -> tuple[str, ...]:
+    """The task data fields the object tags show, sorted: ``$subject`` and ``$subject.line`` → ``subject``."""
+    keys = {match.group(1) for tag in root.iter() if tag.tag in _OBJECT_TAGS
+            if (match := _VARIABLE.match(tag.get("value", ""))) is not None}
+    return tuple(sorted(keys))
+
+
+_VARIABLE = re.compile(r"\$([A-Za-z_][\w-]*)")

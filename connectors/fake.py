@@ -230,11 +230,14 @@ class FakeConnector:
     # -- test hooks ------------------------------------------------------------------
 
     def annotate(
-        self, item_id: str, choice: str | None, *, annotator: str | None = None, at: datetime | None = None
+        self, item_id: str, choice: str | tuple[str, ...] | None, *, annotator: str | None = None,
+        at: datetime | None = None,
     ) -> str:
-        """Submit a new annotation choosing ``choice`` (any string; ``None``: nothing chosen in the
-        bound tag, as when only another question was answered or the tag was renamed); return its id."""
-        return self._add(item_id, () if choice is None else (choice,), annotator=annotator, at=at, is_skipped=False)
+        """Submit a new annotation choosing ``choice`` (any string; a tuple: several, as a tag made
+        ``choice="multiple"`` gives; ``None``: nothing chosen in the bound tag, as when only another
+        question was answered or the tag was renamed); return its id."""
+        choices = () if choice is None else (choice,) if isinstance(choice, str) else choice
+        return self._add(item_id, choices, annotator=annotator, at=at, is_skipped=False)
 
     def skip(self, item_id: str, *, annotator: str | None = None, at: datetime | None = None) -> str:
         """Skip the task (a cancelled annotation with no choice); return the annotation id."""

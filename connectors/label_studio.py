@@ -191,6 +191,11 @@ class LabelStudioConnector:
                 f"project {project_id} shows task field {control.data_key!r} but labelloop sends the text as "
                 f"{self.text_key!r}; set LABELLOOP_LABEL_STUDIO__TEXT_KEY={control.data_key}"
             )
+        extra = [key for key in control.required_keys if key != self.text_key]
+        if extra:
+            log.warning("project %s's labeling config shows task fields %s besides the text: every pool item needs "
+                        "them as columns of its pool file, or its task is refused", project_id,
+                        ", ".join(map(repr, extra)))
         self._project = _Project(project_id=project_id, title=str(title or self.project_title), control=control)
         return ProjectInfo(project_id=str(project_id), title=self._project.title, classes=control.classes)
 
@@ -213,6 +218,7 @@ class LabelStudioConnector:
         with translated(self.url, "push"):
             remote = self._find_by_item_ids(project, list(unique))
             missing = [task for item_id, task in unique.items() if item_id not in remote]
+            self._check_fields(project, missing)
             for start in range(0, len(missing), self.import_chunk_size):
                 remote.update(self._import(project, missing[start : start + self.import_chunk_size]))
         lost = [item_id for item_id in unique if item_id not in remote]
@@ -230,6 +236,24 @@ class LabelStudioConnector:
             len(unique) - len(missing),
         )
         return {task.item_id: remote[task.item_id] for task in tasks}
+
+    def _check_fields(self, project: _Project, tasks: Sequence[OutgoingTask]) -> None:
+        """Refuse tasks lacking a field the labeling config shows, naming it, before Label Studio does.
+
+        Label Studio refuses the whole import for one such task, and the reason it gives was
+        reported only as "HTTP 400; check non_field_errors" (QA: a ``$subject`` header beside the text).
+        """
+        needed = [key for key in project.control.required_keys if key != self.text_key]
+        short = {key: sum(1 for task in tasks if key not in task.meta) for key in needed}
+        lacking = {key: n for key, n in short.items() if n}
+        if lacking:
+            fields = ", ".join(f"{key!r} (lacked by {n} of {len(tasks)})" for key, n in lacking.items())
+            raise ConnectorRejected(
+                f"project {project.project_id}'s labeling config shows task fields labelloop does not have for "
+                f"these items: {fields}. labelloop sends the text as {self.text_key!r} and a pool file's other "
+                "columns as further fields: add those columns to the pool file (labelloop pool add), or take "
+                "the tags that show them out of the project's labeling config"
+            )
 
     def pull(self, *, since: datetime | None) -> PullResult:
         """Current state of our tasks whose ``updated_at`` is at or after ``since``.

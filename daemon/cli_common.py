@@ -21,7 +21,7 @@ from rich.text import Text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from connectors.errors import ConnectorAuthError, ConnectorError
+from connectors.errors import ConnectorError, ConnectorRejected
 from daemon.errors import AlreadyRunning, ConfigError, DaemonError, PoolFileError
 from daemon.settings import Settings, load_settings
 from daemon.store import is_disk_full, is_store_locked, make_engine, sqlite_path
@@ -54,7 +54,7 @@ def cli_errors() -> Iterator[None]:
     """Turn our errors into one clear line and an exit code; never a traceback."""
     try:
         yield
-    except (ConfigError, ConnectorAuthError) as e:
+    except (ConfigError, ConnectorRejected) as e:  # a refused token or an unusable project: a human must act
         print_error(e)
         raise typer.Exit(2) from None
     except AlreadyRunning as e:

@@ -81,6 +81,18 @@ def _short_version(version: str | None) -> str:
     return "" if version is None else version if not version.isalnum() else version[:_SHORT_ID]
 
 
+def _unknown_choice(raw: str, classes: list[str]) -> str:
+    """Why answers that gave ``raw`` are not trained on, and what to do."""
+    if raw == NO_CHOICE:
+        return ("answers with nothing chosen in the bound <Choices> (only another question answered, or the tag "
+                "renamed): not trained on")
+    parts = raw.split("|")
+    if len(parts) > 1 and all(part in classes for part in parts):  # "add 'DESC|ENTY' to the config" misled (QA)
+        return (f"answers with several choices ({', '.join(map(repr, parts))}): labelloop learns one class per item; "
+                'make the <Choices> choice="single" and answer them again')
+    return f"unknown choice {raw!r}: add it to the project's labeling config to count it"
+
+
 def status_panels(report: StatusReport) -> list[Panel]:
     classes = Table("class", "labels", title="labels per class")
     for name, n in sorted(report.per_class.items(), key=lambda kv: -kv[1]):
@@ -88,10 +100,7 @@ def status_panels(report: StatusReport) -> list[Panel]:
     for label, n in report.labels_outside_classes.items():
         classes.add_row(f"[yellow]{escape(f'label {label!r}: not a class of the project, not trained on')}[/]", str(n))
     for raw, n in report.unknown_choices.items():
-        why = ("answers with nothing chosen in the bound <Choices> (only another question answered, or "
-               "the tag renamed): not trained on" if raw == NO_CHOICE else
-               f"unknown choice {raw!r}: add it to the project's labeling config to count it")
-        classes.add_row(f"[yellow]{escape(why)}[/]", str(n))
+        classes.add_row(f"[yellow]{escape(_unknown_choice(raw, report.project.get('classes', [])))}[/]", str(n))
     if report.labels.get("disputed"):
         classes.add_row("[yellow]disputed: annotators disagree, star a ground truth in Label Studio[/]",
                         str(report.labels["disputed"]))
@@ -100,6 +109,9 @@ def status_panels(report: StatusReport) -> list[Panel]:
     pool = (f"pool: {report.pool['items']} items ({report.pool['embedded']} embedded{removed}); labels: {counts}\n"
             f"queue: {report.queue.get('waiting_items', 0)} items waiting in Label Studio; project "
             f"{report.project.get('id')} ({len(report.project.get('classes', []))} classes)")
+    if report.queue.get("batches_parked"):
+        pool += (f"\n[yellow]{report.queue['batches_parked']} batches parked[/]: Label Studio refused their tasks, "
+                 "and their items went back to the pool (labelloop batches --status parked)")
     model = report.model
     model_text = (_no_model(report) if model is None else
                   f"model {model['version']} on {model['n_labels']} labels: macro-F1 {_fmt(model['macro_f1'])}, "

@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 HEARTBEAT_KEY = "daemon"
 HEARTBEAT_INTERVAL_S = 5.0
 HEALTH_EVENTS_KEPT = 1000
+_RECOVERED = {  # what a run that reached Label Studio again says ended, by the failures' cause
+    "unavailable": "Label Studio reachable again (%s ran)",
+    "auth": "Label Studio accepts the API token again (%s ran)",
+    "rejected": ("Label Studio accepts labelloop's requests again (%s ran): the project or its labeling config "
+                 "was fixed"),
+}
 _JUST_SYNCED_S = 2.0  # a webhook-triggered cycle skips its own pull when the trigger's sync is this fresh
 
 
@@ -132,17 +138,19 @@ class _Backoff:
     max_s: float
     failures: int = 0
     not_before: datetime | None = None
+    cause: str = ""  # of the latest failure: what the recovery message says ended
 
-    def failed(self, now: datetime, rng: random.Random) -> float:
-        self.failures += 1
+    def failed(self, now: datetime, rng: random.Random, cause: str) -> float:
+        self.failures, self.cause = self.failures + 1, cause
         delay = min(self.max_s, 2.0 ** min(self.failures, 16)) * (0.5 + rng.random() / 2)
         self.not_before = now + timedelta(seconds=delay)
         return delay
 
-    def succeeded(self) -> bool:
-        was_down = self.failures > 0
-        self.failures, self.not_before = 0, None
-        return was_down
+    def succeeded(self) -> str:
+        """Clear the backoff; return the latest failure's cause, or ``""`` when there was none."""
+        cause = self.cause if self.failures > 0 else ""
+        self.failures, self.not_before, self.cause = 0, None, ""
+        return cause
 
     def waiting(self, now: datetime) -> bool:
         return self.not_before is not None and now < self.not_before
@@ -286,15 +294,15 @@ class Service:
                 reached = True
             reached = body() or reached
         except ConnectorUnavailable as e:
-            delay = self._backoff.failed(now, self._rng)
+            delay = self._backoff.failed(now, self._rng, "unavailable")
             log.warning("%s: Label Studio unavailable (%s); next try at the first run after %.0fs", name, e, delay)
             self._health("unavailable", str(e))
         except ConnectorAuthError as e:
-            delay = self._backoff.failed(now, self._rng)
+            delay = self._backoff.failed(now, self._rng, "auth")
             log.error("%s: %s (next try at the first run after %.0fs)", name, e, delay)
             self._health("auth_error", str(e))
         except ConnectorRejected as e:  # often lasting (the project was deleted): back off, do not flood the log
-            delay = self._backoff.failed(now, self._rng)
+            delay = self._backoff.failed(now, self._rng, "rejected")
             log.error("%s failed: %s (next try at the first run after %.0fs)", name, e, delay)
             self._health("job_error", f"{name}: ConnectorRejected: {e}")
         except (ConnectorError, ModelError) as e:
@@ -312,8 +320,9 @@ class Service:
                 raise
             self._disk_full(name, e.filename or "a file under store.data_dir")
         else:
-            if reached and self._backoff.succeeded():
-                log.info("Label Studio reachable again")
+            ended = self._backoff.succeeded() if reached else ""
+            if ended:
+                log.info(_RECOVERED[ended], name)
                 self._health("recovered", name)
             self._store_unlocked()
             if self._full_runs:

@@ -206,9 +206,10 @@ def _names_a_new_choice(session: Session, tasks: Iterable[RemoteTaskState]) -> b
     if not classes:
         return False
     for task in tasks:
-        # no choice at all: the tag may have been renamed (or only another question answered)
-        strays = [a for a in task.annotations
-                  if not a.is_skipped and (not a.choices or any(c not in classes for c in a.choices))]
+        # no choice at all: the tag may have been renamed (or only another question answered);
+        # several: it may have been made choice="multiple" while we run, which ensure_project refuses
+        strays = [a for a in task.annotations if not a.is_skipped
+                  and (len(a.choices) != 1 or any(c not in classes for c in a.choices))]
         if not strays:
             continue
         record = session.get(LabelRecord, task.item_id)

@@ -24,6 +24,7 @@ from sqlmodel import Session, select
 
 from connectors._label_config import choices_config
 from connectors.base import OutgoingTask, Refreshed
+from connectors.errors import ConnectorRejected
 from daemon.context import LoopContext
 from daemon.cycle import CycleReport, push_pending, run_cycle
 from daemon.export import export_labels
@@ -416,6 +417,24 @@ def test_a_class_added_to_the_labeling_config_while_the_daemon_runs_counts_every
     assert got[batch[0].item_id] == got[batch[1].item_id] == (LabelStatus.LABELED, "refund")
     with Session(ctx.engine) as session:
         assert status_report(session).per_class["refund"] == 2
+
+
+def test_a_choices_tag_made_multiple_while_the_daemon_runs_is_refused_at_the_first_answer_with_two(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
+) -> None:
+    """Answers of known classes did not make the daemon read the config again, so a choice="multiple"
+    tag went unnoticed until the next full read, 10 minutes later (QA)."""
+    ctx, project_id, _ = loop_ctx
+    batch = items_of(ctx, run_cycle(ctx).batch_id or "")
+    config = choices_config(CLASSES).replace('choice="single-radio"', 'choice="multiple"')
+    ls_client.projects.update(id=project_id, label_config=config)
+    ls_helpers.annotate(ls_client, int(batch[0].remote_task_id or 0), CLASSES[:2])
+    with pytest.raises(ConnectorRejected, match='allows several choices per task \\(choice="multiple"\\)'):
+        sync(ctx)
+    assert batch[0].item_id not in labels(ctx)  # not trained on as one class, nor lost: read once the tag is fixed
+    ls_client.projects.update(id=project_id, label_config=choices_config(CLASSES))
+    sync(ctx)
+    assert labels(ctx)[batch[0].item_id] == (LabelStatus.UNKNOWN, "|".join(CLASSES[:2]))
 
 
 def test_two_annotators_who_disagree_wait_for_a_ground_truth(

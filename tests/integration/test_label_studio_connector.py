@@ -11,6 +11,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -250,6 +251,25 @@ def test_a_project_reading_another_text_field_is_rejected_with_the_fix(
     with pytest.raises(ConnectorRejected, match="TEXT_KEY=body"):
         connector.ensure_project(classes=None)
     assert ls_connector(ls_project(label_config=config), text_key="body").ensure_project(classes=None).classes == ("a",)
+
+
+def test_a_field_the_config_shows_and_the_items_lack_is_named_before_label_studio_refuses_the_import(
+    ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory
+) -> None:
+    """A ``$subject`` header beside the text made every push fail as "HTTP 400; check non_field_errors"
+    (Label Studio said "'subject' key is expected in task data"); a Header's field is not required."""
+    config = ('<View><Header value="$title"/><Text name="subject" value="$subject"/><Text name="text" value="$text"/>'
+              '<Choices name="c" toName="text"><Choice value="pos"/><Choice value="neg"/></Choices></View>')
+    project_id = ls_project(label_config=config)
+    connector = ls_connector(project_id)
+    assert connector.ensure_project(classes=None).classes == ("pos", "neg")
+    with pytest.raises(ConnectorRejected, match=r"shows task fields .*'subject' \(lacked by 2 of 2\).*add those "
+                                                r"columns to the pool file"):
+        connector.push(_tasks(2))
+    assert ls_helpers.task_count(ls_client, project_id) == 0
+    with_subject = [replace(task, meta={**task.meta, "subject": "re: order"}) for task in _tasks(2)]
+    mapping = connector.push(with_subject)  # no $title: Label Studio does not ask a Header's field
+    assert ls_client.tasks.get(id=mapping["item-0"]).data["subject"] == "re: order"
 
 
 def test_a_project_with_several_choices_tags_binds_the_named_one_and_refuses_to_guess(

@@ -33,6 +33,7 @@ from daemon.store import (
     LabelRecord,
     LabelStatus,
     ModelRun,
+    PoolItem,
     make_engine,
 )
 from daemon.sync import sync
@@ -205,11 +206,67 @@ def test_rejected_push_parks_the_batch(
         raise ConnectorRejected("HTTP 400: schema mismatch")
 
     monkeypatch.setattr(fake, "push", refuse)
-    run_cycle(ctx)
+    with pytest.raises(ConnectorRejected):  # the daemon backs off; `labelloop cycle` exits 2
+        run_cycle(ctx)
     with Session(ctx.engine) as session:
         batch = session.exec(select(Batch)).one()
+        run = session.exec(select(CycleRun)).one()
     assert batch.status is BatchStatus.PARKED
-    assert "schema mismatch" in batch.note
+    assert "schema mismatch" in batch.note and "10 of 10 items not pushed, back in the pool" in batch.note
+    assert run.status == "failed" and "schema mismatch" in run.reason  # it said "ok"
+    assert {i.state for i in batch_items(ctx, batch.id)} == {BatchItemState.WITHDRAWN}
+
+
+def test_a_parked_batch_gives_its_items_back_and_the_next_cycle_offers_them_again(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing ever un-parked a batch, yet its items stayed blocked, and each next cycle parked the
+    next best ones: 110 of 280 candidates were gone before the admin fixed the project (QA)."""
+    from daemon.render import status_panels
+    from daemon.selection import _read_inputs
+    from daemon.training import active_cache
+    from tests.unit.daemon.test_render_markup import rendered
+
+    ctx, fake, _ = world
+    push = fake.push
+    monkeypatch.setattr(fake, "push", lambda tasks: (_ for _ in ()).throw(ConnectorRejected("refused")))
+    for _ in range(3):
+        with pytest.raises(ConnectorRejected):
+            run_cycle(ctx)
+    monkeypatch.setattr(fake, "push", push)
+    report = run_cycle(ctx)  # the project was fixed
+    assert report.pushed == 10
+    with Session(ctx.engine) as session:
+        assert [b.status for b in session.exec(select(Batch))].count(BatchStatus.PARKED) == 3
+    n_pool = len(_read_inputs(ctx, active_cache(ctx)).pool.cache_rows) + 10  # candidates + the batch now queued
+    with Session(ctx.engine) as session:
+        assert n_pool == len(session.exec(select(PoolItem)).all())  # no parked item held back
+        shown = rendered(*status_panels(status_report(session)))
+    assert "3 batches parked: Label Studio refused their tasks" in shown  # status said nothing of them
+
+
+def test_a_push_refused_half_way_keeps_the_tasks_made_and_frees_the_rest(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, fake, _ = world
+    push = fake.push
+    calls = []
+
+    def second_chunk_refused(tasks: Any) -> Any:
+        calls.append(len(tasks))
+        if len(calls) > 1:
+            raise ConnectorRejected("refused")
+        return push(tasks)
+
+    monkeypatch.setattr("daemon.cycle._PUSH_CHUNK", 4)
+    monkeypatch.setattr(fake, "push", second_chunk_refused)
+    with pytest.raises(ConnectorRejected):
+        run_cycle(ctx)
+    with Session(ctx.engine) as session:
+        batch = session.exec(select(Batch)).one()
+    assert batch.status is BatchStatus.PUSHED and "6 of 10 items not pushed" in batch.note
+    states = [i.state for i in sorted(batch_items(ctx, batch.id), key=lambda i: i.position)]
+    assert states == [BatchItemState.PENDING] * 4 + [BatchItemState.WITHDRAWN] * 6
 
 
 def test_refused_token_during_push_leaves_the_batch_queued(
@@ -719,6 +776,29 @@ def test_seed_labels_of_a_class_the_project_lacks_are_reported_not_trained_on(
         report = status_report(session)
     assert model.n_labels == 8
     assert report.per_class == {"billing": 4, "delivery": 4} and report.labels_outside_classes == {"fraud": 4}
+
+
+def test_an_answer_with_several_known_choices_reads_the_labeling_config_again_and_status_says_why(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]]
+) -> None:
+    """A <Choices> made choice="multiple" while the daemon ran went unnoticed for up to 10 minutes:
+    answers of known classes did not make it read the config, and status advised adding 'DESC|ENTY'
+    to the labeling config as if it were one missing class (QA)."""
+    from daemon.render import status_panels
+    from tests.unit.daemon.test_render_markup import rendered
+
+    ctx, fake, gold = world
+    item = batch_items(ctx, run_cycle(ctx).batch_id or "")[0]
+    two = tuple(sorted(set(gold.values())))[:2]
+    fake.annotate(item.item_id, two)
+    before = fake.calls.count("ensure_project")
+    sync(ctx)
+    assert fake.calls.count("ensure_project") == before + 1  # Label Studio's connector refuses choice="multiple"
+    with Session(ctx.engine) as session:
+        report = status_report(session)
+    assert report.unknown_choices == {"|".join(two): 1}
+    shown = rendered(*status_panels(report))
+    assert f"answers with several choices ({two[0]!r}, {two[1]!r}): labelloop learns one class per item" in shown
 
 
 def test_an_answer_with_nothing_chosen_reads_the_labeling_config_again_once(

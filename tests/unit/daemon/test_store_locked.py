@@ -154,6 +154,29 @@ def test_only_a_run_that_reached_label_studio_ends_a_backoff(
     assert [r for r in caplog.records if "reachable again" in r.getMessage()]
 
 
+def test_the_end_of_a_rejection_is_not_reported_as_label_studio_reachable_again(
+    service: Service, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After an admin fixed the project's labeling config, the daemon logged "Label Studio reachable
+    again", though Label Studio had answered every call (QA)."""
+    from datetime import UTC, datetime, timedelta
+
+    from connectors.errors import ConnectorRejected
+
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    service.ctx.clock = lambda: now[0]
+    fake = service.ctx.connector
+    fake.fail_next(1, ConnectorRejected("project 1: its labeling config has no <Choices>"))  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO, logger="daemon.service"):
+        service.sync_job()
+        now[0] += timedelta(hours=1)
+        service.sync_job()
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "reachable again" in m]
+    assert ("Label Studio accepts labelloop's requests again (sync ran): the project or its labeling config "
+            "was fixed") in said
+
+
 def test_a_run_skipped_while_the_last_still_runs_is_not_a_warning_or_a_health_event(service: Service) -> None:
     """A long cycle (a large import being embedded) made a warning, an INFO line and a health event every
     interval, pushing the events that matter out of status."""
