@@ -106,6 +106,11 @@ def _print_import(report: ImportReport) -> None:
     if report.labels_differing:
         err.print(f"[yellow]{report.labels_differing} seed labels differ from the store's and were not applied "
                   f"(a label is changed in Label Studio): {escape('; '.join(report.labels_differing_first))}[/]")
+    if report.vectors_differing:
+        err.print(f"[yellow]{report.vectors_differing} rows carry another vector than the store's for their id and "
+                  "were not applied (an id keeps its first vector, as its text: labels and tasks belong to it; "
+                  "give a changed item a new id): "
+                  f"{escape('; '.join(report.vectors_differing_first))}[/]")
 
 
 @pool_app.command("remove")

@@ -47,7 +47,8 @@ class PoolFileError(DaemonError):
     """
 
     def __init__(
-        self, path: str, problems: list[tuple[int | None, str]], *, outcome: str = "nothing imported"
+        self, path: str, problems: list[tuple[int | None, str]], *, outcome: str = "nothing imported",
+        advice: str = "",
     ) -> None:
         self.path = path
         self.problems = problems
@@ -56,7 +57,7 @@ class PoolFileError(DaemonError):
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         if len(problems) >= MAX_PROBLEMS:
             more = f" (and at least {len(problems) - 5} more; reading stops at {MAX_PROBLEMS} problems)"
-        super().__init__(f"{path}: refused, {outcome}: {shown}{more}")
+        super().__init__(f"{path}: refused, {outcome}: {shown}{more}" + (f". {advice}" if advice else ""))
 
 
 class ExportError(DaemonError):

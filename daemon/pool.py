@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import select
 from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Connection, Engine
@@ -41,6 +42,8 @@ class ImportReport:
     labels_differing: int = 0  # seed labels of items the store labels otherwise: not applied
     labels_differing_first: tuple[str, ...] = ()  # the first few, as "line N: id 'x' is 'a' in the store, 'b' here"
     repeated_rows: int = 0  # rows repeating an earlier row of the file exactly, kept once (not in ``rows``)
+    vectors_differing: int = 0  # rows whose id the pool holds with another vector: the store's is kept
+    vectors_differing_first: tuple[str, ...] = ()  # the first few, as "line N: id 'x'"
 
 
 def known_classes(session: Session) -> list[str]:
@@ -87,8 +90,9 @@ def add_pool_file(
         _check_against_store(staged, project_classes, classes, conn)
         differing, first_differing = staged.labels_differing()
         embedding_source = _embedding_source(path, staged.dim, source_so_far)
-        if staged.dim is not None:
-            _cache_vectors(staged, embedding_source, data_dir)  # before the rows: a crash leaves no dangling row
+        vectors_differing: tuple[int, list[str]] = (0, [])
+        if staged.dim is not None:  # before the rows: a crash leaves no dangling row
+            vectors_differing = _cache_vectors(staged, embedding_source, data_dir)
         conn.commit()  # end the read transaction: the write below starts from a fresh snapshot
         now = datetime.now(UTC)
         report_rows("writing", staged.items)
@@ -108,7 +112,8 @@ def add_pool_file(
             session.commit()
         report = ImportReport(str(path), staged.items, added, staged.items - added, labels, staged.dim, restored,
                               differing, tuple(f"line {line}: id {item_id!r} is {there!r} in the store, {here!r} here"
-                                               for line, item_id, here, there in first_differing), staged.repeats)
+                                               for line, item_id, here, there in first_differing), staged.repeats,
+                              vectors_differing[0], tuple(vectors_differing[1]))
     log.info("pool file imported: %s rows, %s new, %s labels", report.rows, report.added, report.labels_added)
     return report
 
@@ -117,13 +122,16 @@ def _check_against_store(
     staged: StagedFile, project: Sequence[str], configured: Sequence[str], conn: Connection
 ) -> None:
     problems = staged.conflicts_with_store()
+    advice = ("An id keeps the text it came with, removed or not (its labels and tasks belong to that text): "
+              "give edited texts new ids" if problems else "")
     classes, origin = (project, "the project's classes") if project else (configured, "loop.classes")
     if classes:
         problems.extend(_unknown_labels(staged.label_lines(), classes, origin))
     else:
         problems.extend(_case_variants(staged.label_lines(), _store_labels(conn)))  # read only when needed
     if problems:
-        raise PoolFileError(str(staged.path), sorted(problems, key=lambda problem: problem[0] or 0)[:MAX_PROBLEMS])
+        raise PoolFileError(str(staged.path), sorted(problems, key=lambda problem: problem[0] or 0)[:MAX_PROBLEMS],
+                            advice=advice)
 
 
 def _unknown_labels(
@@ -175,14 +183,33 @@ def _embedding_source(path: Path, dim: int | None, source: str | None) -> str:
     return byo_model_key(dim)
 
 
-def _cache_vectors(staged: StagedFile, model_key: str, data_dir: Path) -> None:
-    """Write the new items' own vectors, L2-normalised, to the embedding cache."""
-    if staged.dim is None:
-        return
-    with EmbeddingCache(data_dir / "embeddings", model_key=model_key, dim=staged.dim) as cache:
+def _cache_vectors(staged: StagedFile, model_key: str, data_dir: Path) -> tuple[int, list[str]]:
+    """Write the new items' own vectors, L2-normalised, to the embedding cache; return the rows whose
+    id the pool holds with another vector (not applied): how many, and the first few as ``line N: id 'x'``."""
+    with EmbeddingCache(data_dir / "embeddings", model_key=model_key, dim=staged.dim or 0) as cache:
         for item_ids, vectors in staged.new_vectors():
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            cache.put([byo_hash(item_id) for item_id in item_ids], vectors / np.maximum(norms, 1e-12))
+            cache.put([byo_hash(item_id) for item_id in item_ids], _unit(vectors))
+        differing, first = 0, list[str]()
+        for lines, item_ids, vectors in staged.present_vectors():  # a new vector was dropped silently (QA)
+            rows = cache.lookup([byo_hash(item_id) for item_id in item_ids])
+            known = rows >= 0
+            as_stored = _unit(vectors[known]).astype(np.float16).astype(np.float32)
+            differs = np.flatnonzero(np.abs(cache.get(rows[known]) - as_stored).max(axis=1) > _VECTOR_TOLERANCE)
+            differing += len(differs)
+            at = np.flatnonzero(known)[differs[: _FIRST_SHOWN - len(first)]]
+            first += [f"line {lines[i]}: id {item_ids[i]!r}" for i in at]
+    return differing, first
+
+
+_VECTOR_TOLERANCE = 2e-3  # float16 keeps a unit vector's components within 5e-4
+_FIRST_SHOWN = 3
+
+
+def _unit(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Rows scaled to length 1: the store keeps directions, which is all the head and the strategies use."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: npt.NDArray[np.float32] = vectors / np.maximum(norms, 1e-12)
+    return unit
 
 
 def _fast_bulk_writes(session: Session) -> None:

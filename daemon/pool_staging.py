@@ -154,14 +154,23 @@ class StagedFile:
 
     def new_vectors(self) -> Iterator[tuple[list[str], Float32Array]]:
         """The new items' vectors from the scratch file, in file order, ``_VECTOR_ROWS`` at a time."""
+        for _, item_ids, vectors in self._vectors_of(self.new_items()):
+            yield item_ids, vectors
+
+    def present_vectors(self) -> Iterator[tuple[list[int], list[str], Float32Array]]:
+        """``(lines, item ids, vectors)`` of the rows whose id the pool holds already, in file order."""
+        yield from self._vectors_of(select(_staged).where(_staged.c.is_first, _in_pool()))
+
+    def _vectors_of(self, rows: Select[Any]) -> Iterator[tuple[list[int], list[str], Float32Array]]:
         if self.vectors is None or self.dim is None:
             return
         self.vectors.flush()
-        query = self.new_items().with_only_columns(_staged.c.item_id, _staged.c.vector_row).order_by(_staged.c.line)
+        query = rows.with_only_columns(_staged.c.line, _staged.c.item_id, _staged.c.vector_row).order_by(_staged.c.line)
         result = self.conn.execute(query)
         while chunk := result.fetchmany(_VECTOR_ROWS):
             positions = np.fromiter((row.vector_row for row in chunk), dtype=np.intp, count=len(chunk))
-            yield [row.item_id for row in chunk], _read_rows(self.vectors, positions, self.dim)
+            yield [row.line for row in chunk], [row.item_id for row in chunk], _read_rows(self.vectors, positions,
+                                                                                         self.dim)
 
     def insert_items(self, *, source: str, is_embedded: bool, now: datetime) -> int:
         """Add the new items in file order (their pool order); return how many. No commit."""

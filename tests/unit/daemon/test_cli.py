@@ -306,6 +306,17 @@ def test_pool_add_says_when_a_seed_label_differs_from_the_stores(workdir: Path) 
     assert "line 1: id 'a' is 'ham' in the store, 'spam' here" in result.output
 
 
+def test_pool_add_says_when_a_vector_differs_from_the_stores(workdir: Path) -> None:
+    (workdir / "pool.jsonl").write_text('{"id": "a", "embedding": [1, 0]}\n{"id": "b", "embedding": [0, 1]}\n')
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+    (workdir / "moved.jsonl").write_text('{"id": "a", "embedding": [1, 0]}\n{"id": "b", "embedding": [1, 1]}\n')
+    result = runner.invoke(app, ["pool", "add", "moved.jsonl"])
+    assert result.exit_code == 0
+    shown = " ".join(result.output.split())
+    assert "1 rows carry another vector than the store's for their id and were not applied" in shown
+    assert "give a changed item a new id): line 2: id 'b'" in shown
+
+
 def test_pool_add_json_says_what_was_added_and_why_a_file_was_refused(workdir: Path) -> None:
     (workdir / "good.jsonl").write_text('{"id": "a", "text": "hello"}\n')
     (workdir / "bad.csv").write_text("id,text\nb,fine\nc\n")

@@ -41,8 +41,9 @@ def test_a_conflict_anywhere_in_the_file_leaves_the_store_as_it_was(engine: Engi
     before = snapshot(engine)
     rows = [{"id": f"n{i}", "text": f"new {i}", "label": "spam"} for i in range(50)]
     write_jsonl(tmp_path / "second.jsonl", [*rows, {"id": "b", "text": "win big"}])
-    with pytest.raises(PoolFileError, match=r"line 51: id 'b' is already in the pool with another text"):
-        add(engine, tmp_path / "second.jsonl", tmp_path)
+    with pytest.raises(PoolFileError, match=r"line 51: id 'b' is already in the pool with another text\. An id "
+                                            r"keeps the text it came with, removed or not .*give edited texts new ids"):
+        add(engine, tmp_path / "second.jsonl", tmp_path)  # what to do was not said (QA)
     assert snapshot(engine) == before
 
 
@@ -106,6 +107,25 @@ def test_own_vectors_are_cached_unit_length_and_a_pool_keeps_one_width(engine: E
     with pytest.raises(PoolFileError, match="the pool holds precomputed embeddings"):
         add(engine, tmp_path / "texts.jsonl", tmp_path)
     assert snapshot(engine) == before
+
+
+def test_an_id_added_again_with_another_vector_keeps_the_stores_and_says_so(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-adding 1,000 ids with new vectors said "1000 already in the pool" and nothing else (QA)."""
+    monkeypatch.setattr("daemon.pool_staging._VECTOR_ROWS", 2)  # compared a few at a time
+    rows = [{"id": f"v{n}", "embedding": [1.0, float(n), 0.5]} for n in range(5)]
+    write_jsonl(tmp_path / "first.jsonl", rows)
+    add_pool_file(engine, tmp_path / "first.jsonl", pool=PoolSettings(), data_dir=tmp_path / "state")
+    again = [{**row, "embedding": [2.0, 2.0 * n, 1.0]} for n, row in enumerate(rows)]  # longer, same direction
+    again[1]["embedding"], again[4]["embedding"] = [0.0, 1.0, 0.0], [1.0, 0.0, 9.0]
+    write_jsonl(tmp_path / "again.jsonl", [*again, {"id": "new", "embedding": [0.0, 0.0, 1.0]}])
+    report = add_pool_file(engine, tmp_path / "again.jsonl", pool=PoolSettings(), data_dir=tmp_path / "state")
+    assert (report.added, report.vectors_differing) == (1, 2)
+    assert report.vectors_differing_first == ("line 2: id 'v1'", "line 5: id 'v4'")
+    with EmbeddingCache(tmp_path / "state" / "embeddings", model_key=byo_model_key(3), dim=3) as cache:
+        kept = cache.get(cache.lookup([byo_hash("v1")]))[0]
+    np.testing.assert_allclose(kept, np.asarray([1.0, 1.0, 0.5]) / 1.5, atol=1e-3)  # the store's, not [0, 1, 0]
 
 
 @pytest.mark.parametrize("via", ["driver", "sqlalchemy"])
