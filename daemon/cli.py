@@ -23,6 +23,7 @@ from daemon.cli_common import (
     JsonOpt,
     cli_errors,
     err,
+    interrupt_on_termination,
     out,
     print_error,
     print_json,
@@ -46,11 +47,14 @@ app.add_typer(config_app, name="config")
 
 @app.callback()
 def _root(
+    context: typer.Context,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help=f"Config file (default ./{DEFAULT_CONFIG_FILE}).")
     ] = None,
 ) -> None:
     ConfigChoice.config = config
+    if context.invoked_subcommand != "run":  # the daemon handles its own signals (a graceful stop)
+        interrupt_on_termination()
 
 
 @app.command()
@@ -140,7 +144,7 @@ def resume() -> None:
 @contextmanager
 def _read_session() -> Iterator[Session]:
 
-    with cli_errors():
+    with cli_errors(reads_only=True):
         engine = store_engine(settings(), existing=True)
     with Session(engine) as session:
         yield session
@@ -213,7 +217,7 @@ def export_command(
     """Write the labels to a file (a pool file again: its labels are seed labels); safe while the daemon runs."""
     from daemon.export import export_labels
 
-    with cli_errors():
+    with cli_errors(reads_only=True):
         cfg = settings()
         report = export_labels(store_engine(cfg, existing=True), file, pool=cfg.pool, everything=everything,
                                overwrite=force, data_dir=cfg.store.data_dir)
@@ -233,7 +237,7 @@ def predict_command(
     """Write the model's prediction for every pool item (class, confidence, margin); safe while the daemon runs."""
     from daemon.app import predictions
 
-    with cli_errors():
+    with cli_errors(reads_only=True):
         cfg = settings()
         store_engine(cfg, existing=True).dispose()
         report = predictions(cfg, file, overwrite=force)
@@ -251,7 +255,7 @@ def predict_command(
 @config_app.command("show")
 def config_show(as_json: JsonOpt = False) -> None:
     """Print the effective settings (secrets masked)."""
-    with cli_errors():
+    with cli_errors(reads_only=True):
         data = settings().public_dump()
     if as_json:
         print_json(data)

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,8 +52,12 @@ def settings() -> Settings:
 
 
 @contextmanager
-def cli_errors() -> Iterator[None]:
-    """Turn our errors into one clear line and an exit code; never a traceback."""
+def cli_errors(*, reads_only: bool = False) -> Iterator[None]:
+    """Turn our errors into one clear line and an exit code; never a traceback.
+
+    ``reads_only``: the command writes nothing to the store (status, export, predict), which an
+    interruption's message says instead of a rollback.
+    """
     try:
         yield
     except (ConfigError, ConnectorRejected) as e:  # a refused token or an unusable project: a human must act
@@ -76,9 +82,31 @@ def cli_errors() -> Iterator[None]:
             raise
         _disk_full(e.filename or "a file")
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: the write in progress was rolled back and nothing is half-written; "
-                  "run the command again to finish (nothing is done twice)")
+        if reads_only:
+            err.print("[yellow]interrupted[/]: the store was not changed and no partial output file is left")
+        else:
+            err.print("[yellow]interrupted[/]: the write in progress was rolled back and nothing is half-written; "
+                      "run the command again to finish (nothing is done twice)")
         raise typer.Exit(130) from None
+
+
+def interrupt_on_termination() -> None:
+    """Make SIGTERM and SIGHUP interrupt a one-shot command as Ctrl-C does, so it cleans up the same way.
+
+    Killed by ``timeout``, ``systemctl stop`` or a closed terminal, an export left its hidden
+    ``.FILE.<pid>.partial`` file behind for good (QA); Ctrl-C removed it.
+    """
+    owner = os.getpid()
+
+    def interrupt(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:  # a forked worker (simulate --jobs) ends as it would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
 
 
 def print_error(message: object) -> None:

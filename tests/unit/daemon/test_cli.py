@@ -317,6 +317,40 @@ def test_pool_add_says_when_a_vector_differs_from_the_stores(workdir: Path) -> N
     assert "give a changed item a new id): line 2: id 'b'" in shown
 
 
+_TERMINATED_EXPORT = """
+import os, signal, sys
+import daemon.export as export
+from daemon.__main__ import main
+
+DEATH = getattr(signal, sys.argv[1])
+def write_then_die(path, header, rows):
+    path.write_text("id,text\\n" + "a,half\\n")
+    os.kill(os.getpid(), DEATH)  # timeout, systemctl stop, or a closed terminal
+export._WRITERS["csv"] = write_then_die
+sys.argv = ["labelloop", sys.argv[2], "out.csv"]
+main()
+"""
+
+
+@pytest.mark.parametrize(("signame", "command"), [("SIGTERM", "export"), ("SIGHUP", "predict")])
+def test_export_or_predict_ended_by_sigterm_or_sighup_leaves_no_partial_file(
+    workdir: Path, signame: str, command: str
+) -> None:
+    """SIGINT removed the hidden .out.csv.<pid>.partial file; SIGTERM and SIGHUP left it for good (QA)."""
+    import subprocess
+    import sys
+
+    rows = (json.dumps({"id": f"i{n}", "text": f"text {n}", "label": "ham" if n % 2 else "spam",
+                        "embedding": [1.0, n % 2, n / 12]}) for n in range(12))  # own vectors: predict can train
+    (workdir / "pool.jsonl").write_text("\n".join(rows) + "\n")
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+    ended = subprocess.run([sys.executable, "-c", _TERMINATED_EXPORT, signame, command], cwd=workdir,
+                           capture_output=True, text=True, timeout=300)
+    assert ended.returncode == 130, ended.stderr[-2000:]
+    assert "interrupted: the store was not changed and no partial output file is left" in " ".join(ended.stderr.split())
+    assert not list(workdir.glob(".out.csv*")) and not (workdir / "out.csv").exists()
+
+
 def test_pool_add_json_says_what_was_added_and_why_a_file_was_refused(workdir: Path) -> None:
     (workdir / "good.jsonl").write_text('{"id": "a", "text": "hello"}\n')
     (workdir / "bad.csv").write_text("id,text\nb,fine\nc\n")
