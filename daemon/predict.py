@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import func
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from daemon.context import LoopContext
 from daemon.errors import ExportError
@@ -51,6 +52,14 @@ class PredictionReport:
     predicted: dict[str, int]  # items per predicted class
 
 
+def _labeled_without_vector(session: Session) -> int:
+    """Labeled pool items (not removed) that are not embedded yet."""
+    return int(session.exec(
+        select(func.count()).select_from(LabelRecord).join(PoolItem, col(PoolItem.item_id) == col(LabelRecord.item_id))
+        .where(LabelRecord.status == LabelStatus.LABELED, not_removed(LabelRecord.item_id), ~col(PoolItem.is_embedded))
+    ).one())
+
+
 def export_predictions(ctx: LoopContext, path: Path, *, overwrite: bool = False) -> PredictionReport:
     """Train the proxy head on the current labels and write its prediction for every pool item.
 
@@ -61,9 +70,12 @@ def export_predictions(ctx: LoopContext, path: Path, *, overwrite: bool = False)
     kind = file_kind(path, overwrite=overwrite)
     with Session(ctx.engine) as session:
         labeled = labeled_set(session)
+        waiting = _labeled_without_vector(session)
     if len(set(labeled.labels)) < 2:
-        held = (f"its {len(labeled.labels)} labels are all {labeled.labels[0]!r}" if labeled.labels
-                else "it has no labels yet")
+        held = (f"its {len(labeled.labels)} labels with a vector are all {labeled.labels[0]!r}" if labeled.labels
+                else "it has no labels with a vector yet")
+        if waiting:  # "no labels yet" with 12 seed labels in the store misled (QA): they wait for their vectors
+            held += f", and {waiting} labeled items wait for theirs (labelloop embed, or let the daemon embed them)"
         raise ExportError(f"the model needs labels of at least two classes; {held}")
     try:
         classifier = fit_proxy(ctx, labeled)

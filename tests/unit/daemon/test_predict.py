@@ -88,13 +88,24 @@ def test_refusals_leave_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     first = run_cycle(ctx)
     annotate_batch(ctx, fake, {k: CLASSES[0] for k in gold}, first.batch_id or "")  # every answer one class
     sync(ctx)
-    with pytest.raises(ExportError, match="at least two classes; its 10 labels are all 'billing'"):
+    with pytest.raises(ExportError, match=r"at least two classes; its 10 labels with a vector are all 'billing'$"):
         export_predictions(ctx, tmp_path / "p.csv")
     assert not (tmp_path / "p.csv").exists()
     (tmp_path / "p.csv").write_text("keep me")
     with pytest.raises(ExportError, match="exists; pass --force"):
         export_predictions(ctx, tmp_path / "p.csv")
     assert (tmp_path / "p.csv").read_text() == "keep me"
+
+
+def test_labels_waiting_for_their_vectors_are_said_not_called_no_labels(workdir: Path) -> None:
+    """With 12 seed labels in a pool not embedded yet, predict said "it has no labels yet" (QA)."""
+    rows = (json.dumps({"id": f"i{n}", "text": f"text {n}", "label": "ham" if n % 2 else "spam"}) for n in range(12))
+    (workdir / "pool.jsonl").write_text("\n".join(rows) + "\n")
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+    refused = runner.invoke(app, ["predict", "p.csv"])
+    assert refused.exit_code == 1
+    assert ("it has no labels with a vector yet, and 12 labeled items wait for theirs (labelloop embed"
+            in " ".join(refused.output.split()))
 
 
 def test_the_cli_predicts_without_a_token_on_a_pool_of_own_vectors(workdir: Path) -> None:
