@@ -259,8 +259,13 @@ def config_show(as_json: JsonOpt = False) -> None:
         data = settings().public_dump()
     if as_json:
         print_json(data)
+    elif not out.is_terminal:  # piped: one whole "key = value" line each (the table cut paths for grep, QA)
+        for section, values in data.items():
+            for key, value in values.items():
+                out.print(f"{section}.{key} = {json.dumps(value)}", markup=False, highlight=False, soft_wrap=True)
     else:
         table = Table("setting", "value", title="effective configuration")
+        table.columns[1].overflow = "fold"  # a long path wraps whole, never cut to "…"
         for section, values in data.items():
             for key, value in values.items():
                 table.add_row(f"{section}.{key}", escape(json.dumps(value)))

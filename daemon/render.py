@@ -68,7 +68,7 @@ def batch_table(detail: BatchDetail) -> Table:
                                + (f", {b.unsettled} disputed or unknown" if b.unsettled else "")
                                + (f" — {b.note}" if b.note else "")))
     for column in ("#", "item", "text", "score", "predicted", "state", "label"):
-        table.add_column(column, overflow="fold" if column == "text" else "ellipsis")
+        table.add_column(column, overflow="fold")  # ids and class names whole: 'virtual_card…' named no class (QA)
     for item in detail.items:
         predicted = "" if item.predicted_label is None else f"{item.predicted_label} ({item.predicted_score:.2f})"
         table.add_row(str(item.position), escape(item.item_id) + (" [dim](control)[/]" if item.is_control else ""),
@@ -127,7 +127,10 @@ def status_panels(report: StatusReport) -> list[Panel]:
         model_text += f"\nagreement with the previous model (kappa): {', '.join(f'{k:.3f}' for k in kappas[-5:])}"
     if stopping.get("paused"):
         model_text += f"\n[yellow]queue PAUSED[/]: {escape(stopping['paused']['reason'])} (labelloop resume)"
-    cycles = Table("cycle", "started (UTC)", "status", "reason", "batch", "seconds", title="last cycles")
+    cycles = Table(title="last cycles")
+    for name in ("cycle", "started (UTC)", "status", "reason", "batch", "seconds"):
+        # the time whole: it read "12-06 21:50:…" at 80 columns (QA)
+        cycles.add_column(name, min_width=14 if name == "started (UTC)" else None, overflow="fold")
     for c in report.cycles:
         started = c["started_at"][5:19].replace("T", " ")  # 12-06 10:00:00: whole in 80 columns
         cycles.add_row(str(c["id"]), Text(started, no_wrap=True), c["status"], escape(c["reason"]), c["batch_id"] or "",

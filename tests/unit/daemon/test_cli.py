@@ -362,6 +362,26 @@ def test_pool_add_json_says_what_was_added_and_why_a_file_was_refused(workdir: P
         {"line": 3, "reason": "1 fields where the header has 2"}]
 
 
+def test_config_show_never_cuts_a_value_piped_or_at_80_columns(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Piped or at 80 columns, `config show` cut store.url to "sqlite:////tmp/qa-scale/s1/.labelloop/lab…",
+    so `labelloop config show | grep store` gave a wrong path (QA)."""
+    from rich.console import Console
+
+    deep = workdir / ("a-long-folder-name-" * 6) / "state"
+    monkeypatch.setenv("LABELLOOP_STORE__DATA_DIR", str(deep))
+    piped = runner.invoke(app, ["config", "show"])
+    assert piped.exit_code == 0, piped.output
+    assert f'store.data_dir = "{deep}"' in piped.output.splitlines()
+    terminal = Console(width=80, force_terminal=True, record=True, color_system=None)
+    monkeypatch.setattr("daemon.cli.out", terminal)
+    assert runner.invoke(app, ["config", "show"]).exit_code == 0
+    shown = terminal.export_text()
+    assert "…" not in shown, shown
+    assert str(deep) in "".join(line.split("│")[2].strip() for line in shown.splitlines() if "│" in line)
+
+
 def test_class_names_ids_and_labels_with_closing_tags_are_printed_not_read_as_markup(workdir: Path) -> None:
     """`[/x]` in a class name, id or label made rich raise MarkupError; `[b]` lost its brackets."""
     (workdir / "labelloop.toml").write_text('[loop]\nclasses = ["[/x]ham", "[b]spam"]\n')

@@ -66,3 +66,35 @@ def test_recent_takes_the_newest_models_control_items_until_twenty() -> None:
     assert _recent(curve) == {"n": 21, "accuracy": round(19 / 21, 4), "from_labels": 200}
     assert _recent(curve[:1]) == {"n": 10, "accuracy": 0.2, "from_labels": 24}  # fewer than 20 in all: all
     assert _recent([]) == {"n": 0, "accuracy": None, "from_labels": None}
+
+
+def test_cycle_times_stay_whole_beside_a_long_reason_and_a_batch_id() -> None:
+    """With a batch id and a longer reason the time read "12-06 21:50:…" at 80 columns (QA)."""
+    cycle = {"id": 1234, "started_at": "2026-12-06T21:50:33.5+00:00", "status": "ok",
+             "reason": "new labels: 31 answers since the last model, and the queue is low (3 waiting)",
+             "batch_id": "e2b5a9c1d3f4", "stage_seconds": {"sync": 1.25, "train": 20.5}}
+    text = rendered(*status_panels(report(cycles=[cycle], stopping={})))
+    assert "12-06 21:50:33" in text and "e2b5a9c1d3f4" in text.replace("\n", "").replace("│", "").replace(" ", "")
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_batch_items_show_class_names_and_ids_whole_at_80_columns() -> None:
+    """'virtual_card…' and 'getting_spar…' named no class of 77 (QA)."""
+    from daemon.queries import BatchDetail, BatchItemRow
+    from daemon.render import batch_table
+
+    summary = BatchSummary(id="b1", status="pushed", strategy="margin_diverse", model_version="da81f8c6aa11",
+                           created_at="", age_s=1.0, size=1, labeled=0, skipped=0, pending=1, withdrawn=0, control=0,
+                           note="")
+    item = BatchItemRow(position=1, item_id="banking77-train-004711", text="Why is my card not working abroad?" * 3,
+                        score=0.5, predicted_label="virtual_card_not_working", predicted_score=0.41,
+                        is_control=False, state="pending", label="getting_spare_card", remote_task_id="7")
+    text = rendered(batch_table(BatchDetail(summary, [item])))
+    rows = [line.split("│") for line in text.splitlines() if line.startswith("│")]
+
+    def column(n: int) -> str:  # a folded cell's lines, joined
+        return "".join(row[n].strip() for row in rows)
+
+    assert "…" not in text
+    assert (column(2), column(5), column(7)) == ("banking77-train-004711", "virtual_card_not_working(0.41)",
+                                                 "getting_spare_card")
