@@ -21,31 +21,39 @@ def upsert_webhook(
     url: str,
     headers: Mapping[str, str],
     actions: Sequence[str],
-) -> tuple[str, str, int]:
+) -> tuple[str, str, int, tuple[str, ...]]:
     """Create, update or keep project ``project_id``'s webhook to ``url``.
 
     The webhook fires only on ``actions`` (LS 1.23 turns ``send_for_all_actions`` on unless
     told otherwise) and sends no payload. Of several webhooks to ``url`` the oldest is used.
 
+    Active webhooks of the project to another URL that send the same ``headers`` (the same shared
+    secret: an earlier address of this daemon, left on by a crash before a port or URL change)
+    are switched off: Label Studio kept calling the dead address, secret and all, on every answer.
+
     Returns:
-        ``(webhook id, "created" | "updated" | "unchanged", webhooks of the project to url)``.
+        ``(webhook id, "created" | "updated" | "unchanged", webhooks of the project to url,
+        the old addresses switched off)``.
 
     Raises:
         ConnectorRejected: Label Studio refuses to call ``url`` (its SSRF protection).
         ApiError, httpx errors: for the caller's ``translated`` block.
     """
     wanted_headers, wanted_actions = dict(headers), sorted(set(actions))
-    ours = _to_url(client, project_id, url)
+    hooks = _of_project(client, project_id)
+    ours = [hook for hook in hooks if hook.url == url]
+    old = [hook for hook in hooks if hook.url != url and hook.is_active and dict(hook.headers or {}) == wanted_headers]
     options: dict[str, Any] = {"headers": wanted_headers, "actions": wanted_actions, "is_active": True,
                                "send_for_all_actions": False, "send_payload": False}
     try:
         if not ours:
             created = client.webhooks.create(url=url, project=project_id, **options)
-            return str(created.id), "created", 1
-        if _matches(ours[0], wanted_headers, wanted_actions):
-            return str(ours[0].id), "unchanged", len(ours)
-        client.webhooks.update(int(ours[0].id or 0), url=url, **options)
-        return str(ours[0].id), "updated", len(ours)
+            hook_id, outcome, same_url = str(created.id), "created", 1
+        elif _matches(ours[0], wanted_headers, wanted_actions):
+            hook_id, outcome, same_url = str(ours[0].id), "unchanged", len(ours)
+        else:
+            client.webhooks.update(int(ours[0].id or 0), url=url, **options)
+            hook_id, outcome, same_url = str(ours[0].id), "updated", len(ours)
     except ApiError as e:
         if e.status_code == 403 and "network address" in str(getattr(e, "body", "")):
             raise ConnectorRejected(
@@ -54,6 +62,9 @@ def upsert_webhook(
                 "start Label Studio with USE_DEFAULT_BANNED_SUBNETS=false (or SSRF_PROTECTION_ENABLED=false)"
             ) from None
         raise
+    for hook in old:  # only once ours works: polling alone would miss nothing, but be slower
+        client.webhooks.update(int(hook.id or 0), url=hook.url, is_active=False)
+    return hook_id, outcome, same_url, tuple(display_url(hook.url) for hook in old)
 
 
 def deactivate_webhooks(client: LabelStudio, project_id: int, url: str) -> int:
@@ -70,11 +81,13 @@ def deactivate_webhooks(client: LabelStudio, project_id: int, url: str) -> int:
 
 def _to_url(client: LabelStudio, project_id: int, url: str) -> list[Any]:
     """The project's webhooks to ``url``, oldest first."""
-    return sorted(
-        (hook for hook in client.webhooks.list(project=str(project_id))
-         if hook.url == url and hook.project == project_id),
-        key=lambda hook: hook.id or 0,
-    )
+    return [hook for hook in _of_project(client, project_id) if hook.url == url]
+
+
+def _of_project(client: LabelStudio, project_id: int) -> list[Any]:
+    """The project's webhooks, oldest first."""
+    return sorted((hook for hook in client.webhooks.list(project=str(project_id)) if hook.project == project_id),
+                  key=lambda hook: hook.id or 0)
 
 
 def _matches(hook: Any, headers: Mapping[str, str], actions: Sequence[str]) -> bool:

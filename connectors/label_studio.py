@@ -397,7 +397,8 @@ class LabelStudioConnector:
         ``send_for_all_actions`` on unless told otherwise) and sends no payload, just
         ``{"action": ...}``: task texts and the project's settings never travel to the
         daemon. A webhook of the project with the same URL is updated, or left alone when
-        it already matches. ``headers`` are never logged.
+        it already matches; the project's active webhooks to other URLs with the same headers
+        (an old address of this daemon) are switched off. ``headers`` are never logged.
 
         Raises:
             ConnectorRejected: Label Studio refuses to call ``url`` (its SSRF protection
@@ -406,9 +407,12 @@ class LabelStudioConnector:
         """
         project = self._resolved()
         with translated(self.url, "register_webhook"):
-            hook_id, outcome, same_url = upsert_webhook(
+            hook_id, outcome, same_url, retired = upsert_webhook(
                 self._client, self.url, project.project_id, url, headers, actions
             )
+        if retired:
+            log.warning("project %s had webhooks to %s with this daemon's secret, left on by a crash before the "
+                        "address changed; switched them off", project.project_id, ", ".join(retired))
         if same_url > 1:
             log.warning("project %s has %s webhooks to the same URL; using %s", project.project_id, same_url, hook_id)
         log.info("webhook %s of project %s: %s", hook_id, project.project_id, outcome)

@@ -257,6 +257,26 @@ def test_a_restart_reuses_the_webhook_and_edits_and_deletions_arrive(
     assert "ANNOTATION_UPDATED project" in text and "ANNOTATIONS_DELETED project" in text
 
 
+def test_a_webhook_left_on_at_an_old_address_by_a_crash_is_switched_off(client: LabelStudio, project: int) -> None:
+    """SIGKILLed, then started on another port: Label Studio kept calling the dead address, with the
+    secret, on every answer, and a graceful stop switched off only the new one (QA). Another tool's
+    webhook (other headers) stays on."""
+    from connectors._ls_webhooks import upsert_webhook
+
+    secret = {"X-Labelloop-Secret": "s" * 32}
+    actions = ["ANNOTATION_CREATED"]
+    first, _, _, _ = upsert_webhook(client, "ls", project, "http://127.0.0.1:18613/webhook", secret, actions)
+    others = client.webhooks.create(url="http://127.0.0.1:18999/hook", project=project, headers={"X-Other": "1"},
+                                    actions=actions, send_for_all_actions=False)
+    second, outcome, _, retired = upsert_webhook(client, "ls", project, "http://127.0.0.1:18614/webhook", secret,
+                                                 actions)
+    assert outcome == "created" and retired == ("http://127.0.0.1:18613/webhook",)
+    active = {hook.id: hook.is_active for hook in client.webhooks.list(project=str(project))}
+    assert active == {int(first): False, others.id: True, int(second): True}
+    again = upsert_webhook(client, "ls", project, "http://127.0.0.1:18614/webhook", secret, actions)
+    assert again[1:] == ("unchanged", 1, ())  # nothing more to switch off
+
+
 def test_a_refused_webhook_leaves_polling_working(
     tmp_path: Path, label_studio: Any, ls_project: Any, ls_client: LabelStudio
 ) -> None:
