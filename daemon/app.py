@@ -124,7 +124,9 @@ def embed_backfill(settings: Settings, *, progress: Callable[[int, int], None] |
         lock.release()
 
 
-def predictions(settings: Settings, path: Path, *, overwrite: bool = False) -> PredictionReport:
+def predictions(
+    settings: Settings, path: Path, *, overwrite: bool = False, progress: Callable[[int, int], None] | None = None
+) -> PredictionReport:
     """Write the proxy model's prediction for every pool item (:mod:`daemon.predict`); safe while a daemon runs.
 
     Needs no Label Studio token.
@@ -142,7 +144,7 @@ def predictions(settings: Settings, path: Path, *, overwrite: bool = False) -> P
         embedder_factory=default_embedder_factory(settings),
         readonly_caches=True,  # the daemon may hold the caches' writer lock
     )
-    return export_predictions(ctx, path, overwrite=overwrite)
+    return export_predictions(ctx, path, overwrite=overwrite, progress=progress)
 
 
 class _OfflineConnector:

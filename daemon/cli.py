@@ -34,6 +34,8 @@ from daemon.settings import DEFAULT_CONFIG_FILE, load_settings
 
 __all__ = ["app"]
 
+_CLASSES_SHOWN = 10  # predict's summary names the most common classes, not all 77
+
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -236,17 +238,22 @@ def predict_command(
 ) -> None:
     """Write the model's prediction for every pool item (class, confidence, margin); safe while the daemon runs."""
     from daemon.app import predictions
+    from daemon.cli_embed import progress_view
 
-    with cli_errors(reads_only=True):
+    with cli_errors(reads_only=True), progress_view(err, label="predicting", what="pool items predicted") as show:
         cfg = settings()
         store_engine(cfg, existing=True).dispose()
-        report = predictions(cfg, file, overwrite=force)
+        report = predictions(cfg, file, overwrite=force, progress=show)
     if as_json:
         print_json(asdict(report))
         return
-    counts = escape(", ".join(f"{label} {n}" for label, n in report.predicted.items()))
     out.print(f"wrote {escape(str(report.path))}: {report.rows} items; model {report.model_version} trained on "
-              f"{report.n_labels} labels predicts {counts}")
+              f"{report.n_labels} labels")
+    by_class = sorted(report.predicted.items(), key=lambda kv: -kv[1])
+    shown = ", ".join(f"{escape(label or '(no vector)')} {n}" for label, n in by_class[:_CLASSES_SHOWN])
+    rest = len(by_class) - _CLASSES_SHOWN
+    more = f", and {rest} more classes (the file has each item's)" if rest > 0 else ""
+    out.print(f"predicted, most common first: {shown}{more}", soft_wrap=True)  # 77 classes made ~30 lines (QA)
     if report.not_embedded:
         err.print(f"[yellow]{report.not_embedded} items have no vector yet and no prediction "
                   "(the daemon embeds them, or run labelloop embed)[/]")

@@ -63,9 +63,10 @@ def embed() -> None:
 
 @contextmanager
 def progress_view(
-    console: Console, *, interval_s: float = _LINE_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    console: Console, *, interval_s: float | None = None, clock: Callable[[], float] = time.monotonic,
+    label: str = "embedding", what: str = "pool items embedded",
 ) -> Iterator[Callable[[int, int], None]]:
-    """Yield a ``progress(done, total)`` that shows the embedding's progress on ``console``.
+    """Yield a ``progress(done, total)`` that shows a long job's progress (embedding by default) on ``console``.
 
     On a terminal, a live bar (items, rate, elapsed, ETA); elsewhere (piped, a log file) a
     plain line every ``interval_s`` with no control characters, since a redrawn bar shows there
@@ -74,12 +75,13 @@ def progress_view(
 
     Args:
         console: where to show it.
-        interval_s: seconds between plain lines.
+        interval_s: seconds between plain lines (``None``: ``_LINE_INTERVAL_S``, 10).
         clock: monotonic seconds for the plain lines' rate; injectable for tests.
+        label: the bar's name; what: the plain lines' noun for what is counted.
     """
     if not console.is_terminal:
-        lines = ProgressLines(lambda line: console.print(line, markup=False, highlight=False),
-                              "pool items embedded", interval_s=interval_s, clock=clock)
+        lines = ProgressLines(lambda line: console.print(line, markup=False, highlight=False), what,
+                              interval_s=_LINE_INTERVAL_S if interval_s is None else interval_s, clock=clock)
 
         def plain(done: int, total: int) -> None:
             if total > 0:
@@ -88,7 +90,7 @@ def progress_view(
         yield plain
         return
     columns = (
-        TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), RateColumn(),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )
     bar = Progress(*columns, console=console, transient=False)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +60,13 @@ def _labeled_without_vector(session: Session) -> int:
     ).one())
 
 
-def export_predictions(ctx: LoopContext, path: Path, *, overwrite: bool = False) -> PredictionReport:
+def export_predictions(
+    ctx: LoopContext, path: Path, *, overwrite: bool = False, progress: Callable[[int, int], None] | None = None
+) -> PredictionReport:
     """Train the proxy head on the current labels and write its prediction for every pool item.
+
+    ``progress(done, total)`` hears of the items written, a chunk at a time (45 s on 1M items
+    passed in silence, QA).
 
     Raises:
         ExportError: fewer than two classes have labels, a labeled item has no vector yet,
@@ -89,7 +94,10 @@ def export_predictions(ctx: LoopContext, path: Path, *, overwrite: bool = False)
         meta_keys = metadata_keys(session, sa_select(col(PoolItem.meta_json)).where(not_removed(PoolItem.item_id)))
         header = with_metadata([pool.id_field, pool.text_field, "predicted", "confidence", "margin", pool.label_field,
                                 "label_status"], meta_keys)
-        write_atomically(path, kind, header, _rows(session, cache, classifier, predicted, meta_keys))
+        total = int(session.exec(select(func.count()).select_from(PoolItem).where(not_removed(PoolItem.item_id)))
+                    .one())
+        values = _rows(session, cache, classifier, predicted, meta_keys, lambda done: (progress or _quiet)(done, total))
+        write_atomically(path, kind, header, values)
     rows = predicted.total()
     not_embedded = predicted.pop("", 0)
     report = PredictionReport(str(path), rows, not_embedded, version, len(labeled.labels),
@@ -101,7 +109,7 @@ def export_predictions(ctx: LoopContext, path: Path, *, overwrite: bool = False)
 
 def _rows(
     session: Session, cache: EmbeddingCache, classifier: ProxyClassifier, predicted: Counter[str],
-    meta_keys: Sequence[str],
+    meta_keys: Sequence[str], written: Callable[[int], None],
 ) -> Iterator[list[Any]]:
     """Values in header order per pool item; ``predicted`` counts the predicted classes ("" for none)."""
     columns = [col(c) for c in (PoolItem.item_id, PoolItem.text, PoolItem.content_hash, PoolItem.is_embedded,
@@ -112,6 +120,7 @@ def _rows(
             .order_by(col(PoolItem.seq)))
     classes = np.asarray(classifier.classes_, dtype=object)
     trained_on = set(classes)
+    done = 0
     for part in session.execute(stmt).yield_per(_CHUNK).partitions():
         guesses = _predict(cache, classifier, classes, part)
         for (item_id, text, _, _, status, label, meta_json), (guess, confidence, margin) in zip(
@@ -122,6 +131,12 @@ def _rows(
             meta = json.loads(meta_json) if meta_keys and meta_json else {}
             yield [item_id, text, guess or None, confidence, margin, label if is_label else None,
                    str(status) if status is not None else None, *(meta.get(key) for key in meta_keys)]
+        done += len(part)
+        written(done)
+
+
+def _quiet(_done: int, _total: int) -> None:
+    return None
 
 
 def _predict(

@@ -130,6 +130,27 @@ def test_the_cli_predicts_without_a_token_on_a_pool_of_own_vectors(workdir: Path
     assert again.exit_code == 1 and "pass --force" in again.output
 
 
+def test_predict_reports_progress_and_sums_up_many_classes_in_a_few_lines(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """45 s on 1M items passed in silence, and 77 class counts made one run-on sentence of ~30 lines (QA)."""
+    monkeypatch.setattr("daemon.predict._CHUNK", 16)
+    monkeypatch.setattr("daemon.cli_embed._LINE_INTERVAL_S", 0.0)
+    rng = np.random.default_rng(1)
+    names = [f"class_{k:02d}" for k in range(14)]
+    centres = {name: rng.normal(size=8) * 3 for name in names}
+    lines = [json.dumps({"id": f"v{i}", "embedding": (centres[names[i % 14]] + 0.05 * rng.normal(size=8)).tolist(),
+                         "label": names[i % 14]}) for i in range(70)]
+    (workdir / "pool.jsonl").write_text("\n".join(lines) + "\n")
+    assert runner.invoke(app, ["init", "--force", "--classes", ",".join(names)]).exit_code == 0
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+    result = runner.invoke(app, ["predict", "out.csv"])
+    assert result.exit_code == 0, result.output
+    assert "16/70 pool items predicted" in result.output and "70/70 pool items predicted" in result.output
+    summary = [line for line in result.output.splitlines() if line.startswith("predicted, most common first")]
+    assert len(summary) == 1 and summary[0].endswith("and 4 more classes (the file has each item's)")
+
+
 
 def test_predict_reads_the_caches_while_the_daemon_holds_their_writer_lock(
     trained: tuple[LoopContext, FakeConnector, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
