@@ -9,10 +9,23 @@ import sys
 __all__ = ["configure_logging", "main"]
 
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_FORMATS = ("human", "json")
+
+
 def configure_logging(level: str | None = None) -> None:
-    """Human-readable lines on a terminal, JSON lines otherwise (or with LABELLOOP_LOG_FORMAT=json)."""
+    """Human-readable lines on a terminal, JSON lines otherwise (or with LABELLOOP_LOG_FORMAT=json).
+
+    Raises:
+        SystemExit: 2 with one line, for a LABELLOOP_LOG_LEVEL or LABELLOOP_LOG_FORMAT that is no
+            level or format (a bogus level died in a traceback from logging.config, QA).
+    """
     chosen = (level or os.environ.get("LABELLOOP_LOG_LEVEL", "INFO")).upper()
-    fmt = os.environ.get("LABELLOOP_LOG_FORMAT") or ("human" if sys.stderr.isatty() else "json")
+    fmt = (os.environ.get("LABELLOOP_LOG_FORMAT") or ("human" if sys.stderr.isatty() else "json")).lower()
+    for name, value, allowed in (("LABELLOOP_LOG_LEVEL", chosen, _LEVELS), ("LABELLOOP_LOG_FORMAT", fmt, _FORMATS)):
+        if value not in allowed:
+            sys.stderr.write(f"error: {name}={value!r} is not one of {', '.join(allowed)}\n")
+            raise SystemExit(2)
     formatter = (
         {"()": "daemon.logfmt.JsonFormatter"}
         if fmt == "json"
