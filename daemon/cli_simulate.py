@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from daemon.cli_common import out, print_error
+from daemon.cli_common import counted, out, print_error
 from daemon.errors import DaemonError, PoolFileError
 from models.errors import CacheLocked, ModelError
 
@@ -74,8 +74,8 @@ def simulate(
         list[str] | None,
         typer.Option(
             "--strategy",
-            help="Registry name (repeatable), or 'all': " + ", ".join(STRATEGY_NAMES) + ". Default: random, "
-            "margin, modal_margin and the daemon's default.",
+            help="Registry name (repeatable or comma-separated), 'default' (the daemon's), or 'all': "
+            + ", ".join(STRATEGY_NAMES) + ". Default: random, margin, modal_margin and the daemon's default.",
         ),
     ] = None,
     text_field: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
@@ -131,12 +131,15 @@ def simulate(
     if problem:
         print_error(problem)
         raise typer.Exit(1)
-    names = tuple(strategy or (*DEFAULT_STRATEGIES, DEFAULT_STRATEGY))
+    given = [name.strip() for option in strategy or () for name in option.split(",") if name.strip()]
+    # 'default' as in loop.strategy, and "random,default" as one would write a list (both refused, QA)
+    names = tuple(DEFAULT_STRATEGY if name == "default" else name for name in given) or (*DEFAULT_STRATEGIES,
+                                                                                           DEFAULT_STRATEGY)
     if "all" in names:
         names = tuple(name for name in REGISTRY if name != "cold_start")
     unknown = [name for name in names if name not in REGISTRY]
     if unknown:  # before the file is read and embedded, which may take hours
-        print_error(f"unknown strategy {', '.join(map(repr, unknown))}; known: all, {', '.join(REGISTRY)}")
+        print_error(f"unknown strategy {', '.join(map(repr, unknown))}; known: all, default, {', '.join(REGISTRY)}")
         raise typer.Exit(1)
     request = SimulateRequest(
         source=DataSource(data, test_file, test_fraction, text_field, label_field, id_field, embedding_field,
@@ -304,7 +307,7 @@ def render(result: SimulationResult, summaries: list[StrategySummary], written: 
     wide.print(table)
     for line in footnotes(summaries):
         wide.print(escape(line))
-    wide.print(escape(f"{len(result.seeds)} seeds, {budget_text(result)}; encoder {result.encoder}; "
+    wide.print(escape(f"{counted(len(result.seeds), 'seed')}, {budget_text(result)}; encoder {result.encoder}; "
                       f"{result.wall_s:.0f}s"))
     wide.print("wrote " + escape(", ".join(str(path) for path in written)))
 

@@ -222,6 +222,28 @@ def test_the_footer_shows_the_budget_that_ran_and_the_header_the_pool_classes(
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["budget"] == 144
 
 
+def test_strategies_may_be_comma_separated_and_default_names_the_daemons(
+    app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--strategy random,default` was refused as "unknown strategy 'random,default'", and so was
+    'default' alone, though loop.strategy takes it (QA)."""
+    import daemon.cli_simulate as cli_simulate
+    from strategies import DEFAULT_STRATEGY
+
+    asked: list[tuple[str, ...]] = []
+
+    def record(request: cli_simulate.SimulateRequest) -> object:
+        asked.append(request.strategies)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(cli_simulate, "run_request", record)
+    data = tiny_csv(tmp_path / "tiny.csv")
+    ran = CliRunner().invoke(app, [*simulate_args(data, tmp_path / "o"), "--strategy", "random, default",
+                                   "--strategy", "margin"])
+    assert ran.exit_code == 0, ran.output
+    assert asked == [("random", DEFAULT_STRATEGY, "margin")]
+
+
 def test_an_unknown_strategy_or_an_unwritable_out_is_refused_before_the_data_is_read(
     app: typer.Typer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
