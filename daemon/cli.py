@@ -97,8 +97,10 @@ def cycle(as_json: JsonOpt = False) -> None:
         print_json(asdict(report))
     else:
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in report.stage_seconds.items())
-        out.print(f"cycle {report.cycle_id}: {report.status} {escape(report.reason)} batch={report.batch_id} "
-                  f"pushed={report.pushed} model={report.model_version} ({stages})")
+        made = f"batch {report.batch_id}, {report.pushed} tasks pushed; " if report.batch_id else ""
+        model = f"model {report.model_version}" if report.model_version else "no model yet (cold start)"
+        why = f", {escape(report.reason)}" if report.reason else ""
+        out.print(f"cycle {report.cycle_id}: {report.status}{why}; {made}{model} ({stages})")
 
 
 @app.command("sync")

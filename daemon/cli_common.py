@@ -109,6 +109,11 @@ def interrupt_on_termination() -> None:
         signal.signal(signum, interrupt)
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 item``, ``2 items``: for nouns that take an s ("1 items removed" read as a slip, QA)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def print_error(message: object) -> None:
     """Print ``error: message`` on stderr, the message as plain text.
 

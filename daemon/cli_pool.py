@@ -15,7 +15,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from daemon.cli_common import JsonOpt, RateColumn, cli_errors, err, out, print_json, settings, store_engine
+from daemon.cli_common import (
+    JsonOpt,
+    RateColumn,
+    cli_errors,
+    counted,
+    err,
+    out,
+    print_json,
+    settings,
+    store_engine,
+)
 from daemon.errors import ConfigError, PoolFileError
 
 if TYPE_CHECKING:  # pool.py loads numpy and the cache: not for every command
@@ -152,7 +162,7 @@ def pool_remove(
         return
     more = ", …" if report.not_in_pool > len(report.not_in_pool_first) else ""
     missing = f" ({escape(', '.join(report.not_in_pool_first))}{more})" if report.not_in_pool else ""
-    out.print(f"{report.removed} items removed ({report.labeled} with a label, no longer trained on or exported; "
-              f"{report.waiting} waiting in Label Studio, withdrawn at the next sync unless someone answered "
+    out.print(f"{counted(report.removed, 'item')} removed ({report.labeled} with a label, no longer trained on or "
+              f"exported; {report.waiting} waiting in Label Studio, withdrawn at the next sync unless someone answered "
               f"them); {report.already_removed} were already removed, {report.not_in_pool} are not in the pool"
               f"{missing}")

@@ -81,6 +81,14 @@ def _short_version(version: str | None) -> str:
     return "" if version is None else version if not version.isalnum() else version[:_SHORT_ID]
 
 
+def _project_text(report: StatusReport) -> str:
+    """``project 3 (6 classes)``; before the daemon's first start, that it has none yet ("project None", QA)."""
+    classes = len(report.project.get("classes", []))
+    if report.project.get("id") is None:
+        return "no Label Studio project yet (the daemon finds or creates it when it starts)"
+    return f"project {report.project['id']} ({classes} classes)"
+
+
 def _unknown_choice(raw: str, classes: list[str]) -> str:
     """Why answers that gave ``raw`` are not trained on, and what to do."""
     if raw == NO_CHOICE:
@@ -107,8 +115,7 @@ def status_panels(report: StatusReport) -> list[Panel]:
     counts = ", ".join(f"{k} {v}" for k, v in report.labels.items())
     removed = f", {report.pool['removed']} removed" if report.pool.get("removed") else ""
     pool = (f"pool: {report.pool['items']} items ({report.pool['embedded']} embedded{removed}); labels: {counts}\n"
-            f"queue: {report.queue.get('waiting_items', 0)} items waiting in Label Studio; project "
-            f"{report.project.get('id')} ({len(report.project.get('classes', []))} classes)")
+            f"queue: {report.queue.get('waiting_items', 0)} items waiting in Label Studio; {_project_text(report)}")
     if report.queue.get("batches_parked"):
         pool += (f"\n[yellow]{report.queue['batches_parked']} batches parked[/]: Label Studio refused their tasks, "
                  "and their items went back to the pool (labelloop batches --status parked)")

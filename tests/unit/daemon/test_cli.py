@@ -249,6 +249,24 @@ def _beat(workdir: Path, **beat: object) -> None:
     engine.dispose()
 
 
+def test_status_and_cycle_say_what_there_is_not_yet_instead_of_python_none(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the daemon's first start status read "project None (0 classes)", and a cycle without a
+    new batch printed "batch=None" (QA)."""
+    from daemon.cycle import CycleReport
+
+    shown = _plain(runner.invoke(app, ["status"]).output)
+    assert "no Label Studio project yet (the daemon finds or creates it when it starts)" in shown
+    assert "None" not in shown
+    report = CycleReport(cycle_id=5, reason="retrained; 47 items still waiting, no new batch",
+                         model_version="da81f8c6aa11", stage_seconds={"sync": 0.5})
+    monkeypatch.setattr("daemon.app.one_cycle", lambda cfg: report)
+    said = _plain(runner.invoke(app, ["cycle"]).output)
+    assert said.startswith("cycle 5: ok, retrained; 47 items still waiting, no new batch; model da81f8c6aa11 "
+                           "(sync 0.50s)") and "None" not in said
+
+
 def test_status_says_a_killed_daemon_is_gone_and_a_failing_one_is_not_healthy(workdir: Path) -> None:
     """A daemon killed with SIGKILL read "running … healthy" until its last beat aged."""
     import os

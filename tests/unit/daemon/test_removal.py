@@ -127,7 +127,7 @@ def test_the_cli_removes_by_file_source_or_id(workdir: Path) -> None:
     by_source = runner.invoke(app, ["pool", "remove", "--source", "wrong.jsonl", "--json"])
     assert json.loads(by_source.stdout)["already_removed"] == 2
     by_id = runner.invoke(app, ["pool", "remove", "--id", "b", "--id", "zzz"])
-    assert by_id.exit_code == 0 and "1 items removed" in " ".join(by_id.output.split())
+    assert by_id.exit_code == 0 and "1 item removed (" in " ".join(by_id.output.split())
     assert "1 are not in the pool (zzz)" in " ".join(by_id.output.split())  # which one, not just how many
     status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
     assert status["pool"] == {"items": 1, "embedded": 0, "removed": 3}
