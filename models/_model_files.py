@@ -7,7 +7,7 @@ from pathlib import Path
 
 from models.errors import EmbedderUnavailable
 
-__all__ = ["default_model_path", "folder_revision", "resolve_source"]
+__all__ = ["default_model_path", "folder_revision", "quiet_weight_loading", "resolve_source"]
 
 _HASHED_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")
 
@@ -51,6 +51,14 @@ def resolve_source(model_path: str | None) -> Path:
     if config_file is None:
         raise EmbedderUnavailable(f"embedding model {path_text!r} has no config.json")
     return Path(config_file).parent
+
+
+def quiet_weight_loading() -> None:
+    """Switch off transformers' "Loading weights" bar, drawn on every model load: noise in a service's
+    log and in the demo's output (QA), where HF_HUB_DISABLE_PROGRESS_BARS had not reached it."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _looks_like_path(text: str) -> bool:

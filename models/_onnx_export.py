@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from transformers import AutoModel
 
+from models._model_files import quiet_weight_loading
 from models.errors import EmbedderUnavailable
 
 __all__ = ["KEY_PROP", "OPSET", "RECIPE", "digest_path", "export", "import_onnx", "is_intact", "sweep_abandoned"]
@@ -209,6 +210,7 @@ def _sha256(path: Path) -> str:
 
 
 def _export_fp32(source: Path, target: Path) -> None:
+    quiet_weight_loading()
     encoder = AutoModel.from_pretrained(str(source), attn_implementation="eager").eval()
     ids = torch.ones((2, 8), dtype=torch.long)
     axes = {0: "batch", 1: "tokens"}

@@ -22,7 +22,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from models._batching import CPU_TOKEN_BUDGET, check_texts, encode_in_length_order
 from models._lazy import LazyLoad
-from models._model_files import default_model_path, folder_revision, resolve_source
+from models._model_files import default_model_path, folder_revision, quiet_weight_loading, resolve_source
 from models._types import Float32Array
 from models.device import select_device
 from models.errors import EmbedderUnavailable
@@ -185,6 +185,7 @@ class TransformerEmbedder(LazyLoad["_Loaded"]):
         source = self._resolve()
         device = select_device(self.device)
         try:
+            quiet_weight_loading()
             tokenizer = AutoTokenizer.from_pretrained(str(source))
             model = AutoModel.from_pretrained(str(source), dtype=resolve_dtype(self.dtype, device))
         except (OSError, ValueError, KeyError) as e:

@@ -166,3 +166,18 @@ def test_pickles_without_its_weights(embedder: TransformerEmbedder, vectors: Flo
     clone = pickle.loads(pickle.dumps(embedder))
     assert clone._loaded is None and clone.revision == embedder.revision
     np.testing.assert_allclose(clone.encode(SENTENCES[:2]), vectors[:2], atol=1e-5)
+
+
+def test_loading_the_model_draws_no_progress_bar() -> None:
+    """transformers drew "Loading weights: 100%|██████████| 103/103" in the demo's output and in every
+    daemon log at start (QA)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    loaded = subprocess.run([sys.executable, "-c", "from models.embedder import TransformerEmbedder\n"
+                             "print(TransformerEmbedder(device='cpu').encode(['hello']).shape)"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert "(1, 384)" in loaded.stdout and "Loading weights" not in loaded.stderr
