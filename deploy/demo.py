@@ -80,7 +80,10 @@ def _run(args: argparse.Namespace) -> int:
             gold = json.loads((workdir / "gold.json").read_text())  # every pool item's answer
             _export(workdir, env, gold)
             _predict(workdir, env, gold)
-            print("\nTo run it for real: `make up`, then label in the browser at the printed address.")
+            config = workdir / "labelloop.toml"
+            print(f"\nThe demo's store stays: `.venv/bin/labelloop -c {config} status` (or `batches`, `export`) "
+                  "looks around in it.\nTo run it for real: `make up`, then label in the browser at the printed "
+                  "address.")
         return code
     finally:
         _stop(daemon, server)
