@@ -7,7 +7,8 @@ Parsing (typer) -> :mod:`daemon.pool` / :mod:`daemon.removal` -> rendering (rich
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -34,6 +35,8 @@ if TYPE_CHECKING:  # pool.py loads numpy and the cache: not for every command
     from daemon.pool import ImportReport
 
 __all__ = ["register"]
+
+_LINE_INTERVAL_S = 10.0  # off a terminal: a plain progress line at most this often per phase
 
 pool_app = typer.Typer(no_args_is_help=True, help="Manage the unlabeled pool.")
 
@@ -73,8 +76,13 @@ def pool_add(
         for file in files:
             task = bar.add_task(f"reading {file.name}", total=None)
 
-            def progress(phase: str, rows: int, task: TaskID = task, name: str = file.name) -> None:
+            plain = _PlainLines(file.name) if not err.is_terminal else None
+
+            def progress(phase: str, rows: int, task: TaskID = task, name: str = file.name,
+                         plain: _PlainLines | None = plain) -> None:
                 bar.update(task, description=f"{phase} {escape(name)}", completed=rows)
+                if plain is not None:
+                    plain(phase, rows)
 
             try:
                 reports.append(add_pool_file(engine, file, pool=pool, data_dir=cfg.store.data_dir,
@@ -105,6 +113,25 @@ def _source_name(engine: Engine, name: str) -> str:
     shown = ", ".join(known[:10]) + (f", … ({len(known)} in all)" if len(known) > 10 else "")
     raise ConfigError(f"no pool items were imported from a file named {name!r}; nothing removed "
                       f"(sources: {shown or 'none'})")
+
+
+class _PlainLines:
+    """Off a terminal (nohup, systemd, CI), one plain line per phase and every ``_LINE_INTERVAL_S``:
+    the spinner shows nothing there, and a 1M-row import ran 56 s without a word (QA)."""
+
+    def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name, self.clock = name, clock
+        self.started = self.last = clock()
+        self.phase = ""
+
+    def __call__(self, phase: str, rows: int) -> None:
+        now = self.clock()
+        if phase == self.phase and now - self.last < _LINE_INTERVAL_S:
+            return
+        self.phase, self.last = phase, now
+        rate = rows / (now - self.started) if now > self.started else 0.0
+        err.print(f"{phase} {self.name}: {rows:,} rows ({rate:,.0f} rows/s, {now - self.started:.0f} s)",
+                  markup=False, highlight=False)
 
 
 def _print_import(report: ImportReport) -> None:
