@@ -153,7 +153,9 @@ def apply_task_states(session: Session, tasks: Sequence[RemoteTaskState]) -> tup
     classes = set(known_classes(session))
     changed = unknown = disputed = 0
     items = _batch_items(session, [task.remote_task_id for task in tasks])
-    for task in tasks:
+    # tasks with no answer first: of an item's two tasks read together, an emptied duplicate must not
+    # retract the label after the other task's answer was read (sorted() is stable: order kept otherwise)
+    for task in sorted(tasks, key=lambda task: bool(task.annotations)):
         verdict = _verdict(task.annotations, classes)
         if verdict.status is LabelStatus.UNKNOWN:
             unknown += 1
@@ -238,8 +240,10 @@ def _record(session: Session, task: RemoteTaskState, verdict: _Verdict) -> bool:
         return _write(session, task, current, LabelStatus.RETRACTED, None, None)
     if current is not None and current.source == "seed" and verdict.status is not LabelStatus.LABELED:
         return False  # a skip or stray choice does not erase a seed label
-    if _from_another_task(current, task) and (verdict.status is LabelStatus.SKIPPED or _older(verdict, current)):
-        return False  # of two tasks of one item the latest answer holds, whichever task is read last
+    if (_from_another_task(current, task) and current is not None and current.status is not LabelStatus.RETRACTED
+            and (verdict.status is LabelStatus.SKIPPED or _older(verdict, current))):
+        return False  # of two tasks of one item the latest answer holds, whichever task is read last;
+        # once the other task's answer is deleted, this one's (older) answer is the label again (QA)
     return _write(session, task, current, verdict.status, verdict.label, verdict.annotation)
 
 

@@ -289,6 +289,31 @@ def test_a_second_untouched_task_of_an_answered_item_does_not_retract_its_label(
     assert labels(ctx)[answered.item_id] == (LabelStatus.LABELED, gold[answered.item_id])
 
 
+def test_an_answer_deleted_in_a_reimported_task_gives_back_the_label_the_first_task_holds(
+    loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
+) -> None:
+    """QA: answered on its task, then on a re-imported copy; the copy's answer deleted retracted the
+    item's label for good, though the first task still held its answer in Label Studio."""
+    ctx, project_id, gold = loop_ctx
+    first = run_cycle(ctx).batch_id or ""
+    answered = next(i for i in items_of(ctx, first) if not i.is_control)
+    answer(ls_client, gold, [answered])
+    sync(ctx)
+    again = {"data": {"text": "the same item, imported again", "al_item_id": answered.item_id}}
+    ls_client.projects.import_tasks(id=project_id, request=[again])  # type: ignore[list-item]
+    copy = max(ls_helpers.task_ids_for(ls_client, project_id, answered.item_id))
+    other = next(c for c in CLASSES if c != gold[answered.item_id])
+    time.sleep(1.1)
+    second = ls_helpers.annotate(ls_client, copy, other)
+    sync(ctx)
+    assert labels(ctx)[answered.item_id] == (LabelStatus.LABELED, other)  # the latest answer holds
+    ls_helpers.delete_annotation(ls_client, second)
+    sync(ctx)
+    ctx.reconciled_at = None  # a full read lists the first task again
+    sync(ctx)
+    assert labels(ctx)[answered.item_id] == (LabelStatus.LABELED, gold[answered.item_id])
+
+
 def test_a_deleted_task_whose_id_label_studio_gives_to_a_new_task_withdraws_the_item_it_named(
     loop_ctx: tuple[LoopContext, int, dict[str, str]], ls_client: LabelStudio
 ) -> None:

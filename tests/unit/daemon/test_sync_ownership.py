@@ -62,6 +62,32 @@ def test_of_two_tasks_of_one_item_the_latest_answer_holds_in_either_order(ctx: L
     assert label(ctx) == (LabelStatus.LABELED, "fraud")
 
 
+def test_an_answer_deleted_in_a_duplicate_task_gives_back_the_label_the_first_task_holds(ctx: LoopContext) -> None:
+    """A task re-imported with the same item (QA): its answer, deleted, retracted the item's label for
+    good; the first task's older answer was refused on every later read as older than the retraction."""
+    first, duplicate = task("6", ("billing", T0)), task("81", ("delivery", T0 + timedelta(hours=1)))
+    emptied = RemoteTaskState(item_id="it-001", remote_task_id="81", updated_at=T0 + timedelta(hours=2),
+                              annotations=())
+    apply(ctx, first)
+    apply(ctx, duplicate)
+    assert label(ctx) == (LabelStatus.LABELED, "delivery")  # the latest answer holds
+    apply(ctx, emptied)  # that answer deleted: nothing left in the duplicate, so retracted until …
+    assert label(ctx) == (LabelStatus.RETRACTED, None)
+    apply(ctx, first, emptied)  # … a full read lists the first task again, whichever it reads first
+    assert label(ctx) == (LabelStatus.LABELED, "billing")
+    apply(ctx, emptied, first)
+    assert label(ctx) == (LabelStatus.LABELED, "billing")
+
+
+def test_in_one_read_an_emptied_duplicate_gives_way_to_the_other_tasks_answer(ctx: LoopContext) -> None:
+    apply(ctx, task("6", ("billing", T0)), task("81", ("delivery", T0 + timedelta(hours=1))))
+    assert label(ctx) == (LabelStatus.LABELED, "delivery")
+    emptied = RemoteTaskState(item_id="it-001", remote_task_id="81", updated_at=T0 + timedelta(hours=2),
+                              annotations=())
+    apply(ctx, task("6", ("billing", T0)), emptied)  # a full read: the duplicate's answer gone, read last
+    assert label(ctx) == (LabelStatus.LABELED, "billing")
+
+
 def test_a_skip_in_another_task_does_not_undo_an_answer(ctx: LoopContext) -> None:
     apply(ctx, task("12", ("billing", T0)))
     skipped = AnnotationState("11-0", (), "ann", T0 + timedelta(hours=1), is_skipped=True)
