@@ -255,7 +255,8 @@ def labels_per_class(session: Session) -> tuple[dict[str, int], dict[str, int]]:
 
 def _unknown(session: Session) -> dict[str, int]:
     rows = session.exec(
-        select(LabelRecord.label, func.count()).where(LabelRecord.status == LabelStatus.UNKNOWN)
+        select(LabelRecord.label, func.count())
+        .where(LabelRecord.status == LabelStatus.UNKNOWN, not_removed(LabelRecord.item_id))  # as the counts (QA)
         .group_by(col(LabelRecord.label))
     ).all()
     return {str(label): int(n) for label, n in rows}

@@ -70,6 +70,20 @@ def test_a_removed_item_is_never_selected_and_pool_add_brings_it_back(world: Wor
     assert set(i.item_id for i in batch_items(ctx, batch.batch_id or "")) <= set(unlabeled)
 
 
+def test_a_removed_items_unknown_choice_leaves_status(world: World) -> None:
+    """status counted 1 unknown label but listed 2 unknown choices, one of a removed item, with advice
+    to add it to the labeling config (QA)."""
+    ctx, fake, _ = world
+    first, second = batch_items(ctx, run_cycle(ctx).batch_id or "")[:2]
+    fake.annotate(first.item_id, "spam-of-the-week")
+    fake.annotate(second.item_id, "refund")
+    sync(ctx)
+    remove_items(ctx.engine, [first.item_id])
+    with Session(ctx.engine) as session:
+        report = status_report(session)
+    assert report.labels["unknown"] == 1 and report.unknown_choices == {"refund": 1}
+
+
 def test_a_removed_label_is_not_trained_on_exported_or_predicted(world: World, tmp_path: Path) -> None:
     ctx, fake, gold = world
     first = run_cycle(ctx)
