@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -254,7 +255,8 @@ def test_a_project_reading_another_text_field_is_rejected_with_the_fix(
 
 
 def test_a_field_the_config_shows_and_the_items_lack_is_named_before_label_studio_refuses_the_import(
-    ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory
+    ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A ``$subject`` header beside the text made every push fail as "HTTP 400; check non_field_errors"
     (Label Studio said "'subject' key is expected in task data"); a Header's field is not required."""
@@ -262,7 +264,9 @@ def test_a_field_the_config_shows_and_the_items_lack_is_named_before_label_studi
               '<Choices name="c" toName="text"><Choice value="pos"/><Choice value="neg"/></Choices></View>')
     project_id = ls_project(label_config=config)
     connector = ls_connector(project_id)
-    assert connector.ensure_project(classes=None).classes == ("pos", "neg")
+    with caplog.at_level(logging.WARNING, logger="connectors"):
+        assert connector.ensure_project(classes=None).classes == ("pos", "neg")
+    assert f"project {project_id}'s labeling config shows task fields 'subject' besides the text" in caplog.text
     with pytest.raises(ConnectorRejected, match=r"shows task fields .*'subject' \(lacked by 2 of 2\).*add those "
                                                 r"columns to the pool file"):
         connector.push(_tasks(2))

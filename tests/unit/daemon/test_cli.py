@@ -267,6 +267,27 @@ def test_status_and_cycle_say_what_there_is_not_yet_instead_of_python_none(
                            "(sync 0.50s)") and "None" not in said
 
 
+def test_an_unusable_project_exits_2_like_a_configuration_problem(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README says exit code 2 means a configuration or token problem; a project whose labeling
+    config labelloop cannot use exited 1 (QA)."""
+    from connectors.errors import ConnectorRejected, ConnectorUnavailable
+
+    def refused(cfg: object) -> None:
+        raise ConnectorRejected("project 1: its labeling config has 2 <Choices> tags")
+
+    monkeypatch.setattr("daemon.app.one_cycle", refused)
+    result = runner.invoke(app, ["cycle"])
+    assert result.exit_code == 2 and "its labeling config has 2 <Choices> tags" in _plain(result.output)
+
+    def down(cfg: object) -> None:
+        raise ConnectorUnavailable("cannot reach Label Studio")
+
+    monkeypatch.setattr("daemon.app.one_cycle", down)
+    assert runner.invoke(app, ["cycle"]).exit_code == 1  # not a configuration problem: try again later
+
+
 def test_status_says_a_killed_daemon_is_gone_and_a_failing_one_is_not_healthy(workdir: Path) -> None:
     """A daemon killed with SIGKILL read "running … healthy" until its last beat aged."""
     import os
