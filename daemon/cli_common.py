@@ -30,8 +30,8 @@ from daemon.store import is_disk_full, is_store_locked, make_engine, sqlite_path
 from models.errors import ModelError
 
 __all__ = [
-    "ConfigChoice", "JsonOpt", "RateColumn", "cli_errors", "err", "out", "print_error", "print_json", "settings",
-    "store_engine",
+    "PLAIN_LINE_INTERVAL_S", "ConfigChoice", "JsonOpt", "RateColumn", "cli_errors", "counted", "err",
+    "interrupt_on_termination", "out", "print_error", "print_json", "settings", "store_engine",
 ]
 
 out = Console()
@@ -107,6 +107,9 @@ def interrupt_on_termination() -> None:
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, interrupt)
+
+
+PLAIN_LINE_INTERVAL_S = 10.0  # off a terminal (piped, a log file): a plain progress line at most this often
 
 
 def counted(n: int, noun: str) -> str:

@@ -23,13 +23,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from daemon import cli_common
 from daemon.cli_common import RateColumn, cli_errors, err, out, settings
 from daemon.errors import AlreadyRunning
 from daemon.progress import ProgressLines
 
 __all__ = ["progress_view", "register"]
 
-_LINE_INTERVAL_S = 10.0  # off a terminal: one plain progress line this often
 
 
 def register(app: typer.Typer) -> None:
@@ -75,13 +75,14 @@ def progress_view(
 
     Args:
         console: where to show it.
-        interval_s: seconds between plain lines (``None``: ``_LINE_INTERVAL_S``, 10).
+        interval_s: seconds between plain lines (``None``: ``cli_common.PLAIN_LINE_INTERVAL_S``).
         clock: monotonic seconds for the plain lines' rate; injectable for tests.
         label: the bar's name; what: the plain lines' noun for what is counted.
     """
     if not console.is_terminal:
+        every = cli_common.PLAIN_LINE_INTERVAL_S if interval_s is None else interval_s
         lines = ProgressLines(lambda line: console.print(line, markup=False, highlight=False), what,
-                              interval_s=_LINE_INTERVAL_S if interval_s is None else interval_s, clock=clock)
+                              interval_s=every, clock=clock)
 
         def plain(done: int, total: int) -> None:
             if total > 0:

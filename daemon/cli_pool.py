@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 
 from daemon.cli_common import (
+    PLAIN_LINE_INTERVAL_S,
     JsonOpt,
     RateColumn,
     cli_errors,
@@ -35,8 +36,6 @@ if TYPE_CHECKING:  # pool.py loads numpy and the cache: not for every command
     from daemon.pool import ImportReport
 
 __all__ = ["register"]
-
-_LINE_INTERVAL_S = 10.0  # off a terminal: a plain progress line at most this often per phase
 
 pool_app = typer.Typer(no_args_is_help=True, help="Manage the unlabeled pool.")
 
@@ -116,7 +115,7 @@ def _source_name(engine: Engine, name: str) -> str:
 
 
 class _PlainLines:
-    """Off a terminal (nohup, systemd, CI), one plain line per phase and every ``_LINE_INTERVAL_S``:
+    """Off a terminal (nohup, systemd, CI), one plain line per phase and every ``PLAIN_LINE_INTERVAL_S``:
     the spinner shows nothing there, and a 1M-row import ran 56 s without a word (QA)."""
 
     def __init__(self, name: str, clock: Callable[[], float] = time.monotonic) -> None:
@@ -126,7 +125,7 @@ class _PlainLines:
 
     def __call__(self, phase: str, rows: int) -> None:
         now = self.clock()
-        if phase == self.phase and now - self.last < _LINE_INTERVAL_S:
+        if phase == self.phase and now - self.last < PLAIN_LINE_INTERVAL_S:
             return
         self.phase, self.last = phase, now
         rate = rows / (now - self.started) if now > self.started else 0.0

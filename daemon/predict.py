@@ -96,8 +96,11 @@ def export_predictions(
                                 "label_status"], meta_keys)
         total = int(session.exec(select(func.count()).select_from(PoolItem).where(not_removed(PoolItem.item_id)))
                     .one())
-        values = _rows(session, cache, classifier, predicted, meta_keys, lambda done: (progress or _quiet)(done, total))
-        write_atomically(path, kind, header, values)
+        def written(done: int) -> None:
+            if progress is not None:
+                progress(done, total)
+
+        write_atomically(path, kind, header, _rows(session, cache, classifier, predicted, meta_keys, written))
     rows = predicted.total()
     not_embedded = predicted.pop("", 0)
     report = PredictionReport(str(path), rows, not_embedded, version, len(labeled.labels),
@@ -133,10 +136,6 @@ def _rows(
                    str(status) if status is not None else None, *(meta.get(key) for key in meta_keys)]
         done += len(part)
         written(done)
-
-
-def _quiet(_done: int, _total: int) -> None:
-    return None
 
 
 def _predict(

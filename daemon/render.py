@@ -83,10 +83,9 @@ def _short_version(version: str | None) -> str:
 
 def _project_text(report: StatusReport) -> str:
     """``project 3 (6 classes)``; before the daemon's first start, that it has none yet ("project None", QA)."""
-    classes = len(report.project.get("classes", []))
     if report.project.get("id") is None:
         return "no Label Studio project yet (the daemon finds or creates it when it starts)"
-    return f"project {report.project['id']} ({classes} classes)"
+    return f"project {report.project['id']} ({len(report.project.get('classes', []))} classes)"
 
 
 def _unknown_choice(raw: str, classes: list[str]) -> str:

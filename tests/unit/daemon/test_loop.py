@@ -1032,8 +1032,6 @@ def test_a_damaged_vector_among_the_candidates_fails_the_cycle_naming_its_shard(
 ) -> None:
     """The streamed scoring pass reads shards without get()'s check: a NaN row among the candidates
     failed every cycle with a bare "ValueError: X contains NaN or inf", which names no file and no fix."""
-    from daemon.selection import _read_inputs
-    from daemon.training import active_cache
     from models.errors import CacheError
 
     monkeypatch.chdir(tmp_path)
@@ -1041,14 +1039,23 @@ def test_a_damaged_vector_among_the_candidates_fails_the_cycle_naming_its_shard(
     monkeypatch.setattr("daemon.cycle.update_stability", lambda *_: None)  # its sample of 90 would read the row
     annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
     annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")  # the queue is empty again
+    shard, row = damage_a_candidate(ctx)
+    with pytest.raises(CacheError, match=rf"{shard.name} is damaged: row {row} holds NaN or inf.*labelloop embed"):
+        run_cycle(ctx)
+
+
+def damage_a_candidate(ctx: LoopContext) -> tuple[Path, int]:
+    """Write one float16 NaN into the vector of a candidate (neither labeled nor queued); return its shard and row."""
+    from daemon.selection import _read_inputs
+    from daemon.training import active_cache
+
     cache = active_cache(ctx)
-    row = int(_read_inputs(ctx, cache).pool.cache_rows[-1])  # a candidate: neither labeled nor queued
+    row = int(_read_inputs(ctx, cache).pool.cache_rows[-1])
     shard = cache.directory / f"shard-{row // 262144:05d}.f16"
     with shard.open("r+b") as handle:
         handle.seek((row % 262144) * cache.dim * 2)
-        handle.write(b"\xff\xff")  # one float16 NaN
-    with pytest.raises(CacheError, match=rf"{shard.name} is damaged: row {row} holds NaN or inf.*labelloop embed"):
-        run_cycle(ctx)
+        handle.write(b"\xff\xff")
+    return shard, row
 
 
 def test_after_a_lift_the_window_needs_new_retrains_and_a_resume_of_a_running_queue_changes_nothing(

@@ -135,7 +135,7 @@ def test_predict_reports_progress_and_sums_up_many_classes_in_a_few_lines(
 ) -> None:
     """45 s on 1M items passed in silence, and 77 class counts made one run-on sentence of ~30 lines (QA)."""
     monkeypatch.setattr("daemon.predict._CHUNK", 16)
-    monkeypatch.setattr("daemon.cli_embed._LINE_INTERVAL_S", 0.0)
+    monkeypatch.setattr("daemon.cli_common.PLAIN_LINE_INTERVAL_S", 0.0)
     rng = np.random.default_rng(1)
     names = [f"class_{k:02d}" for k in range(14)]
     centres = {name: rng.normal(size=8) * 3 for name in names}

@@ -216,8 +216,7 @@ def test_a_damaged_vector_fails_a_ray_cycle_naming_its_shard_as_in_process(
     """A NaN row failed a Ray cycle with "the Ray scoring job failed" and a page of Ray's traceback:
     the worker's NonFiniteInput reaches the coordinator without its cause, so selection never asked
     the cache which shard was damaged, as it does in process."""
-    from daemon.selection import _read_inputs
-    from daemon.training import active_cache
+    from tests.unit.daemon.test_loop import damage_a_candidate
 
     ctx, fake = loop_world(tmp_path / "ray", "ray")
     monkeypatch.setattr("daemon.cycle.update_stability", lambda *_: None)  # its sample would read the row
@@ -225,12 +224,7 @@ def test_a_damaged_vector_fails_a_ray_cycle_naming_its_shard_as_in_process(
     with Session(ctx.engine) as session:
         for item in session.exec(select(BatchItem).where(BatchItem.batch_id == first.batch_id)):
             fake.annotate(item.item_id, ["billing", "delivery", "fraud"][int(item.item_id[-4:]) % 3])
-    cache = active_cache(ctx)
-    row = int(_read_inputs(ctx, cache).pool.cache_rows[-1])  # a candidate: neither labeled nor queued
-    shard = cache.directory / f"shard-{row // 262144:05d}.f16"
-    with shard.open("r+b") as handle:
-        handle.seek((row % 262144) * cache.dim * 2)
-        handle.write(b"\xff\xff")  # one float16 NaN
+    shard, row = damage_a_candidate(ctx)
     with pytest.raises(CacheError, match=rf"{shard.name} is damaged: row {row} holds NaN or inf.*labelloop embed"):
         run_cycle(ctx)
 
