@@ -200,6 +200,15 @@ class Connector(Protocol):
         """
         ...
 
+    def missing(self, remote_task_ids: Sequence[str]) -> list[str]:
+        """The given ids that are no longer tasks of ours in the tool (deleted there), in the order given.
+
+        One cheap lookup for a few hundred ids, not a listing of the project: the daemon asks it
+        about its waiting tasks between full reads, so a task deleted in the tool leaves the queue
+        within a sync instead of counting as waiting until the next full read.
+        """
+        ...
+
     def first_waiting(self, n: int) -> list[str]:
         """Remote ids of the first ``n`` of our tasks nobody annotated, skipped or drafted, in push order.
 

@@ -200,6 +200,13 @@ class FakeConnector:
                 self._remove(remote_task_id)
         return [remote_task_id for remote_task_id in remote_task_ids if remote_task_id not in self._tasks]
 
+    def missing(self, remote_task_ids: Sequence[str]) -> list[str]:
+        self._enter("missing")
+        self._require_project()
+        gone = [remote_task_id for remote_task_id in remote_task_ids if remote_task_id not in self._tasks]
+        self._deleted_unreported.difference_update(gone)  # as Label Studio's connector: reported once
+        return gone
+
     def first_waiting(self, n: int) -> list[str]:
         self._enter("first_waiting")
         self._require_project()

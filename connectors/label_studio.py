@@ -363,6 +363,24 @@ class LabelStudioConnector:
         )
         return gone
 
+    def missing(self, remote_task_ids: Sequence[str]) -> list[str]:
+        """The given ids that are not tasks of the project now (one lookup per ``lookup_chunk_size`` ids).
+
+        Raises:
+            ConnectorUnavailable, ConnectorRejected.
+        """
+        project = self._resolved()
+        numeric = sorted({task_id for task_id in remote_task_ids if task_id.isdigit()}, key=int)
+        present: set[str] = set()
+        with translated(self.url, "missing"):
+            for chunk in lt.id_chunks(numeric, max_items=self.lookup_chunk_size):
+                present |= lk.existing_ids(
+                    self._client, project.project_id, [int(task_id) for task_id in chunk], page_size=self.page_size
+                )
+        gone = [task_id for task_id in remote_task_ids if task_id not in present]
+        self._known_task_ids.difference_update(gone)
+        return gone
+
     def first_waiting(self, n: int) -> list[str]:
         """The first ``n`` untouched tasks of ours by id (one request).
 

@@ -177,6 +177,9 @@ class _OfflineConnector:
     def withdraw(self, remote_task_ids: Sequence[str]) -> list[str]:
         raise self._refuse()
 
+    def missing(self, remote_task_ids: Sequence[str]) -> list[str]:
+        raise self._refuse()
+
     def first_waiting(self, n: int) -> list[str]:
         raise self._refuse()
 

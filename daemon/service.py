@@ -41,7 +41,7 @@ from daemon.pause import PauseWatch
 from daemon.project import ensure_project
 from daemon.store import HealthEvent, is_disk_full, is_store_locked, set_value, sqlite_path
 from daemon.sync import sync
-from daemon.webhook import Coalescer, WebhookServer, register, start_server
+from daemon.webhook import TASKS_DELETED, Coalescer, WebhookServer, register, start_server
 from models.errors import ModelError
 
 __all__ = ["InstanceLock", "Service"]
@@ -173,6 +173,8 @@ class Service:
         hook = ctx.settings.webhook
         self._webhook_pending = hook.enabled and hook.register_on_start  # registered once the project is known
         self._webhook_registered = False  # switched off again on a graceful stop
+        self._tasks_deleted = False  # a TASKS_DELETED call came: the trigger's sync asks which waiting tasks are gone
+        self._flags = threading.Lock()
         self._trigger = Coalescer(self._triggered, min_interval_s=hook.min_interval_s,
                                   on_error=lambda e: self._health("job_error", f"trigger: {type(e).__name__}"))
 
@@ -223,9 +225,11 @@ class Service:
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
 
-    def sync_job(self, *, wait: bool = False) -> None:
+    def sync_job(self, *, wait: bool = False, check_waiting: bool = True) -> None:
+        """Pull and apply; a scheduled sync also asks the tool which waiting tasks are gone (one lookup)."""
+
         def body() -> bool:
-            sync(self.ctx)
+            sync(self.ctx, check_waiting=check_waiting)
             return True  # a pull answered
 
         self._guarded("sync", body, wait=wait)
@@ -241,13 +245,17 @@ class Service:
 
         self._guarded("cycle", body, wait=wait)
 
-    def trigger_now(self) -> None:
+    def trigger_now(self, action: str = "") -> None:
         """Ask for a sync and, when due, a cycle as soon as possible (e.g. from a webhook).
 
         Returns at once. Calls are coalesced: a burst gives one or two runs, on one thread,
         at most one per ``webhook.min_interval_s``; a job already running is waited for,
-        not skipped, so a change it may have missed is still picked up.
+        not skipped, so a change it may have missed is still picked up. After a ``TASKS_DELETED``
+        call the sync also asks which of our waiting tasks are gone.
         """
+        if action == TASKS_DELETED:
+            with self._flags:
+                self._tasks_deleted = True
         self._trigger.request()
 
     def health(self) -> dict[str, Any]:
@@ -258,7 +266,9 @@ class Service:
                             "registration_pending": self._webhook_pending}}
 
     def _triggered(self) -> None:
-        self.sync_job(wait=True)
+        with self._flags:
+            check, self._tasks_deleted = self._tasks_deleted, False
+        self.sync_job(wait=True, check_waiting=check)  # annotation calls stay fast: no lookup
         self.cycle_job(wait=True, synced_within_s=_JUST_SYNCED_S)  # no second pull right after this one
 
     def heartbeat(self, state: str = "running") -> None:

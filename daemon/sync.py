@@ -64,7 +64,7 @@ class _Verdict:
     annotation: AnnotationState | None
 
 
-def sync(ctx: LoopContext) -> SyncReport:
+def sync(ctx: LoopContext, *, check_waiting: bool = False) -> SyncReport:
     """Pull changed tasks since the watermark (minus an overlap) and apply them.
 
     The first sync of a process, and then one at most every ``full_reconcile_interval_s``,
@@ -78,6 +78,12 @@ def sync(ctx: LoopContext) -> SyncReport:
     or an answer naming a choice that is not a known class, first reads the project's classes
     again (:func:`daemon.project.refresh_classes`): an admin may have edited the labeling config
     while the daemon runs.
+
+    With ``check_waiting``, a sync that is not a full read also asks the tool which of our waiting
+    tasks are gone (:meth:`Connector.missing`, one cheap lookup): a task deleted there leaves no
+    update to pull, and without the check its item counted as waiting, holding back new batches,
+    until the next full read. The daemon's scheduled syncs check, and so does the sync a
+    ``TASKS_DELETED`` webhook triggers; the sync a cycle runs does not (it stays fast).
 
     Then the waiting tasks of items removed from the pool are withdrawn
     (:func:`daemon.removal.withdraw_removed`).
@@ -102,13 +108,18 @@ def sync(ctx: LoopContext) -> SyncReport:
     with Session(ctx.engine) as session:
         ours = _of_this_store(session, result.tasks)
         stray = _names_a_new_choice(session, ours)
+        waiting = _waiting_task_ids(session) if check_waiting and since is not None else []
+    gone = ctx.connector.missing(waiting) if waiting else []
+    if gone:
+        log.info("sync: %s of our waiting tasks deleted in the annotation tool; their items go back to the pool",
+                 len(gone))
     # the labeling config may have changed (gained the class) while we run; the process's first
     # sync follows ensure_project, which has just read it
     if stray or (full and not first_in_process):
         refresh_classes(ctx)
     with Session(ctx.engine) as session:
         changed, unknown = apply_task_states(session, ours)
-        mark_withdrawn(session, list(result.deleted_task_ids))
+        mark_withdrawn(session, [*result.deleted_task_ids, *gone])  # only items still waiting: answers pulled stay
         if since is None:  # a full listing: any open task of ours it lacks was deleted in the tool
             _withdraw(_missing_from(session, {(task.remote_task_id, task.item_id) for task in result.tasks}), session)
         closed = close_finished_batches(session)
@@ -360,6 +371,15 @@ def _withdraw(items: Iterable[BatchItem], session: Session) -> None:
     for item in items:
         item.state = BatchItemState.WITHDRAWN
         session.add(item)
+
+
+def _waiting_task_ids(session: Session) -> list[str]:
+    """The task ids of our waiting items."""
+    found = session.exec(
+        select(BatchItem.remote_task_id)
+        .where(BatchItem.state == BatchItemState.PENDING, col(BatchItem.remote_task_id).is_not(None))
+    )
+    return [task_id for task_id in found if task_id is not None]
 
 
 def _missing_from(session: Session, present: set[tuple[str, str]]) -> list[BatchItem]:

@@ -42,6 +42,7 @@ __all__ = [
     "HEALTH_PATH",
     "PROJECT_HEADER",
     "SECRET_HEADER",
+    "TASKS_DELETED",
     "TRIGGER_ACTIONS",
     "WEBHOOK_PATH",
     "Coalescer",
@@ -56,7 +57,10 @@ WEBHOOK_PATH = "/webhook"
 HEALTH_PATH = "/healthz"
 SECRET_HEADER = "X-Labelloop-Secret"
 PROJECT_HEADER = "X-Labelloop-Project"  # Label Studio sends no payload (see register), so we tell it our id
-TRIGGER_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+TRIGGER_ACTIONS = (
+    "ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_DELETED",
+)
+TASKS_DELETED = "TASKS_DELETED"  # leaves nothing to pull: the sync it triggers asks which waiting tasks are gone
 _ACTION = re.compile(r"[A-Z_]{1,64}")
 _READ_CHUNK = 65_536
 
@@ -135,7 +139,7 @@ class WebhookServer(ThreadingHTTPServer):
     Args:
         address: ``(host, port)``; port 0 picks a free one (see :attr:`port`).
         secret: the shared secret Label Studio sends in ``X-Labelloop-Secret``.
-        on_event: called (and must return at once) for each accepted annotation action.
+        on_event: called with the action (and must return at once) for each accepted trigger action.
         health: returns the daemon's state for ``GET /healthz``; it must hold no secret.
     """
 
@@ -151,7 +155,7 @@ class WebhookServer(ThreadingHTTPServer):
         *,
         secret: str,
         max_body_bytes: int,
-        on_event: Callable[[], None],
+        on_event: Callable[[str], None],
         health: Callable[[], Mapping[str, Any]],
     ) -> None:
         if ":" in address[0]:
@@ -216,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
         if status is not HTTPStatus.ACCEPTED:
             self._answer(status, {"error": status.phrase.lower()})
         elif action in TRIGGER_ACTIONS:
-            self.server.on_event()  # only signals: the sync runs on the trigger's thread
+            self.server.on_event(action)  # only signals: the sync runs on the trigger's thread
             self._answer(status, {"status": "accepted"})
         else:
             self._answer(status, {"status": "ignored"})
@@ -322,7 +326,7 @@ def _digits(value: str | None) -> str:
 
 
 def start_server(
-    settings: Settings, *, on_event: Callable[[], None], health: Callable[[], Mapping[str, Any]]
+    settings: Settings, *, on_event: Callable[[str], None], health: Callable[[], Mapping[str, Any]]
 ) -> WebhookServer:
     """Listen on ``webhook.host:port`` and serve on a background thread.
 

@@ -257,6 +257,16 @@ def test_a_deleted_task_is_reported_on_the_next_full_pull(harness: Harness) -> N
     assert connector.pull(since=None).deleted_task_ids == ()  # reported once
 
 
+def test_missing_names_the_given_tasks_that_are_gone_without_a_listing(harness: Harness) -> None:
+    connector = _ready(harness.connector)
+    mapping = connector.push(_tasks(3))
+    deleted = harness.delete_task("item-1")
+    asked = [mapping["item-2"], deleted, mapping["item-0"], "999999", "not-a-task"]
+    assert connector.missing(asked) == [deleted, "999999", "not-a-task"]  # in the order given
+    assert connector.missing([]) == []
+    assert connector.pull(since=None).deleted_task_ids == ()  # already reported: not again by the full read
+
+
 def test_list_tasks_is_a_cheap_census_with_counts(harness: Harness) -> None:
     connector = _ready(harness.connector)
     mapping = connector.push(_tasks(3))

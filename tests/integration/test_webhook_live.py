@@ -28,10 +28,10 @@ import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from connectors._label_config import choices_config
-from daemon.store import LabelRecord, LabelStatus, make_engine
+from daemon.store import BatchItem, BatchItemState, LabelRecord, LabelStatus, make_engine
 from daemon.webhook import SECRET_HEADER
 from tests.integration import ls_helpers
 from tests.integration.test_daemon_live import (
@@ -255,6 +255,36 @@ def test_a_restart_reuses_the_webhook_and_edits_and_deletions_arrive(
         assert daemon.stop() == 0
     text = daemon.log.read_text()
     assert "ANNOTATION_UPDATED project" in text and "ANNOTATIONS_DELETED project" in text
+
+
+def test_waiting_tasks_deleted_in_label_studio_leave_the_queue_at_once_and_a_new_batch_fills_it(
+    tmp_path: Path, ls_webhooks: Any, client: LabelStudio, project: int
+) -> None:
+    """A deletion leaves nothing to pull: the deleted tasks counted as waiting, and held back the next
+    batch, until the next full read (10 minutes by default)."""
+    daemon = make_daemon(tmp_path, ls_webhooks, project, webhook=True, sync_interval_s=300, cycle_interval_s=300,
+                         full_reconcile_interval_s=600, low_water_fraction=0.5)
+    daemon.start()
+    try:
+        wait_until(lambda: ls_helpers.task_count(client, project) == BATCH, timeout_s=180,
+                   what="the first batch", log=daemon.log)
+        first = our_tasks(client, project)
+        doomed = sorted(first.items())[:6]
+        ls_helpers.delete_task(client, doomed[0][1])  # one by one, as from the task's page
+        client.actions.create(  # the rest at once, as from the Data Manager
+            id="delete_tasks", project=project, selected_items={"all": False, "included": [t for _, t in doomed[1:]]}
+        )
+        gone = {item_id for item_id, _ in doomed}
+        wait_until(lambda: len(our_tasks(client, project)) == BATCH, timeout_s=30,
+                   what="a new batch in place of the deleted tasks", log=daemon.log)  # polling: 300 s
+    finally:
+        assert daemon.stop() == 0
+    with Session(daemon.engine) as session:
+        states = {(item.item_id, item.state) for item in session.exec(select(BatchItem))}
+    assert all((item_id, BatchItemState.WITHDRAWN) in states for item_id in gone)  # back in the pool
+    text = daemon.log.read_text()
+    assert "TASKS_DELETED project" in text
+    assert "of our waiting tasks deleted in the annotation tool" in text  # the webhook's sync found them
 
 
 def test_a_webhook_left_on_at_an_old_address_by_a_crash_is_switched_off(client: LabelStudio, project: int) -> None:

@@ -30,7 +30,7 @@ def test_exported_names() -> None:
 def test_both_implementations_have_every_protocol_method() -> None:
     methods = {name for name in vars(Connector) if not name.startswith("_")}
     assert methods == {"check", "ensure_project", "push", "pull", "list_tasks", "count_waiting", "withdraw",
-                       "refresh_predictions", "first_waiting", "serves_in_push_order", "register_webhook",
+                       "refresh_predictions", "first_waiting", "missing", "serves_in_push_order", "register_webhook",
                        "deactivate_webhook"}
     for implementation in (FakeConnector, LabelStudioConnector):
         assert methods <= set(vars(implementation)), implementation

@@ -83,11 +83,11 @@ def test_a_full_disk_stops_the_run_without_a_traceback_and_the_next_run_catches_
     full = OperationalError("INSERT INTO labelrecord", {}, sqlite3.OperationalError("database or disk is full"))
     outcomes: list[OperationalError | None] = [full, full, None]
 
-    def sync_on_a_filling_disk(ctx: LoopContext) -> Any:
+    def sync_on_a_filling_disk(ctx: LoopContext, *, check_waiting: bool = False) -> Any:
         failure = outcomes.pop(0)
         if failure is not None:
             raise failure
-        return sync(ctx)
+        return sync(ctx, check_waiting=check_waiting)
 
     monkeypatch.setattr("daemon.service.sync", sync_on_a_filling_disk)
     with caplog.at_level(logging.INFO, logger="daemon.service"):
@@ -107,7 +107,7 @@ def test_a_file_write_out_of_space_is_a_full_disk_and_other_os_errors_still_surf
 ) -> None:
     failure: dict[str, OSError] = {}
 
-    def fail(_ctx: LoopContext) -> None:
+    def fail(_ctx: LoopContext, *, check_waiting: bool = False) -> None:
         raise failure["next"]
 
     monkeypatch.setattr("daemon.service.sync", fail)

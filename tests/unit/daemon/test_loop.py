@@ -18,7 +18,7 @@ from daemon.context import LoopContext
 from daemon.cycle import cycle_due, run_cycle
 from daemon.pool import add_pool_file
 from daemon.project import ensure_project, refresh_classes
-from daemon.queries import batch_detail, list_batches, status_report
+from daemon.queries import batch_detail, list_batches, status_report, waiting_count
 from daemon.rerank import RerankReport
 from daemon.settings import Settings, load_settings
 from daemon.store import (
@@ -394,6 +394,40 @@ def test_task_deleted_while_the_daemon_was_away_is_withdrawn(
     assert states[items[0].item_id] == "withdrawn"
     with Session(ctx.engine) as session:
         assert session.get(Batch, batch_id).status is BatchStatus.CLOSED  # type: ignore[union-attr]
+
+
+def test_a_sync_that_checks_waiting_tasks_withdraws_one_deleted_since_without_a_full_read(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deleted task leaves no update to pull: its item counted as waiting, and held back new
+    batches, until the next full read (10 minutes by default)."""
+    import dataclasses
+
+    ctx, fake, gold = world
+    batch_id = run_cycle(ctx).batch_id or ""  # the process's full read
+    items = batch_items(ctx, batch_id)
+    deleted, answered_then_deleted = items[0], items[1]
+    fake.delete_task(deleted.item_id)
+    fake.annotate(answered_then_deleted.item_id, gold[answered_then_deleted.item_id])
+    real_pull = fake.pull
+    answered_pull = real_pull(since=None)  # what the sync pulls: the answer, before its task went too
+    fake.delete_task(answered_then_deleted.item_id)
+    monkeypatch.setattr(fake, "pull", lambda *, since: dataclasses.replace(
+        answered_pull if since is not None else real_pull(since=since), deleted_task_ids=()))
+    sync(ctx)  # incremental, no check: the deletion is not seen
+    assert {i.item_id: i.state for i in batch_items(ctx, batch_id)}[deleted.item_id] == "pending"
+    with Session(ctx.engine) as session:
+        waiting_before = waiting_count(session)
+    report = sync(ctx, check_waiting=True)
+    assert not report.full_reconcile
+    states = {i.item_id: i.state for i in batch_items(ctx, batch_id)}
+    assert states[deleted.item_id] == "withdrawn"
+    assert states[answered_then_deleted.item_id] == "labeled"  # its answer was pulled first: kept
+    with Session(ctx.engine) as session:
+        assert waiting_count(session) == waiting_before - 1
+    calls = len(fake.calls)
+    sync(ctx, check_waiting=True)
+    assert fake.calls[calls:].count("missing") == 1  # one lookup per sync
 
 
 def test_a_deleted_task_whose_id_label_studio_gives_to_a_new_task_withdraws_the_item_it_named(

@@ -89,7 +89,7 @@ def test_only_a_lock_error_counts_as_a_locked_store(service: Service, monkeypatc
     broken = OperationalError("SELECT 1", {}, sqlite3.OperationalError("no such table: poolitem"))
     assert not is_store_locked(broken)
 
-    def fail(_ctx: LoopContext) -> None:
+    def fail(_ctx: LoopContext, *, check_waiting: bool = False) -> None:
         raise broken
 
     monkeypatch.setattr("daemon.service.sync", fail)

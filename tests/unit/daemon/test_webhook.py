@@ -29,6 +29,7 @@ from daemon.store import HealthEvent, make_engine
 from daemon.webhook import (
     PROJECT_HEADER,
     SECRET_HEADER,
+    TASKS_DELETED,
     TRIGGER_ACTIONS,
     Coalescer,
     WebhookServer,
@@ -59,7 +60,7 @@ def server(events: list[str]) -> Iterator[WebhookServer]:
         ("127.0.0.1", 0),
         secret=SECRET,
         max_body_bytes=1024,
-        on_event=lambda: events.append("trigger"),
+        on_event=events.append,
         health=lambda: {"state": "running", "webhook": {"triggers": len(events)}},
     )
     running.start()
@@ -92,7 +93,7 @@ def test_a_signed_annotation_call_is_accepted_and_triggers(
     response = post(client, {"action": action, "task": {"data": {"text": PRIVATE}}})
     assert response.status_code == 202
     assert response.json() == {"status": "accepted"}
-    assert events == ["trigger"]
+    assert events == [action]
     assert f"webhook {action} project 7 from 127.0.0.1 -> 202" in caplog.text
     assert PRIVATE not in caplog.text and SECRET not in caplog.text
 
@@ -237,7 +238,7 @@ def test_a_taken_port_is_a_config_error(tmp_path: Path) -> None:
         taken.listen()
         settings = load_settings(None, webhook={"enabled": True, "secret": SECRET, "port": taken.getsockname()[1]})
         with pytest.raises(ConfigError, match="cannot listen"):
-            start_server(settings, on_event=lambda: None, health=dict)
+            start_server(settings, on_event=lambda action: None, health=dict)
 
 
 # -- coalescing --------------------------------------------------------------------------
@@ -334,8 +335,8 @@ def make_service(tmp_path: Path, connector: FakeConnector, **webhook: Any) -> Se
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
 
-    def fake_sync(ctx: LoopContext) -> None:
-        calls.append("sync")
+    def fake_sync(ctx: LoopContext, *, check_waiting: bool = False) -> None:
+        calls.append("sync" if not check_waiting else "sync+check")
         time.sleep(0.02)
 
     monkeypatch.setattr("daemon.service.sync", fake_sync)
@@ -374,6 +375,22 @@ def test_a_trigger_waits_for_a_running_job_instead_of_skipping(tmp_path: Path, c
     assert counted == ["sync", "cycle_due"]
 
 
+def test_only_a_tasks_deleted_call_and_the_scheduled_sync_ask_which_waiting_tasks_are_gone(
+    tmp_path: Path, counted: list[str]
+) -> None:
+    """A deleted task leaves nothing to pull; an annotation's sync stays one pull, without the lookup."""
+    service = make_service(tmp_path, FakeConnector(classes=["a", "b"]))
+    service.trigger_now("ANNOTATION_CREATED")
+    wait_for(lambda: "cycle_due" in counted)
+    service.trigger_now(TASKS_DELETED)
+    wait_for(lambda: counted.count("cycle_due") == 2)
+    service.trigger_now("ANNOTATIONS_DELETED")
+    wait_for(lambda: counted.count("cycle_due") == 3)
+    service._trigger.close()
+    service.sync_job()  # a scheduled one
+    assert counted == ["sync", "cycle_due", "sync+check", "cycle_due", "sync", "cycle_due", "sync+check"]
+
+
 def test_the_webhook_is_registered_once_with_the_secret_in_a_header(tmp_path: Path, counted: list[str]) -> None:
     fake = FakeConnector(classes=["a", "b"])
     service = make_service(tmp_path, fake, port=9999)
@@ -398,7 +415,7 @@ def test_a_refused_registration_leaves_polling_running(
     service = make_service(tmp_path, fake)
     service.sync_job()
     service.sync_job()
-    assert counted.count("sync") == 2  # polling goes on
+    assert counted.count("sync+check") == 2  # polling goes on
     assert "webhook not registered, polling only" in caplog.text and SECRET not in caplog.text
     with Session(service.ctx.engine) as session:
         assert [e.kind for e in session.exec(select(HealthEvent))].count("webhook_error") == 1
@@ -425,7 +442,7 @@ def test_a_token_refused_at_registration_backs_off_and_registers_once_it_works(
     fake.register_webhook = register  # type: ignore[method-assign]
     now[0] += timedelta(hours=1)
     service.sync_job()
-    assert counted == ["sync"] and fake.webhooks[service.ctx.settings.webhook_url()].is_active
+    assert counted == ["sync+check"] and fake.webhooks[service.ctx.settings.webhook_url()].is_active
     assert service.health()["webhook"]["registration_pending"] is False
 
 
@@ -439,14 +456,14 @@ def test_a_token_without_webhook_permission_leaves_polling_running(tmp_path: Pat
     fake.register_webhook = forbidden  # type: ignore[method-assign]
     service.sync_job()
     service.sync_job()
-    assert counted == ["sync", "sync"] and service.health()["backoff_failures"] == 0
+    assert counted == ["sync+check", "sync+check"] and service.health()["backoff_failures"] == 0
     assert fake.calls.count("check") == 1 and service.health()["webhook"]["registration_pending"] is False
 
 
 def test_register_false_never_touches_the_project(tmp_path: Path, counted: list[str]) -> None:
     fake = FakeConnector(classes=["a", "b"])
     make_service(tmp_path, fake, register=False).sync_job()
-    assert "register_webhook" not in fake.calls and counted == ["sync"]
+    assert "register_webhook" not in fake.calls and counted == ["sync+check"]
 
 
 def test_a_graceful_stop_switches_the_webhook_off_and_a_start_back_on(tmp_path: Path, counted: list[str]) -> None:
