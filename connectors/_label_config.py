@@ -26,6 +26,11 @@ class ChoicesControl:
     classes: tuple[str, ...]  # in the config's order; a Choice's alias wins over its value
     data_key: str | None
     required_keys: tuple[str, ...] = ()  # every task data field the config's object tags show ($subject → subject)
+    aliased_values: tuple[tuple[str, str], ...] = ()  # (value, alias) of each <Choice> whose alias names the class
+
+    def class_of(self, choice: str) -> str:
+        """The class an answer's choice names: the UI writes a Choice's alias, an API client may write its value."""
+        return next((alias for value, alias in self.aliased_values if value == choice), choice)
 
 
 def choices_config(classes: Sequence[str], *, text_key: str = "text") -> str:
@@ -94,8 +99,10 @@ def read_choices(label_config: str, *, project_id: str, control_name: str | None
     target = next((tag for tag in root.iter() if tag.get("name") == to_name and tag is not control), None)
     variable = target.get("value", "") if target is not None else ""
     data_key = variable[1:] if variable.startswith("$") and len(variable) > 1 else None
+    aliased = tuple((value, alias) for choice in control.iter("Choice")
+                    if (alias := choice.get("alias")) and (value := choice.get("value")) and value not in classes)
     return ChoicesControl(from_name=control.get("name", ""), to_name=to_name, classes=classes, data_key=data_key,
-                          required_keys=_shown_keys(root))
+                          required_keys=_shown_keys(root), aliased_values=aliased)
 
 
 # Tags whose $field Label Studio requires in every task ("'subject' key is expected in task data").

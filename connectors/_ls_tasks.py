@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -134,10 +134,14 @@ def choices_result(choice: str, *, control: ChoicesControl) -> list[dict[str, An
     ]
 
 
-def remote_state(task: Any, *, from_name: str, annotators: Mapping[int, str]) -> RemoteTaskState:
-    """Turn a listed task (``PULL_FIELDS``) into its current state; choices stay raw."""
+def remote_state(
+    task: Any, *, from_name: str, annotators: Mapping[int, str], class_of: Callable[[str], str] = str
+) -> RemoteTaskState:
+    """Turn a listed task (``PULL_FIELDS``) into its current state; ``class_of`` names each choice's class
+    (:meth:`ChoicesControl.class_of`: a Choice's value written through the API becomes its alias)."""
     annotations = tuple(
-        _annotation(raw, from_name=from_name, annotators=annotators) for raw in (task.annotations or ())
+        _annotation(raw, from_name=from_name, annotators=annotators, class_of=class_of)
+        for raw in (task.annotations or ())
     )
     return RemoteTaskState(
         item_id=str(task.data[DATA_ITEM_ID]),
@@ -166,11 +170,13 @@ def annotator_id(raw: Mapping[str, Any]) -> int | None:
     return who if isinstance(who, int) else None
 
 
-def _annotation(raw: Mapping[str, Any], *, from_name: str, annotators: Mapping[int, str]) -> AnnotationState:
+def _annotation(
+    raw: Mapping[str, Any], *, from_name: str, annotators: Mapping[int, str], class_of: Callable[[str], str]
+) -> AnnotationState:
     choices: list[str] = []
     for region in raw.get("result") or ():
         if region.get("type") == "choices" and region.get("from_name", from_name) == from_name:
-            choices.extend(str(choice) for choice in (region.get("value") or {}).get("choices") or ())
+            choices.extend(class_of(str(choice)) for choice in (region.get("value") or {}).get("choices") or ())
     who = annotator_id(raw)
     return AnnotationState(
         remote_annotation_id=str(raw["id"]),

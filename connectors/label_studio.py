@@ -273,7 +273,9 @@ class LabelStudioConnector:
             listed = list(self._iter_tasks(project, filters, fields="all", include=lt.PULL_FIELDS))
             self._learn_annotators(listed)
         states = [
-            lt.remote_state(task, from_name=project.control.from_name, annotators=self._annotators) for task in listed
+            lt.remote_state(task, from_name=project.control.from_name, annotators=self._annotators,
+                            class_of=project.control.class_of)
+            for task in listed
         ]
         seen = {state.remote_task_id for state in states}
         deleted: tuple[str, ...] = ()

@@ -297,6 +297,23 @@ def test_a_project_with_several_choices_tags_binds_the_named_one_and_refuses_to_
     assert [a.choices for a in state.annotations] == [(), ("LOC",)]  # only the named tag's answer
 
 
+def test_an_answer_written_through_the_api_with_a_choice_s_value_reads_as_its_alias(
+    ls_project: ProjectFactory, ls_connector: ConnectorFactory, ls_client: LabelStudio
+) -> None:
+    """Label Studio stores whatever choice string a client sends: the UI sends the alias, a script may
+    send the value, which read as an unknown choice ("add 'Human' to the config")."""
+    config = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+              '<Choice value="Human" alias="HUM"/><Choice value="Location" alias="LOC"/></Choices></View>')
+    project_id = ls_project(label_config=config)
+    connector = ls_connector(project_id)
+    assert connector.ensure_project(classes=None).classes == ("HUM", "LOC")
+    mapping = connector.push([OutgoingTask(item_id=f"q{n}", batch_id="b", text="who?") for n in range(2)])
+    ls_helpers.annotate(ls_client, int(mapping["q0"]), "Human")  # the value, as a script might write it
+    ls_helpers.annotate(ls_client, int(mapping["q1"]), "LOC")  # the alias, as the UI writes it
+    states = {state.item_id: state for state in connector.pull(since=None).tasks}
+    assert [states[f"q{n}"].annotations[0].choices for n in range(2)] == [("HUM",), ("LOC",)]
+
+
 def test_an_unknown_project_id_is_rejected(ls_connector: ConnectorFactory) -> None:
     with pytest.raises(ConnectorRejected, match="404"):
         ls_connector(987654).ensure_project(classes=None)

@@ -42,6 +42,18 @@ def test_custom_names_order_and_aliases_are_respected() -> None:
     assert read_choices(config, project_id="7", control_name="second").classes == ("ignored",)
 
 
+def test_a_choice_s_value_written_through_the_api_names_its_aliased_class() -> None:
+    """The UI writes a Choice's alias; an API client wrote the value ("Human"), which showed as an
+    unknown choice with advice to add it to the config."""
+    config = ('<View><Text name="t" value="$text"/><Choices name="c" toName="t">'
+              '<Choice value="Human" alias="HUM"/><Choice value="Number" alias="NUM"/><Choice value="LOC"/>'
+              '<Choice value="DESC" alias="DESC"/></Choices></View>')
+    control = read_choices(config, project_id="3")
+    assert control.classes == ("HUM", "NUM", "LOC", "DESC")
+    assert [control.class_of(c) for c in ("Human", "HUM", "Number", "LOC", "DESC", "Other")] == [
+        "HUM", "HUM", "NUM", "LOC", "DESC", "Other"]
+
+
 def test_several_choices_tags_need_a_name_instead_of_binding_the_first() -> None:
     # a yes/no question before the topic became the classes, silently
     config = ('<View><Text name="text" value="$text"/>'

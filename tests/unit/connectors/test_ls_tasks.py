@@ -91,6 +91,8 @@ def test_remote_state_keeps_raw_choices_skips_and_annotators() -> None:
     )
     assert first.updated_at == datetime(2026, 5, 1, 11, 59, 0, 123456, tzinfo=UTC)
     assert (second.choices, second.annotator, second.is_skipped) == ((), "6", True)
+    aliased = lt.remote_state(task, from_name="label", annotators={}, class_of=lambda c: {"weird": "W"}.get(c, c))
+    assert aliased.annotations[0].choices == ("W",)
 
 
 def test_dm_time_is_utc_with_microseconds_and_refuses_naive_times() -> None:
