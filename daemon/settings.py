@@ -46,6 +46,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _blank_to_none(value: object) -> object:
+    """An empty secret (``LABELLOOP_LABEL_STUDIO__API_KEY=""``) is no secret: ``config show`` masked it as set
+    while ``sync`` said none was configured."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 class LabelStudioSettings(_Section):
     url: str = "http://127.0.0.1:8080"
     api_key: SecretStr | None = None  # legacy token or Personal Access Token
@@ -57,6 +63,11 @@ class LabelStudioSettings(_Section):
     timeout_s: float = Field(default=15.0, gt=0)
     max_waiting_tasks: int = Field(default=200, gt=0)  # unlabeled tasks of ours allowed in the queue
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return _blank_to_none(value)
+
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
@@ -67,6 +78,12 @@ class LabelStudioSettings(_Section):
             raise ValueError(
                 "must not carry a user name or password (user:password@): Label Studio takes the "
                 "token in label_studio.api_key, and basic auth in the URL would replace it"
+            )
+        if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
+            # the API paths were appended after it: every call went to "/" (an HTML page), with the query
+            raise ValueError(
+                "must not carry a query or fragment (?… or #…): give the server's address, such as "
+                "http://127.0.0.1:8080, and the token in label_studio.api_key"
             )
         return url
 
@@ -214,6 +231,11 @@ class WebhookSettings(_Section):
     max_body_bytes: int = Field(default=1_048_576, gt=0)  # bigger calls get 413
     min_interval_s: float = Field(default=1.0, ge=0)  # webhook-triggered syncs start at most this often
 
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return _blank_to_none(value)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -337,10 +359,13 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
                 sources.append(_ConfigFileSource(settings_cls, path))
             return tuple(sources)
 
-    where = str(path) if path.is_file() else "environment"
+    _refuse_unknown_variables()
     try:
         return _WithFile(**overrides)
     except ValidationError as e:
+        errors = e.errors(include_input=False, include_url=False)
+        from_environment = all(_variables_of(tuple(str(p) for p in item["loc"])) for item in errors)
+        where = str(path) if path.is_file() and not from_environment else "environment"
         raise ConfigError(f"invalid settings ({where}): {describe_invalid(e)}") from None
     except SettingsError as e:  # an environment value that is not the JSON a list or table needs
         raise ConfigError(f"invalid settings (environment): {_describe_env(e)}") from None
@@ -407,14 +432,49 @@ def describe_invalid(error: ValidationError) -> str:
     A setting that comes from an environment variable names it: the message otherwise points at
     the config file, which may not hold the key at all.
     """
-    environment = {name.upper() for name in os.environ}
     parts = []
     for item in error.errors(include_input=False, include_url=False):
-        path = [str(p) for p in item["loc"]]
-        variable = "LABELLOOP_" + "__".join(path).upper()
-        # a section's own check (model: backend with dtype) names the variables of the section that are set
-        section = sorted(name for name in environment if name.startswith(variable + "__"))
-        named = [variable] if variable in environment else section
+        path = tuple(str(p) for p in item["loc"])
+        named = _variables_of(path)
         source = f" (from {', '.join(named)})" if named else ""
         parts.append(f"{'.'.join(path)}{source}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
+
+
+def _variables_of(path: tuple[str, ...]) -> list[str]:
+    """The environment variables that set the setting at ``path``: its own, else (a section's own check,
+    say model's backend with dtype) those of the section that are set."""
+    environment = {name.upper() for name in os.environ}
+    variable = "LABELLOOP_" + "__".join(path).upper()
+    return [variable] if variable in environment else sorted(
+        name for name in environment if name.startswith(variable + "__"))
+
+
+# LABELLOOP_* variables that are not settings: read by the CLI, the Makefile or the tests
+OTHER_VARIABLES = frozenset({"LABELLOOP_CONFIG", "LABELLOOP_LOG_LEVEL", "LABELLOOP_LOG_FORMAT", "LABELLOOP_LS_VENV",
+                             "LABELLOOP_SKIP_INTEGRATION", "LABELLOOP_MEASURE_FRESHNESS"})
+
+
+def _refuse_unknown_variables() -> None:
+    """A ``LABELLOOP_*`` variable that names no section was ignored in silence (QA): a typo in the section
+    (``LABELLOOP_LOPP__BATCH_SIZE``) or one underscore for two (``LABELLOOP_LOOP_BATCH_SIZE``) left the
+    default in force. An unknown key within a section is refused by the section itself.
+
+    Raises:
+        ConfigError: naming the variable and the form a setting's variable takes.
+    """
+    sections = sorted(Settings.model_fields)
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith("LABELLOOP_") or upper in OTHER_VARIABLES:
+            continue
+        section, nested, _ = upper.removeprefix("LABELLOOP_").partition("__")
+        if nested and section.lower() in sections:
+            continue
+        close = next((s for s in sections if section.lower().startswith(s + "_")), None)
+        hint = (f"; a section and its key are joined by two underscores: LABELLOOP_{close.upper()}__"
+                f"{section[len(close) + 1:]}" if close and not nested else "")
+        raise ConfigError(
+            f"unknown setting variable {name}: a setting's variable is LABELLOOP_<SECTION>__<KEY>, with the "
+            f"sections {', '.join(sections)}{hint}"
+        )

@@ -186,3 +186,59 @@ def test_a_list_from_the_environment_that_is_not_json_names_the_variable_and_the
     message = str(info.value)
     assert "(environment)" in message and "LABELLOOP_LOOP__CLASSES" in message and "JSON" in message
     assert "labelloop.toml" not in message  # there is no such file here
+
+
+def test_an_error_from_the_environment_names_the_environment_not_the_file_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "labelloop.toml"
+    config.write_text("[loop]\nbatch_size = 10\n")
+    monkeypatch.setenv("LABELLOOP_LOOP__BATCH_SIZE", "-5")
+    with pytest.raises(ConfigError, match=r"^invalid settings \(environment\): loop\.batch_size \(from LABELLOOP_"):
+        load_settings(config)
+    monkeypatch.delenv("LABELLOOP_LOOP__BATCH_SIZE")
+    config.write_text("[loop]\nbatch_size = -10\n")
+    with pytest.raises(ConfigError, match=r"^invalid settings \(.*labelloop\.toml\): loop\.batch_size: Input"):
+        load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("LABELLOOP_LOPP__BATCH_SIZE", "unknown setting variable LABELLOOP_LOPP__BATCH_SIZE: .*sections label_studio"),
+        ("LABELLOOP_LOOP_BATCH_SIZE", "two underscores: LABELLOOP_LOOP__BATCH_SIZE$"),
+        ("labelloop_label_studio_url", "two underscores: LABELLOOP_LABEL_STUDIO__URL$"),
+        ("LABELLOOP_BATCH_SIZE", "unknown setting variable LABELLOOP_BATCH_SIZE: a setting's variable is"),
+    ],
+)
+def test_a_variable_that_names_no_section_is_refused_not_ignored(
+    monkeypatch: pytest.MonkeyPatch, name: str, words: str
+) -> None:
+    """A typo in the section, or one underscore for two, left the default in force without a word."""
+    monkeypatch.setenv(name, "5")
+    with pytest.raises(ConfigError, match=words):
+        load_settings(None)
+
+
+def test_the_variables_of_the_cli_and_the_tests_are_not_settings_and_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LABELLOOP_LOG_LEVEL", "LABELLOOP_LOG_FORMAT", "LABELLOOP_LS_VENV", "LABELLOOP_SKIP_INTEGRATION"):
+        monkeypatch.setenv(name, "1")
+    assert load_settings(None).loop.batch_size == 50
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/?token=abc", "http://127.0.0.1:8080/#x", "http://h:1/?"])
+def test_a_label_studio_url_with_a_query_is_refused_as_it_would_carry_a_token_to_every_path(url: str) -> None:
+    """The API paths were appended after the query: every call went to "/", carrying the token."""
+    with pytest.raises(ConfigError, match=r"label_studio\.url: must not carry a query or fragment"):
+        load_settings(None, label_studio={"url": url})
+    assert load_settings(None, label_studio={"url": "http://127.0.0.1:8080/ls/"}).label_studio.url.endswith("/ls/")
+
+
+def test_a_blank_token_or_secret_is_no_token_or_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """config show masked an empty token as set, while sync said no token was configured."""
+    monkeypatch.setenv("LABELLOOP_LABEL_STUDIO__API_KEY", "")
+    monkeypatch.setenv("LABELLOOP_WEBHOOK__SECRET", "  ")
+    settings = load_settings(None)
+    assert settings.label_studio.api_key is None and settings.webhook.secret is None
+    dumped = settings.public_dump()
+    assert dumped["label_studio"]["api_key"] is None and dumped["webhook"]["secret"] is None
