@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import re
@@ -314,13 +315,15 @@ def _csv_header(path: Path, reader: Any) -> list[str] | None:
 
 def _csv_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
     with _open_text(path) as handle:
-        reader = csv.reader(handle, delimiter=_delimiter(path))
+        lines = _QuotedLines(handle)
+        reader = csv.reader(lines, delimiter=_delimiter(path))
         header = _csv_header(path, reader)
         if header is None:
             return
         width = len(header)
         while True:
             start = reader.line_num + 1
+            lines.read.clear()
             try:
                 values = next(reader)
             except StopIteration:
@@ -329,13 +332,70 @@ def _csv_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
                 raise PoolFileError(str(path), [(start, f"unreadable CSV: {e}")]) from None
             if not values:
                 continue
-            if len(values) != width:
-                raise PoolFileError(
-                    str(path), [(start, f"{len(values)} fields where the header has {width}")]
-                )
+            problem = _quote_problem(values, width, lines, reader)
+            if problem is None and len(values) != width:
+                problem = _field_count(len(values), width)
+            if problem is not None:
+                raise PoolFileError(str(path), [(start, problem)])
             if _UNDECODABLE.search("".join(values)):
                 raise PoolFileError(str(path), [(start, _NOT_UTF8)])
             yield start, dict(zip(header, values, strict=True))
+
+
+class _QuotedLines:
+    """A text file's lines, keeping those read since ``read`` was last cleared (one CSV row's)."""
+
+    def __init__(self, handle: Iterator[str]) -> None:
+        self.handle = handle
+        self.read: list[str] = []
+
+    def __iter__(self) -> _QuotedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.handle)
+        self.read.append(line)
+        return line
+
+
+def _quote_problem(values: list[str], width: int, lines: _QuotedLines, reader: Any) -> str | None:
+    """The problem with a CSV row that a quote runs on to later lines or to the end of the file, or ``None``.
+
+    Python's reader never says a quote is unclosed: it reads on to the next quote, or to the end of
+    the file, as one field, and the row showed as "4 fields where the header has 3" (or, with the
+    quote in the last column, as the right count, the rest of the file one label). A well-formed row
+    has its quotes in pairs (``""`` inside a quoted field), so an odd count is a quote left open on
+    the row's first line, if the row runs on (only a quoted field holds a line break) or ends with
+    the file inside quotes. A multi-line field with paired quotes and the header's count of fields
+    is left alone, as is an odd quote inside a one-line field (``5" screen``).
+    """
+    is_odd = sum(line.count('"') for line in lines.read) % 2 == 1
+    end, delimiter = reader.line_num, reader.dialect.delimiter
+    if is_odd and _ends_inside_quotes("".join(lines.read), delimiter):
+        return "a quoted field opens here and is not closed before the end of the file; check the quotes"
+    if not any("\n" in value or "\r" in value for value in values):
+        return None
+    if is_odd:
+        return (f"a quoted field opens here and is closed only on line {end}, swallowing the lines between; "
+                "check the quotes")
+    if len(values) != width:
+        return f"{_field_count(len(values), width)}, and the row runs on inside quotes to line {end}; check the quotes"
+    return None
+
+
+def _ends_inside_quotes(row: str, delimiter: str) -> bool:
+    """Whether a row ends inside a quoted field: the lenient reader ends one there only at the end of
+    the file, having taken in the rest of the file as that field (strict reading refuses it)."""
+    try:
+        for _ in csv.reader(io.StringIO(row, newline=""), delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as e:
+        return "unexpected end of data" in str(e)
+    return False
+
+
+def _field_count(count: int, width: int) -> str:
+    return f"{count} field{'' if count == 1 else 's'} where the header has {width}"
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:

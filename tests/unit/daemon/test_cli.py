@@ -408,7 +408,7 @@ def test_pool_add_json_says_what_was_added_and_why_a_file_was_refused(workdir: P
     answer = json.loads(result.stdout)
     assert [report["path"] for report in answer["added"]] == ["good.jsonl"]
     assert answer["refused"] == "bad.csv" and answer["problems"] == [
-        {"line": 3, "reason": "1 fields where the header has 2"}]
+        {"line": 3, "reason": "1 field where the header has 2"}]
 
 
 def test_config_show_never_cuts_a_value_piped_or_at_80_columns(

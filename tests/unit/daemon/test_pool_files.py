@@ -78,6 +78,48 @@ def test_csv_line_numbers_count_multiline_fields(read: Callable[[Path], object],
         read(path)
 
 
+def rows_with(line: int, bad: str, *, rows: int = 30, last_newline: bool = True) -> str:
+    """``id,text,label`` and ``rows`` good rows (row i on line i + 1), line ``line`` replaced by ``bad``."""
+    lines = ["id,text,label", *(f"x{i},text {i},ham" for i in range(1, rows + 1))]
+    lines[line - 1] = bad
+    return "\n".join(lines) + ("\n" if last_newline else "")
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    (rows_with(22, 'x21,"this quote never closes,ham'), "line 22: a quoted field opens here and is not closed "
+                                                          "before the end of the file; check the quotes"),
+    (rows_with(7, 'x6,"never closes,ham', rows=6), "line 7: a quoted field opens here and is not closed"),
+    (rows_with(7, 'x6,"never closes,ham', rows=6, last_newline=False), "line 7: a quoted field opens here"),
+    (rows_with(7, '"x6,never closes,ham', rows=6), "line 7: a quoted field opens here and is not closed"),
+    (rows_with(22, 'x21,text,"ham'), "line 22: a quoted field opens here and is not closed"),  # the count fits
+    (rows_with(22, 'x21,"never closes,ham').replace("x27,text 27,ham", 'x27,"a, b",ham'),
+     "line 22: a quoted field opens here and is closed only on line 28, swallowing the lines between"),
+    (rows_with(22, 'x21,"never closes,ham').replace("x25,text 25,ham", 'x25,"a\nb",ham'),
+     "line 22: 2 fields where the header has 3, and the row runs on inside quotes to line 26; check the quotes"),
+])
+def test_csv_with_an_unclosed_quote_says_so_at_its_line(
+    read: Callable[[Path], object], tmp_path: Path, text: str, reason: str
+) -> None:
+    """Python's reader takes the rest of the file (or up to the next quote) as one field: it was reported as
+    "4 fields where the header has 3", or as "1 fields" with the quote in the first column (QA)."""
+    with pytest.raises(PoolFileError, match=reason):
+        read(write(tmp_path / "p.csv", text))
+
+
+def test_csv_multiline_fields_and_a_quote_inside_a_field_are_read(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.csv", 'id,text,label\nx1,"a ""quoted"" word\non two lines",ham\n'
+                                     'x2,"5"" screen",ham\nx3,7" tv,spam\nx4,"last\nrow",ham')
+    rows = read_pool_file(path)
+    assert [(r.line, r.item_id, r.text, r.label) for r in rows] == [
+        (2, "x1", 'a "quoted" word\non two lines', "ham"), (4, "x2", '5" screen', "ham"),
+        (5, "x3", '7" tv', "spam"), (6, "x4", "last\nrow", "ham")]
+
+
+def test_csv_with_one_field_too_few_says_field_once(read: Callable[[Path], object], tmp_path: Path) -> None:
+    with pytest.raises(PoolFileError, match="line 3: 1 field where the header has 2"):
+        read(write(tmp_path / "p.csv", "id,text\nb,fine\nc\n"))
+
+
 def test_conflicting_duplicate_id_is_refused(read: Callable[[Path], object], tmp_path: Path) -> None:
     path = write(tmp_path / "p.csv", "id,text\n1,alpha\n1,beta\n")
     with pytest.raises(PoolFileError, match="line 3: id '1' appears again"):
