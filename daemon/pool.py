@@ -152,17 +152,22 @@ def _unknown_labels(
 
 def _case_variants(label_lines: dict[str, tuple[int, int]], stored: Sequence[str]) -> list[tuple[int | None, str]]:
     """With no classes declared, labels that differ only in case are one class spelled several ways
-    (``spam``, ``Spam``): the project would get a class for each. One problem per such group."""
+    (``spam``, ``Spam``): the project would get a class for each. One problem per such group, at the
+    first line that brings in a second spelling (it was the first spelling's, where nothing is
+    wrong: QA), naming each spelling's first line, or the pool for a spelling only the store has."""
     spellings: dict[str, set[str]] = {}
     for label in [*label_lines, *stored]:
         spellings.setdefault(label.casefold(), set()).add(label)
     problems: list[tuple[int | None, str]] = []
     for group in spellings.values():
         if len(group) > 1 and not group <= set(stored):  # a store that has them all already is not this file's doing
-            names = sorted(group)
-            line = min((label_lines[name][0] for name in names if name in label_lines), default=None)
-            problems.append((line, f"labels {', '.join(map(repr, names))} differ only in case: use one spelling "
-                                   "(or declare the classes in loop.classes)"))
+            in_store = sorted(name for name in group if name not in label_lines)  # the store's come first
+            in_file = sorted((label_lines[name][0], name) for name in group if name in label_lines)
+            named = [f"{name!r} (in the pool)" for name in in_store] + [f"{name!r} (line {line})"
+                                                                        for line, name in in_file]
+            line = in_file[0 if in_store else 1][0]  # the second spelling's, the store's coming first
+            problems.append((line, f"labels {', '.join(named[:-1])} and {named[-1]} differ only in case: use one "
+                                   "spelling (or declare the classes in loop.classes)"))
     return problems
 
 

@@ -83,13 +83,27 @@ def test_labels_that_differ_only_in_case_are_refused_when_no_classes_are_declare
     write_jsonl(tmp_path / "mixed.jsonl", [{"id": "a", "text": "x", "label": "spam"},
                                            {"id": "b", "text": "y", "label": "ham"},
                                            {"id": "c", "text": "z", "label": "Spam"}])
-    with pytest.raises(PoolFileError, match=r"line 1: labels 'Spam', 'spam' differ only in case"):
+    with pytest.raises(PoolFileError, match=r"line 3: labels 'spam' \(line 1\) and 'Spam' \(line 3\) differ only in "
+                       r"case"):  # at the conflicting spelling's line, not the first's (QA)
         add(engine, tmp_path / "mixed.jsonl", tmp_path)
+    write_jsonl(tmp_path / "three.jsonl", [{"id": "a", "text": "x", "label": "ham"},
+                                           {"id": "b", "text": "y", "label": "SPAM"},
+                                           {"id": "c", "text": "z", "label": "Spam"},
+                                           {"id": "d", "text": "w", "label": "spam"}])
+    with pytest.raises(PoolFileError, match=r"line 3: labels 'SPAM' \(line 2\), 'Spam' \(line 3\) and 'spam' "
+                       r"\(line 4\) differ only in case"):
+        add(engine, tmp_path / "three.jsonl", tmp_path)
     write_jsonl(tmp_path / "first.jsonl", [{"id": "a", "text": "x", "label": "spam"}])
     assert add(engine, tmp_path / "first.jsonl", tmp_path) == (1, 1)
-    write_jsonl(tmp_path / "later.jsonl", [{"id": "d", "text": "w", "label": "SPAM"}])
-    with pytest.raises(PoolFileError, match=r"labels 'SPAM', 'spam' differ only in case"):
+    write_jsonl(tmp_path / "later.jsonl", [{"id": "d", "text": "w", "label": "ham"},
+                                           {"id": "e", "text": "v", "label": "SPAM"}])
+    with pytest.raises(PoolFileError, match=r"line 2: labels 'spam' \(in the pool\) and 'SPAM' \(line 2\) differ "
+                       r"only in case"):
         add(engine, tmp_path / "later.jsonl", tmp_path)  # against the store's labels too
+    write_jsonl(tmp_path / "again.jsonl", [{"id": "f", "text": "u", "label": "spam"},
+                                           {"id": "g", "text": "t", "label": "Spam"}])
+    with pytest.raises(PoolFileError, match=r"line 2: labels 'spam' \(line 1\) and 'Spam' \(line 2\) differ"):
+        add(engine, tmp_path / "again.jsonl", tmp_path)  # the store's spelling, here on line 1 as well
 
 
 def test_own_vectors_are_cached_unit_length_and_a_pool_keeps_one_width(engine: Engine, tmp_path: Path) -> None:
