@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -21,12 +22,12 @@ from rich.markup import escape
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from connectors.errors import ConnectorError, ConnectorRejected
 from daemon.errors import AlreadyRunning, ConfigError, DaemonError, PoolFileError
 from daemon.settings import Settings, load_settings
-from daemon.store import is_disk_full, is_store_locked, make_engine, sqlite_path
+from daemon.store import is_disk_full, is_store_locked, make_engine, sqlite_path, store_problem
 from models.errors import ModelError
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "interrupt_on_termination", "out", "print_error", "print_json", "settings", "store_engine",
 ]
 
+log = logging.getLogger(__name__)
 out = Console()
 # soft_wrap: an error is one line however long (the terminal folds it), so piped output greps; rich
 # hard-wrapped at 80 columns off a terminal. Not for `out`: its panels would crop their long lines.
@@ -69,18 +71,20 @@ def cli_errors(*, reads_only: bool = False) -> Iterator[None]:
     except (PoolFileError, DaemonError, ConnectorError, ModelError) as e:
         print_error(e)
         raise typer.Exit(1) from None
-    except OperationalError as e:
+    except DBAPIError as e:
         if is_store_locked(e):
             err.print("[red]error:[/] another process held the store's write lock for longer than "
                       "store.busy_timeout_s (another `labelloop pool add`?); nothing was written, try again")
             raise typer.Exit(1) from None
-        if not is_disk_full(e):
-            raise
-        _disk_full("the store's database")
+        if is_disk_full(e):
+            _disk_full("the store's database")
+        _failed(f"the store's database refused: {store_problem(e)}", e)
     except OSError as e:
-        if not is_disk_full(e):
+        if is_disk_full(e):
+            _disk_full(e.filename or "a file")
+        if e.filename is None:  # not about a path the user can fix
             raise
-        _disk_full(e.filename or "a file")
+        _failed(f"cannot use {e.filename}: {e.strerror or type(e).__name__}", e)
     except KeyboardInterrupt:
         if reads_only:
             err.print("[yellow]interrupted[/]: the store was not changed and no partial output file is left")
@@ -88,6 +92,14 @@ def cli_errors(*, reads_only: bool = False) -> Iterator[None]:
             err.print("[yellow]interrupted[/]: the write in progress was rolled back and nothing is half-written; "
                       "run the command again to finish (nothing is done twice)")
         raise typer.Exit(130) from None
+
+
+def _failed(message: str, error: BaseException) -> NoReturn:
+    """One line for a store or file the user must fix (a 500-line traceback said no more); the traceback
+    goes to the debug log (``LABELLOOP_LOG_LEVEL=DEBUG``)."""
+    log.debug("the failure in full", exc_info=error)
+    err.print(f"[red]error:[/] {escape(message)}")
+    raise typer.Exit(1) from None
 
 
 def interrupt_on_termination() -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "InvalidTransition",
     "PoolExhausted",
     "PoolFileError",
+    "StoreUnavailable",
 ]
 
 MAX_PROBLEMS = 20  # a pool file's readers stop at this many problems; PoolFileError then says "at least"
@@ -58,6 +59,11 @@ class PoolFileError(DaemonError):
         if len(problems) >= MAX_PROBLEMS:
             more = f" (and at least {len(problems) - 5} more; reading stops at {MAX_PROBLEMS} problems)"
         super().__init__(f"{path}: refused, {outcome}: {shown}{more}" + (f". {advice}" if advice else ""))
+
+
+class StoreUnavailable(DaemonError):
+    """The store's database or folder cannot be opened or written (permissions, not a database, a file
+    where a folder should be); nothing was changed."""
 
 
 class ExportError(DaemonError):

@@ -17,10 +17,10 @@ from typing import Any
 
 from sqlalchemy import Column, Index, Table, Text, event, func
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
-from daemon.errors import InvalidTransition
+from daemon.errors import ConfigError, InvalidTransition, StoreUnavailable
 
 __all__ = [
     "NO_CHOICE",
@@ -46,6 +46,7 @@ __all__ = [
     "not_removed",
     "set_value",
     "sqlite_path",
+    "store_problem",
     "table_of",
     "utcnow",
 ]
@@ -290,16 +291,40 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
     (see :func:`is_store_locked`).
     """
     path = sqlite_path(url)
+    where = str(path) if path is not None else "store.url"
     connect_args: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        connect_args = {"check_same_thread": False, "timeout": busy_timeout_s}
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args=connect_args)
+    try:
+        if url.startswith("sqlite"):
+            connect_args = {"check_same_thread": False, "timeout": busy_timeout_s}
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args=connect_args)
+    except (ArgumentError, NoSuchModuleError):  # the message may quote the URL, password and all
+        raise ConfigError("store.url is not a database URL labelloop can open; it keeps its state in SQLite: "
+                          "sqlite:///.labelloop/labelloop.db, say") from None
+    except OSError as e:
+        why = (f"{e.filename} is a file, not a folder" if isinstance(e, FileExistsError | NotADirectoryError)
+               else e.strerror or type(e).__name__)
+        raise StoreUnavailable(f"cannot create the store's folder {path.parent if path else ''}: {why}") from None
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
-    SQLModel.metadata.create_all(engine)
+    try:
+        SQLModel.metadata.create_all(engine)
+    except DBAPIError as e:
+        if is_store_locked(e) or is_disk_full(e):
+            raise
+        raise StoreUnavailable(f"cannot open the store's database {where}: {store_problem(e)}") from None
     return engine
+
+
+def store_problem(error: DBAPIError) -> str:
+    """SQLite's own words for a store that cannot be used, and what to check."""
+    said = str(error.orig).strip() or type(error.orig).__name__
+    if "readonly" in said or "unable to open" in said:
+        return f"{said} (check that the path is a file in a folder this user may write)"
+    if "not a database" in said:
+        return f"{said} (store.url must name a labelloop SQLite database, or a path where one can be made)"
+    return said
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -459,3 +459,55 @@ def test_pause_and_resume_by_the_operator(workdir: Path) -> None:
     assert "guide [v2] review" in " ".join(runner.invoke(app, ["status"]).output.split())
     assert "resumed" in runner.invoke(app, ["resume"]).output
     assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["stopping"]["paused"] is None
+
+
+@pytest.mark.parametrize(
+    ("store_url", "data_dir", "code", "words"),
+    [
+        ("sqlite:///afile", None, 1, "cannot open the store's database afile: file is not a database"),
+        ("sqlite:///folder", None, 1, "cannot open the store's database folder: unable to open database file"),
+        ("sqlite:///afile/x.db", "afile", 1, "cannot create the store's folder afile: afile is a file, not a folder"),
+        ("postgres://user:CANARY@db/x", None, 2, "store.url is not a database URL labelloop can open"),
+        ("not a url CANARY", None, 2, "store.url is not a database URL labelloop can open"),
+    ],
+)
+def test_a_store_that_cannot_be_opened_is_one_line_not_a_traceback(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, store_url: str, data_dir: str | None, code: int, words: str
+) -> None:
+    """QA: 60-511 lines of traceback for an unwritable store, a file given as the database or its folder,
+    or a URL SQLAlchemy cannot load (which, a configuration problem, exits 2)."""
+    (workdir / "afile").write_text("not a database\n")
+    (workdir / "folder").mkdir()
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello", "label": "ham"}\n')
+    monkeypatch.setenv("LABELLOOP_STORE__URL", store_url)
+    if data_dir is not None:
+        monkeypatch.setenv("LABELLOOP_STORE__DATA_DIR", data_dir)
+    for command in (["status"], ["pool", "add", "pool.jsonl"])[1 if data_dir else 0:]:  # status: "no store at"
+        result = runner.invoke(app, command)
+        assert result.exit_code == code, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert words in " ".join(result.output.split()) and "CANARY" not in result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_file_in_the_way_of_an_output_is_one_line(workdir: Path) -> None:
+    (workdir / "afile").write_text("in the way\n")
+    result = runner.invoke(app, ["export", "afile/labels.csv"])
+    assert result.exit_code == 1, result.output
+    assert "cannot use afile/" in result.output and "Not a directory" in result.output
+
+
+def test_a_read_only_store_refuses_a_write_in_one_line(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello", "label": "ham"}\n')
+
+    def refuse(*_: object, **__: object) -> None:
+        raise OperationalError("INSERT", {}, sqlite3.OperationalError("attempt to write a readonly database"))
+
+    monkeypatch.setattr("daemon.pool.add_pool_file", refuse)  # as SQLite says it of a file made read-only
+    result = runner.invoke(app, ["pool", "add", "pool.jsonl"])
+    assert result.exit_code == 1, result.output
+    assert "the store's database refused: attempt to write a readonly database" in " ".join(result.output.split())
