@@ -11,10 +11,15 @@ __all__ = ["configure_logging", "main"]
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _FORMATS = ("human", "json")
+_OURS = ("daemon", "connectors", "models", "strategies")  # the packages LABELLOOP_LOG_LEVEL=DEBUG is for
 
 
 def configure_logging(level: str | None = None) -> None:
     """Human-readable lines on a terminal, JSON lines otherwise (or with LABELLOOP_LOG_FORMAT=json).
+
+    DEBUG is for our own packages: other libraries stay at INFO (faker, which label-studio-sdk loads,
+    wrote 46 lines of locale lookups on every command that connects; matplotlib and PIL do the same),
+    except httpx, whose INFO line per request (method, URL, status) shows what Label Studio was asked.
 
     Raises:
         SystemExit: 2 with one line, for a LABELLOOP_LOG_LEVEL or LABELLOOP_LOG_FORMAT that is no
@@ -38,10 +43,12 @@ def configure_logging(level: str | None = None) -> None:
         "filters": {"expected_skips": {"()": "daemon.logfmt.ExpectedSkips"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr",
                                 "filters": ["expected_skips"]}},
-        "root": {"level": chosen, "handlers": ["stderr"]},
+        "root": {"level": "INFO" if chosen == "DEBUG" else chosen, "handlers": ["stderr"]},
         "loggers": {
+            **{name: {"level": chosen} for name in _OURS},
             "apscheduler": {"level": "WARNING"},
-            "httpx": {"level": "WARNING"},
+            "faker": {"level": "WARNING"},
+            "httpx": {"level": "INFO" if chosen == "DEBUG" else "WARNING"},
             "httpcore": {"level": "WARNING"},
             "urllib3": {"level": "WARNING"},
             "transformers": {"level": "ERROR"},
