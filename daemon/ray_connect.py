@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +25,8 @@ log = logging.getLogger(__name__)
 _INSTALL_HINT = "pip install 'labelloop[ray]'"
 _GCS_CONNECT_TIMEOUT_S = 10.0  # a TCP connect to the head's GCS port before ray.init
 _GCS_ATTEMPTS_ENV = "RAY_gcs_server_port_wait_time_s"  # ray.init's GCS attempts, ~1 s apart
-_ADDRESS_HINT = "check scaleout.ray_address (the head's GCS port, 6379 by default) and that the cluster is up"
+_ADDRESS_HINT = ("check scaleout.ray_address (the head's GCS port, 6379 by default) and that the cluster is up; a "
+                 "cluster with token authentication also needs RAY_AUTH_MODE=token here (or ray_address = 'auto')")
 
 
 def connect(settings: ScaleoutSettings) -> Any:
@@ -65,7 +68,7 @@ def connect(settings: ScaleoutSettings) -> Any:
         if address is not None and address != "auto":
             _check_gcs_answers(address)
         try:
-            with _one_gcs_attempt(enabled=not local):
+            with _one_gcs_attempt(enabled=not local), _our_signal_handlers():
                 ray.init(
                     address=address,
                     num_cpus=settings.local_num_cpus if local else None,
@@ -102,6 +105,32 @@ def _check_gcs_answers(address: str) -> None:
             f"cannot reach the Ray cluster at {address!r}: {reason} (TCP connect, {_GCS_CONNECT_TIMEOUT_S:.0f} s "
             f"limit); {_ADDRESS_HINT}"
         ) from e
+
+
+@contextmanager
+def _our_signal_handlers() -> Iterator[None]:
+    """Keep this process's SIGTERM, SIGINT and SIGHUP handlers across ``ray.init``, and Ray's C++ crash handler out.
+
+    ``ray.init`` on the main thread put in its own SIGTERM handler (``sys.exit(15)``), and its core
+    worker a crash handler that dumped a stack trace and aborted: ``labelloop embed`` on Ray ended a
+    SIGTERM with exit 15 or a SIGABRT instead of 130 and its "run it again" line, and the daemon,
+    stopped during a Ray job, died with SIGABRT before its clean stop (QA). The crash handler is
+    switched off for this process only (``RAY_DISABLE_FAILURE_SIGNAL_HANDLER``); an operator's own
+    setting of it wins.
+    """
+    os.environ.setdefault(_NO_CRASH_HANDLER_ENV, "1")
+    on_main = threading.current_thread() is threading.main_thread()
+    saved = {signum: signal.getsignal(signum) for signum in _OUR_SIGNALS} if on_main else {}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+_OUR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_NO_CRASH_HANDLER_ENV = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -79,7 +80,8 @@ def test_an_address_where_nothing_listens_fails_at_once_with_one_line(tmp_path: 
     lines = error_lines(done.stderr)
     assert lines == [f"error: cannot reach the Ray cluster at '{address}': Connection refused (TCP connect, 10 s "
                      "limit); check scaleout.ray_address (the head's GCS port, 6379 by default) and that the "
-                     "cluster is up"]
+                     "cluster is up; a cluster with token authentication also needs RAY_AUTH_MODE=token here (or "
+                     "ray_address = 'auto')"]
     assert took_s < 30
 
 
@@ -132,3 +134,33 @@ def test_an_address_that_is_not_host_port_is_a_config_error() -> None:
         pytest.fail("ray is still initialised by an earlier test module; it must call ray.shutdown()")
     with pytest.raises(ConfigError, match=r"scaleout.ray_address = 'head' is neither 'auto' nor host:port"):
         connect(ScaleoutSettings(backend="ray", ray_address="head"))
+
+
+KEEPS_HANDLERS = """
+import os, signal, sys
+from daemon.ray_connect import connect
+from daemon.settings import ScaleoutSettings
+
+def ours(signum, frame):
+    pass
+
+for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(signum, ours)
+ray = connect(ScaleoutSettings(backend="ray", local_num_cpus=1))
+kept = [signal.getsignal(signum) is ours for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)]
+print(kept, os.environ.get("RAY_DISABLE_FAILURE_SIGNAL_HANDLER"))
+ray.shutdown()
+"""
+
+
+def test_joining_ray_keeps_our_signal_handlers_and_leaves_out_its_crash_handler() -> None:
+    """ray.init put in its own SIGTERM handler (sys.exit(15)) and a crash handler that aborted: embed on
+    Ray ended a SIGTERM with exit 15 or SIGABRT, not 130 and its "run it again" line (QA)."""
+    with tempfile.TemporaryDirectory(prefix="lr", dir="/tmp") as short:  # Ray's socket paths: 107 bytes at most
+        env = {**os.environ, "RAY_TMPDIR": short}
+        env.pop("RAY_ADDRESS", None)
+        env.pop("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
+        done = subprocess.run([sys.executable, "-c", KEEPS_HANDLERS], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[True, True, True] 1"
