@@ -315,8 +315,7 @@ class LabelStudioConnector:
             return int(page.response.total)
 
     def refresh_predictions(self, updates: Sequence[PredictionUpdate]) -> Refreshed:
-        """Give each task the newer model's prediction (in place of our older ones on untouched tasks) and
-        make it the project's current version.
+        """Add the newer model's prediction to each task and make it the project's current version.
 
         Label Studio pre-annotates from the project's ``model_version``, so annotators see the
         current model's suggestion, and the Data Manager can sort by the new prediction score.

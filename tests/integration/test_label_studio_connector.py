@@ -88,35 +88,6 @@ def test_refreshed_predictions_belong_to_the_project_and_the_task_can_still_be_a
     assert annotation > 0
 
 
-def test_a_refresh_replaces_our_older_predictions_on_untouched_tasks_and_keeps_everything_else(
-    label_studio: Any, ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory
-) -> None:
-    """Each retrain added one more prediction to every waiting task and none went (QA: up to 8 a task in
-    40 minutes, dead weight: Label Studio shows only the project's current version)."""
-    project_id = ls_project(("pos", "neg"))
-    connector = ls_connector(project_id)
-    versions = ["0123456789ab", "bbbbbbbbbbbb", "cccccccccccc"]  # as daemon.training.model_version makes them
-    mapping = connector.push([replace(task, model_version=versions[0]) for task in _tasks(4)])
-    task_ids = {item_id: int(task_id) for item_id, task_id in mapping.items()}
-    ls_helpers.annotate(ls_client, task_ids["item-1"], "pos")  # answered (not pulled yet): what was shown stays
-    ls_helpers.add_draft(label_studio, task_ids["item-2"], "neg")  # someone started it
-    ls_client.predictions.create(task=task_ids["item-3"], model_version="my-ml-backend-v3",  # another tool's
-                                 result=ls_helpers.choices_result("neg"), score=0.5)
-    for version in versions[1:]:
-        done = connector.refresh_predictions([PredictionUpdate(mapping[f"item-{n}"], version, "neg", 0.8)
-                                              for n in range(4)])
-        assert done.refreshed == 4
-
-    def kept(item_id: str) -> list[str]:
-        return sorted(str(p.model_version) for p in ls_client.tasks.get(id=str(task_ids[item_id])).predictions or [])
-
-    assert kept("item-0") == [versions[2]]  # untouched, ours only: the current one alone
-    assert kept("item-1") == sorted(versions)
-    assert kept("item-2") == sorted(versions)
-    assert kept("item-3") == sorted([*versions, "my-ml-backend-v3"])
-    assert ls_client.projects.get(id=project_id).model_version == versions[2]
-
-
 def test_import_ids_come_back_in_payload_order_across_chunks_and_pages(
     ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory
 ) -> None:

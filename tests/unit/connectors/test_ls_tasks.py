@@ -10,7 +10,6 @@ import pytest
 
 from connectors import _ls_tasks as lt
 from connectors._label_config import ChoicesControl
-from connectors._ls_predictions import _only_ours
 from connectors.base import OutgoingTask
 
 CONTROL = ChoicesControl(from_name="label", to_name="text", classes=("pos", "neg"), data_key="text")
@@ -114,18 +113,3 @@ def test_id_chunks_respect_both_limits_and_keep_order() -> None:
     assert [i for chunk in chunks for i in chunk] == ids
     assert all(len(chunk) <= 30 and len(json.dumps(chunk)) <= 200 + 2 * len(chunk) for chunk in chunks)
     assert list(lt.id_chunks(["x" * 5000], max_items=10)) == [["x" * 5000]]
-
-
-@pytest.mark.parametrize(
-    ("listed", "ours"),
-    [
-        ("0123456789ab", True),
-        ("0123456789ab,bbbbbbbbbbbb", True),
-        ("my-ml-backend-v3,0123456789ab", False),  # another tool's prediction: the task keeps everything
-        ("0123456789ab,bbbbbb", False),  # Label Studio's 500-character summary cut short
-        ("", False),
-        (None, False),
-    ],
-)
-def test_only_tasks_with_nothing_but_our_versions_lose_their_older_predictions(listed: object, ours: bool) -> None:
-    assert _only_ours(listed) is ours
