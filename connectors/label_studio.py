@@ -15,7 +15,7 @@ creating, editing and deleting an annotation, a skip, and the Data Manager's bul
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -348,15 +348,7 @@ class LabelStudioConnector:
             ConnectorUnavailable, ConnectorRejected.
         """
         project = self._resolved()
-        numeric = sorted({task_id for task_id in remote_task_ids if task_id.isdigit()}, key=int)
-        remaining: set[str] = set()
-        with translated(self.url, "withdraw"):
-            for chunk in lt.id_chunks(numeric, max_items=self.lookup_chunk_size):
-                remaining |= lk.delete_untouched(
-                    self._client, project.project_id, [int(task_id) for task_id in chunk], page_size=self.page_size
-                )
-        gone = [task_id for task_id in remote_task_ids if task_id not in remaining]
-        self._known_task_ids.difference_update(gone)
+        gone = self._gone_after(project, remote_task_ids, lk.delete_untouched, "withdraw")
         log.info(
             "withdraw: %s of %s tasks gone from project %s",
             len(gone),
@@ -371,17 +363,7 @@ class LabelStudioConnector:
         Raises:
             ConnectorUnavailable, ConnectorRejected.
         """
-        project = self._resolved()
-        numeric = sorted({task_id for task_id in remote_task_ids if task_id.isdigit()}, key=int)
-        present: set[str] = set()
-        with translated(self.url, "missing"):
-            for chunk in lt.id_chunks(numeric, max_items=self.lookup_chunk_size):
-                present |= lk.existing_ids(
-                    self._client, project.project_id, [int(task_id) for task_id in chunk], page_size=self.page_size
-                )
-        gone = [task_id for task_id in remote_task_ids if task_id not in present]
-        self._known_task_ids.difference_update(gone)
-        return gone
+        return self._gone_after(self._resolved(), remote_task_ids, lk.existing_ids, "missing")
 
     def first_waiting(self, n: int) -> list[str]:
         """The first ``n`` untouched tasks of ours by id (one request).
@@ -459,6 +441,21 @@ class LabelStudioConnector:
         if self._project is None:  # pragma: no cover - ensure_project sets it or raises
             raise ConnectorRejected("no Label Studio project")
         return self._project
+
+    def _gone_after(
+        self, project: _Project, remote_task_ids: Sequence[str], lookup: Callable[..., set[str]], what: str
+    ) -> list[str]:
+        """Run ``lookup(client, project id, ids, page_size=...)`` (the ids it finds still there) over the
+        numeric ids in chunks; return the given ids not there, in the order given, and forget them."""
+        numeric = sorted({task_id for task_id in remote_task_ids if task_id.isdigit()}, key=int)
+        there: set[str] = set()
+        with translated(self.url, what):
+            for chunk in lt.id_chunks(numeric, max_items=self.lookup_chunk_size):
+                there |= lookup(self._client, project.project_id, [int(task_id) for task_id in chunk],
+                                page_size=self.page_size)
+        gone = [task_id for task_id in remote_task_ids if task_id not in there]
+        self._known_task_ids.difference_update(gone)
+        return gone
 
     def _existing_project(self, project_id: int) -> int | None:
         """``project_id`` if that project exists, else None (deleted: the caller finds one by title)."""

@@ -12,7 +12,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,15 +315,15 @@ def _csv_header(path: Path, reader: Any) -> list[str] | None:
 
 def _csv_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
     with _open_text(path) as handle:
-        lines = _QuotedLines(handle)
-        reader = csv.reader(lines, delimiter=_delimiter(path))
+        read: list[str] = []  # the physical lines of the row being read
+        reader = csv.reader(_kept(handle, read), delimiter=_delimiter(path))
         header = _csv_header(path, reader)
         if header is None:
             return
         width = len(header)
         while True:
             start = reader.line_num + 1
-            lines.read.clear()
+            read.clear()
             try:
                 values = next(reader)
             except StopIteration:
@@ -332,7 +332,7 @@ def _csv_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
                 raise PoolFileError(str(path), [(start, f"unreadable CSV: {e}")]) from None
             if not values:
                 continue
-            problem = _quote_problem(values, width, lines, reader)
+            problem = _quote_problem(values, width, read, reader)
             if problem is None and len(values) != width:
                 problem = _field_count(len(values), width)
             if problem is not None:
@@ -342,23 +342,14 @@ def _csv_records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
             yield start, dict(zip(header, values, strict=True))
 
 
-class _QuotedLines:
-    """A text file's lines, keeping those read since ``read`` was last cleared (one CSV row's)."""
-
-    def __init__(self, handle: Iterator[str]) -> None:
-        self.handle = handle
-        self.read: list[str] = []
-
-    def __iter__(self) -> _QuotedLines:
-        return self
-
-    def __next__(self) -> str:
-        line = next(self.handle)
-        self.read.append(line)
-        return line
+def _kept(handle: Iterable[str], read: list[str]) -> Iterator[str]:
+    """A text file's lines, each also appended to ``read`` (the caller clears it per CSV row)."""
+    for line in handle:
+        read.append(line)
+        yield line
 
 
-def _quote_problem(values: list[str], width: int, lines: _QuotedLines, reader: Any) -> str | None:
+def _quote_problem(values: list[str], width: int, read: list[str], reader: Any) -> str | None:
     """The problem with a CSV row that a quote runs on to later lines or to the end of the file, or ``None``.
 
     Python's reader never says a quote is unclosed: it reads on to the next quote, or to the end of
@@ -369,9 +360,11 @@ def _quote_problem(values: list[str], width: int, lines: _QuotedLines, reader: A
     the file inside quotes. A multi-line field with paired quotes and the header's count of fields
     is left alone, as is an odd quote inside a one-line field (``5" screen``).
     """
-    is_odd = sum(line.count('"') for line in lines.read) % 2 == 1
+    if len(read) == 1 and '"' not in read[0]:  # the common row: nothing to check
+        return None
+    is_odd = sum(line.count('"') for line in read) % 2 == 1
     end, delimiter = reader.line_num, reader.dialect.delimiter
-    if is_odd and _ends_inside_quotes("".join(lines.read), delimiter):
+    if is_odd and _ends_inside_quotes("".join(read), delimiter):
         return "a quoted field opens here and is not closed before the end of the file; check the quotes"
     if not any("\n" in value or "\r" in value for value in values):
         return None

@@ -57,10 +57,10 @@ WEBHOOK_PATH = "/webhook"
 HEALTH_PATH = "/healthz"
 SECRET_HEADER = "X-Labelloop-Secret"
 PROJECT_HEADER = "X-Labelloop-Project"  # Label Studio sends no payload (see register), so we tell it our id
-TRIGGER_ACTIONS = (
-    "ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "TASKS_DELETED",
-)
 TASKS_DELETED = "TASKS_DELETED"  # leaves nothing to pull: the sync it triggers asks which waiting tasks are gone
+TRIGGER_ACTIONS = (
+    "ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", TASKS_DELETED,
+)
 _ACTION = re.compile(r"[A-Z_]{1,64}")
 _READ_CHUNK = 65_536
 
