@@ -1,7 +1,8 @@
 """The long-running service: a scheduler with a sync job and a cycle job, one per database.
 
 APScheduler only triggers; the store holds every state. Jobs never overlap each other
-(a shared lock; a job that finds it taken skips its turn), late runs are coalesced, not
+(a shared lock; a job that finds it taken waits until its next turn at most, then skips
+this one), late runs are coalesced, not
 dropped silently (misfire grace ≥ interval, and misses are written to the health log),
 and the Label Studio connection is retried with exponential backoff while it is down.
 With ``webhook.enabled``, Label Studio's calls trigger a sync (and a due cycle) at once
@@ -13,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -190,7 +192,7 @@ class Service:
             server = start_server(self.ctx.settings, on_event=self.trigger_now, health=self.health)
         scheduler = BackgroundScheduler(
             timezone=UTC,
-            executors={"default": ThreadPoolExecutor(2)},
+            executors={"default": ThreadPoolExecutor(3)},  # sync, cycle, heartbeat: one may wait for the lock
             job_defaults={"coalesce": True, "max_instances": 1,
                           "misfire_grace_time": int(max(loop.sync_interval_s, loop.cycle_interval_s)) + 1},
         )
@@ -232,7 +234,7 @@ class Service:
             sync(self.ctx, check_waiting=check_waiting)
             return True  # a pull answered
 
-        self._guarded("sync", body, wait=wait)
+        self._guarded("sync", body, wait=wait, patience_s=self.ctx.settings.loop.sync_interval_s)
 
     def cycle_job(self, *, wait: bool = False, synced_within_s: float = 0.0) -> None:
         def body() -> bool:
@@ -243,7 +245,7 @@ class Service:
                 run_cycle(self.ctx, reason=reason, synced_within_s=synced_within_s)
             return bool(reason)
 
-        self._guarded("cycle", body, wait=wait)
+        self._guarded("cycle", body, wait=wait, patience_s=self.ctx.settings.loop.cycle_interval_s)
 
     def trigger_now(self, action: str = "") -> None:
         """Ask for a sync and, when due, a cycle as soon as possible (e.g. from a webhook).
@@ -285,13 +287,13 @@ class Service:
                 raise
             log.debug("heartbeat skipped: the store is locked by another writer")
 
-    def _guarded(self, name: str, body: Callable[[], bool], *, wait: bool = False) -> None:
+    def _guarded(self, name: str, body: Callable[[], bool], *, wait: bool = False, patience_s: float = 0.0) -> None:
         """Run ``body`` under the work lock and the backoff; it returns whether it reached Label Studio.
 
         Only a run that reached Label Studio ends a backoff: a cycle that was not due asks it
         nothing, and used to log "reachable again" and clear the backoff in the middle of an outage.
         """
-        if self._backoff.waiting(self.ctx.clock()) or not self._acquire(wait):
+        if self._backoff.waiting(self.ctx.clock()) or not self._acquire(wait, patience_s):
             return
         now = self.ctx.clock()
         reached = False
@@ -377,14 +379,22 @@ class Service:
         log.info("the store is writable again after %d skipped runs", self._locked_runs)
         self._locked_runs = 0
 
-    def _acquire(self, wait: bool) -> bool:
-        """Take the work lock; with ``wait``, wait for a running job unless stopping."""
-        if not wait:
-            return self._work.acquire(blocking=False)
-        while not self._work.acquire(timeout=0.5):
-            if self.ctx.stop.is_set():
+    def _acquire(self, wait: bool, patience_s: float) -> bool:
+        """Take the work lock; with ``wait``, wait for a running job unless stopping, else for
+        ``patience_s`` at most (a scheduled job's own interval: until its next turn).
+
+        A scheduled job used to skip its turn whenever the lock was taken. A cycle that is not
+        due holds it for milliseconds, and with the sync and the cycle due at the same instant
+        (both every second, as in the demo) the sync lost nine turns in ten: labels reached the
+        store up to 100 s late. A long job (a cycle that embeds) still makes the others skip
+        turns rather than queue up.
+        """
+        deadline = time.monotonic() + (math.inf if wait else patience_s)
+        while True:
+            if self._work.acquire(timeout=max(0.0, min(0.5, deadline - time.monotonic()))):
+                return True
+            if self.ctx.stop.is_set() or time.monotonic() >= deadline:
                 return False
-        return True
 
     def _register_webhook(self) -> None:
         """Point the project's webhook at us; a refusal is logged once and polling carries on.

@@ -240,7 +240,10 @@ def _simulate(server: ls_local.LocalLabelStudio, workdir: Path, held_out: dict[s
             print("no tasks arrived in time; see daemon.log", flush=True)
             return 1
         total += len(answered)
-        _wait_for_labels(state_db, total)
+        if not _wait_for_labels(state_db, total):
+            print(f"the daemon did not bring the {total} answers given so far into its store within 60 s; "
+                  "see daemon.log", flush=True)
+            return 1
         row = evaluator.round_row(number, state_db, answered)
         rounds.append(row)
         print(f"round {number}: {row['labels']} labels, held-out macro-F1 {row['macro_f1']:.3f}, "
@@ -276,8 +279,8 @@ def _paused(state_db: Path) -> str:
     return json.loads(row[0])["reason"] if row and row[0] else ""
 
 
-def _wait_for_labels(state_db: Path, expected: int, timeout_s: float = 60) -> None:
-    """Let the daemon's next sync bring every submitted answer into the store."""
+def _wait_for_labels(state_db: Path, expected: int, timeout_s: float = 60) -> bool:
+    """Let the daemon's next sync bring every submitted answer into the store; False if it did not."""
     import sqlite3
 
     deadline = time.monotonic() + timeout_s
@@ -285,8 +288,9 @@ def _wait_for_labels(state_db: Path, expected: int, timeout_s: float = 60) -> No
         with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True) as db:
             (have,) = db.execute("select count(*) from labelrecord").fetchone()
         if have >= expected:
-            return
+            return True
         time.sleep(0.5)
+    return False
 
 
 class Annotator:
@@ -314,7 +318,10 @@ class Annotator:
                                   "value": {"choices": [label]}}], "lead_time": 3.0},
             )
             if response.is_error and self._withdrawn(task["id"]):
-                continue  # withdrawn while open: only with more people at once than loop.rerank_keep_next
+                # withdrawn while open: with more people at once than loop.rerank_keep_next, or one who
+                # answers that many tasks between the daemon's look at the queue and its withdrawal, as
+                # this scripted annotator can (about a second)
+                continue
             response.raise_for_status()
             answered.append(label)
         return answered

@@ -315,11 +315,12 @@ def test_a_failing_run_is_reported_and_later_requests_still_run(caplog: pytest.L
 # -- the service -------------------------------------------------------------------------
 
 
-def make_service(tmp_path: Path, connector: FakeConnector, **webhook: Any) -> Service:
+def make_service(tmp_path: Path, connector: FakeConnector, loop: dict[str, Any] | None = None,
+                 **webhook: Any) -> Service:
     settings = load_settings(
         None,
         store={"url": f"sqlite:///{tmp_path}/state/db.sqlite", "data_dir": str(tmp_path / "state")},
-        loop={"classes": ["a", "b"]},
+        loop={"classes": ["a", "b"], **(loop or {})},
         webhook={"enabled": True, "secret": SECRET, **webhook},
     )
     ctx = LoopContext(
@@ -373,6 +374,65 @@ def test_a_trigger_waits_for_a_running_job_instead_of_skipping(tmp_path: Path, c
     wait_for(lambda: "cycle_due" in counted)
     service._trigger.close()
     assert counted == ["sync", "cycle_due"]
+
+
+def test_a_scheduled_sync_waits_for_a_cycle_that_only_checks_instead_of_skipping(
+    tmp_path: Path, counted: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Due at the same instant as a cycle that is not due, the sync used to lose its turn."""
+    service = make_service(tmp_path, FakeConnector(classes=["a", "b"]))
+    checking = threading.Event()
+
+    def slow_check(ctx: LoopContext) -> str:
+        counted.append("cycle_due")
+        checking.set()
+        time.sleep(0.3)
+        return ""
+
+    monkeypatch.setattr("daemon.service.cycle_due", slow_check)
+    cycle = threading.Thread(target=service.cycle_job)
+    cycle.start()
+    assert checking.wait(5)
+    service.sync_job()  # scheduled: the cycle holds the lock
+    cycle.join()
+    assert counted == ["cycle_due", "sync+check"]
+
+
+def test_a_scheduled_job_skips_its_turn_when_the_lock_stays_taken_past_its_interval(
+    tmp_path: Path, counted: list[str]
+) -> None:
+    service = make_service(tmp_path, FakeConnector(classes=["a", "b"]), loop={"sync_interval_s": 0.4})
+    service._work.acquire()  # a long cycle (one that embeds) is running
+    started = time.monotonic()
+    service.sync_job()
+    waited = time.monotonic() - started
+    service._work.release()
+    assert counted == [] and 0.35 <= waited < 3  # waited until its next turn, then gave this one up
+
+
+def test_with_sync_and_cycle_due_together_every_sync_turn_runs(
+    tmp_path: Path, counted: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's setup (both jobs every second, due at the same instants) pulled one turn in
+    ten and let labels wait up to 100 s; here both run every 0.25 s for 3 s."""
+    service = make_service(tmp_path, FakeConnector(classes=["a", "b"]), enabled=False,
+                           loop={"sync_interval_s": 0.25, "cycle_interval_s": 0.25})
+
+    def check(ctx: LoopContext) -> str:
+        counted.append("cycle_due")
+        time.sleep(0.02)  # reading the store
+        return ""
+
+    monkeypatch.setattr("daemon.service.cycle_due", check)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    time.sleep(3)
+    service.ctx.stop.set()
+    runner.join(10)
+    assert not runner.is_alive()
+    turns = 3 / 0.25
+    assert counted.count("sync+check") >= 0.75 * turns, counted
+    assert counted.count("cycle_due") >= 0.75 * turns, counted
 
 
 def test_only_a_tasks_deleted_call_and_the_scheduled_sync_ask_which_waiting_tasks_are_gone(
