@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 from sklearn.base import clone
 
 from models.classifier import ProxyClassifier
@@ -234,3 +236,30 @@ def test_a_result_is_not_overwritten_by_later_calls_on_this_or_another_thread() 
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         assert all(pool.map(repeat, [0, 1, 0, 1]))
+
+
+@pytest.mark.parametrize(("limit", "threads_inside"), [(10_000, 1), (100, 2)])
+def test_a_small_head_is_fitted_on_one_cpu_thread_and_the_setting_comes_back(
+    monkeypatch: pytest.MonkeyPatch, limit: int, threads_inside: int
+) -> None:
+    """Beside a busy Label Studio, two threads made a 1,500-label fit take up to 20 times as long."""
+    import models.classifier as classifier
+    from models._head import train_head as real
+
+    seen: list[int] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("models.classifier.train_head", spy)
+    monkeypatch.setattr(classifier, "_ONE_THREAD_MAX_VALUES", limit)
+    features, labels = blobs(40)  # 120 × 16 = 1,920 values
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ProxyClassifier(device="cpu").fit(features, labels)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {threads_inside}  # calibration folds and the final fit alike
