@@ -23,7 +23,16 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
-from daemon.store import BatchItem, BatchItemState, LabelRecord, LabelStatus, PoolItem, RemovedItem, table_of
+from daemon.store import (
+    BatchItem,
+    BatchItemState,
+    LabelRecord,
+    LabelStatus,
+    PoolItem,
+    RemovedItem,
+    table_of,
+    waiting_in_tool,
+)
 
 if TYPE_CHECKING:  # pool add imports this module and must not pay for torch (daemon.context)
     from daemon.context import LoopContext
@@ -136,7 +145,7 @@ def withdraw_removed(ctx: LoopContext) -> list[str]:
         stmt = (
             select(BatchItem.remote_task_id)
             .join(RemovedItem, col(RemovedItem.item_id) == col(BatchItem.item_id))
-            .where(BatchItem.state == BatchItemState.PENDING, col(BatchItem.remote_task_id).is_not(None))
+            .where(*waiting_in_tool())
         )
         tasks = [task for task in session.exec(stmt) if task is not None]
     if not tasks:

@@ -31,12 +31,12 @@ from daemon.selection import label_counts
 from daemon.store import (
     Batch,
     BatchItem,
-    BatchItemState,
     BatchStatus,
     HealthEvent,
     PoolItem,
     get_value,
     set_value,
+    waiting_in_tool,
 )
 from daemon.sync import close_finished_batches, mark_withdrawn
 from daemon.training import labeled_set, vectors_for
@@ -151,7 +151,7 @@ def _waiting(session: Session, strategy: str, version: str) -> list[_Waiting]:
         .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
         .join(PoolItem, col(PoolItem.item_id) == col(BatchItem.item_id))
         .where(col(Batch.status).in_([BatchStatus.PUSHED, BatchStatus.CLOSED]))
-        .where(BatchItem.state == BatchItemState.PENDING, col(BatchItem.remote_task_id).is_not(None))
+        .where(*waiting_in_tool())
         .where(Batch.model_version != version)
     ).all()
     return [_Waiting(item.item_id, item.remote_task_id or "", digest, item.score,

@@ -283,6 +283,11 @@ def not_removed(item_id: Any) -> Any:
     return col(item_id).not_in(select(RemovedItem.item_id))
 
 
+def waiting_in_tool() -> tuple[Any, Any]:
+    """Conditions on :class:`BatchItem`: pushed and not yet answered, skipped or withdrawn (a task waits)."""
+    return BatchItem.state == BatchItemState.PENDING, col(BatchItem.remote_task_id).is_not(None)
+
+
 def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
     """Create the engine (WAL, busy timeout) and the tables.
 

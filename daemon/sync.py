@@ -37,6 +37,7 @@ from daemon.store import (
     get_value,
     ids_present,
     set_value,
+    waiting_in_tool,
 )
 
 __all__ = ["SyncReport", "apply_task_states", "close_finished_batches", "mark_withdrawn", "record_pushed", "sync"]
@@ -377,7 +378,7 @@ def _waiting_task_ids(session: Session) -> list[str]:
     """The task ids of our waiting items."""
     found = session.exec(
         select(BatchItem.remote_task_id)
-        .where(BatchItem.state == BatchItemState.PENDING, col(BatchItem.remote_task_id).is_not(None))
+        .where(*waiting_in_tool())
     )
     return [task_id for task_id in found if task_id is not None]
 
@@ -386,7 +387,7 @@ def _missing_from(session: Session, present: set[tuple[str, str]]) -> list[Batch
     """Our waiting items whose task a full listing lacks (by task id and item id)."""
     pending = session.exec(
         select(BatchItem)
-        .where(BatchItem.state == BatchItemState.PENDING, col(BatchItem.remote_task_id).is_not(None))
+        .where(*waiting_in_tool())
     ).all()
     return [item for item in pending if (item.remote_task_id or "", item.item_id) not in present]
 
