@@ -11,8 +11,8 @@ place, then its SHA-256 is published beside it (``<file>.sha256``, ``sha256sum``
 that finds no digest, or one the file no longer matches, treats the file as damaged and exports
 again: a partial overwrite can leave a file that still loads but yields wrong or NaN vectors. Each
 work folder holds an ``flock`` on its ``owner.lock`` for the exporter's life (the kernel drops it
-when the process dies, SIGKILL included), so a later export removes the folders of dead exporters
-and never those of live ones.
+when the process dies, SIGKILL included), so a later export or load of a cached file removes the
+folders of dead exporters and never those of live ones.
 """
 
 from __future__ import annotations

@@ -240,6 +240,8 @@ class OnnxEmbedder(LazyLoad["_Loaded"]):
         ort, _ = import_onnx()
         source = self._files._resolve()
         key, path = self._export_key(precision), self._onnx_path(precision)
+        # a killed export's work folder: a valid cached file means no export comes to sweep it
+        _onnx_export.sweep_abandoned(path.parent)
         session = _open_session(ort, path, key, self._threads())
         if session is None:  # missing, unreadable, or made for something else: export afresh
             _export(source, path, key=key, precision=precision)

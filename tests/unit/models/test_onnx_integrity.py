@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,3 +124,19 @@ def test_an_export_removes_the_work_folders_of_dead_exports_only(tmp_path: Path)
         assert sorted(p.name for p in tmp_path.glob(".export-*")) == sorted([live.name, legacy_recent.name])
     assert is_intact(embedder.onnx_path)
     assert sorted(p.name for p in tmp_path.glob(".export-*")) == [legacy_recent.name]
+
+
+def test_loading_a_cached_file_removes_the_work_folders_of_dead_exports_only(
+    exported: OnnxEmbedder, tmp_path: Path, export_calls: list[Path]
+) -> None:
+    """A SIGKILLed `labelloop embed` left its folder for good once the file was exported: no later export came (QA)."""
+    embedder = _copy(exported, tmp_path)
+    folder = embedder.onnx_path.parent
+    dead = Path(tempfile.mkdtemp(dir=folder, prefix=".export-"))
+    (dead / "owner.lock").write_text("12345\n")  # nobody holds its lock: its exporter died
+    with _onnx_export._work_folder(folder) as live:
+        _backdate(dead, 120)
+        _backdate(live, 120)
+        embedder.encode(["hello"])
+        assert [p.name for p in folder.glob(".export-*")] == [live.name]
+    assert export_calls == []
