@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.console import Console
 
 from daemon.queries import BatchSummary
@@ -34,3 +36,12 @@ def test_a_wide_terminal_gets_every_column_with_the_strategy() -> None:
     header = next(line for line in text.splitlines() if line.lstrip().startswith("id"))
     assert header.split() == ["id", "age", "status", "strategy", "model", "size", "labeled", "unsettled", "skipped",
                               "pending", "withdrawn", "control"]
+
+
+def test_a_closed_batch_with_a_task_waiting_again_shows_as_reopened() -> None:
+    for width in (80, 140):
+        console = Console(width=width, record=True, color_system=None)
+        console.print(batches_table([replace(BATCH, status="closed", pending=1),
+                                     replace(BATCH, id="77" + BATCH.id[2:], status="closed", pending=0)], width=width))
+        rows = [line.split() for line in console.export_text().splitlines() if line.lstrip().startswith(("853", "77"))]
+        assert [row[2:3] for row in rows] == [["reopened"], ["closed"]]
