@@ -135,14 +135,24 @@ def pause(
 @app.command()
 def resume() -> None:
     """Lift a pause (the stopping rule's or `labelloop pause`); the daemon queues batches again."""
-    from daemon.pause import lift_pause
+    from daemon.pause import is_paused, lift_pause
 
     with cli_errors():
+        loop = settings().loop
         engine = store_engine(settings(), existing=True)
     with Session(engine) as session:
+        paused = is_paused(session)
         lifted = lift_pause(session, "operator asked (labelloop resume)")
         session.commit()
-    out.print("resumed: the daemon will queue new batches" if lifted else "the queue was not paused")
+    if not lifted:
+        out.print("the queue was not paused")
+        return
+    out.print("resumed: the daemon will queue new batches")
+    if paused is not None and paused.get("by") != "operator" and loop.stop_rule_enabled:
+        # it paused again 36 labels after a resume, which read as a queue that never refills (QA)
+        out.print(f"the stopping rule pauses it again if the next {loop.stop_window} retrains (one per "
+                  f"{loop.min_new_labels} new labels) still agree; to label on regardless, set "
+                  "loop.stop_rule_enabled = false and restart the daemon")
 
 
 @contextmanager

@@ -11,8 +11,9 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from daemon.cli import app
+from daemon.pause import PAUSE_KEY
 from daemon.settings import load_settings
-from daemon.store import LabelRecord, LabelStatus, make_engine
+from daemon.store import LabelRecord, LabelStatus, make_engine, set_value
 from tests.unit.daemon.conftest import set_classes
 
 runner = CliRunner()
@@ -457,8 +458,22 @@ def test_pause_and_resume_by_the_operator(workdir: Path) -> None:
     status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
     assert status["stopping"]["paused"]["reason"] == "an operator paused the queue: guide [v2] review"
     assert "guide [v2] review" in " ".join(runner.invoke(app, ["status"]).output.split())
-    assert "resumed" in runner.invoke(app, ["resume"]).output
+    resumed = runner.invoke(app, ["resume"]).output
+    assert "resumed" in resumed and "stopping rule" not in resumed
     assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["stopping"]["paused"] is None
+
+
+def test_resuming_the_stopping_rules_pause_says_when_it_may_pause_again(workdir: Path) -> None:
+    assert runner.invoke(app, ["pause"]).exit_code == 0  # makes the store
+    engine = make_engine(f"sqlite:///{workdir / '.labelloop' / 'labelloop.db'}")
+    with Session(engine) as session:
+        set_value(session, PAUSE_KEY, json.dumps({"reason": "successive models agree", "n_labels": 600}))
+        session.commit()
+    engine.dispose()
+    resumed = " ".join(runner.invoke(app, ["resume"]).output.split())
+    assert "resumed: the daemon will queue new batches" in resumed
+    assert "pauses it again if the next 3 retrains (one per 10 new labels) still agree" in resumed
+    assert "loop.stop_rule_enabled = false" in resumed
 
 
 @pytest.mark.parametrize(
