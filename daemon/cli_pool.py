@@ -138,7 +138,8 @@ def _print_import(report: ImportReport) -> None:
     repeats = (f" (and {report.repeated_rows} rows repeating an earlier one, kept once)"
                if report.repeated_rows else "")
     out.print(f"{escape(report.path)}: {report.rows} rows{repeats}, {report.added} added, "
-              f"{report.already_present} already in the pool{restored}, {report.labels_added} seed labels")
+              f"{report.already_present} already in the pool{restored}, {report.labels_added} seed labels",
+              soft_wrap=True)  # one line off a terminal too (rich folded it at 80 columns: "0 seed⏎labels", QA)
     if report.labels_differing:
         err.print(f"[yellow]{report.labels_differing} seed labels differ from the store's and were not applied "
                   f"(a label is changed in Label Studio): {escape('; '.join(report.labels_differing_first))}[/]")
@@ -191,4 +192,4 @@ def pool_remove(
     out.print(f"{counted(report.removed, 'item')} removed ({report.labeled} with a label, no longer trained on or "
               f"exported; {report.waiting} waiting in Label Studio, withdrawn at the next sync unless someone answered "
               f"them); {report.already_removed} were already removed, {report.not_in_pool} are not in the pool"
-              f"{missing}")
+              f"{missing}", soft_wrap=True)

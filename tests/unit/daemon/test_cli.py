@@ -48,6 +48,19 @@ def test_pool_add_then_read_commands(workdir: Path) -> None:
     assert runner.invoke(app, ["status"]).exit_code == 0  # the human rendering works too
 
 
+def test_pool_summaries_are_one_line_each_off_a_terminal(workdir: Path) -> None:
+    """Piped, rich folded them at 80 columns ("0 seed⏎labels"), so a script's grep missed them."""
+    name = "a-pool-file-with-a-rather-long-name-as-exports-get.jsonl"
+    (workdir / name).write_text('{"id": "a", "text": "hello", "label": "ham"}\n{"id": "b", "text": "win"}\n')
+    added = runner.invoke(app, ["pool", "add", name])
+    assert added.exit_code == 0, added.output
+    assert f"{name}: 2 rows, 2 added, 0 already in the pool, 1 seed labels\n" in added.stdout
+    removed = runner.invoke(app, ["pool", "remove", "--id", "b", "--id", "zz"])
+    assert removed.exit_code == 0, removed.output
+    (line,) = [line for line in removed.stdout.splitlines() if "removed (" in line]
+    assert line.endswith("1 are not in the pool (zz)") and len(line) > 80
+
+
 def test_commands_run_elsewhere_with_config_use_the_store_beside_it(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
