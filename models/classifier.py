@@ -33,11 +33,13 @@ __all__ = ["ProxyClassifier"]
 _CALIBRATION_FOLDS = 3
 _MIN_CALIBRATION_LABELS = 30  # fewer held-out labels than this: leave the temperature at 1
 _ENOUGH_HELD_OUT = 1000  # stop fitting calibration folds once this many held-out logits exist
-# A head on at most this many input values (50k labels of 384 dims) is fitted on one CPU thread.
-# L-BFGS on a small head is a long chain of small ops; with two threads each op waits at a barrier,
-# and beside a busy Label Studio on this 2-core host a fit of 1,500 labels took 0.2-3.9 s on two
-# threads against 0.2-0.3 s on one (50,000 labels: 4.0-6.3 s against 2.8-3.3 s).
-_ONE_THREAD_MAX_VALUES = 20_000_000
+# A head on at most this many input values (about 5,000 labels of 384 dims) is fitted on one CPU
+# thread. L-BFGS on a small head is a long chain of small ops, and with two threads each waits at
+# a barrier: beside a busy Label Studio on a 2-core host, fits of 1,500 / 5,000 labels took
+# 0.2-3.9 / 0.2-3.4 s on two threads against 0.2-0.3 / 0.2 s on one. On the same host at rest two
+# threads are 1.0x / 1.25x as fast there, but 1.5x at 20,000 labels and more, so larger heads keep
+# torch's setting.
+_ONE_THREAD_MAX_VALUES = 2_000_000
 
 
 class ProxyClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # sklearn ships no types
