@@ -58,7 +58,7 @@ _RECOVERED = {  # what a run that reached Label Studio again says ended, by the 
     "rejected": ("Label Studio accepts labelloop's requests again (%s ran): the project or its labeling config "
                  "was fixed"),
 }
-_JUST_SYNCED_S = 2.0  # a webhook-triggered cycle skips its own pull when the trigger's sync is this fresh
+_JUST_SYNCED_S = 2.0  # a cycle skips its own pull when the last sync is this fresh
 
 
 def prune_health_events(session: Session, *, keep: int = HEALTH_EVENTS_KEPT) -> None:
@@ -236,7 +236,13 @@ class Service:
 
         self._guarded("sync", body, wait=wait, patience_s=self.ctx.settings.loop.sync_interval_s)
 
-    def cycle_job(self, *, wait: bool = False, synced_within_s: float = 0.0) -> None:
+    def cycle_job(self, *, wait: bool = False, synced_within_s: float = _JUST_SYNCED_S) -> None:
+        """Run a cycle when one is due; its own pull is skipped right after a sync (scheduled or triggered).
+
+        With polling every 0.5 s the scheduled sync had just pulled the labels that made the cycle
+        due, and the cycle pulled again: 0.6 s of a 3.7 s annotation-to-batch round at 1M items.
+        """
+
         def body() -> bool:
             with Session(self.ctx.engine) as session:
                 self._pause_watch.check(session)
@@ -271,7 +277,7 @@ class Service:
         with self._flags:
             check, self._tasks_deleted = self._tasks_deleted, False
         self.sync_job(wait=True, check_waiting=check)  # annotation calls stay fast: no lookup
-        self.cycle_job(wait=True, synced_within_s=_JUST_SYNCED_S)  # no second pull right after this one
+        self.cycle_job(wait=True)  # no second pull right after this one
 
     def heartbeat(self, state: str = "running") -> None:
         beat = {"pid": os.getpid(), "host": socket.gethostname(), "state": state,

@@ -1147,3 +1147,31 @@ def test_a_task_reopened_after_its_batch_closed_counts_as_waiting(
         run_cycle(ctx)
     waiting_in_tool = sum(1 for task in fake.list_tasks() if not task.annotation_count and not task.skip_count)
     assert waiting_in_tool <= ctx.settings.label_studio.max_waiting_tasks
+
+
+def test_a_scheduled_cycle_right_after_a_sync_skips_its_own_pull(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]]
+) -> None:
+    """Polling every 0.5 s, the sync had just pulled the labels that made the cycle due, and the
+    cycle pulled again: 0.6 s of a 3.7 s annotation-to-batch round at 1M items (bench/cycle.py)."""
+    from daemon.service import Service
+
+    ctx, fake, gold = world
+    service = Service(ctx)
+    service.cycle_job()  # the cold start: no sync yet, so it pulls
+    with Session(ctx.engine) as session:
+        (first,) = session.exec(select(Batch.id)).all()
+    annotate_batch(ctx, fake, gold, first)
+    service.sync_job()
+    fake.calls.clear()
+    service.cycle_job()
+    assert "pull" not in fake.calls and "push" in fake.calls  # it trained on the synced labels and pushed
+    with Session(ctx.engine) as session:
+        second = session.exec(select(Batch.id).where(Batch.id != first)).one()
+    annotate_batch(ctx, fake, gold, second)
+    service.sync_job()
+    assert ctx.synced_at is not None
+    ctx.synced_at -= 3  # the last sync is no longer fresh
+    fake.calls.clear()
+    service.cycle_job()
+    assert fake.calls[0] == "pull"
