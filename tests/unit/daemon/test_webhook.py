@@ -430,9 +430,9 @@ def test_with_sync_and_cycle_due_together_every_sync_turn_runs(
     service.ctx.stop.set()
     runner.join(10)
     assert not runner.is_alive()
-    turns = 3 / 0.25
-    assert counted.count("sync+check") >= 0.75 * turns, counted
-    assert counted.count("cycle_due") >= 0.75 * turns, counted
+    checks, syncs = counted.count("cycle_due"), counted.count("sync+check")
+    assert checks >= 6, counted  # of 12 turns; fewer only on a badly overloaded host
+    assert syncs >= 0.75 * checks, counted  # both jobs get the same turns (before: 4 syncs to 12 checks)
 
 
 def test_only_a_tasks_deleted_call_and_the_scheduled_sync_ask_which_waiting_tasks_are_gone(
