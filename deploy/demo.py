@@ -240,13 +240,16 @@ def _simulate(server: ls_local.LocalLabelStudio, workdir: Path, held_out: dict[s
             print("no tasks arrived in time; see daemon.log", flush=True)
             return 1
         total += len(answered)
+        withdrawn, annotator.withdrawn = annotator.withdrawn, 0
         if not _wait_for_labels(state_db, total):
             print(f"the daemon did not bring the {total} answers given so far into its store within 60 s; "
                   "see daemon.log", flush=True)
             return 1
         row = evaluator.round_row(number, state_db, answered)
         rounds.append(row)
-        print(f"round {number}: {row['labels']} labels, held-out macro-F1 {row['macro_f1']:.3f}, "
+        # this annotator answers faster than a person: a task it had open can be withdrawn as stale
+        note = f" (and {withdrawn} open task withdrawn as stale before its answer)" if withdrawn else ""
+        print(f"round {number}: {row['labels']} labels{note}, held-out macro-F1 {row['macro_f1']:.3f}, "
               f"batch mix {row['mix']}", flush=True)
     render_rounds(rounds, state_db)
     return 0
@@ -299,6 +302,7 @@ class Annotator:
     def __init__(self, url: str, token: str, gold: dict[str, str]) -> None:
         self.client = httpx.Client(base_url=url, headers={"Authorization": f"Token {token}"}, timeout=30)
         self.gold = gold
+        self.withdrawn = 0  # tasks withdrawn while this annotator had them open
 
     def label_queue(self, project_id: str, *, timeout_s: float) -> list[str]:
         """Wait for tasks, then answer every waiting one; return the gold labels given."""
@@ -318,6 +322,7 @@ class Annotator:
                                   "value": {"choices": [label]}}], "lead_time": 3.0},
             )
             if response.is_error and self._withdrawn(task["id"]):
+                self.withdrawn += 1
                 # withdrawn while open: with more people at once than loop.rerank_keep_next, or one who
                 # answers that many tasks between the daemon's look at the queue and its withdrawal, as
                 # this scripted annotator can (about a second)
