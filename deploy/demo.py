@@ -229,7 +229,7 @@ def _simulate(server: ls_local.LocalLabelStudio, workdir: Path, held_out: dict[s
     annotator = Annotator(server.url, server.legacy_token, gold)
     state_db = workdir / "state" / "labelloop.db"
     rounds = []
-    total = 0
+    total = seen_withdrawn = 0
     for number in range(1, args.rounds + 1):
         project_id = _wait_for_project(state_db, daemon)
         answered = annotator.label_queue(project_id, timeout_s=180)
@@ -240,15 +240,16 @@ def _simulate(server: ls_local.LocalLabelStudio, workdir: Path, held_out: dict[s
             print("no tasks arrived in time; see daemon.log", flush=True)
             return 1
         total += len(answered)
-        withdrawn, annotator.withdrawn = annotator.withdrawn, 0
         if not _wait_for_labels(state_db, total):
             print(f"the daemon did not bring the {total} answers given so far into its store within 60 s; "
                   "see daemon.log", flush=True)
             return 1
         row = evaluator.round_row(number, state_db, answered)
         rounds.append(row)
-        # this annotator answers faster than a person: a task it had open can be withdrawn as stale
-        note = f" (and {withdrawn} open task withdrawn as stale before its answer)" if withdrawn else ""
+        # a retrain in the middle of the round made waiting tasks stale: fewer labels than the batch
+        now_withdrawn = _withdrawn_count(state_db)
+        withdrawn, seen_withdrawn = now_withdrawn - seen_withdrawn, now_withdrawn
+        note = f" (re-ranking withdrew {withdrawn} stale tasks)" if withdrawn else ""
         print(f"round {number}: {row['labels']} labels{note}, held-out macro-F1 {row['macro_f1']:.3f}, "
               f"batch mix {row['mix']}", flush=True)
     render_rounds(rounds, state_db)
@@ -282,6 +283,14 @@ def _paused(state_db: Path) -> str:
     return json.loads(row[0])["reason"] if row and row[0] else ""
 
 
+def _withdrawn_count(state_db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True) as db:
+        (n,) = db.execute("select count(*) from batchitem where state = 'WITHDRAWN'").fetchone()  # the enum's name
+    return int(n)
+
+
 def _wait_for_labels(state_db: Path, expected: int, timeout_s: float = 60) -> bool:
     """Let the daemon's next sync bring every submitted answer into the store; False if it did not."""
     import sqlite3
@@ -302,7 +311,6 @@ class Annotator:
     def __init__(self, url: str, token: str, gold: dict[str, str]) -> None:
         self.client = httpx.Client(base_url=url, headers={"Authorization": f"Token {token}"}, timeout=30)
         self.gold = gold
-        self.withdrawn = 0  # tasks withdrawn while this annotator had them open
 
     def label_queue(self, project_id: str, *, timeout_s: float) -> list[str]:
         """Wait for tasks, then answer every waiting one; return the gold labels given."""
@@ -322,7 +330,6 @@ class Annotator:
                                   "value": {"choices": [label]}}], "lead_time": 3.0},
             )
             if response.is_error and self._withdrawn(task["id"]):
-                self.withdrawn += 1
                 # withdrawn while open: with more people at once than loop.rerank_keep_next, or one who
                 # answers that many tasks between the daemon's look at the queue and its withdrawal, as
                 # this scripted annotator can (about a second)
