@@ -249,7 +249,7 @@ def _simulate(server: ls_local.LocalLabelStudio, workdir: Path, held_out: dict[s
         # a retrain in the middle of the round made waiting tasks stale: fewer labels than the batch
         now_withdrawn = _withdrawn_count(state_db)
         withdrawn, seen_withdrawn = now_withdrawn - seen_withdrawn, now_withdrawn
-        note = f" (re-ranking withdrew {withdrawn} stale tasks)" if withdrawn else ""
+        note = f" (re-ranking withdrew {withdrawn} stale task{'s' if withdrawn > 1 else ''})" if withdrawn else ""
         print(f"round {number}: {row['labels']} labels{note}, held-out macro-F1 {row['macro_f1']:.3f}, "
               f"batch mix {row['mix']}", flush=True)
     render_rounds(rounds, state_db)
