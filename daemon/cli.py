@@ -138,8 +138,9 @@ def resume() -> None:
     from daemon.pause import is_paused, lift_pause
 
     with cli_errors():
-        loop = settings().loop
-        engine = store_engine(settings(), existing=True)
+        config = settings()
+        engine = store_engine(config, existing=True)
+    loop = config.loop
     with Session(engine) as session:
         paused = is_paused(session)
         lifted = lift_pause(session, "operator asked (labelloop resume)")

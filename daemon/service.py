@@ -234,9 +234,9 @@ class Service:
             sync(self.ctx, check_waiting=check_waiting)
             return True  # a pull answered
 
-        self._guarded("sync", body, wait=wait, patience_s=self.ctx.settings.loop.sync_interval_s)
+        self._guarded("sync", body, patience_s=math.inf if wait else self.ctx.settings.loop.sync_interval_s)
 
-    def cycle_job(self, *, wait: bool = False, synced_within_s: float = _JUST_SYNCED_S) -> None:
+    def cycle_job(self, *, wait: bool = False) -> None:
         """Run a cycle when one is due; its own pull is skipped right after a sync (scheduled or triggered).
 
         With polling every 0.5 s the scheduled sync had just pulled the labels that made the cycle
@@ -248,10 +248,10 @@ class Service:
                 self._pause_watch.check(session)
             reason = cycle_due(self.ctx)
             if reason:  # a cycle pulls, or runs right after a pull that answered
-                run_cycle(self.ctx, reason=reason, synced_within_s=synced_within_s)
+                run_cycle(self.ctx, reason=reason, synced_within_s=_JUST_SYNCED_S)
             return bool(reason)
 
-        self._guarded("cycle", body, wait=wait, patience_s=self.ctx.settings.loop.cycle_interval_s)
+        self._guarded("cycle", body, patience_s=math.inf if wait else self.ctx.settings.loop.cycle_interval_s)
 
     def trigger_now(self, action: str = "") -> None:
         """Ask for a sync and, when due, a cycle as soon as possible (e.g. from a webhook).
@@ -293,13 +293,13 @@ class Service:
                 raise
             log.debug("heartbeat skipped: the store is locked by another writer")
 
-    def _guarded(self, name: str, body: Callable[[], bool], *, wait: bool = False, patience_s: float = 0.0) -> None:
+    def _guarded(self, name: str, body: Callable[[], bool], *, patience_s: float) -> None:
         """Run ``body`` under the work lock and the backoff; it returns whether it reached Label Studio.
 
         Only a run that reached Label Studio ends a backoff: a cycle that was not due asks it
         nothing, and used to log "reachable again" and clear the backoff in the middle of an outage.
         """
-        if self._backoff.waiting(self.ctx.clock()) or not self._acquire(wait, patience_s):
+        if self._backoff.waiting(self.ctx.clock()) or not self._acquire(patience_s):
             return
         now = self.ctx.clock()
         reached = False
@@ -385,9 +385,9 @@ class Service:
         log.info("the store is writable again after %d skipped runs", self._locked_runs)
         self._locked_runs = 0
 
-    def _acquire(self, wait: bool, patience_s: float) -> bool:
-        """Take the work lock; with ``wait``, wait for a running job unless stopping, else for
-        ``patience_s`` at most (a scheduled job's own interval: until its next turn).
+    def _acquire(self, patience_s: float) -> bool:
+        """Take the work lock, waiting for a running job ``patience_s`` at most (unless stopping): a
+        triggered run waits for as long as it takes, a scheduled one until its next turn.
 
         A scheduled job used to skip its turn whenever the lock was taken. A cycle that is not
         due holds it for milliseconds, and with the sync and the cycle due at the same instant
@@ -395,7 +395,7 @@ class Service:
         store up to 100 s late. A long job (a cycle that embeds) still makes the others skip
         turns rather than queue up.
         """
-        deadline = time.monotonic() + (math.inf if wait else patience_s)
+        deadline = time.monotonic() + patience_s
         while True:
             if self._work.acquire(timeout=max(0.0, min(0.5, deadline - time.monotonic()))):
                 return True

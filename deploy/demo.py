@@ -247,7 +247,7 @@ def _simulate(server: ls_local.LocalLabelStudio, workdir: Path, held_out: dict[s
         row = evaluator.round_row(number, state_db, answered)
         rounds.append(row)
         # a retrain in the middle of the round made waiting tasks stale: fewer labels than the batch
-        now_withdrawn = _withdrawn_count(state_db)
+        now_withdrawn = _count(state_db, "select count(*) from batchitem where state = 'WITHDRAWN'")  # enum name
         withdrawn, seen_withdrawn = now_withdrawn - seen_withdrawn, now_withdrawn
         note = f" (re-ranking withdrew {withdrawn} stale task{'s' if withdrawn > 1 else ''})" if withdrawn else ""
         print(f"round {number}: {row['labels']} labels{note}, held-out macro-F1 {row['macro_f1']:.3f}, "
@@ -283,23 +283,20 @@ def _paused(state_db: Path) -> str:
     return json.loads(row[0])["reason"] if row and row[0] else ""
 
 
-def _withdrawn_count(state_db: Path) -> int:
+def _count(state_db: Path, query: str) -> int:
+    """The number a ``select count(*) …`` gives, read without locking the daemon's store."""
     import sqlite3
 
     with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True) as db:
-        (n,) = db.execute("select count(*) from batchitem where state = 'WITHDRAWN'").fetchone()  # the enum's name
+        (n,) = db.execute(query).fetchone()
     return int(n)
 
 
 def _wait_for_labels(state_db: Path, expected: int, timeout_s: float = 60) -> bool:
     """Let the daemon's next sync bring every submitted answer into the store; False if it did not."""
-    import sqlite3
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with sqlite3.connect(f"file:{state_db}?mode=ro", uri=True) as db:
-            (have,) = db.execute("select count(*) from labelrecord").fetchone()
-        if have >= expected:
+        if _count(state_db, "select count(*) from labelrecord") >= expected:
             return True
         time.sleep(0.5)
     return False
