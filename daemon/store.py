@@ -10,13 +10,13 @@ from __future__ import annotations
 import enum
 import errno
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, Index, Table, Text, event, func
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
@@ -24,6 +24,7 @@ from daemon.errors import ConfigError, InvalidTransition, StoreUnavailable
 
 __all__ = [
     "NO_CHOICE",
+    "SCHEMA_VERSION",
     "Batch",
     "BatchItem",
     "BatchItemState",
@@ -52,6 +53,10 @@ __all__ = [
 ]
 
 
+SCHEMA_VERSION = 1  # the store's layout, kept in SQLite's user_version; raise it with a step in _MIGRATIONS
+# Each step takes a store from version ``key`` to ``key + 1`` inside the opening transaction (an ALTER TABLE ADD
+# COLUMN with a default, say); a change to the tables above that is not one of these would break older stores.
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 _IN_CHUNK = 500  # ids per IN (...) list
 _SCAN_SHARE = 0.05  # ids_present reads the whole column when asked about this share of the rows or more
 _SCAN_ROWS = 20_000  # rows fetched at a time by that read
@@ -289,11 +294,12 @@ def waiting_in_tool() -> tuple[Any, Any]:
 
 
 def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
-    """Create the engine (WAL, busy timeout) and the tables.
+    """Create the engine (WAL, busy timeout) and the tables; a SQLite store's schema version is checked.
 
-    The parent folder of a SQLite file is created when missing. A write that finds another
-    writer's transaction open waits up to ``busy_timeout_s``, then raises ``OperationalError``
-    (see :func:`is_store_locked`).
+    See :func:`_check_schema`: a store from a newer labelloop, or one that lacks columns, is
+    refused with :class:`StoreUnavailable` before anything is written. The parent folder of a
+    SQLite file is created when missing. A write that finds another writer's transaction open
+    waits up to ``busy_timeout_s``, then raises ``OperationalError`` (see :func:`is_store_locked`).
     """
     path = sqlite_path(url)
     where = str(path) if path is not None else "store.url"
@@ -314,12 +320,72 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
-        SQLModel.metadata.create_all(engine)
+        if url.startswith("sqlite"):
+            _check_schema(engine, where)
+        else:
+            SQLModel.metadata.create_all(engine)
     except DBAPIError as e:
         if is_store_locked(e) or is_disk_full(e):
             raise
         raise StoreUnavailable(f"cannot open the store's database {where}: {store_problem(e)}") from None
     return engine
+
+
+def _check_schema(engine: Engine, where: str) -> None:
+    """Create what is missing, refuse a store this labelloop cannot read, and stamp its schema version.
+
+    The version lives in SQLite's ``user_version``. A store from a newer labelloop is refused
+    before anything is written to it. A store at this version only gets tables that are missing
+    (as every open always did). Otherwise, in one write transaction with the new stamp (a process
+    killed midway leaves the store as it was): an unstamped store (a fresh file, or one from
+    before the stamp) gets the missing tables and indexes, and is refused by column name when a
+    table lacks columns this code reads, instead of failing later on a query; a store stamped
+    with an older version runs the :data:`_MIGRATIONS` from its version up.
+
+    Raises:
+        StoreUnavailable: the store is newer than this code or lacks columns.
+    """
+    with engine.connect() as conn:
+        version = _stamped_version(conn, where)
+        if version == SCHEMA_VERSION:
+            SQLModel.metadata.create_all(conn)
+            conn.commit()
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # DDL is transactional in SQLite; one process upgrades at a time
+        version = _stamped_version(conn, where)  # another process may have stamped it meanwhile
+        SQLModel.metadata.create_all(conn)
+        if version == 0:
+            _require_columns(conn, where)
+            for table in SQLModel.metadata.sorted_tables:  # create_all makes only a new table's indexes
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
+        for step in range(max(version, 1), SCHEMA_VERSION):
+            _MIGRATIONS[step](conn)
+        conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        conn.commit()
+
+
+def _stamped_version(conn: Connection, where: str) -> int:
+    """The store's schema version (0: unstamped); a newer one than this code's is refused."""
+    version = int(conn.exec_driver_sql("PRAGMA user_version").scalar_one())
+    if version > SCHEMA_VERSION:
+        raise StoreUnavailable(
+            f"the store {where} was written by a newer labelloop (store schema {version}; this one reads up to "
+            f"{SCHEMA_VERSION}): upgrade labelloop, or point store.url at another store; nothing was changed")
+    return version
+
+
+def _require_columns(conn: Connection, where: str) -> None:
+    """Refuse an unstamped store whose tables lack columns this code reads (an early development build's)."""
+    missing = []
+    for table in SQLModel.metadata.sorted_tables:
+        present = {row[1] for row in conn.exec_driver_sql(f'PRAGMA table_info("{table.name}")')}
+        missing += [f"{table.name}.{column.name}" for column in table.columns if column.name not in present]
+    if missing:
+        raise StoreUnavailable(
+            f"the store {where} was made by another labelloop version and lacks {', '.join(missing)}: export its "
+            "labels with the labelloop that made it (`labelloop export labels.csv`) and add them to a new store, "
+            "where they are seed labels (`labelloop pool add labels.csv`); nothing was changed")
 
 
 def store_problem(error: DBAPIError) -> str:
