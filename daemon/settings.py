@@ -7,6 +7,7 @@ e.g. ``LABELLOOP_LABEL_STUDIO__API_KEY``) > ``labelloop.toml`` > defaults.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +39,9 @@ __all__ = [
     "masked_url",
 ]
 
+log = logging.getLogger(__name__)
 DEFAULT_CONFIG_FILE = "labelloop.toml"
+_WARNED_FILES: set[Path] = set()  # config files whose readable secrets were already warned about
 _PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "<your token>", "your-token-here", "xxx"}
 
 
@@ -383,10 +386,12 @@ class _ConfigFileSource(TomlConfigSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
         super().__init__(settings_cls, toml_file=path)
+        self._path = path
         self._folder = path.resolve().parent
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
+        _warn_if_others_read(self._path, data)
         store = data.get("store")
         if not isinstance(store, dict):
             return data
@@ -398,6 +403,26 @@ class _ConfigFileSource(TomlConfigSettingsSource):
         if isinstance(data_dir, str) and data_dir:
             anchored["data_dir"] = str(self._folder / Path(data_dir).expanduser())
         return {**data, "store": anchored}
+
+
+def _warn_if_others_read(path: Path, data: dict[str, Any]) -> None:
+    """Warn, once per file and process, when the file holds a secret that other users may read.
+
+    ``labelloop init`` writes no secret, so the file keeps the umask's mode (``0644`` typically)
+    when someone adds ``api_key`` or the webhook's ``secret`` to it by hand.
+    """
+    held = [f"{section}.{key}" for section, key in (("label_studio", "api_key"), ("webhook", "secret"))
+            if isinstance(data.get(section), dict) and str(data[section].get(key) or "").strip()]
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return
+    if not held or not mode & 0o044 or path.resolve() in _WARNED_FILES:
+        return
+    _WARNED_FILES.add(path.resolve())
+    log.warning("%s holds %s and other users may read it (mode %04o): run `chmod 600 %s`, or set the secret in "
+                "the environment instead (LABELLOOP_LABEL_STUDIO__API_KEY, LABELLOOP_WEBHOOK__SECRET)",
+                path, " and ".join(held), mode, path)
 
 
 def masked_url(url: str) -> str:

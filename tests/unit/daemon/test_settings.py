@@ -242,3 +242,34 @@ def test_a_blank_token_or_secret_is_no_token_or_secret(monkeypatch: pytest.Monke
     assert settings.label_studio.api_key is None and settings.webhook.secret is None
     dumped = settings.public_dump()
     assert dumped["label_studio"]["api_key"] is None and dumped["webhook"]["secret"] is None
+
+
+def test_a_config_file_others_may_read_with_a_secret_in_it_is_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "labelloop.toml"
+    config.write_text('[label_studio]\napi_key = "s3cret-token-value"\n[webhook]\nsecret = "another-s3cret-value-1"\n')
+    config.chmod(0o644)
+    with caplog.at_level("WARNING", logger="daemon.settings"):
+        load_settings(config)
+        load_settings(config)
+    warned = [r.getMessage() for r in caplog.records if "other users may read it" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "label_studio.api_key and webhook.secret" in warned[0] and "(mode 0644)" in warned[0]
+    assert f"chmod 600 {config}" in warned[0] and "s3cret" not in caplog.text
+
+
+@pytest.mark.parametrize(("mode", "text"), [
+    (0o600, '[label_studio]\napi_key = "s3cret-token-value"\n'),  # only the owner reads it
+    (0o644, '[loop]\nbatch_size = 7\n'),  # no secret in it
+    (0o644, '[label_studio]\napi_key = ""\n'),  # an empty token is none
+])
+def test_no_warning_for_a_private_file_or_one_without_a_secret(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, text: str
+) -> None:
+    config = tmp_path / "labelloop.toml"
+    config.write_text(text)
+    config.chmod(mode)
+    with caplog.at_level("WARNING", logger="daemon.settings"):
+        load_settings(config)
+    assert "other users may read it" not in caplog.text
