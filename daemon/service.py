@@ -41,6 +41,7 @@ from daemon.cycle import cycle_due, run_cycle
 from daemon.errors import AlreadyRunning
 from daemon.pause import PauseWatch
 from daemon.project import ensure_project
+from daemon.settings import masked_url
 from daemon.store import HealthEvent, is_disk_full, is_store_locked, set_value, sqlite_path
 from daemon.sync import sync
 from daemon.webhook import TASKS_DELETED, Coalescer, WebhookServer, register, start_server
@@ -58,6 +59,7 @@ _RECOVERED = {  # what a run that reached Label Studio again says ended, by the 
     "rejected": ("Label Studio accepts labelloop's requests again (%s ran): the project or its labeling config "
                  "was fixed"),
 }
+_WEBHOOK_RETRY_S = 300.0  # a webhook registration Label Studio failed on (HTTP 5xx) is tried again after this
 _JUST_SYNCED_S = 2.0  # a cycle skips its own pull when the last sync is this fresh
 
 
@@ -175,6 +177,7 @@ class Service:
         hook = ctx.settings.webhook
         self._webhook_pending = hook.enabled and hook.register_on_start  # registered once the project is known
         self._webhook_registered = False  # switched off again on a graceful stop
+        self._webhook_retry_at = 0.0  # monotonic: a registration Label Studio failed on waits until then
         self._tasks_deleted = False  # a TASKS_DELETED call came: the trigger's sync asks which waiting tasks are gone
         self._flags = threading.Lock()
         self._trigger = Coalescer(self._triggered, min_interval_s=hook.min_interval_s,
@@ -307,7 +310,7 @@ class Service:
             if not self._has_project:
                 self._project_id = ensure_project(self.ctx).project_id
                 self._has_project = reached = True
-            if self._webhook_pending:
+            if self._webhook_pending and time.monotonic() >= self._webhook_retry_at:
                 self._register_webhook()  # it returns once Label Studio answered, yes or no
                 reached = True
             reached = body() or reached
@@ -409,6 +412,11 @@ class Service:
         with ``check()``), the job backs off as for any call and registration is tried again.
         A token that works but may not manage webhooks (403) gives polling only.
 
+        Nor is Label Studio failing on this one call while it answers others (an HTTP 500: it
+        does that when it cannot resolve ``public_url``'s host): polling goes on, and registration
+        is tried again after ``_WEBHOOK_RETRY_S``. It used to fail every sync with "Label Studio
+        unavailable" and stall the daemon (QA).
+
         Raises:
             ConnectorUnavailable, ConnectorAuthError: tried again on the next job.
         """
@@ -419,6 +427,14 @@ class Service:
             self._webhook_off(e)
         except ConnectorRejected as e:
             self._webhook_off(e)
+        except ConnectorUnavailable as e:
+            self.ctx.connector.check()  # raises when Label Studio is down: back off as for any call
+            self._webhook_retry_at = time.monotonic() + _WEBHOOK_RETRY_S
+            log.error("webhook not registered, polling only: %s (in %.0fs); Label Studio answers other calls, so "
+                      "check that it can resolve and reach webhook.public_url %s", e, _WEBHOOK_RETRY_S,
+                      masked_url(self.ctx.settings.webhook_url()))
+            self._health("webhook_error", str(e))
+            return
         else:
             log.info("Label Studio calls %s (webhook %s)", self.ctx.settings.webhook_url(), hook_id)
             self._webhook_registered = True

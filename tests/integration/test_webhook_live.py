@@ -329,6 +329,29 @@ def test_a_refused_webhook_leaves_polling_working(
     assert ls_client.webhooks.list(project=str(project_id)) == []
 
 
+def test_a_public_url_label_studio_cannot_resolve_leaves_polling_working(
+    tmp_path: Path, label_studio: Any, ls_project: Any, ls_client: LabelStudio
+) -> None:
+    """Label Studio answers HTTP 500 to a webhook it cannot resolve (QA: the daemon then never pulled)."""
+    project_id = ls_project(CLASSES)
+    daemon = make_daemon(tmp_path, label_studio, project_id, webhook=True)
+    daemon.env["LABELLOOP_WEBHOOK__PUBLIC_URL"] = "https://labelloop-hook.invalid/webhook"
+    daemon.start()
+    try:
+        wait_until(lambda: ls_helpers.task_count(ls_client, project_id) == BATCH, timeout_s=180,
+                   what="the first batch", log=daemon.log)
+        item_id, task_id = sorted(our_tasks(ls_client, project_id).items())[0]
+        ls_helpers.annotate(ls_client, task_id, daemon.gold[item_id])
+        wait_until(lambda: daemon.label_of(item_id) == daemon.gold[item_id], timeout_s=30, what="a polled label",
+                   log=daemon.log)
+    finally:
+        assert daemon.stop() == 0
+    text = daemon.log.read_text()
+    assert "failed during register_webhook (HTTP 500)" in text and "check that it can resolve and reach" in text
+    assert "labelloop-hook.invalid" in text and SECRET not in text
+    assert ls_client.webhooks.list(project=str(project_id)) == []
+
+
 @pytest.mark.skipif(os.environ.get(MEASURE_ENV) != "1", reason=f"set {MEASURE_ENV}=1 to compare with polling")
 def test_measure_webhook_against_polling(tmp_path: Path, ls_webhooks: Any, client: LabelStudio) -> None:
     report = ""

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from connectors.errors import ConnectorAuthError, ConnectorRejected
+from connectors.errors import ConnectorAuthError, ConnectorRejected, ConnectorUnavailable
 from connectors.fake import FakeConnector
 from daemon.app import run_service
 from daemon.context import LoopContext
@@ -479,6 +479,55 @@ def test_a_refused_registration_leaves_polling_running(
     assert "webhook not registered, polling only" in caplog.text and SECRET not in caplog.text
     with Session(service.ctx.engine) as session:
         assert [e.kind for e in session.exec(select(HealthEvent))].count("webhook_error") == 1
+
+
+def test_a_registration_label_studio_fails_on_while_up_leaves_polling_running_and_is_tried_again_later(
+    tmp_path: Path, counted: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Label Studio answers 500 to the webhook's POST when it cannot resolve public_url's host (QA: the daemon
+    logged "Label Studio unavailable" on every sync and never pulled)."""
+    fake = FakeConnector(classes=["a", "b"])
+    register = fake.register_webhook
+    failures, tries = [1], []
+
+    def server_error(url: str, headers: Any, actions: Any) -> str:
+        tries.append(url)
+        if failures[0]:
+            failures[0] -= 1
+            raise ConnectorUnavailable("Label Studio at http://ls failed during register_webhook (HTTP 500); "
+                                       "will retry")
+        return register(url, headers, actions)
+
+    fake.register_webhook = server_error  # type: ignore[method-assign]
+    service = make_service(tmp_path, fake)
+    service.sync_job()
+    service.sync_job()
+    assert counted == ["sync+check", "sync+check"] and service.health()["backoff_failures"] == 0
+    assert len(tries) == 1  # not again before _WEBHOOK_RETRY_S
+    assert "webhook not registered, polling only: Label Studio at http://ls failed during register_webhook (HTTP " \
+           "500); will retry (in 300s)" in caplog.text
+    assert "check that it can resolve and reach webhook.public_url" in caplog.text and SECRET not in caplog.text
+    assert service.health()["webhook"]["registration_pending"] is True
+    service._webhook_retry_at = 0.0  # the wait is over
+    service.sync_job()
+    assert len(tries) == 2 and fake.webhooks[service.ctx.settings.webhook_url()].is_active
+    assert service.health()["webhook"]["registration_pending"] is False
+
+
+def test_a_registration_failing_because_label_studio_is_down_backs_off_and_stays_pending(
+    tmp_path: Path, counted: list[str]
+) -> None:
+    fake = FakeConnector(classes=["a", "b"])
+    service = make_service(tmp_path, fake)
+
+    def down(url: str, headers: Any, actions: Any) -> str:
+        fake.is_down = True  # it went down between the project lookup and the call
+        raise ConnectorUnavailable("Label Studio at http://ls failed during register_webhook (connection refused)")
+
+    fake.register_webhook = down  # type: ignore[method-assign]
+    service.sync_job()
+    assert counted == [] and service.health()["backoff_failures"] == 1
+    assert service.health()["webhook"]["registration_pending"] is True
 
 
 def test_a_token_refused_at_registration_backs_off_and_registers_once_it_works(
