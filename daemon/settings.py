@@ -426,13 +426,22 @@ def _warn_if_others_read(path: Path, data: dict[str, Any]) -> None:
 
 
 def masked_url(url: str) -> str:
-    """``url`` with the password of its ``user:password@`` part replaced by ``***``, for display."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    userinfo, host = parts.netloc.rsplit("@", 1)
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    """``url`` for display: the password of its ``user:password@`` part and every query value as ``***``.
+
+    A query value may be a key (``?key=…``, the way some proxies take one); ``config show``
+    printed it in clear (QA). The rest of the URL is left as written (``sqlite:////abs/path``).
+    """
+    head, question, rest = url.partition("?")
+    if question:
+        query, hash_, fragment = rest.partition("#")
+        rest = "&".join(f"{field.split('=', 1)[0]}=***" if "=" in field else field
+                        for field in query.split("&")) + hash_ + fragment
+    parts = urlsplit(head)
+    if "@" in parts.netloc:
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        head = parts._replace(netloc=f"{user}:***@{host}").geturl()
+    return head + question + rest
 
 
 def _describe_env(error: SettingsError) -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import ConfigError
-from daemon.settings import load_settings
+from daemon.settings import load_settings, masked_url
 
 
 def test_precedence_kwargs_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,6 +122,17 @@ def test_passwords_in_urls_are_masked_by_config_show(tmp_path: Path, monkeypatch
     assert dump["store"]["url"] == "postgresql://loop:***@db.example.com/labelloop"
     assert dump["webhook"]["public_url"] == "https://hook:***@loop.example.com/webhook"
     assert "s3cret" not in str(dump)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://hook:whs3cret@loop.example.com/webhook?key=qs3cret&x=1#top", "https://hook:***@loop.example.com/webhook?key=***&x=***#top"),
+    ("https://loop.example.com/webhook?token=qs3cret", "https://loop.example.com/webhook?token=***"),
+    ("sqlite:////srv/loop/state/labelloop.db", "sqlite:////srv/loop/state/labelloop.db"),  # left as written
+    ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+])
+def test_query_values_are_masked_too_and_the_rest_is_left_as_written(url: str, shown: str) -> None:
+    """QA: config show printed a key passed in public_url's query string."""
+    assert masked_url(url) == shown
 
 
 def test_a_label_studio_url_with_a_user_or_password_is_refused_without_echoing_it(
