@@ -168,18 +168,17 @@ def _read_session() -> Iterator[Session]:
 @batches_app.callback(invoke_without_command=True)
 def batches(
     ctx: typer.Context,
-    status: Annotated[str | None, typer.Option(help="selected | pushed | closed | parked")] = None,
+    status: Annotated[str | None, typer.Option(help="selected | pushed | closed | reopened | parked")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List batches, newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    from daemon.queries import list_batches
+    from daemon.queries import BATCH_STATUSES, list_batches
     from daemon.render import batches_table
-    from daemon.store import BatchStatus
 
-    if status is not None and status not in set(BatchStatus):
-        print_error(f"no batch status {status!r}: use {' | '.join(BatchStatus)}")
+    if status is not None and status not in BATCH_STATUSES:
+        print_error(f"no batch status {status!r}: use {' | '.join(BATCH_STATUSES)}")
         raise typer.Exit(2)
     with _read_session() as session:
         rows = list_batches(session, status=status)

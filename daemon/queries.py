@@ -31,6 +31,8 @@ from daemon.store import (
 )
 
 __all__ = [
+    "BATCH_STATUSES",
+    "REOPENED",
     "BatchDetail",
     "BatchSummary",
     "StatusReport",
@@ -43,6 +45,8 @@ __all__ = [
 ]
 
 PREVIEW_CHARS = 80
+REOPENED = "reopened"  # how a closed batch with a task waiting again (its answer deleted) is shown
+BATCH_STATUSES = (BatchStatus.SELECTED, BatchStatus.PUSHED, BatchStatus.CLOSED, REOPENED, BatchStatus.PARKED)
 _HEALTHY_WITHIN_S = 30.0
 _UNSETTLED = (LabelStatus.DISPUTED, LabelStatus.UNKNOWN)
 
@@ -113,12 +117,17 @@ def _age_s(moment: datetime, now: datetime) -> float:
 
 
 def list_batches(session: Session, *, status: str | None = None, now: datetime | None = None) -> list[BatchSummary]:
-    """Return batches newest first, optionally only those with ``status``."""
+    """Return batches newest first, optionally only those with ``status``.
+
+    ``status`` is a :class:`BatchStatus` or ``"reopened"``: a closed batch with a task waiting again
+    (its answer deleted), which its summary shows as ``reopened``; ``"closed"`` lists those too.
+    """
     now = now or datetime.now(UTC)
     stmt = select(Batch).order_by(col(Batch.created_at).desc())
     if status:
-        stmt = stmt.where(Batch.status == BatchStatus(status))
-    return [_summary(session, batch, now) for batch in session.exec(stmt)]
+        stmt = stmt.where(Batch.status == (BatchStatus.CLOSED if status == REOPENED else BatchStatus(status)))
+    rows = [_summary(session, batch, now) for batch in session.exec(stmt)]
+    return [row for row in rows if row.status == REOPENED] if status == REOPENED else rows
 
 
 def _summary(session: Session, batch: Batch, now: datetime) -> BatchSummary:
@@ -138,11 +147,14 @@ def _summary(session: Session, batch: Batch, now: datetime) -> BatchSummary:
         .where(BatchItem.batch_id == batch.id, BatchItem.state == BatchItemState.LABELED,
                col(LabelRecord.status).in_(_UNSETTLED))
     ).one()
+    pending = states[BatchItemState.PENDING]
+    # closed, then an answer was deleted: "closed" beside a pending task read as a stuck batch (QA)
+    shown = REOPENED if batch.status is BatchStatus.CLOSED and pending else str(batch.status)
     return BatchSummary(
-        id=batch.id, status=str(batch.status), strategy=batch.strategy, model_version=batch.model_version,
+        id=batch.id, status=shown, strategy=batch.strategy, model_version=batch.model_version,
         created_at=_iso(batch.created_at), age_s=_age_s(batch.created_at, now), size=batch.size,
         labeled=states[BatchItemState.LABELED] - unsettled, skipped=states[BatchItemState.SKIPPED],
-        pending=states[BatchItemState.PENDING], withdrawn=states[BatchItemState.WITHDRAWN],
+        pending=pending, withdrawn=states[BatchItemState.WITHDRAWN],
         control=control, note=batch.note, unsettled=unsettled,
     )
 

@@ -49,9 +49,7 @@ def batches_table(rows: list[BatchSummary], *, width: int = _WIDE) -> Table:
     if not wide:
         table.add_column("also", overflow="fold")
     for r in rows:
-        # closed, then an answer was deleted: "closed" beside a pending task read as a stuck batch (QA)
-        status = "reopened" if r.status == "closed" and r.pending else r.status
-        head = [r.id[:_SHORT_ID], _age(r.age_s), status, *((r.strategy,) if wide else ()),
+        head = [r.id[:_SHORT_ID], _age(r.age_s), r.status, *((r.strategy,) if wide else ()),
                 _short_version(r.model_version)]
         if wide:
             table.add_row(*head, str(r.size), str(r.labeled), str(r.unsettled), str(r.skipped), str(r.pending),

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from pathlib import Path
 
 from rich.console import Console
+from sqlmodel import Session
 
+from daemon.cli import app
 from daemon.queries import BatchSummary
 from daemon.render import batches_table
+from daemon.store import Batch, BatchItem, BatchItemState, BatchStatus, make_engine
+from tests.unit.daemon.test_cli import runner, workdir
+
+__all__ = ["workdir"]  # a fixture, used by name
 
 BATCH = BatchSummary(id="853a462c-5b1f-4f6e-9c1e-0a6b3f5d2e10", status="pushed", strategy="scarce_margin_diverse",
                      model_version="1d523c07aa91", created_at="2026-12-06T15:00:00+00:00", age_s=3720.0, size=50,
@@ -38,10 +45,31 @@ def test_a_wide_terminal_gets_every_column_with_the_strategy() -> None:
                               "pending", "withdrawn", "control"]
 
 
-def test_a_closed_batch_with_a_task_waiting_again_shows_as_reopened() -> None:
-    for width in (80, 140):
-        console = Console(width=width, record=True, color_system=None)
-        console.print(batches_table([replace(BATCH, status="closed", pending=1),
-                                     replace(BATCH, id="77" + BATCH.id[2:], status="closed", pending=0)], width=width))
-        rows = [line.split() for line in console.export_text().splitlines() if line.lstrip().startswith(("853", "77"))]
-        assert [row[2:3] for row in rows] == [["reopened"], ["closed"]]
+def _batch(session: Session, batch_id: str, status: BatchStatus, *states: BatchItemState) -> None:
+    session.add(Batch(id=batch_id, strategy="margin", model_version="m1", status=status, size=len(states)))
+    for n, state in enumerate(states):
+        session.add(BatchItem(batch_id=batch_id, item_id=f"{batch_id}-{n}", position=n, score=1.0, state=state,
+                              remote_task_id=str(n)))
+
+
+def test_a_closed_batch_with_a_task_waiting_again_is_reopened_in_the_table_the_json_and_the_filter(
+    workdir: Path
+) -> None:
+    """QA: the table said `reopened`, `--json` said `closed`, and `--status reopened` was refused."""
+    engine = make_engine(f"sqlite:///{workdir / '.labelloop' / 'labelloop.db'}")
+    with Session(engine) as session:
+        _batch(session, "aaa-reopened", BatchStatus.CLOSED, BatchItemState.LABELED, BatchItemState.PENDING)
+        _batch(session, "bbb-closed", BatchStatus.CLOSED, BatchItemState.LABELED, BatchItemState.SKIPPED)
+        _batch(session, "ccc-pushed", BatchStatus.PUSHED, BatchItemState.PENDING)
+        session.commit()
+    shown = {row["id"]: row["status"] for row in json.loads(runner.invoke(app, ["batches", "--json"]).output)}
+    assert shown == {"aaa-reopened": "reopened", "bbb-closed": "closed", "ccc-pushed": "pushed"}
+    only = json.loads(runner.invoke(app, ["batches", "--status", "reopened", "--json"]).output)
+    assert [row["id"] for row in only] == ["aaa-reopened"]
+    closed = json.loads(runner.invoke(app, ["batches", "--status", "closed", "--json"]).output)
+    assert {row["id"] for row in closed} == {"aaa-reopened", "bbb-closed"}  # its stored status, as documented
+    table = runner.invoke(app, ["batches"], terminal_width=80).output
+    rows = [line.split() for line in table.splitlines() if line.lstrip().startswith(("aaa", "bbb"))]
+    assert {row[0][:3]: row[2] for row in rows} == {"aaa": "reopened", "bbb": "closed"}
+    refused = runner.invoke(app, ["batches", "--status", "stuck"])
+    assert refused.exit_code == 2 and "use selected | pushed | closed | reopened | parked" in refused.output
