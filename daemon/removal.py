@@ -30,6 +30,8 @@ from daemon.store import (
     LabelStatus,
     PoolItem,
     RemovedItem,
+    get_value,
+    set_value,
     table_of,
     waiting_in_tool,
 )
@@ -42,6 +44,7 @@ __all__ = ["RemovalReport", "item_ids_of_source", "remove_items", "source_names"
 log = logging.getLogger(__name__)
 _CHUNK = 5_000  # ids staged at a time
 _SHOWN = 5  # ids not in the pool that a report names
+_KEPT_KEY = "removed_kept_tasks"  # the tasks of removed items the tool last kept, so the log says it once
 # the ids asked for, on the removal's own connection: a million of them held as Python strings took 0.5 GB
 _wanted = Table("labelloop_removal", MetaData(), Column("item_id", String, nullable=False), prefixes=["TEMPORARY"])
 
@@ -153,8 +156,11 @@ def withdraw_removed(ctx: LoopContext) -> list[str]:
     gone = ctx.connector.withdraw(tasks)
     if gone:
         log.info("withdrew %s tasks of removed pool items", len(gone))
-    kept = len(tasks) - len(gone)
-    if kept:
-        log.info("%s tasks of removed pool items stay in Label Studio: someone annotated, skipped or drafted them",
-                 kept)
+    kept = sorted(set(tasks) - set(gone))
+    with Session(ctx.engine) as session:  # said once per set of kept tasks, not on every sync (QA)
+        if kept and get_value(session, _KEPT_KEY) != ",".join(kept):
+            log.info("%s of removed pool items %s in Label Studio: someone annotated, skipped or drafted %s",
+                     *(("1 task", "stays", "it") if len(kept) == 1 else (f"{len(kept)} tasks", "stay", "them")))
+            set_value(session, _KEPT_KEY, ",".join(kept))
+            session.commit()
     return gone

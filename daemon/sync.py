@@ -179,8 +179,8 @@ def apply_task_states(session: Session, tasks: Sequence[RemoteTaskState]) -> tup
             waits = not task.is_complete and verdict.status not in (None, LabelStatus.SKIPPED)
             _set_item_state(session, item, None if waits else verdict.status)
     if disputed:
-        log.warning("sync: annotators disagree on %s tasks with no majority; they are not trained on until "
-                    "a reviewer marks one answer as ground truth in Label Studio", disputed)
+        log.warning("sync: annotators disagree on %s with no majority; not trained on until a reviewer marks "
+                    "one answer as ground truth in Label Studio", "1 task" if disputed == 1 else f"{disputed} tasks")
     return changed, unknown
 
 

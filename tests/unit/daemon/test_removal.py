@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -108,8 +109,11 @@ def test_a_removed_label_is_not_trained_on_exported_or_predicted(world: World, t
     assert not {row["id"] for row in rows} & set(labeled[:3])
 
 
-def test_the_next_sync_withdraws_waiting_tasks_of_removed_items_but_not_answered_ones(world: World) -> None:
+def test_the_next_sync_withdraws_waiting_tasks_of_removed_items_but_not_answered_ones(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     ctx, fake, gold = world
+    caplog.set_level(logging.INFO, logger="daemon.removal")
     items = [i.item_id for i in batch_items(ctx, run_cycle(ctx).batch_id or "")]
     answered, drafted, waiting = items[0], items[1], items[2:5]
     fake.annotate(answered, gold[answered])
@@ -124,7 +128,9 @@ def test_the_next_sync_withdraws_waiting_tasks_of_removed_items_but_not_answered
     tasks = {t.remote_task_id for t in fake.list_tasks()}
     assert fake.remote_task_id(drafted) in tasks and fake.remote_task_id(answered) in tasks
     sync(ctx)  # the drafted task is asked about again, nothing else
-    assert fake.calls.count("withdraw") == 2
+    sync(ctx)
+    assert fake.calls.count("withdraw") == 3
+    assert caplog.text.count("1 task of removed pool items stays in Label Studio") == 1  # QA: on every sync
     with Session(ctx.engine) as session:
         assert answered not in labeled_set(session).item_ids  # its answer is kept, not trained on
 
