@@ -6,6 +6,7 @@ block turns them into ``ConnectorError`` subclasses.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from label_studio_sdk import LabelStudio, PredictionRequest
@@ -29,8 +30,10 @@ def refresh(
     *,
     page_size: int,
     lookup_chunk_size: int,
-) -> Refreshed:
+) -> tuple[Refreshed, float]:
     """Import one prediction per update whose label is a class of the project and whose task exists.
+
+    Returns what was refreshed, and the seconds Label Studio took to import the predictions.
 
     Tasks are checked first: one deleted task made Label Studio refuse its whole chunk. Those
     gone are returned as deleted, sorted by id. The project's ``model_version`` moves to the
@@ -47,6 +50,7 @@ def refresh(
                  project_id)
     deleted = tuple(sorted({u.remote_task_id for u in wanted} - present, key=lt.numeric_order))
     wanted = [update for update in wanted if update.remote_task_id in present]
+    began = time.monotonic()
     for start in range(0, len(wanted), _CHUNK):  # one request per chunk, not per task
         client.projects.import_predictions(id=project_id, request=[
             PredictionRequest(
@@ -57,6 +61,7 @@ def refresh(
             )
             for update in wanted[start : start + _CHUNK]
         ])
+    import_s = time.monotonic() - began
     if len(versions) == 1:
         client.projects.update(id=project_id, model_version=versions.pop())
-    return Refreshed(len(wanted), deleted)
+    return Refreshed(len(wanted), deleted), import_s

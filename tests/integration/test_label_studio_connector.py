@@ -20,11 +20,12 @@ import httpx
 import pytest
 from label_studio_sdk import LabelStudio
 
+from connectors import label_studio as label_studio_module
 from connectors._label_config import choices_config
 from connectors._ls_auth import RefreshOnExpiry
 from connectors.base import OutgoingTask, PredictionUpdate
 from connectors.errors import ConnectorAuthError, ConnectorRejected
-from connectors.label_studio import LabelStudioConnector
+from connectors.label_studio import FAST_IMPORT_FLAG, LabelStudioConnector
 from tests.integration import ls_helpers
 
 ProjectFactory = Callable[..., int]
@@ -86,6 +87,24 @@ def test_refreshed_predictions_belong_to_the_project_and_the_task_can_still_be_a
     assert ls_client.projects.get(id=project_id).model_version == "mv-2"
     annotation = ls_helpers.annotate(ls_client, int(mapping["item-1"]), "neg")  # an annotator submits as usual
     assert annotation > 0
+
+
+def test_a_slow_prediction_import_is_warned_about_once_naming_label_studios_flag(
+    ls_project: ProjectFactory, ls_connector: ConnectorFactory, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stock Label Studio 1.23 recounts every task of the project on each prediction import (16 s for 200
+    predictions at 20,000 tasks, `make bench-refresh`); the threshold is lowered so this small project counts."""
+    project_id = ls_project(("pos", "neg"))
+    connector = ls_connector(project_id)
+    mapping = connector.push(_tasks(3))
+    monkeypatch.setattr(label_studio_module, "SLOW_IMPORT_S", -1.0)
+    with caplog.at_level(logging.WARNING, logger="connectors.label_studio"):
+        for version in ("mv-2", "mv-3"):
+            connector.refresh_predictions([PredictionUpdate(mapping[f"item-{n}"], version, "neg", 0.9)
+                                           for n in range(3)])
+    warned = [r.getMessage() for r in caplog.records if FAST_IMPORT_FLAG in r.getMessage()]
+    assert len(warned) == 1 and f"to import 3 predictions into project {project_id}" in warned[0]
 
 
 def test_import_ids_come_back_in_payload_order_across_chunks_and_pages(
