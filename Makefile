@@ -9,7 +9,7 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch' || e
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: venv ls-venv demo up test test-fast lint bench-labels bench-encode bench-score bench-cycle bench-reconcile bench-ray bench-pool-add clean
+.PHONY: venv ls-venv demo up test test-fast lint bench-labels bench-encode bench-score bench-cycle bench-reconcile bench-refresh bench-ray bench-pool-add clean
 
 venv: $(STAMP)
 
@@ -61,6 +61,9 @@ bench-pool-add: venv
 
 bench-reconcile: venv ls-venv
 	$(PY) bench/reconcile.py
+
+bench-refresh: venv ls-venv
+	$(PY) bench/refresh.py
 
 clean:
 	rm -rf $(VENV) .labelloop demo-run bench/out
