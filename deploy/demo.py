@@ -63,7 +63,9 @@ def _run(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"starting Label Studio on 127.0.0.1 (data in {workdir / 'ls-data'}) …", flush=True)
     template = None if args.live else ls_local.ensure_template()  # a migrated data dir: starts in seconds
-    server = ls_local.start(workdir / "ls-data", port=args.port, template=template)
+    # as shipped, Label Studio recounts every task of the project on each prediction import (re-ranking's)
+    server = ls_local.start(workdir / "ls-data", port=args.port, template=template,
+                            extra_env={ls_local.FAST_PREDICTION_IMPORT: "true"})
     daemon: subprocess.Popen[bytes] | None = None
     try:
         env = _daemon_env(server, workdir)

@@ -46,6 +46,7 @@ from pathlib import Path
 import httpx
 
 __all__ = [
+    "FAST_PREDICTION_IMPORT",
     "LS_REQUIREMENT",
     "LabelStudioStartError",
     "LocalLabelStudio",
@@ -55,6 +56,10 @@ __all__ = [
 ]
 
 LS_REQUIREMENT = "label-studio>=1.23,<1.24"
+# Label Studio's feature flag for importing predictions in batches and recounting only their tasks. As shipped,
+# each import recounts every task of the project, so re-ranking's refresh grows with it (bench/refresh.py).
+# The same name as connectors.label_studio.FAST_IMPORT_FLAG (this script cannot import the package).
+FAST_PREDICTION_IMPORT = "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short"
 HOST = "127.0.0.1"
 ADMIN_EMAIL = "admin@labelloop.local"
 CREDENTIALS_FILE = "credentials.json"

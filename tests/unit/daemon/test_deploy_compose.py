@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from connectors.label_studio import FAST_IMPORT_FLAG
 from daemon.settings import load_settings
 
 COMPOSE = Path(__file__).resolve().parents[3] / "deploy" / "docker-compose.yml"
@@ -67,3 +68,12 @@ def test_the_webhook_opt_in_reaches_the_daemon_on_the_compose_network(monkeypatc
 def test_the_api_key_is_required() -> None:
     with pytest.raises(KeyError, match="LABELLOOP_LABEL_STUDIO__API_KEY"):
         daemon_env({})
+
+
+def test_label_studio_runs_with_the_batched_prediction_import() -> None:
+    """Re-ranking's refresh grows with the project on Label Studio as shipped (bench/refresh.py)."""
+    from tests.integration.ls_helpers import ls_local  # deploy/ls_local.py by path
+
+    flag = ls_local().FAST_PREDICTION_IMPORT
+    assert flag == FAST_IMPORT_FLAG  # the name the connector's warning gives
+    assert services()["label-studio"]["environment"][flag] == "true"
