@@ -215,7 +215,7 @@ def test_init_trims_class_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_batches_refuses_an_unknown_status_naming_the_known_ones(workdir: Path) -> None:
     result = runner.invoke(app, ["batches", "--status", "bogus"])
     assert result.exit_code == 2
-    assert "no batch status 'bogus': use selected | pushed | closed | parked" in result.output
+    assert "no batch status 'bogus': use selected | pushed | closed | reopened | parked" in result.output
 
 
 def test_status_says_why_there_is_no_model(workdir: Path) -> None:
