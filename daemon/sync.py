@@ -187,10 +187,12 @@ def apply_task_states(session: Session, tasks: Sequence[RemoteTaskState]) -> tup
 def _verdict(annotations: Iterable[AnnotationState], classes: set[str]) -> _Verdict:
     """The task's label from its annotations.
 
-    A ground-truth annotation decides alone (the latest, if several). Otherwise each annotator
-    has one vote, their latest answer (an annotation without a known annotator votes on its own),
-    and the answer with the most votes wins; a tie is a dispute, not trained on until a reviewer
-    marks a ground truth or an annotator changes their answer.
+    A ground-truth annotation decides alone (the latest, if several: Label Studio 1.23 keeps one
+    per task, moving the star when another answer is starred). Otherwise each annotator has one
+    vote, their latest answer (an annotation without a known annotator votes on its own), and the
+    answer with the most votes wins; a tie is a dispute, not trained on until a reviewer marks a
+    ground truth or an annotator changes their answer. A dispute's label names who gave each
+    answer: ``a (alice) vs b (bob)``.
     """
     ordered = sorted(annotations, key=lambda a: (a.updated_at, a.remote_annotation_id))
     answered = [a for a in ordered if not a.is_skipped]
@@ -203,7 +205,9 @@ def _verdict(annotations: Iterable[AnnotationState], classes: set[str]) -> _Verd
     most = max(tally.values())
     leaders = sorted(answer for answer, n in tally.items() if n == most)
     if len(leaders) > 1:
-        return _Verdict(LabelStatus.DISPUTED, " vs ".join(leaders), votes[-1])
+        named = " vs ".join(f"{answer} ({', '.join(_voter(a) for a in votes if _answer(a) == answer)})"
+                            for answer in leaders)
+        return _Verdict(LabelStatus.DISPUTED, named, votes[-1])
     deciding = [a for a in votes if _answer(a) == leaders[0]][-1]
     if len(deciding.choices) == 1 and deciding.choices[0] in classes:
         return _Verdict(LabelStatus.LABELED, deciding.choices[0], deciding)
@@ -280,7 +284,8 @@ def _write(
     annotation: AnnotationState | None,
 ) -> bool:
     annotation_id = annotation.remote_annotation_id if annotation else None
-    annotator = annotation.annotator if annotation else None
+    # a dispute's label names everyone who answered; one of them as its annotator read as theirs alone (QA)
+    annotator = annotation.annotator if annotation and status is not LabelStatus.DISPUTED else None
     updated_at = annotation.updated_at if annotation else task.updated_at
     if current is not None and (current.status, current.label, current.remote_annotation_id) == (
         status, label, annotation_id

@@ -470,13 +470,18 @@ def test_two_annotators_who_disagree_wait_for_a_ground_truth(
     task_id = int(item.remote_task_id or 0)
     users = [ls_client.users.create(email=f"{who}-{time.time_ns()}@example.com", username=f"{who}-{time.time_ns()}")
              for who in ("ann", "bob")]
-    ls_helpers.annotate(ls_client, task_id, "billing", completed_by=int(users[0].id or 0))
+    anns = ls_helpers.annotate(ls_client, task_id, "billing", completed_by=int(users[0].id or 0))
     bobs = ls_helpers.annotate(ls_client, task_id, "fraud", completed_by=int(users[1].id or 0))
     sync(ctx)
-    assert labels(ctx)[item.item_id] == (LabelStatus.DISPUTED, "billing vs fraud")
+    named = f"billing ({users[0].email}) vs fraud ({users[1].email})"  # who said what
+    assert labels(ctx)[item.item_id] == (LabelStatus.DISPUTED, named)
     ls_client.annotations.update(id=bobs, ground_truth=True)  # a reviewer settles it
     sync(ctx)
     assert labels(ctx)[item.item_id] == (LabelStatus.LABELED, "fraud")
+    ls_client.annotations.update(id=anns, ground_truth=True)  # the star moves: one ground truth per task (QA)
+    assert ls_client.annotations.get(id=bobs).ground_truth is False
+    sync(ctx)
+    assert labels(ctx)[item.item_id] == (LabelStatus.LABELED, "billing")
 
 
 def test_with_overlap_a_labeled_task_waits_for_its_second_answer(

@@ -110,10 +110,12 @@ def test_each_annotator_votes_once_and_a_tie_is_a_dispute(engine: Engine) -> Non
         task(vote("a6", "spam", 1, None), vote("a7", "ham", 2, None), vote("a8", "spam", 3, None),
              item="i3", remote="9"),  # annotators unknown: each annotation votes
     )
-    assert got == {"i1": (LabelStatus.DISPUTED, "ham vs spam"), "i2": (LabelStatus.DISPUTED, "ham vs spam"),
-                   "i3": (LabelStatus.LABELED, "spam")}
+    # a dispute names who gave each answer, and no one annotator (QA: carol's name beside a three-way tie)
+    assert got == {"i1": (LabelStatus.DISPUTED, "ham (bob) vs spam (ann)"),
+                   "i2": (LabelStatus.DISPUTED, "ham (bob) vs spam (ann)"), "i3": (LabelStatus.LABELED, "spam")}
     with Session(engine) as session:
         states = {i.item_id: i.state for i in session.exec(select(BatchItem))}
+        assert session.get(LabelRecord, "i1").annotator is None  # type: ignore[union-attr]
     assert set(states.values()) == {BatchItemState.LABELED}  # answered: nothing left to wait for
 
 
@@ -121,7 +123,7 @@ def test_a_majority_settles_a_dispute_and_a_ground_truth_overrides_it(engine: En
     set_classes(engine, ["ham", "spam"])
     seed_batch(engine, [("i1", "7")])
     ann_says, bob_says = vote("a1", "spam", 1, "ann"), vote("a2", "ham", 2, "bob")
-    assert verdicts(engine, task(ann_says, bob_says))["i1"] == (LabelStatus.DISPUTED, "ham vs spam")
+    assert verdicts(engine, task(ann_says, bob_says))["i1"] == (LabelStatus.DISPUTED, "ham (bob) vs spam (ann)")
     cy_says = vote("a3", "spam", 3, "cy")
     assert verdicts(engine, task(ann_says, bob_says, cy_says))["i1"] == (LabelStatus.LABELED, "spam")
     starred = vote("a2", "ham", 4, "bob", star=True)  # a reviewer marks bob's answer as the ground truth
@@ -130,7 +132,7 @@ def test_a_majority_settles_a_dispute_and_a_ground_truth_overrides_it(engine: En
         record = session.get(LabelRecord, "i1")
         assert record is not None and (record.annotator, record.remote_annotation_id) == ("bob", "a2")
         history = [(e.status, e.label) for e in session.exec(select(LabelEvent))]
-    assert history == [(LabelStatus.DISPUTED, "ham vs spam"), (LabelStatus.LABELED, "spam"),
+    assert history == [(LabelStatus.DISPUTED, "ham (bob) vs spam (ann)"), (LabelStatus.LABELED, "spam"),
                        (LabelStatus.LABELED, "ham")]
 
 
