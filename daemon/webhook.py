@@ -24,6 +24,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import re
 import socket
 import sys
@@ -63,6 +64,8 @@ TRIGGER_ACTIONS = (
 )
 _ACTION = re.compile(r"[A-Z_]{1,64}")
 _READ_CHUNK = 65_536
+_WARNINGS_PER_WINDOW = 10  # refused or broken calls logged per window; the rest are counted
+_WARNING_WINDOW_S = 60.0
 
 
 class Coalescer:
@@ -133,6 +136,29 @@ class Coalescer:
             self.runs += 1
 
 
+class _WarningBudget:
+    """At most ``per_window`` warnings in each ``window_s``, counting the ones held back (thread-safe)."""
+
+    def __init__(self, *, per_window: int, window_s: float) -> None:
+        self.per_window, self.window_s = per_window, window_s
+        self._lock = threading.Lock()
+        self._window_start = -math.inf
+        self._used = 0
+        self._dropped = 0
+
+    def take(self, now: float) -> tuple[bool, int]:
+        """``(allowed, held back since the last allowed one)``; the count is reset when it is reported."""
+        with self._lock:
+            if now - self._window_start >= self.window_s:
+                self._window_start, self._used = now, 0
+            if self._used >= self.per_window:
+                self._dropped += 1
+                return False, 0
+            self._used += 1
+            dropped, self._dropped = self._dropped, 0
+            return True, dropped
+
+
 class WebhookServer(ThreadingHTTPServer):
     """The webhook endpoint on a background thread: :meth:`start`, then :meth:`stop`.
 
@@ -165,6 +191,7 @@ class WebhookServer(ThreadingHTTPServer):
         self.on_event = on_event
         self.health = health
         self._thread: threading.Thread | None = None
+        self._warnings = _WarningBudget(per_window=_WARNINGS_PER_WINDOW, window_s=_WARNING_WINDOW_S)
         super().__init__(address, _Handler)
 
     def __repr__(self) -> str:
@@ -173,6 +200,17 @@ class WebhookServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def warn(self, message: str, *args: object) -> None:
+        """Log a refused or broken call, at most ``_WARNINGS_PER_WINDOW`` a minute.
+
+        Anyone who can reach the port could otherwise grow the log by a line per call (QA: 100
+        wrong-secret calls, 100 lines); the first line after a quiet spell says how many were not logged.
+        """
+        allowed, dropped = self._warnings.take(time.monotonic())
+        if allowed:
+            suffix = f" ({dropped} more refused or broken calls were not logged before this one)" if dropped else ""
+            log.warning(message + suffix, *args)
 
     def is_authentic(self, provided: str) -> bool:
         """Compare a header value with the secret in constant time."""
@@ -213,13 +251,15 @@ class _Handler(BaseHTTPRequestHandler):
             status, action, project = self._receive()
         except (TimeoutError, ConnectionError) as e:
             self.close_connection = True
-            log.warning("webhook: a call from %s broke off (%s)", self.client_address[0], type(e).__name__)
+            self.server.warn("webhook: a call from %s broke off (%s)", self.client_address[0], type(e).__name__)
             return
-        level = logging.INFO if status is HTTPStatus.ACCEPTED else logging.WARNING
-        log.log(level, "webhook %s project %s from %s -> %s", action, project, self.client_address[0], status.value)
         if status is not HTTPStatus.ACCEPTED:
+            self.server.warn("webhook %s project %s from %s -> %s", action, project, self.client_address[0],
+                             status.value)
             self._answer(status, {"error": status.phrase.lower()})
-        elif action in TRIGGER_ACTIONS:
+            return
+        log.info("webhook %s project %s from %s -> %s", action, project, self.client_address[0], status.value)
+        if action in TRIGGER_ACTIONS:
             self.server.on_event(action)  # only signals: the sync runs on the trigger's thread
             self._answer(status, {"status": "accepted"})
         else:
@@ -256,8 +296,8 @@ class _Handler(BaseHTTPRequestHandler):
         """http.server's own refusals (an unknown method, a malformed request line): a JSON
         answer that, unlike its HTML page, repeats nothing of the request, and a log line."""
         status = HTTPStatus(code)
-        log.warning("webhook: a request from %s that is not well-formed HTTP for us -> %d", self.client_address[0],
-                    status.value)
+        self.server.warn("webhook: a request from %s that is not well-formed HTTP for us -> %d",
+                         self.client_address[0], status.value)
         self.close_connection = True
         self._answer(status, {"error": status.phrase.lower()})
 

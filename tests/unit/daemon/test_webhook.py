@@ -26,6 +26,8 @@ from daemon.errors import ConfigError
 from daemon.service import Service
 from daemon.settings import Settings, load_settings
 from daemon.store import HealthEvent, make_engine
+from daemon.webhook import _WARNING_WINDOW_S as WARNING_WINDOW_S
+from daemon.webhook import _WARNINGS_PER_WINDOW as WARNINGS_PER_WINDOW
 from daemon.webhook import (
     PROJECT_HEADER,
     SECRET_HEADER,
@@ -96,6 +98,23 @@ def test_a_signed_annotation_call_is_accepted_and_triggers(
     assert events == [action]
     assert f"webhook {action} project 7 from 127.0.0.1 -> 202" in caplog.text
     assert PRIVATE not in caplog.text and SECRET not in caplog.text
+
+
+def test_a_flood_of_refused_calls_logs_a_few_lines_and_counts_the_rest(
+    client: httpx.Client, server: WebhookServer, events: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: 100 wrong-secret calls wrote 100 warnings; anyone who reaches the port could grow the log."""
+    caplog.set_level(logging.INFO, logger="daemon.webhook")
+    for _ in range(100):
+        assert post(client, {"action": "ANNOTATION_CREATED"}, secret="wrong-" + "y" * 24).status_code == 403
+    refused = [r.getMessage() for r in caplog.records if "-> 403" in r.getMessage()]
+    assert len(refused) == WARNINGS_PER_WINDOW
+    server._warnings._window_start -= WARNING_WINDOW_S  # a minute later
+    assert post(client, {"action": "ANNOTATION_CREATED"}, secret=None).status_code == 401
+    last = caplog.records[-1].getMessage()
+    assert "-> 401" in last and f"({100 - WARNINGS_PER_WINDOW} more refused or broken calls were not logged" in last
+    assert post(client, {"action": "ANNOTATION_CREATED"}).status_code == 202 and events == ["ANNOTATION_CREATED"]
+    assert "-> 202" in caplog.records[-1].getMessage()  # accepted calls are never held back
 
 
 def test_other_actions_are_accepted_but_trigger_nothing(client: httpx.Client, events: list[str]) -> None:
