@@ -425,8 +425,9 @@ class LabelStudioConnector:
                 self._client, self.url, project.project_id, url, headers, actions
             )
         if retired:
-            log.warning("project %s had webhooks to %s with this daemon's secret, left on by a crash before the "
-                        "address changed; switched them off", project.project_id, ", ".join(retired))
+            log.warning("project %s had webhooks to %s with this daemon's secret, left on by a crash or by a stop "
+                        "while Label Studio was unreachable, before the address changed; switched them off",
+                        project.project_id, ", ".join(retired))
         if same_url > 1:
             log.warning("project %s has %s webhooks to the same URL; using %s", project.project_id, same_url, hook_id)
         log.info("webhook %s of project %s: %s", hook_id, project.project_id, outcome)
