@@ -96,7 +96,8 @@ def _unknown_choice(raw: str, classes: list[str]) -> str:
     parts = raw.split("|")
     if len(parts) > 1 and all(part in classes for part in parts):  # "add 'DESC|ENTY' to the config" misled (QA)
         return (f"answers with several choices ({', '.join(map(repr, parts))}): labelloop learns one class per item; "
-                'make the <Choices> choice="single" and answer them again')
+                'answer them again with one (a <Choices> with choice="multiple", or an answer sent through the API '
+                "with two regions, gives several)")
     return f"unknown choice {raw!r}: add it to the project's labeling config to count it"
 
 

@@ -833,6 +833,8 @@ def test_an_answer_with_several_known_choices_reads_the_labeling_config_again_an
     assert report.unknown_choices == {"|".join(two): 1}
     shown = rendered(*status_panels(report))
     assert f"answers with several choices ({two[0]!r}, {two[1]!r}): labelloop learns one class per item" in shown
+    flat = " ".join(shown.split())
+    assert "answer them again with one" in flat and 'make the <Choices> choice="single"' not in flat  # it may be (QA)
 
 
 def test_an_answer_with_nothing_chosen_reads_the_labeling_config_again_once(
