@@ -27,13 +27,15 @@ def upsert_webhook(
     The webhook fires only on ``actions`` (LS 1.23 turns ``send_for_all_actions`` on unless
     told otherwise) and sends no payload. Of several webhooks to ``url`` the oldest is used.
 
-    Active webhooks of the project to another URL that send the same ``headers`` (the same shared
-    secret: an earlier address of this daemon, left on by a crash before a port or URL change)
-    are switched off: Label Studio kept calling the dead address, secret and all, on every answer.
+    Webhooks of the project to another URL that send the same ``headers`` (the same shared secret:
+    an earlier address of this daemon) are deleted. One left on by a crash (or by a stop while
+    Label Studio was unreachable) had Label Studio call the dead address, secret and all, on every
+    answer; one switched off by a graceful stop would never be used again, and each change of port
+    added one (QA: five after five ports).
 
     Returns:
         ``(webhook id, "created" | "updated" | "unchanged", webhooks of the project to url,
-        the old addresses switched off)``.
+        the old addresses that were still on)``.
 
     Raises:
         ConnectorRejected: Label Studio refuses to call ``url`` (its SSRF protection).
@@ -42,7 +44,7 @@ def upsert_webhook(
     wanted_headers, wanted_actions = dict(headers), sorted(set(actions))
     hooks = _of_project(client, project_id)
     ours = [hook for hook in hooks if hook.url == url]
-    old = [hook for hook in hooks if hook.url != url and hook.is_active and dict(hook.headers or {}) == wanted_headers]
+    old = [hook for hook in hooks if hook.url != url and dict(hook.headers or {}) == wanted_headers]
     options: dict[str, Any] = {"headers": wanted_headers, "actions": wanted_actions, "is_active": True,
                                "send_for_all_actions": False, "send_payload": False}
     try:
@@ -63,8 +65,8 @@ def upsert_webhook(
             ) from None
         raise
     for hook in old:  # only once ours works: polling alone would miss nothing, but be slower
-        client.webhooks.update(int(hook.id or 0), url=hook.url, is_active=False)
-    return hook_id, outcome, same_url, tuple(display_url(hook.url) for hook in old)
+        client.webhooks.delete(int(hook.id or 0))
+    return hook_id, outcome, same_url, tuple(display_url(hook.url) for hook in old if hook.is_active)
 
 
 def deactivate_webhooks(client: LabelStudio, project_id: int, url: str) -> int:

@@ -426,7 +426,7 @@ class LabelStudioConnector:
             )
         if retired:
             log.warning("project %s had webhooks to %s with this daemon's secret, left on by a crash or by a stop "
-                        "while Label Studio was unreachable, before the address changed; switched them off",
+                        "while Label Studio was unreachable, before the address changed; deleted them",
                         project.project_id, ", ".join(retired))
         if same_url > 1:
             log.warning("project %s has %s webhooks to the same URL; using %s", project.project_id, same_url, hook_id)
