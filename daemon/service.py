@@ -45,7 +45,7 @@ from daemon.settings import masked_url
 from daemon.store import HealthEvent, is_disk_full, is_store_locked, set_value, sqlite_path
 from daemon.sync import sync
 from daemon.webhook import TASKS_DELETED, Coalescer, WebhookServer, register, start_server
-from models.errors import ModelError
+from models.errors import EmbedderUnavailable, ModelError
 
 __all__ = ["InstanceLock", "Service"]
 
@@ -166,7 +166,8 @@ class Service:
     def __init__(self, ctx: LoopContext) -> None:
         self.ctx = ctx
         self._work = threading.Lock()
-        self._backoff = _Backoff(ctx.settings.loop.backoff_max_s)
+        self._backoff = _Backoff(ctx.settings.loop.backoff_max_s)  # Label Studio unreachable or refusing
+        self._encoder_backoff = _Backoff(ctx.settings.loop.backoff_max_s)  # the encoder (or Ray cluster) unreachable
         self._locked_runs = 0  # runs in a row skipped because another process held the store
         self._full_runs = 0  # runs in a row stopped because the disk was full
         self._rng = random.Random(ctx.settings.loop.seed)
@@ -249,12 +250,32 @@ class Service:
         def body() -> bool:
             with Session(self.ctx.engine) as session:
                 self._pause_watch.check(session)
+            if self._encoder_backoff.waiting(self.ctx.clock()):
+                return False
             reason = cycle_due(self.ctx)
             if reason:  # a cycle pulls, or runs right after a pull that answered
-                run_cycle(self.ctx, reason=reason, synced_within_s=_JUST_SYNCED_S)
+                self._run_cycle(reason)
             return bool(reason)
 
         self._guarded("cycle", body, patience_s=math.inf if wait else self.ctx.settings.loop.cycle_interval_s)
+
+    def _run_cycle(self, reason: str) -> None:
+        """Run a due cycle; an encoder or scale-out backend that cannot be reached backs cycles off.
+
+        A Ray cluster that was gone cost every cycle a connection attempt (10-40 s) under the work
+        lock, so labels waited for it too; now cycles wait out a growing delay (syncs do not) and
+        the first cycle that works again says so.
+        """
+        try:
+            run_cycle(self.ctx, reason=reason, synced_within_s=_JUST_SYNCED_S)
+        except EmbedderUnavailable as e:
+            delay = self._encoder_backoff.failed(self.ctx.clock(), self._rng, "encoder")
+            log.error("cycle: the encoder cannot run (%s); syncs go on, the next cycle waits %.0fs", e, delay)
+            self._health("unavailable", f"encoder: {e}")
+            return
+        if self._encoder_backoff.succeeded():
+            log.info("cycle: the encoder runs again")
+            self._health("recovered", "encoder")
 
     def trigger_now(self, action: str = "") -> None:
         """Ask for a sync and, when due, a cycle as soon as possible (e.g. from a webhook).

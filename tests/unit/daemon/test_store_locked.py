@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -194,3 +195,51 @@ def test_a_run_skipped_while_the_last_still_runs_is_not_a_warning_or_a_health_ev
     other = logging.LogRecord("apscheduler.scheduler", logging.WARNING, "", 0, "something else", None, None)
     ours = logging.LogRecord("daemon.service", logging.WARNING, "", 0, "was missed by nothing", None, None)
     assert [ExpectedSkips().filter(record) for record in (skipped, other, ours)] == [False, True, True]
+
+
+def test_an_encoder_that_cannot_run_backs_cycles_off_while_syncs_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Ray cluster that was gone cost every cycle a connection attempt (10-40 s) under the work lock, so
+    labels waited too, and nothing said when it came back."""
+    from datetime import UTC, datetime, timedelta
+
+    from models.errors import EmbedderUnavailable
+
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, _ = build_world(tmp_path)
+    working, tries = ctx.embedder_factory, []
+
+    def unreachable() -> Any:
+        tries.append(1)
+        if len(tries) < 3:
+            raise EmbedderUnavailable("cannot reach the Ray cluster at '10.0.0.9:6379': timed out")
+        return working()
+
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    service = Service(LoopContext(settings=ctx.settings, engine=ctx.engine, connector=fake,
+                                  embedder_factory=unreachable, clock=lambda: now[0]))
+    with caplog.at_level(logging.INFO, logger="daemon.service"):
+        service.cycle_job()
+        service.cycle_job()  # within the delay: not tried
+        service.sync_job()
+        assert len(tries) == 1 and fake.calls.count("pull") == 2
+        assert service.health()["backoff_failures"] == 0  # Label Studio is fine
+        now[0] += timedelta(hours=1)
+        service.cycle_job()  # fails again: a longer delay
+        now[0] += timedelta(hours=1)
+        service.cycle_job()
+    assert len(tries) == 3 and batch_items(service.ctx, _latest_batch(service))  # the batch went out
+    text = caplog.text
+    assert text.count("the encoder cannot run (cannot reach the Ray cluster") == 2 and "syncs go on" in text
+    assert "cycle: the encoder runs again" in text
+    with Session(service.ctx.engine) as session:
+        kinds = [e.kind for e in session.exec(select(HealthEvent))]
+    assert kinds.count("unavailable") == 2 and "recovered" in kinds
+
+
+def _latest_batch(service: Service) -> str:
+    from daemon.store import Batch
+
+    with Session(service.ctx.engine) as session:
+        return session.exec(select(Batch.id)).one()
