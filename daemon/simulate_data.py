@@ -163,7 +163,7 @@ def load_simulation_data(
     if dropped:
         log.warning("%s: %d row(s) without a label skipped (empty or missing): they cannot be replayed", source.path,
                     dropped)
-    _warn_case_variants(source.path, classes)
+    _warn_case_variants(source.path, pool_rows)
     prototypes = None
     if use_class_names and embedder is not None and not encoder.startswith(PRECOMPUTED):
         prototypes = embed_class_names(embedder, classes)
@@ -179,15 +179,20 @@ def load_simulation_data(
     )
 
 
-def _warn_case_variants(path: Path, classes: Sequence[str]) -> None:
-    """Labels that differ only in case are replayed as separate classes (`pool add` refuses them): say so."""
+def _warn_case_variants(path: Path, rows: Sequence[PoolRow]) -> None:
+    """Labels that differ only in case are replayed as separate classes (`pool add` refuses them): say so,
+    with the first line of each spelling (QA: the warning named the spellings, not where to fix them)."""
+    first_line: dict[str, int] = {}
+    for row in rows:
+        first_line.setdefault(str(row.label), row.line)
     spellings: dict[str, list[str]] = {}
-    for name in classes:
+    for name in sorted(first_line):
         spellings.setdefault(name.casefold(), []).append(name)
     variants = [names for names in spellings.values() if len(names) > 1]
     if variants:
         log.warning("%s: labels that differ only in case are separate classes here: %s; fix the spelling if they "
-                    "are one", path, "; ".join(", ".join(map(repr, names)) for names in variants[:5]))
+                    "are one", path, "; ".join(", ".join(f"{name!r} (first on line {first_line[name]})"
+                                                          for name in names) for names in variants[:5]))
 
 
 def stratified_test_mask(labels: Sequence[str], fraction: float, *, seed: int = SPLIT_SEED) -> npt.NDArray[np.bool_]:
