@@ -10,7 +10,7 @@ Columns: the pool's own id, text and label fields (so the file is a pool file ag
 seed labels), then ``label_status``, ``label_source`` (``seed`` or ``label_studio``),
 ``annotator``, ``labeled_at`` (UTC, ISO 8601), ``remote_task_id``, ``answer`` (the raw choice of
 an unknown choice, ``a vs b`` for a dispute), then every metadata column the items were imported
-with (one whose name is taken gets a ``meta_`` prefix). The label field is empty unless the row
+with (one whose name is taken gets ``meta_`` prefixes until it is free). The label field is empty unless the row
 is a label the daemon trains on. Precomputed vectors are not written.
 
 The file is written next to its destination and renamed into place, so a killed export never
@@ -141,9 +141,23 @@ def metadata_keys(session: Session, meta_json: Any) -> list[str]:
 
 
 def with_metadata(own: list[str], meta_keys: Sequence[str]) -> list[str]:
-    """``own`` columns, then one per metadata key (``meta_``-prefixed where the name is taken)."""
-    taken = set(own)
-    return own + [f"meta_{key}" if key in taken else key for key in meta_keys]
+    """``own`` columns, then one per metadata key, every name distinct.
+
+    A key named like one of ``own`` gets ``meta_`` prefixes until its name is free: prefixed once,
+    ``answer`` collided with an item's own ``meta_answer`` key, so the CSV header named two columns
+    alike and the JSONL dropped one of the two values (QA).
+    """
+    taken = set(own) | {key for key in meta_keys if key not in own}
+    names = []
+    for key in meta_keys:
+        name = key
+        if key in own:
+            name = f"meta_{key}"
+            while name in taken:
+                name = f"meta_{name}"
+            taken.add(name)
+        names.append(name)
+    return own + names
 
 
 def _of_exported_items(stmt: Any, everything: bool) -> Any:

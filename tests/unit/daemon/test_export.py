@@ -117,6 +117,23 @@ def test_an_export_is_a_pool_file_whose_labels_are_seeds(tmp_path: Path) -> None
     assert second_header == header  # the status columns read back are not metadata: no meta_meta_… pile-up
 
 
+def test_a_metadata_column_named_like_a_prefixed_one_loses_nothing(tmp_path: Path) -> None:
+    """QA: ``answer`` became ``meta_answer`` beside an item's own ``meta_answer``: two columns alike in the CSV,
+    one value gone from the JSONL, and a Parquet file pyarrow could not read."""
+    pool = PoolSettings()
+    (tmp_path / "in.csv").write_text("id,text,label,answer,meta_answer,predicted\nr1,hello,a,A1,M1,P1\n"
+                                     "r2,bye,b,A2,M2,P2\n")
+    engine = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    add_pool_file(engine, tmp_path / "in.csv", pool=pool, data_dir=tmp_path / "a")
+    for name in ("out.csv", "out.jsonl", "out.parquet"):
+        export_labels(engine, tmp_path / name, pool=pool)
+        rows = {row["id"]: row for row in read_back(tmp_path / name)}
+        assert (rows["r1"]["meta_meta_answer"], rows["r1"]["meta_answer"], rows["r1"]["predicted"]) == (
+            "A1", "M1", "P1"), name
+    header = (tmp_path / "out.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header))
+
+
 def test_jsonl_export_writes_null_for_nan_and_infinity(tmp_path: Path) -> None:
     """Python's json wrote NaN, which JSON.parse (and strict readers) refuse."""
     import pyarrow as pa
