@@ -71,9 +71,17 @@ def init(
 
     with cli_errors():
         path = ConfigChoice.config or Path(DEFAULT_CONFIG_FILE)
+        previous = path.read_bytes() if path.is_file() else None
         write_config(path, url=url, project_id=project_id, classes=classes.split(",") if classes else [],
                      force=force)
-        store_engine(load_settings(path)).dispose()
+        try:
+            store_engine(load_settings(path)).dispose()
+        except BaseException:  # a store it refuses: the config file is put back as it was (QA: --force kept it)
+            if previous is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(previous)
+            raise
         out.print(f"wrote {escape(str(path))}; set the token with [bold]export LABELLOOP_LABEL_STUDIO__API_KEY=…[/]")
 
 

@@ -368,6 +368,9 @@ def _check_schema(engine: Engine, where: str) -> None:
 def _stamped_version(conn: Connection, where: str) -> int:
     """The store's schema version (0: unstamped); a newer one than this code's is refused."""
     version = int(conn.exec_driver_sql("PRAGMA user_version").scalar_one())
+    if version < 0:  # labelloop never writes one: another program's database
+        raise StoreUnavailable(f"the store {where} carries a layout version labelloop never writes ({version}): "
+                               "store.url must name a labelloop store; nothing was changed")
     if version > SCHEMA_VERSION:
         raise StoreUnavailable(
             f"the store {where} was written by a newer labelloop (store schema {version}; this one reads up to "

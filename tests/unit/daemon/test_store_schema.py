@@ -67,6 +67,15 @@ def test_a_store_from_a_newer_labelloop_is_refused_before_anything_is_written(tm
     assert "healthevent" not in _tables(path) and _version(path) == SCHEMA_VERSION + 1
 
 
+def test_a_negative_version_is_no_labelloop_store_and_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    _with_label_kept(path)
+    _sql(path, "PRAGMA user_version = -1")
+    with pytest.raises(StoreUnavailable, match=r"a layout version labelloop never writes \(-1\)"):
+        make_engine(_url(path))
+    assert _version(path) == -1
+
+
 def test_an_unstamped_store_with_every_column_is_stamped_and_gets_missing_indexes(tmp_path: Path) -> None:
     """A store made before the stamp existed: its data stays, an index added since is built, the stamp is set."""
     path = tmp_path / "s.db"
@@ -135,3 +144,13 @@ def test_the_cli_says_a_newer_store_cannot_be_read(workdir: Path) -> None:
     result = runner.invoke(app, ["status"])
     assert result.exit_code == 1, result.output
     assert "written by a newer labelloop" in result.output and "Traceback" not in result.output
+
+
+def test_init_force_on_a_store_it_refuses_leaves_the_config_file_as_it_was(workdir: Path) -> None:
+    """QA: `init --force` rewrote labelloop.toml, then said the store was refused and "nothing was changed"."""
+    config = workdir / "labelloop.toml"
+    before = config.read_bytes()
+    _sql(workdir / ".labelloop" / "labelloop.db", f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    result = runner.invoke(app, ["init", "--force", "--classes", "x,y"])
+    assert result.exit_code == 1 and "written by a newer labelloop" in result.output
+    assert config.read_bytes() == before
