@@ -475,6 +475,8 @@ def _embedding_value(value: Any) -> tuple[float, ...] | None:
         raise ValueError("embedding must contain only numbers") from None
     if not all(math.isfinite(v) for v in vector):
         raise ValueError("embedding contains NaN or infinity")
+    if not any(vector):  # QA: accepted, then trained on and given confident predictions
+        raise ValueError("embedding is all zeros: a vector with no direction cannot be scaled to length 1")
     if max(map(abs, vector)) > _FLOAT16_MAX:
         raise ValueError(f"embedding values must lie within ±{_FLOAT16_MAX:,.0f} (vectors are kept as float16)")
     return vector

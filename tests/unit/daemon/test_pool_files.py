@@ -184,6 +184,7 @@ def test_embeddings_in_jsonl_and_csv(tmp_path: Path) -> None:
         ('{"id": "a", "embedding": [1, 2]}\n{"id": "b", "embedding": [1, 2, 3]}\n', "3 values, earlier rows have 2"),
         ('{"id": "a", "embedding": [1, "x"]}\n', "only numbers"),
         ('{"id": "a", "embedding": [1, NaN]}\n', "NaN"),
+        ('{"id": "a", "embedding": [1, 0]}\n{"id": "b", "embedding": [0, -0.0]}\n', "line 2: embedding is all zeros"),
         ('{"id": "a", "text": "t", "embedding": [1]}\n{"id": "b", "text": "u"}\n', "every row"),
     ],
 )
