@@ -26,7 +26,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,8 +45,8 @@ from daemon.settings import PoolSettings
 from daemon.store import LabelRecord, LabelStatus, PoolItem, RemovedItem, as_utc, get_value
 from models.cache import EmbeddingCache
 
-__all__ = ["FORMATS", "ExportReport", "export_labels", "file_kind", "metadata_keys", "with_metadata",
-           "write_atomically"]
+__all__ = ["FORMATS", "ExportReport", "column_kinds", "export_labels", "file_kind", "metadata_keys",
+           "with_metadata", "write_atomically"]
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 _OUTSIDE = "not_a_class"  # label_status of a label whose class the project lacks
@@ -79,17 +79,19 @@ def export_labels(
     kind = file_kind(path, overwrite=overwrite)
     with Session(engine) as session, session.begin():
         classes = set(known_classes(session))
-        meta_keys = metadata_keys(session, _of_exported_items(sa_select(col(PoolItem.meta_json)), everything))
-        header = with_metadata([pool.id_field, pool.text_field, pool.label_field, *EXPORT_STATUS_COLUMNS], meta_keys)
+        meta = metadata_keys(session, _of_exported_items(sa_select(col(PoolItem.meta_json)), everything))
+        header = with_metadata([pool.id_field, pool.text_field, pool.label_field, *EXPORT_STATUS_COLUMNS], list(meta))
+        kinds = column_kinds(header, meta)
         counts: Counter[str] = Counter()
-        rows = _counted(_rows(session, classes, everything, meta_keys), counts)
+        rows = _counted(_rows(session, classes, everything, list(meta)), counts)
         cache = _own_vectors(session, data_dir)
         if cache is None:
-            write_atomically(path, kind, header, rows)
+            write_atomically(path, kind, header, rows, kinds)
         else:
             with cache:
                 header.insert(_VECTOR_AT, pool.embedding_field)
-                write_atomically(path, kind, header, _with_vectors(rows, cache))
+                write_atomically(path, kind, header, _with_vectors(rows, cache),
+                                 {**kinds, pool.embedding_field: "vector"})
     return ExportReport(str(path), sum(counts.values()), dict(sorted(counts.items())))
 
 
@@ -107,15 +109,23 @@ def file_kind(path: Path, *, overwrite: bool) -> str:
     return kind
 
 
-def write_atomically(path: Path, kind: str, header: list[str], rows: Iterator[list[Any]]) -> None:
+def write_atomically(
+    path: Path, kind: str, header: list[str], rows: Iterator[list[Any]], kinds: Mapping[str, str] | None = None
+) -> None:
     """Write ``rows`` under a temporary name next to ``path``, then rename it into place.
+
+    ``kinds`` gives columns a type in Parquet (:data:`COLUMN_KINDS`; the rest are text); CSV and
+    TSV are text anyway, and JSONL keeps each value's own type.
 
     Raises:
         ExportError: the file cannot be written (nothing is left under either name).
     """
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        _WRITERS[kind](partial, header, rows)
+        if kind == "parquet":
+            _write_parquet(partial, header, rows, kinds or {})
+        else:
+            _WRITERS[kind](partial, header, rows)
         os.replace(partial, path)
     except OSError as e:
         raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
@@ -132,12 +142,32 @@ def _exported(everything: bool) -> Any:
     return _of_exported_items(sa_select(*columns), everything).order_by(col(PoolItem.seq))
 
 
-def metadata_keys(session: Session, meta_json: Any) -> list[str]:
-    """The metadata keys of the items a query of their ``PoolItem.meta_json`` selects, in first-seen order."""
-    keys: dict[str, None] = {}
+def metadata_keys(session: Session, meta_json: Any) -> dict[str, str]:
+    """The metadata keys of the items a query of their ``PoolItem.meta_json`` selects, in first-seen order,
+    each with the kind of its values for a typed Parquet column (:data:`COLUMN_KINDS`)."""
+    kinds: dict[str, str] = {}
     for raw in session.execute(meta_json.distinct()).scalars():
-        keys.update(dict.fromkeys(json.loads(raw or "{}")))
-    return list(keys)
+        for key, value in json.loads(raw or "{}").items():
+            kinds[key] = _wider(kinds.get(key), _kind_of(value))
+    return {key: kind or "string" for key, kind in kinds.items()}
+
+
+def _kind_of(value: Any) -> str | None:
+    """``None`` for a null (it fits any column); else ``bool``, ``int``, ``float`` or ``string``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if -(2**63) <= value < 2**63 else "string"
+    return "float" if isinstance(value, float) else "string"
+
+
+def _wider(seen: str | None, kind: str | None) -> str:
+    """The kind of a column holding both: ints and floats are floats; any other mix is text."""
+    if seen is None or kind is None or seen == kind:
+        return seen or kind or ""
+    return "float" if {seen, kind} == {"int", "float"} else "string"
 
 
 def with_metadata(own: list[str], meta_keys: Sequence[str]) -> list[str]:
@@ -158,6 +188,12 @@ def with_metadata(own: list[str], meta_keys: Sequence[str]) -> list[str]:
             taken.add(name)
         names.append(name)
     return own + names
+
+
+def column_kinds(header: Sequence[str], meta: Mapping[str, str]) -> dict[str, str]:
+    """The kinds of the metadata columns at the end of ``header`` (as :func:`with_metadata` named them)."""
+    names = header[len(header) - len(meta):] if meta else []
+    return dict(zip(names, meta.values(), strict=True))
 
 
 def _of_exported_items(stmt: Any, everything: bool) -> Any:
@@ -260,25 +296,37 @@ def _write_jsonl(path: Path, header: list[str], rows: Iterator[list[Any]]) -> No
             handle.write(json.dumps(dict(zip(header, finite, strict=True)), ensure_ascii=False) + "\n")
 
 
-def _write_parquet(path: Path, header: list[str], rows: Iterator[list[Any]]) -> None:
-    """Every column a string (metadata that is not a string as JSON), written a row group at a time."""
+def _write_parquet(path: Path, header: list[str], rows: Iterator[list[Any]], kinds: Mapping[str, str]) -> None:
+    """Columns typed by ``kinds`` (numbers, booleans, vectors), the rest text (a value that is not a
+    string as JSON), written a row group at a time.
+
+    Every column was text: ``predict``'s ``confidence`` sorted as strings, and vectors came back as
+    JSON (QA).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([(name, pa.string()) for name in header])
+    types = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "vector": pa.list_(pa.float32())}
+    schema = pa.schema([(name, types.get(kinds.get(name, "string"), pa.string())) for name in header])
+    cells = [(lambda value: value) if kinds.get(name, "string") in types else _text_cell for name in header]
     with pq.ParquetWriter(path, schema) as writer:
-        group: list[list[str | None]] = []
+        group: list[list[Any]] = []
         for values in rows:
-            group.append([None if value is None else _flat(value) for value in values])
+            group.append([cell(value) for cell, value in zip(cells, values, strict=True)])
             if len(group) == _PARQUET_ROWS:
                 writer.write_table(_table(pa, schema, group))
                 group = []
         writer.write_table(_table(pa, schema, group))
 
 
-def _table(pa: Any, schema: Any, group: list[list[str | None]]) -> Any:
+def _text_cell(value: Any) -> str | None:
+    return None if value is None else _flat(value)
+
+
+def _table(pa: Any, schema: Any, group: list[list[Any]]) -> Any:
     columns = list(zip(*group, strict=True)) if group else [() for _ in schema.names]
-    return pa.table([pa.array(column, type=pa.string()) for column in columns], schema=schema)
+    return pa.table([pa.array(column, type=field.type) for column, field in zip(columns, schema, strict=True)],
+                    schema=schema)
 
 
-_WRITERS = {"csv": _write_csv, "tsv": _write_tsv, "jsonl": _write_jsonl, "parquet": _write_parquet}
+_WRITERS = {"csv": _write_csv, "tsv": _write_tsv, "jsonl": _write_jsonl}

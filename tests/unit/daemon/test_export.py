@@ -134,6 +134,25 @@ def test_a_metadata_column_named_like_a_prefixed_one_loses_nothing(tmp_path: Pat
     assert len(header) == len(set(header))
 
 
+def test_parquet_columns_keep_the_metadata_types_and_own_vectors_are_lists(tmp_path: Path) -> None:
+    """QA: every Parquet column was text: numbers, booleans, and vectors as JSON."""
+    import pyarrow.parquet as pq
+
+    rows = [{"id": "a", "text": "x", "label": "ham", "n": 3, "f": True, "s": "t", "mixed": 1, "none": None},
+            {"id": "b", "text": "y", "label": "spam", "n": 4.5, "f": False, "s": "u", "mixed": "one", "none": None}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    engine = make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    add_pool_file(engine, tmp_path / "in.jsonl", pool=PoolSettings(), data_dir=tmp_path / "a")
+    export_labels(engine, tmp_path / "out.parquet", pool=PoolSettings())
+    table = pq.read_table(tmp_path / "out.parquet")
+    types = {name: str(table.schema.field(name).type) for name in ("n", "f", "s", "mixed", "none", "label_status")}
+    assert types == {"n": "double", "f": "bool", "s": "string", "mixed": "string", "none": "string",
+                     "label_status": "string"}
+    got = {row["id"]: row for row in table.to_pylist()}
+    assert (got["a"]["n"], got["b"]["n"], got["a"]["f"], got["b"]["mixed"]) == (3.0, 4.5, True, "one")
+    assert got["a"]["mixed"] == "1"  # a column of ints and text is text
+
+
 def test_jsonl_export_writes_null_for_nan_and_infinity(tmp_path: Path) -> None:
     """Python's json wrote NaN, which JSON.parse (and strict readers) refuse."""
     import pyarrow as pa

@@ -124,8 +124,11 @@ def test_the_cli_predicts_without_a_token_on_a_pool_of_own_vectors(workdir: Path
     assert report["rows"] == 40 and report["n_labels"] == 6 and report["predicted"] == {"ham": 20, "spam": 20}
     import pyarrow.parquet as pq
 
-    table = pq.read_table(workdir / "out.parquet").to_pylist()
+    read = pq.read_table(workdir / "out.parquet")
+    assert str(read.schema.field("confidence").type) == "double" == str(read.schema.field("margin").type)  # QA
+    table = read.to_pylist()
     assert all(r["predicted"] == ("ham" if int(r["id"][1:]) % 2 else "spam") for r in table)
+    assert max(r["confidence"] for r in table) <= 1.0  # numbers, not text that sorts "1e-05" after "0.9"
     again = runner.invoke(app, ["predict", "out.parquet"])
     assert again.exit_code == 1 and "pass --force" in again.output
 
