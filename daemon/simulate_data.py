@@ -233,12 +233,21 @@ def _labeled_rows(source: DataSource, path: Path) -> tuple[list[PoolRow], int, s
         PoolFileError: a malformed row, a repeated id with other content, or no rows.
     """
     sides: dict[str, set[bool]] = {}  # each item's sides of the split column, over all its rows
+    seen = [0]  # valid rows read, repeats included
+
+    def on_row(row: PoolRow) -> None:
+        seen[0] += 1
+        sides.setdefault(row.item_id, set()).add(_is_test_row(row))
+
     rows = read_pool_file(path, id_field=source.id_field, text_field=source.text_field,
                           label_field=source.label_field, embedding_field=source.embedding_field,
-                          keep_duplicates=source.keep_duplicates, way_out=_KEEP_BOTH,
-                          on_row=lambda row: sides.setdefault(row.item_id, set()).add(_is_test_row(row)))
+                          keep_duplicates=source.keep_duplicates, way_out=_KEEP_BOTH, on_row=on_row)
     labeled = [row for row in rows if row.label is not None]
     in_both = {row.item_id for row in labeled if len(sides[row.item_id]) == 2}
+    repeats = seen[0] - len(rows)
+    if repeats:  # QA: 800 rows read, 773 items replayed, and nothing said why
+        log.info("%s: %d row(s) repeat an earlier row's text and label (or id) and are one item with it, as "
+                 "`pool add` reads them; --keep-duplicates replays every row", path, repeats)
     return labeled, len(rows) - len(labeled), in_both
 
 
@@ -259,7 +268,10 @@ def _hold_out(
     if fraction is None:
         is_test = [_is_test_row(row) and row.item_id not in in_both for row in rows]
         if any(is_test) and not all(is_test):
-            log.info("%s: using the %r column to hold out a test set", source.path, SPLIT_FIELD)
+            others = Counter(str(row.meta.get(SPLIT_FIELD, "")).strip() for row in rows if not _is_test_row(row))
+            named = ", ".join(f"{value!r} ({n})" for value, n in sorted(others.items()) if value.lower() != "train")
+            log.info("%s: using the %r column to hold out a test set (its 'test' rows)%s", source.path, SPLIT_FIELD,
+                     f"; rows marked {named} are in the pool" if named else "")  # QA: 'dev' went in silently
             return ([row for row, held in zip(rows, is_test, strict=True) if not held],
                     [row for row, held in zip(rows, is_test, strict=True) if held], len(in_both))
         if any(SPLIT_FIELD in row.meta for row in rows):

@@ -412,3 +412,19 @@ def test_rows_without_a_label_and_labels_differing_only_in_case_are_called_out(
     assert "1 row(s) without a label skipped" in text
     assert re.search(r"differ only in case are separate classes here: 'SPAM' \(first on line 6[34]\), 'spam' "
                      r"\(first on line \d+\)", text)  # where to fix the spelling
+
+
+def test_repeated_rows_and_split_values_other_than_test_are_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """QA: 800 rows read and 773 replayed with no word why; rows marked 'dev' went into the pool silently."""
+    path = tmp_path / "split.csv"
+    rows = [f"message number {i},{('spam', 'ham')[i % 2]},{('train', 'test', 'dev')[i % 3]}" for i in range(60)]
+    rows += ["message number 0,spam,train", "message number 2,spam,dev"]  # exact repeats of earlier rows
+    path.write_text("text,label,split\n" + "\n".join(rows) + "\n")
+    caplog.set_level(logging.INFO, logger="daemon.simulate_data")
+    loaded = load_simulation_data(DataSource(path), embedder=HashingEmbedder(dim=16), cache_dir=tmp_path / "cache")
+    assert len(loaded.pool.labels) + len(loaded.test.labels) == 60
+    text = " ".join(record.getMessage() for record in caplog.records)
+    assert "2 row(s) repeat an earlier row's text and label (or id) and are one item with it" in text
+    assert "rows marked 'dev' (20) are in the pool" in text
