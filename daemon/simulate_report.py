@@ -259,7 +259,8 @@ def _result_header(result: SimulationResult) -> dict[str, Any]:
         "encoder": result.encoder,
         "n_pool": result.n_pool,
         "n_test": result.n_test,
-        "classes": len(result.eval_classes),
+        "classes": len(result.pool_counts),  # the pool's, as the printed header says (QA: it held the test set's)
+        "classes_in_test": len(result.eval_classes),  # those the scores average over
         "pool_counts": result.pool_counts,
         "rare_classes": list(rare_classes(result.pool_counts)),
         "seeds": list(result.seeds),

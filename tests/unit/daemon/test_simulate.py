@@ -226,6 +226,8 @@ def test_run_simulation_summarises_every_strategy_against_random(tmp_path: Path)
     header = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert header["reference"]["n_labels"] == 150
     assert (tmp_path / "out" / "rounds.csv").read_text().count("\n") == 1 + 24
+    # "classes" is the pool's, as the printed header says, beside the test set's (QA: it held the test set's)
+    assert (header["classes"], header["classes_in_test"]) == (len(result.pool_counts), len(result.eval_classes))
 
 
 def test_run_simulation_refuses_unknown_strategies() -> None:
