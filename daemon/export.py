@@ -10,8 +10,8 @@ Columns: the pool's own id, text and label fields (so the file is a pool file ag
 seed labels), then ``label_status``, ``label_source`` (``seed`` or ``label_studio``),
 ``annotator``, ``labeled_at`` (UTC, ISO 8601), ``remote_task_id``, ``answer`` (the raw choice of
 an unknown choice, ``a vs b`` for a dispute), then every metadata column the items were imported
-with (one whose name is taken gets ``meta_`` prefixes until it is free). The label field is empty unless the row
-is a label the daemon trains on. Precomputed vectors are not written.
+with (one whose name is taken gets ``meta_`` prefixes until it is free). The label field is empty
+unless the row is a label the daemon trains on. A pool's own vectors go back in its embedding column.
 
 The file is written next to its destination and renamed into place, so a killed export never
 leaves a partial file under the name; the read is one transaction, so a running daemon's
@@ -45,7 +45,7 @@ from daemon.settings import PoolSettings
 from daemon.store import LabelRecord, LabelStatus, PoolItem, RemovedItem, as_utc, get_value
 from models.cache import EmbeddingCache
 
-__all__ = ["FORMATS", "ExportReport", "column_kinds", "export_labels", "file_kind", "metadata_keys",
+__all__ = ["FORMATS", "ExportReport", "column_kinds", "export_labels", "file_kind", "metadata_kinds",
            "with_metadata", "write_atomically"]
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -79,7 +79,7 @@ def export_labels(
     kind = file_kind(path, overwrite=overwrite)
     with Session(engine) as session, session.begin():
         classes = set(known_classes(session))
-        meta = metadata_keys(session, _of_exported_items(sa_select(col(PoolItem.meta_json)), everything))
+        meta = metadata_kinds(session, _of_exported_items(sa_select(col(PoolItem.meta_json)), everything))
         header = with_metadata([pool.id_field, pool.text_field, pool.label_field, *EXPORT_STATUS_COLUMNS], list(meta))
         kinds = column_kinds(header, meta)
         counts: Counter[str] = Counter()
@@ -114,8 +114,8 @@ def write_atomically(
 ) -> None:
     """Write ``rows`` under a temporary name next to ``path``, then rename it into place.
 
-    ``kinds`` gives columns a type in Parquet (:data:`COLUMN_KINDS`; the rest are text); CSV and
-    TSV are text anyway, and JSONL keeps each value's own type.
+    ``kinds`` gives columns a type in Parquet (``bool``, ``int``, ``float`` or ``vector``; the rest
+    are text); CSV and TSV are text anyway, and JSONL keeps each value's own type.
 
     Raises:
         ExportError: the file cannot be written (nothing is left under either name).
@@ -142,9 +142,9 @@ def _exported(everything: bool) -> Any:
     return _of_exported_items(sa_select(*columns), everything).order_by(col(PoolItem.seq))
 
 
-def metadata_keys(session: Session, meta_json: Any) -> dict[str, str]:
+def metadata_kinds(session: Session, meta_json: Any) -> dict[str, str]:
     """The metadata keys of the items a query of their ``PoolItem.meta_json`` selects, in first-seen order,
-    each with the kind of its values for a typed Parquet column (:data:`COLUMN_KINDS`)."""
+    each with the kind of its values for a typed Parquet column (``bool``, ``int``, ``float`` or ``string``)."""
     kinds: dict[str, str] = {}
     for raw in session.execute(meta_json.distinct()).scalars():
         for key, value in json.loads(raw or "{}").items():

@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 
 from daemon.context import LoopContext
 from daemon.errors import ExportError
-from daemon.export import column_kinds, file_kind, metadata_keys, with_metadata, write_atomically
+from daemon.export import column_kinds, file_kind, metadata_kinds, with_metadata, write_atomically
 from daemon.store import LabelRecord, LabelStatus, PoolItem, not_removed
 from daemon.training import active_cache, fit_proxy, labeled_set, model_version
 from models.cache import EmbeddingCache
@@ -91,7 +91,7 @@ def export_predictions(
     pool = ctx.settings.pool
     predicted: Counter[str] = Counter()
     with Session(ctx.engine) as session, session.begin():
-        meta = metadata_keys(session, sa_select(col(PoolItem.meta_json)).where(not_removed(PoolItem.item_id)))
+        meta = metadata_kinds(session, sa_select(col(PoolItem.meta_json)).where(not_removed(PoolItem.item_id)))
         meta_keys = list(meta)
         header = with_metadata([pool.id_field, pool.text_field, "predicted", "confidence", "margin", pool.label_field,
                                 "label_status"], meta_keys)
