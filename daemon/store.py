@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 import errno
+import logging
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1  # the store's layout, kept in SQLite's user_version; raise it with a step in _MIGRATIONS
 # Each step takes a store from version ``key`` to ``key + 1`` inside the opening transaction (an ALTER TABLE ADD
 # COLUMN with a default, say); a change to the tables above that is not one of these would break older stores.
@@ -309,6 +312,7 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
             connect_args = {"check_same_thread": False, "timeout": busy_timeout_s}
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                url = _snapshot_url(path) or url
         engine = create_engine(url, connect_args=connect_args)
     except (ArgumentError, NoSuchModuleError):  # the message may quote the URL, password and all
         raise ConfigError("store.url is not a database URL labelloop can open; it keeps its state in SQLite: "
@@ -389,6 +393,26 @@ def _require_columns(conn: Connection, where: str) -> None:
             f"the store {where} was made by another labelloop version and lacks {', '.join(missing)}: export its "
             "labels with the labelloop that made it (`labelloop export labels.csv`) and add them to a new store, "
             "where they are seed labels (`labelloop pool add labels.csv`); nothing was changed")
+
+
+def _snapshot_url(path: Path) -> str | None:
+    """A read-only URL for a store in a folder nobody may write (a read-only mount, an archived copy), else None.
+
+    SQLite opens a WAL store by making its ``-shm`` file beside it, which such a folder refuses:
+    ``status`` and ``export`` of a snapshot failed with "unable to open database file" (QA). With
+    no write-ahead log to replay there, the file is all there is, and SQLite may read it as
+    immutable; every write is refused. A log with content is left to SQLite's own open.
+    """
+    wal = path.with_name(path.name + "-wal")
+    if not path.is_file() or _folder_writable(path.parent) or (wal.exists() and wal.stat().st_size > 0):
+        return None
+    log.warning("the store %s is in a folder this process may not write: reading it as a snapshot (no writes)",
+                path)
+    return f"sqlite:///file:{path.resolve()}?mode=ro&immutable=1&uri=true"
+
+
+def _folder_writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
 
 
 def store_problem(error: DBAPIError) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -154,3 +155,25 @@ def test_init_force_on_a_store_it_refuses_leaves_the_config_file_as_it_was(workd
     result = runner.invoke(app, ["init", "--force", "--classes", "x,y"])
     assert result.exit_code == 1 and "written by a newer labelloop" in result.output
     assert config.read_bytes() == before
+
+
+def test_a_store_in_a_folder_nobody_may_write_is_read_as_a_snapshot(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QA: on a read-only mount `status` and `export` failed with "unable to open database file" (SQLite makes a
+    -shm file beside a WAL store). Checked by hand on a real read-only bind mount; here the folder check says no."""
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello", "label": "ham"}\n{"id": "b", "text": "win"}\n')
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+    path = workdir / ".labelloop" / "labelloop.db"
+    _sql(path, "PRAGMA wal_checkpoint(TRUNCATE)")
+    for leftover in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    before = path.read_bytes()
+    monkeypatch.setattr(store, "_folder_writable", lambda folder: False)
+    status = runner.invoke(app, ["status", "--json"])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["pool"]["items"] == 2
+    assert runner.invoke(app, ["export", str(workdir.parent / "out.csv")]).exit_code == 0
+    refused = runner.invoke(app, ["pool", "add", "pool.jsonl"])  # a write is refused, and says why
+    assert refused.exit_code == 1 and "readonly database" in refused.output
+    assert path.read_bytes() == before and not path.with_name(path.name + "-shm").exists()
