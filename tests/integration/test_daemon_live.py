@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from label_studio_sdk import LabelStudio
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from connectors._label_config import choices_config
 from connectors.base import OutgoingTask, Refreshed
@@ -130,6 +130,12 @@ def labels(ctx_or_url: LoopContext | str) -> dict[str, tuple[LabelStatus, str | 
     engine = ctx_or_url.engine if isinstance(ctx_or_url, LoopContext) else make_engine(ctx_or_url)
     with Session(engine) as session:
         return {r.item_id: (r.status, r.label) for r in session.exec(select(LabelRecord))}
+
+
+def _unmapped(url: str) -> int:
+    """Batch items the store has not matched to a Label Studio task yet."""
+    with Session(make_engine(url)) as session:
+        return len(session.exec(select(BatchItem.item_id).where(col(BatchItem.remote_task_id).is_(None))).all())
 
 
 def answer(ls_client: LabelStudio, gold: dict[str, str], items: list[BatchItem]) -> None:
@@ -629,6 +635,10 @@ def test_sigkill_mid_push_then_restart_loses_nothing(
             what="labels made during the outage",
             log=tmp_path / "daemon.log",
         )
+        # Label Studio may hold all 300 tasks already (the kill came after the last chunk's import, before the
+        # store noted it): the restart's push maps them as "already there", which the count above cannot see
+        wait_until(lambda: _unmapped(db_url) == 0, timeout_s=120, what="every item mapped to its task",
+                   log=tmp_path / "daemon.log")
     finally:
         stop(daemon)
     assert created <= 300
