@@ -313,25 +313,29 @@ def test_a_webhook_left_at_an_old_address_is_deleted(client: LabelStudio, projec
     assert hooks == {others.id, int(third)}  # one of ours per project, however often the port changed (QA)
 
 
-def test_a_refused_webhook_leaves_polling_working(
-    tmp_path: Path, label_studio: Any, ls_project: Any, ls_client: LabelStudio
-) -> None:
-    """The session's server keeps SSRF protection on: registration fails, the loop does not."""
-    project_id = ls_project(CLASSES)
-    daemon = make_daemon(tmp_path, label_studio, project_id, webhook=True)
+def polled_without_a_webhook(daemon: Daemon, ls_client: LabelStudio, project_id: int) -> str:
+    """Start ``daemon``, answer one task of its first batch, wait for the label to be polled in; return its log."""
     daemon.start()
     try:
         wait_until(lambda: ls_helpers.task_count(ls_client, project_id) == BATCH, timeout_s=180,
                    what="the first batch", log=daemon.log)
-        wait_until(lambda: "webhook not registered, polling only" in daemon.log.read_text(), timeout_s=30,
-                   what="the refusal", log=daemon.log)
         item_id, task_id = sorted(our_tasks(ls_client, project_id).items())[0]
         ls_helpers.annotate(ls_client, task_id, daemon.gold[item_id])
         wait_until(lambda: daemon.label_of(item_id) == daemon.gold[item_id], timeout_s=30, what="a polled label",
                    log=daemon.log)
     finally:
         assert daemon.stop() == 0
-    assert "SSRF" in daemon.log.read_text() and SECRET not in daemon.log.read_text()
+    return daemon.log.read_text()
+
+
+def test_a_refused_webhook_leaves_polling_working(
+    tmp_path: Path, label_studio: Any, ls_project: Any, ls_client: LabelStudio
+) -> None:
+    """The session's server keeps SSRF protection on: registration fails, the loop does not."""
+    project_id = ls_project(CLASSES)
+    text = polled_without_a_webhook(make_daemon(tmp_path, label_studio, project_id, webhook=True), ls_client,
+                                    project_id)
+    assert "webhook not registered, polling only" in text and "SSRF" in text and SECRET not in text
     assert ls_client.webhooks.list(project=str(project_id)) == []
 
 
@@ -342,17 +346,7 @@ def test_a_public_url_label_studio_cannot_resolve_leaves_polling_working(
     project_id = ls_project(CLASSES)
     daemon = make_daemon(tmp_path, label_studio, project_id, webhook=True)
     daemon.env["LABELLOOP_WEBHOOK__PUBLIC_URL"] = "https://labelloop-hook.invalid/webhook"
-    daemon.start()
-    try:
-        wait_until(lambda: ls_helpers.task_count(ls_client, project_id) == BATCH, timeout_s=180,
-                   what="the first batch", log=daemon.log)
-        item_id, task_id = sorted(our_tasks(ls_client, project_id).items())[0]
-        ls_helpers.annotate(ls_client, task_id, daemon.gold[item_id])
-        wait_until(lambda: daemon.label_of(item_id) == daemon.gold[item_id], timeout_s=30, what="a polled label",
-                   log=daemon.log)
-    finally:
-        assert daemon.stop() == 0
-    text = daemon.log.read_text()
+    text = polled_without_a_webhook(daemon, ls_client, project_id)
     assert "failed during register_webhook (HTTP 500)" in text and "check that it can resolve and reach" in text
     assert "labelloop-hook.invalid" in text and SECRET not in text
     assert ls_client.webhooks.list(project=str(project_id)) == []
