@@ -24,6 +24,7 @@ Selection runs in two stages so that memory and pairwise work do not grow with t
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,7 +96,7 @@ class CoarseCapable(Protocol):
 
     def coarse_logits(self, X: StoredRows) -> Float32Array: ...
 
-    def proba_from_logits(self, logits: Float32Array) -> Float32Array: ...
+    def proba_from_logits(self, logits: Float32Array, *, in_place: bool = ...) -> Float32Array: ...
 
     def bfloat16_speedup(self) -> float: ...
 
@@ -108,7 +109,8 @@ class CoarseHead:
         logits: the rows as stored (float16 from the embedding cache) → ``(c, C)`` logits; runs
             on the pass's own thread.
         proba: logits → ``(c, C)`` probabilities, off by up to ~1e-2 from the float32 head's;
-            runs on the scoring thread, before the score. Both must be thread-safe.
+            runs on the scoring thread, before the score, and may overwrite the logits (the pass
+            reads them only through it). Both must be thread-safe.
     """
 
     logits: Callable[[StoredRows], Float32Array]
@@ -128,7 +130,8 @@ def coarse_head_for(
         return None
     if mode == "auto" and classifier.bfloat16_speedup() < COARSE_MIN_SPEEDUP:
         return None
-    return CoarseHead(logits=classifier.coarse_logits, proba=classifier.proba_from_logits)
+    return CoarseHead(logits=classifier.coarse_logits,
+                      proba=functools.partial(classifier.proba_from_logits, in_place=True))
 
 
 @dataclass(frozen=True, slots=True)

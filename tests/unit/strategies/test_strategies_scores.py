@@ -21,11 +21,15 @@ def test_margin_by_hand() -> None:
 @pytest.mark.parametrize(("n", "n_classes", "dtype"), [(3000, 2, np.float32), (4096, 77, np.float32),
                                                       (9000, 40, np.float64), (1500, 3, np.float64),
                                                       (100, 9, np.float64), (2000, 300, np.float64)])
-def test_margin_on_large_pools_equals_the_partition_answer_exactly(n: int, n_classes: int, dtype: Any) -> None:
+@pytest.mark.parametrize("order", ["C", "F"])  # F: a scoring pass's column-major chunks, scanned in place
+def test_margin_on_large_pools_equals_the_partition_answer_exactly(
+    n: int, n_classes: int, dtype: Any, order: str
+) -> None:
     """The blocked column scan (1,024+ rows, <= 100 classes) gives partition's values bit for bit, ties included."""
     proba = np.random.default_rng(n).dirichlet(np.full(n_classes, 0.3), size=n).astype(dtype)
     proba[:7] = 0.0
     proba[:7, [0, n_classes - 1]] = 0.5  # a tied top: margin 1
+    proba = np.asfortranarray(proba) if order == "F" else proba
     top2 = np.partition(proba, -2, axis=1)[:, -2:].astype(np.float64)
     expected = 1.0 - (top2[:, 1] - top2[:, 0])
     got = scores.margin(proba)
