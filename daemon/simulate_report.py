@@ -340,7 +340,7 @@ def table_rows(summaries: Sequence[StrategySummary]) -> list[dict[str, str]]:
         rows.append(
             {
                 "strategy": s.strategy,
-                "AULC": f"{s.aulc:.4f}±{s.aulc_sd:.4f}" + ("*" if s.is_same_every_seed else ""),
+                "AULC": _aulc_text(s),
                 "labels→95% F1": to_target["95"],
                 "labels→98% F1": to_target["98"],
                 "final F1": f"{s.final_macro_f1:.3f}",
@@ -355,12 +355,23 @@ def table_rows(summaries: Sequence[StrategySummary]) -> list[dict[str, str]]:
     return rows
 
 
+def _aulc_text(s: StrategySummary) -> str:
+    """``mean±sd`` over the seeds; one seed's AULC alone, as it has no spread to show."""
+    if s.n_seeds == 1:
+        return f"{s.aulc:.4f}"
+    return f"{s.aulc:.4f}±{s.aulc_sd:.4f}" + ("*" if s.is_same_every_seed else "")
+
+
 def footnotes(summaries: Sequence[StrategySummary]) -> list[str]:
     """Return the lines to print under the table (empty when there is nothing to say)."""
+    lines = []
+    if any(s.n_seeds == 1 for s in summaries):
+        lines.append("one seed: AULC has no spread, and one run's figures move with the draw (--seeds 5 for mean±sd)")
     same = [s.strategy for s in summaries if s.is_same_every_seed]
-    if not same:
-        return []
-    return [f"* {', '.join(same)}: every seed gave the same run (deterministic on this pool); ± is not a spread"]
+    if same:
+        lines.append(f"* {', '.join(same)}: every seed gave the same run (deterministic on this pool); "
+                     "± is not a spread")
+    return lines
 
 
 def budget_text(result: SimulationResult) -> str:
