@@ -17,6 +17,17 @@ from daemon.store import NO_CHOICE
 __all__ = ["batch_table", "batches_table", "status_panels"]
 
 
+_CONTROL = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _cell(value: str) -> str:
+    """``value`` for a table cell: markup escaped, line breaks and tabs shown as ``\\n`` ``\\r`` ``\\t``.
+
+    A class named ``"a\\nb"`` otherwise took two lines of its row and read as two classes (QA).
+    """
+    return escape(value.translate(_CONTROL))
+
+
 def _age(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f}s"
@@ -71,8 +82,8 @@ def batch_table(detail: BatchDetail) -> Table:
         table.add_column(column, overflow="fold")  # ids and class names whole: 'virtual_card…' named no class (QA)
     for item in detail.items:
         predicted = "" if item.predicted_label is None else f"{item.predicted_label} ({item.predicted_score:.2f})"
-        table.add_row(str(item.position), escape(item.item_id) + (" [dim](control)[/]" if item.is_control else ""),
-                      escape(item.text), f"{item.score:.3f}", escape(predicted), item.state, escape(item.label or ""))
+        table.add_row(str(item.position), _cell(item.item_id) + (" [dim](control)[/]" if item.is_control else ""),
+                      _cell(item.text), f"{item.score:.3f}", _cell(predicted), item.state, _cell(item.label or ""))
     return table
 
 
@@ -104,7 +115,7 @@ def _unknown_choice(raw: str, classes: list[str]) -> str:
 def status_panels(report: StatusReport) -> list[Panel]:
     classes = Table("class", "labels", title="labels per class")
     for name, n in sorted(report.per_class.items(), key=lambda kv: -kv[1]):
-        classes.add_row(escape(name), str(n))
+        classes.add_row(_cell(name), str(n))
     for label, n in report.labels_outside_classes.items():
         classes.add_row(f"[yellow]{escape(f'label {label!r}: not a class of the project, not trained on')}[/]", str(n))
     for raw, n in report.unknown_choices.items():
