@@ -67,7 +67,8 @@ def pool_add(
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f} rows"),
                RateColumn("rows"), TimeElapsedColumn())
     reports: list[ImportReport] = []
-    with cli_errors(), Progress(*columns, console=err, transient=True) as bar:
+    # off the terminal the plain lines below say the same, and a live bar's stop left a blank line (QA)
+    with cli_errors(), Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         cfg = settings()
         fields = {k: v for k, v in {"id_field": id_field, "text_field": text_field, "label_field": label_field,
                                     "embedding_field": embedding_field}.items() if v}

@@ -61,6 +61,16 @@ def test_pool_summaries_are_one_line_each_off_a_terminal(workdir: Path) -> None:
     assert line.endswith("1 are not in the pool (zz)") and len(line) > 80
 
 
+def test_pool_add_off_a_terminal_prints_no_blank_line(workdir: Path) -> None:
+    """Piped, the progress bar's stop left an empty line before a refused file's error and after a summary."""
+    (workdir / "good.csv").write_text("text,label\nhello,ham\nwin,spam\n")
+    (workdir / "bad.csv").write_text("text,label\nhello,ham\nwin,zz\n")
+    for name, code in (("good.csv", 0), ("bad.csv", 1)):
+        result = runner.invoke(app, ["pool", "add", name])
+        assert result.exit_code == code, result.output
+        assert "" not in result.output.splitlines(), result.output
+
+
 def test_commands_run_elsewhere_with_config_use_the_store_beside_it(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
