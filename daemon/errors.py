@@ -16,6 +16,8 @@ the job boundary in ``cycle.py`` catches the roots of all three.
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "MAX_PROBLEMS",
     "AlreadyRunning",
@@ -26,6 +28,7 @@ __all__ = [
     "PoolExhausted",
     "PoolFileError",
     "StoreUnavailable",
+    "position_word",
 ]
 
 MAX_PROBLEMS = 20  # a pool file's readers stop at this many problems; PoolFileError then says "at least"
@@ -37,6 +40,11 @@ class DaemonError(Exception):
 
 class ConfigError(DaemonError):
     """Settings are missing or inconsistent."""
+
+
+def position_word(path: str | os.PathLike[str]) -> str:
+    """What a pool file's numbered positions are called in messages: ``row`` in Parquet (no lines), else ``line``."""
+    return "row" if str(path).lower().endswith((".parquet", ".pq")) else "line"
 
 
 class PoolFileError(DaemonError):
@@ -53,7 +61,7 @@ class PoolFileError(DaemonError):
     ) -> None:
         self.path = path
         self.problems = problems
-        unit = "row" if path.lower().endswith((".parquet", ".pq")) else "line"  # a Parquet file has no lines
+        unit = position_word(path)
         shown = "; ".join(f"{unit} {line}: {why}" if line is not None else why for line, why in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         if len(problems) >= MAX_PROBLEMS:

@@ -17,7 +17,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
-from daemon.errors import PoolFileError
+from daemon.errors import PoolFileError, position_word
 from daemon.pool_files import MAX_PROBLEMS
 from daemon.pool_staging import StagedFile, byo_hash, byo_model_key, stage_pool_file
 from daemon.settings import PoolSettings
@@ -111,7 +111,8 @@ def add_pool_file(
                 lift_pause(session, f"{added + restored} new pool items", operator=False)
             session.commit()
         report = ImportReport(str(path), staged.items, added, staged.items - added, labels, staged.dim, restored,
-                              differing, tuple(f"line {line}: id {item_id!r} is {there!r} in the store, {here!r} here"
+                              differing, tuple(f"{position_word(path)} {line}: id {item_id!r} is {there!r} in the "
+                                               f"store, {here!r} here"
                                                for line, item_id, here, there in first_differing), staged.repeats,
                               vectors_differing[0], tuple(vectors_differing[1]))
     log.info("pool file imported: %s rows, %s new, %s labels", report.rows, report.added, report.labels_added)
@@ -128,7 +129,7 @@ def _check_against_store(
     if classes:
         problems.extend(_unknown_labels(staged.label_lines(), classes, origin))
     else:
-        problems.extend(_case_variants(staged.label_lines(), _store_labels(conn)))  # read only when needed
+        problems.extend(_case_variants(staged.label_lines(), _store_labels(conn), position_word(staged.path)))
     if problems:
         raise PoolFileError(str(staged.path), sorted(problems, key=lambda problem: problem[0] or 0)[:MAX_PROBLEMS],
                             advice=advice)
@@ -150,7 +151,9 @@ def _unknown_labels(
     return problems
 
 
-def _case_variants(label_lines: dict[str, tuple[int, int]], stored: Sequence[str]) -> list[tuple[int | None, str]]:
+def _case_variants(
+    label_lines: dict[str, tuple[int, int]], stored: Sequence[str], unit: str
+) -> list[tuple[int | None, str]]:
     """With no classes declared, labels that differ only in case are one class spelled several ways
     (``spam``, ``Spam``): the project would get a class for each. One problem per such group, at the
     first line that brings in a second spelling (it was the first spelling's, where nothing is
@@ -163,7 +166,7 @@ def _case_variants(label_lines: dict[str, tuple[int, int]], stored: Sequence[str
         if len(group) > 1 and not group <= set(stored):  # a store that has them all already is not this file's doing
             in_store = sorted(name for name in group if name not in label_lines)  # the store's come first
             in_file = sorted((label_lines[name][0], name) for name in group if name in label_lines)
-            named = [f"{name!r} (in the pool)" for name in in_store] + [f"{name!r} (line {line})"
+            named = [f"{name!r} (in the pool)" for name in in_store] + [f"{name!r} ({unit} {line})"
                                                                         for line, name in in_file]
             line = in_file[0 if in_store else 1][0]  # the second spelling's, the store's coming first
             problems.append((line, f"labels {', '.join(named[:-1])} and {named[-1]} differ only in case: use one "
@@ -202,7 +205,7 @@ def _cache_vectors(staged: StagedFile, model_key: str, data_dir: Path) -> tuple[
             differs = np.flatnonzero(np.abs(cache.get(rows[known]) - as_stored).max(axis=1) > _VECTOR_TOLERANCE)
             differing += len(differs)
             at = np.flatnonzero(known)[differs[: _FIRST_SHOWN - len(first)]]
-            first += [f"line {lines[i]}: id {item_ids[i]!r}" for i in at]
+            first += [f"{position_word(staged.path)} {lines[i]}: id {item_ids[i]!r}" for i in at]
     return differing, first
 
 

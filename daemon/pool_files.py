@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon.errors import MAX_PROBLEMS, PoolFileError
+from daemon.errors import MAX_PROBLEMS, PoolFileError, position_word
 from models._types import Float32Array
 
 __all__ = [
@@ -104,7 +104,8 @@ def read_pool_file(
             rows.append(row)
         elif (earlier.text, earlier.label) != (row.text, row.label):
             problems.append((line, repeated_id_problem(row.item_id, earlier.line, earlier.text, earlier.label,
-                                                       row.text, row.label, way_out=way_out)))
+                                                       row.text, row.label, way_out=way_out,
+                                                       unit=position_word(path))))
         if row is not None and on_row is not None:
             on_row(row)
         if len(problems) >= MAX_PROBLEMS:
@@ -205,21 +206,22 @@ def iter_pool_rows(
 
 def repeated_id_problem(
     item_id: str, earlier_line: int, earlier_text: str, earlier_label: str | None, text: str, label: str | None,
-    *, way_out: str = "give every row an id",
+    *, way_out: str = "give every row an id", unit: str = "line",
 ) -> str:
     """The problem with a row whose id an earlier row has, with other text or label; ``way_out`` says what to do
-    about one text (or vector) under two labels (simulate can also replay both).
+    about one text (or vector) under two labels (simulate can also replay both); ``unit`` names the earlier
+    row's position (:func:`daemon.errors.position_word`).
 
     Without an id column the id is made from the text, or from the vector when the row has one
     (:func:`_content_id`): the message then names the repeated text or embedding, never that id.
     """
     if item_id == _content_id(text):  # no id column, no vectors: the id is the text's
-        return (f"the same text is on line {earlier_line} {_labeled(earlier_label)}, here {_labeled(label)}; "
+        return (f"the same text is on {unit} {earlier_line} {_labeled(earlier_label)}, here {_labeled(label)}; "
                 f"{way_out}")
     if _CONTENT_ID.fullmatch(item_id):  # no id column: the id is the vector's
         other = f"{_labeled(earlier_label)}, here {_labeled(label)}" if earlier_label != label else "with other text"
-        return f"the same embedding is on line {earlier_line} {other}; {way_out}"
-    return f"id {item_id!r} appears again (line {earlier_line}) with other content"
+        return f"the same embedding is on {unit} {earlier_line} {other}; {way_out}"
+    return f"id {item_id!r} appears again ({unit} {earlier_line}) with other content"
 
 
 def _content_id(basis: str) -> str:

@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql import Select
 
-from daemon.errors import PoolFileError
+from daemon.errors import PoolFileError, position_word
 from daemon.pool_files import MAX_PROBLEMS, NO_ROWS, PoolRow, iter_pool_rows, repeated_id_problem
 from daemon.settings import PoolSettings
 from daemon.store import LabelEvent, LabelRecord, LabelStatus, PoolItem, RemovedItem, table_of
@@ -244,7 +244,7 @@ def stage_pool_file(
         problems = _stage_rows(staged, pool, scratch_dir, on_rows)
         _mark_repeats(conn)
         if len(problems) < MAX_PROBLEMS:
-            problems = sorted([*problems, *_repeated_ids(conn, MAX_PROBLEMS - len(problems))],
+            problems = sorted([*problems, *_repeated_ids(conn, MAX_PROBLEMS - len(problems), position_word(path))],
                               key=lambda problem: problem[0] or 0)
         if problems:
             raise PoolFileError(str(path), problems)
@@ -337,8 +337,9 @@ def _mark_repeats(conn: Connection) -> None:
     conn.execute(update(_staged).where(repeated).values(is_first=False))
 
 
-def _repeated_ids(conn: Connection, limit: int) -> list[tuple[int | None, str]]:
-    """Rows that repeat an earlier id with other text or label, as problems (at most ``limit``)."""
+def _repeated_ids(conn: Connection, limit: int, unit: str) -> list[tuple[int | None, str]]:
+    """Rows that repeat an earlier id with other text or label, as problems (at most ``limit``); ``unit``
+    names positions (``line`` or ``row``)."""
     first = _staged.alias("first")
     stmt = (
         select(_staged.c.line, _staged.c.item_id, _staged.c.text, _staged.c.label,
@@ -349,7 +350,7 @@ def _repeated_ids(conn: Connection, limit: int) -> list[tuple[int | None, str]]:
         .order_by(_staged.c.line)
         .limit(limit)
     )
-    return [(line, repeated_id_problem(item_id, earlier_line, earlier_text, earlier_label, text, label))
+    return [(line, repeated_id_problem(item_id, earlier_line, earlier_text, earlier_label, text, label, unit=unit))
             for line, item_id, text, label, earlier_line, earlier_text, earlier_label in conn.execute(stmt)]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from daemon.errors import PoolFileError
+from daemon.errors import PoolFileError, position_word
 from daemon.pool_files import PoolRow, read_pool_file
 from models.class_names import embed_class_names
 from models.embedder import Embedder
@@ -191,7 +191,7 @@ def _warn_case_variants(path: Path, rows: Sequence[PoolRow]) -> None:
     variants = [names for names in spellings.values() if len(names) > 1]
     if variants:
         log.warning("%s: labels that differ only in case are separate classes here: %s; fix the spelling if they "
-                    "are one", path, "; ".join(", ".join(f"{name!r} (first on line {first_line[name]})"
+                    "are one", path, "; ".join(", ".join(f"{name!r} (first on {position_word(path)} {first_line[name]})"
                                                           for name in names) for names in variants[:5]))
 
 

@@ -106,6 +106,21 @@ def test_labels_that_differ_only_in_case_are_refused_when_no_classes_are_declare
         add(engine, tmp_path / "again.jsonl", tmp_path)  # the store's spelling, here on line 1 as well
 
 
+def test_a_parquet_files_case_variants_and_changed_labels_are_named_by_row(engine: Engine, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "mixed.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["x", "y"], "label": ["spam", "Spam"]}), path)
+    with pytest.raises(PoolFileError, match=r"row 2: labels 'spam' \(row 1\) and 'Spam' \(row 2\) differ only"):
+        add(engine, path, tmp_path)
+    pq.write_table(pa.table({"id": ["a"], "text": ["x"], "label": ["spam"]}), path)
+    assert add(engine, path, tmp_path) == (1, 1)
+    pq.write_table(pa.table({"id": ["b", "a"], "text": ["y", "x"], "label": ["ham", "ham"]}), path)
+    report = add_pool_file(engine, path, pool=PoolSettings(), data_dir=tmp_path)
+    assert report.labels_differing_first == ("row 2: id 'a' is 'spam' in the store, 'ham' here",)
+
+
 def test_own_vectors_are_cached_unit_length_and_a_pool_keeps_one_width(engine: Engine, tmp_path: Path) -> None:
     write_jsonl(tmp_path / "vectors.jsonl", [{"id": "x", "embedding": [3.0, 4.0, 0.0]},
                                              {"id": "y", "embedding": [0.0, 0.0, 2.0]}])

@@ -208,6 +208,16 @@ def test_parquet_bad_row_names_the_row(read: Callable[[Path], object], tmp_path:
         read(path)
 
 
+def test_parquet_repeats_name_the_earlier_row_not_a_line(read: Callable[[Path], object], tmp_path: Path) -> None:
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"id": ["a", "a"], "text": ["one", "two"]}), path)
+    with pytest.raises(PoolFileError, match=r"row 2: id 'a' appears again \(row 1\) with other content"):
+        read(path)
+    pq.write_table(pa.table({"text": ["one", "one"], "label": ["x", "y"]}), path)
+    with pytest.raises(PoolFileError, match="row 2: the same text is on row 1 with label 'x', here with label 'y'"):
+        read(path)
+
+
 def test_unknown_extension_and_missing_file(read: Callable[[Path], object], tmp_path: Path) -> None:
     with pytest.raises(PoolFileError, match="unknown file type"):
         read(write(tmp_path / "p.xlsx", "x"))
