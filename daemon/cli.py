@@ -30,7 +30,7 @@ from daemon.cli_common import (
     settings,
     store_engine,
 )
-from daemon.settings import DEFAULT_CONFIG_FILE, load_settings
+from daemon.settings import DEFAULT_CONFIG_FILE, Settings, load_settings
 
 __all__ = ["app"]
 
@@ -165,10 +165,10 @@ def resume() -> None:
 
 
 @contextmanager
-def _read_session() -> Iterator[Session]:
-
+def _read_session(cfg: Settings | None = None) -> Iterator[Session]:
+    """A session on the existing store of ``cfg`` (the command's config when None)."""
     with cli_errors(reads_only=True):
-        engine = store_engine(settings(), existing=True)
+        engine = store_engine(cfg or settings(), existing=True)
     with Session(engine) as session:
         yield session
 
@@ -219,8 +219,10 @@ def status(as_json: JsonOpt = False) -> None:
     from daemon.queries import status_report
     from daemon.render import status_panels
 
-    with _read_session() as session:
-        report = status_report(session)
+    with cli_errors(reads_only=True):
+        cfg = settings()
+    with _read_session(cfg) as session:
+        report = status_report(session, declared=cfg.loop.classes)
     if as_json:
         print_json(report.as_dict())
     else:

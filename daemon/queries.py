@@ -6,6 +6,7 @@ import json
 import os
 import socket
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -199,10 +200,16 @@ def _preview(text: str) -> str:
     return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"
 
 
-def status_report(session: Session, *, now: datetime | None = None, n_cycles: int = 5) -> StatusReport:
-    """Gather pool, label, queue, model, control-slice, cycle and daemon figures."""
+def status_report(
+    session: Session, *, now: datetime | None = None, n_cycles: int = 5, declared: Sequence[str] = ()
+) -> StatusReport:
+    """Gather pool, label, queue, model, control-slice, cycle and daemon figures.
+
+    ``declared``: the configured classes (``loop.classes``), listed with their counts until a
+    project's classes are bound; before that a class without a label was missing from the table.
+    """
     now = now or datetime.now(UTC)
-    per_class, outside = labels_per_class(session)
+    per_class, outside = labels_per_class(session, declared=declared)
     return StatusReport(
         project=_project(session),
         pool=_pool_counts(session),
@@ -250,10 +257,11 @@ def _label_counts(session: Session) -> dict[str, int]:
     return counts
 
 
-def labels_per_class(session: Session) -> tuple[dict[str, int], dict[str, int]]:
-    """Labels per class of the project, and labels naming no class of it (all go in the first before one is bound)."""
+def labels_per_class(session: Session, *, declared: Sequence[str] = ()) -> tuple[dict[str, int], dict[str, int]]:
+    """Labels per class of the project, and labels naming no class of it (all go in the first before one is
+    bound, where the ``declared`` classes are listed too, at 0 until labeled)."""
     raw = get_value(session, "classes")
-    counts = {c: 0 for c in (json.loads(raw) if raw else [])}
+    counts = {c: 0 for c in (json.loads(raw) if raw else declared)}
     outside: dict[str, int] = {}
     rows = session.exec(
         select(LabelRecord.label, func.count())

@@ -48,6 +48,17 @@ def test_pool_add_then_read_commands(workdir: Path) -> None:
     assert runner.invoke(app, ["status"]).exit_code == 0  # the human rendering works too
 
 
+def test_status_lists_declared_classes_without_labels_before_a_project_exists(workdir: Path) -> None:
+    """The workdir declares ham and spam; with one ham label, spam was missing from the table until the
+    daemon bound a project's classes."""
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello", "label": "ham"}\n{"id": "b", "text": "win"}\n')
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+    status = runner.invoke(app, ["status", "--json"])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["per_class"] == {"ham": 1, "spam": 0}
+    assert re.search(r"spam\s*│\s*0", runner.invoke(app, ["status"]).stdout)
+
+
 def test_pool_summaries_are_one_line_each_off_a_terminal(workdir: Path) -> None:
     """Piped, rich folded them at 80 columns ("0 seed⏎labels"), so a script's grep missed them."""
     name = "a-pool-file-with-a-rather-long-name-as-exports-get.jsonl"
