@@ -312,6 +312,7 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
             connect_args = {"check_same_thread": False, "timeout": busy_timeout_s}
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                _refuse_an_emptied_file(path)
                 url = _snapshot_url(path) or url
         engine = create_engine(url, connect_args=connect_args)
     except (ArgumentError, NoSuchModuleError):  # the message may quote the URL, password and all
@@ -333,6 +334,28 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
             raise
         raise StoreUnavailable(f"cannot open the store's database {where}: {store_problem(e)}") from None
     return engine
+
+
+def _refuse_an_emptied_file(path: Path) -> None:
+    """Refuse a store file of 0 bytes (and no write-ahead log): SQLite would make it a new, empty store.
+
+    labelloop never leaves one (``init`` writes the tables at once); a truncated copy or a full
+    disk does, and every command then reported an empty pool as if all were well (QA).
+    """
+    try:
+        emptied = path.stat().st_size == 0 and not _nonempty(path.with_name(path.name + "-wal"))
+    except FileNotFoundError:
+        return
+    if emptied:
+        raise StoreUnavailable(f"the store's database {path} is an empty file (0 bytes), not a labelloop store: "
+                               "restore it from a backup, or delete it and run `labelloop init --force` for a new one")
+
+
+def _nonempty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _check_schema(engine: Engine, where: str) -> None:

@@ -177,3 +177,18 @@ def test_a_store_in_a_folder_nobody_may_write_is_read_as_a_snapshot(
     refused = runner.invoke(app, ["pool", "add", "pool.jsonl"])  # a write is refused, and says why
     assert refused.exit_code == 1 and "readonly database" in refused.output
     assert path.read_bytes() == before and not path.with_name(path.name + "-shm").exists()
+
+
+def test_an_emptied_store_file_is_refused_not_made_a_new_store(workdir: Path) -> None:
+    """A truncated copy left a 0-byte file: every command made it a fresh store and reported an empty pool."""
+    path = workdir / ".labelloop" / "labelloop.db"
+    assert path.stat().st_size > 0  # init wrote the tables
+    path.write_bytes(b"")
+    for command in (["status"], ["export", "out.csv"], ["pool", "add", "missing.csv"], ["init", "--force"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1, (command, result.output)
+        assert "is an empty file (0 bytes), not a labelloop store" in result.output
+    assert path.stat().st_size == 0  # left as found
+    path.unlink()
+    make_engine(f"sqlite:///{path}").dispose()  # a store that is not there yet is still made
+    assert _version(path) == SCHEMA_VERSION
