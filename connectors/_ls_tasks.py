@@ -12,10 +12,8 @@ from connectors.base import AnnotationState, OutgoingTask, RemoteTaskState, Task
 
 __all__ = [
     "DATA_BATCH_ID",
-    "DATA_IS_CONTROL",
     "DATA_ITEM_ID",
     "DATA_MODEL_VERSION",
-    "DATA_SCORE",
     "EPOCH",
     "OURS",
     "PULL_FIELDS",
@@ -34,8 +32,6 @@ __all__ = [
 # Flat keys in task.data, so the Data Manager can filter and sort on them.
 DATA_ITEM_ID = "al_item_id"
 DATA_BATCH_ID = "al_batch_id"
-DATA_SCORE = "al_score"
-DATA_IS_CONTROL = "al_is_control"
 DATA_MODEL_VERSION = "al_model_version"
 _RESERVED_PREFIX = "al_"
 
@@ -104,8 +100,6 @@ def task_payload(task: OutgoingTask, *, control: ChoicesControl, text_key: str) 
             text_key: task.text,
             DATA_ITEM_ID: task.item_id,
             DATA_BATCH_ID: task.batch_id,
-            DATA_SCORE: task.score,
-            DATA_IS_CONTROL: task.is_control,
         }
     )
     if task.model_version is not None:

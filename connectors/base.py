@@ -31,17 +31,17 @@ class OutgoingTask:
     """One pool item to be shown to annotators.
 
     ``predicted_label``/``predicted_score`` become a pre-annotation tagged with
-    ``model_version``; ``score`` is our informativeness score (higher = asked sooner).
+    ``model_version``. Nothing says whether the item belongs to the random control slice, nor how
+    informative the strategy found it: annotators see a task's data, and control tasks must not
+    stand out (a 0 score and a flag gave them away, QA). The store keeps both.
     """
 
     item_id: str  # our key; written into the remote task so a re-push is detectable
     batch_id: str
     text: str
-    score: float = 0.0
     model_version: str | None = None
     predicted_label: str | None = None
     predicted_score: float | None = None
-    is_control: bool = False  # part of the random control slice
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 

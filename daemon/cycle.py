@@ -289,10 +289,8 @@ def _outgoing(item: BatchItem, pool_item: PoolItem, batch: Batch) -> OutgoingTas
         item_id=item.item_id,
         batch_id=batch.id,
         text=pool_item.text,
-        score=item.score,
         model_version=batch.model_version if item.predicted_label else None,
         predicted_label=item.predicted_label,
         predicted_score=item.predicted_score,
-        is_control=item.is_control,
         meta=json.loads(pool_item.meta_json),
     )

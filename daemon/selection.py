@@ -93,10 +93,9 @@ def select_next_batch(ctx: LoopContext, model: TrainedModel | None, *, cycle_id:
     control_proba = None
     if model is not None and n_control:
         control_proba = model.classifier.predict_proba(cache.get(inputs.pool.cache_rows[control]))
-    chosen += [
-        _Pick(int(p), 0.0, True, None if control_proba is None else control_proba[r])
-        for r, p in enumerate(control)
-    ]
+    controls = [_Pick(int(p), 0.0, True, None if control_proba is None else control_proba[r])
+                for r, p in enumerate(control)]
+    chosen = _interleaved(chosen, controls, rng)
     picked = time.perf_counter()
     batch = _store_batch(ctx, inputs.pool, chosen, strategy, model, cycle_id)
     log.info("select: %s candidates; read %.3fs, score+pick %.3fs, store %.3fs", n, read - started,
@@ -251,6 +250,20 @@ def _store_batch(
     log.info("selected batch %s: %s items (%s control) by %s", batch.id, len(items),
              sum(1 for pick in chosen if pick.is_control), strategy, extra={"batch_id": batch.id})
     return batch
+
+
+def _interleaved(picks: list[_Pick], controls: list[_Pick], rng: np.random.Generator) -> list[_Pick]:
+    """``picks`` in their order with ``controls`` at uniformly random places among them.
+
+    The batch's order is the order Label Studio serves its tasks in; appended, the control
+    items were always a batch's last tasks, and annotators could tell them apart (QA).
+    """
+    if not controls:
+        return picks
+    is_control = np.zeros(len(picks) + len(controls), dtype=bool)
+    is_control[rng.choice(len(is_control), size=len(controls), replace=False)] = True
+    pick_iter, control_iter = iter(picks), iter(controls)
+    return [next(control_iter) if here else next(pick_iter) for here in is_control]
 
 
 def _control_count(expected: float, rng: np.random.Generator) -> int:

@@ -22,11 +22,9 @@ def _tasks(count: int, *, batch_id: str = "b1", prefix: str = "item") -> list[Ou
             item_id=f"{prefix}-{n}",
             batch_id=batch_id,
             text=f"text number {n}",
-            score=1.0 - n / 100,
             model_version="m1",
             predicted_label=CLASSES[n % len(CLASSES)],
             predicted_score=0.5,
-            is_control=n == 0,
             meta={"channel": "email"},
         )
         for n in range(count)

@@ -39,11 +39,9 @@ def _tasks(count: int, *, prefix: str = "item", predicted: str | None = "pos") -
             item_id=f"{prefix}-{n}",
             batch_id="batch-7",
             text=f"text {n}",
-            score=round(1 - n / 1000, 3),
             model_version="mv-1",
             predicted_label=predicted,
             predicted_score=0.61,
-            is_control=n % 2 == 0,
             meta={"channel": "chat", "al_item_id": "must-not-win", "text": "must-not-win"},
         )
         for n in range(count)
@@ -62,8 +60,6 @@ def test_pushed_task_carries_our_keys_meta_and_a_pre_annotation(
         "channel": "chat",
         "al_item_id": "item-0",
         "al_batch_id": "batch-7",
-        "al_score": 1.0,
-        "al_is_control": True,
         "al_model_version": "mv-1",
     }
     (prediction,) = task.predictions or []

@@ -20,11 +20,9 @@ def test_payload_has_flat_keys_meta_that_cannot_override_them_and_a_prediction()
         item_id="i1",
         batch_id="b1",
         text="hello",
-        score=0.7,
         model_version="m",
         predicted_label="neg",
         predicted_score=0.55,
-        is_control=True,
         meta={"channel": "mail", "al_batch_id": "x", "body": "x"},
     )
     payload = lt.task_payload(task, control=CONTROL, text_key="body")
@@ -33,9 +31,7 @@ def test_payload_has_flat_keys_meta_that_cannot_override_them_and_a_prediction()
         "body": "hello",
         "al_item_id": "i1",
         "al_batch_id": "b1",
-        "al_score": 0.7,
-        "al_is_control": True,
-        "al_model_version": "m",
+        "al_model_version": "m",  # no score and no control flag: annotators see the data (QA)
     }
     assert payload["predictions"] == [
         {

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sqlmodel import Session, col, select
 
-from connectors.base import Refreshed
+from connectors.base import OutgoingTask, Refreshed
 from connectors.errors import ConnectorAuthError, ConnectorRejected, ConnectorUnavailable
 from connectors.fake import FakeConnector
 from daemon.context import LoopContext
@@ -308,6 +308,22 @@ def test_control_slice_is_marked_and_random(tmp_path: Path, monkeypatch: pytest.
     assert control_report["n"] == 2  # only control items predicted by a trained model count
     (point,) = control_report["curve"]
     assert point["n_labels"] == 10 and point["n_control"] == 2
+
+
+def test_control_items_take_random_places_in_the_batch_and_nothing_pushed_marks_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appended, control items were always a batch's last tasks, with score 0 and a flag in their data (QA)."""
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold = build_world(tmp_path, control_fraction=0.2)
+    places = []
+    for _ in range(4):
+        batch_id = run_cycle(ctx).batch_id or ""
+        items = sorted(batch_items(ctx, batch_id), key=lambda i: i.position)
+        places += [i.position for i in items if i.is_control]
+        annotate_batch(ctx, fake, gold, batch_id)
+    assert len(places) == 8 and set(places) != {8, 9}  # 2 of 10 each time; appended they were always 8 and 9
+    assert {"score", "is_control"}.isdisjoint(OutgoingTask.__dataclass_fields__)
 
 
 def test_stopping_rule_pauses_and_resume_or_new_items_lift_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
