@@ -67,12 +67,16 @@ def close_interrupted_cycles(engine: Engine) -> int:
     """Mark cycles a killed process left ``running`` as ``interrupted``; call it holding the store's instance lock.
 
     Only the lock's holder runs cycles, so a ``running`` row older than this process is one whose
-    process died (SIGKILL, power loss): ``status`` showed such rows as running for good.
+    process died (SIGKILL, power loss): ``status`` showed such rows as running for good. A batch
+    it had selected is named on it (the batch column stayed empty, so nothing linked the two, QA);
+    the next cycle pushes that batch.
     """
     with Session(engine) as session:
         stale = session.exec(select(CycleRun).where(CycleRun.status == "running")).all()
         for run in stale:
             run.status, run.reason = "interrupted", (run.reason + "; " if run.reason else "") + "its process ended"
+            run.batch_id = run.batch_id or session.exec(
+                select(Batch.id).where(Batch.cycle_id == run.id).order_by(col(Batch.created_at).desc())).first()
             session.add(run)
         session.commit()
     return len(stale)
@@ -154,7 +158,7 @@ def _stages(ctx: LoopContext, report: CycleReport, synced_within_s: float) -> No
     fresh = ctx.synced_at is not None and time.monotonic() - ctx.synced_at <= synced_within_s
     steps: list[tuple[str, Callable[[], object]]] = [
         ("sync", (lambda: None) if fresh else (lambda: sync(ctx))),
-        ("push_leftover", lambda: push_pending(ctx)),
+        ("push_leftover", lambda: _push_leftover(ctx, report)),
         ("embed", lambda: embed_pool(ctx, budget_s=EMBED_BUDGET_S)),
     ]
     for name, stage in steps:
@@ -188,7 +192,8 @@ def _fill_queue(ctx: LoopContext, report: CycleReport, model: TrainedModel | Non
         return
     if not queue_is_low(ctx.settings.loop, waiting):
         if report.batch_id is None:  # a refill after re-ranking must not say no batch came
-            report.reason = report.reason or f"retrained; {waiting} items still waiting, no new batch"
+            leftover = f"pushed {report.pushed} tasks of an earlier batch; " if report.pushed else ""
+            report.reason = report.reason or f"{leftover}retrained; {waiting} items still waiting, no new batch"
         return
     batch = timed("select", lambda: select_next_batch(ctx, model, cycle_id=report.cycle_id))
     if batch is None:
@@ -197,6 +202,11 @@ def _fill_queue(ctx: LoopContext, report: CycleReport, model: TrainedModel | Non
         return
     report.batch_id = batch.id
     report.pushed += timed("push", lambda: push_pending(ctx))
+
+
+def _push_leftover(ctx: LoopContext, report: CycleReport) -> None:
+    """Push what an earlier cycle selected and did not push (a crash, Label Studio down); counted on this cycle."""
+    report.pushed += push_pending(ctx)
 
 
 def _finish(ctx: LoopContext, report: CycleReport) -> None:

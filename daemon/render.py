@@ -151,8 +151,9 @@ def status_panels(report: StatusReport) -> list[Panel]:
         cycles.add_column(name, min_width=14 if name == "started (UTC)" else None, overflow="fold")
     for c in report.cycles:
         started = c["started_at"][5:19].replace("T", " ")  # 12-06 10:00:00: whole in 80 columns
+        seconds = f"{sum(c['stage_seconds'].values()):.2f}" if c["stage_seconds"] else "-"  # killed: not known
         cycles.add_row(str(c["id"]), Text(started, no_wrap=True), c["status"], escape(c["reason"]), c["batch_id"] or "",
-                       f"{sum(c['stage_seconds'].values()):.2f}")
+                       seconds)
     daemon = report.daemon
     health = "daemon: never ran" if "state" not in daemon else _health(daemon)
     events = "\n".join(f"  {e['at'][:19]} {e['kind']}: {escape(e['message'])}" for e in daemon.get("recent_events", []))

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from daemon.cycle import close_interrupted_cycles
 from daemon.errors import AlreadyRunning
 from daemon.service import InstanceLock
-from daemon.store import CycleRun, make_engine
+from daemon.store import Batch, CycleRun, make_engine
 
 
 def test_a_daemon_waits_for_a_command_holding_the_store_and_then_takes_it(tmp_path: Path) -> None:
@@ -60,3 +60,19 @@ def test_cycles_a_killed_process_left_running_are_marked_interrupted(tmp_path: P
     with Session(engine) as session:
         runs = {run.status: run.reason for run in session.exec(select(CycleRun))}
     assert runs == {"interrupted": "new labels; its process ended", "ok": ""}
+
+
+def test_an_interrupted_cycle_names_the_batch_it_had_selected(tmp_path: Path) -> None:
+    """Killed after selecting, the cycle's batch column stayed empty: nothing linked it to the batch pushed later."""
+    engine = make_engine(f"sqlite:///{tmp_path}/db.sqlite")
+    with Session(engine) as session:
+        killed = CycleRun(reason="queue low (0 waiting)")
+        session.add(killed)
+        session.commit()
+        session.refresh(killed)
+        session.add(Batch(id="b-selected", strategy="margin", model_version="m", size=10, cycle_id=killed.id))
+        session.commit()
+    assert close_interrupted_cycles(engine) == 1
+    with Session(engine) as session:
+        run = session.exec(select(CycleRun)).one()
+    assert (run.status, run.batch_id) == ("interrupted", "b-selected")

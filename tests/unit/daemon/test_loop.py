@@ -141,6 +141,7 @@ def test_push_interrupted_midway_is_finished_without_duplicates(
     assert cycle_due(ctx) == "a selected batch is waiting to be pushed"
     report = run_cycle(ctx)  # a restart: the leftover batch is pushed first
     assert report.batch_id is None or report.batch_id != batch.id
+    assert report.pushed == 10 and report.reason.startswith("pushed 10 tasks of an earlier batch; retrained")
     assert len(fake.list_tasks()) == 10
     remote_ids = [i.remote_task_id for i in batch_items(ctx, batch.id)]
     assert len(set(remote_ids)) == 10 and None not in remote_ids

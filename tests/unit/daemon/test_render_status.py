@@ -98,3 +98,13 @@ def test_batch_items_show_class_names_and_ids_whole_at_80_columns() -> None:
     assert "…" not in text
     assert (column(2), column(5), column(7)) == ("banking77-train-004711", "virtual_card_not_working(0.41)",
                                                  "getting_spare_card")
+
+
+def test_a_killed_cycle_shows_its_batch_and_no_made_up_duration() -> None:
+    """A cycle killed mid-way showed 0.00 seconds and no batch, though it had selected one (QA)."""
+    cycle = {"id": 4, "started_at": "2026-12-07T09:30:00+00:00", "status": "interrupted",
+             "reason": "queue low (0 waiting); its process ended", "batch_id": "22d0b09eb9eb", "stage_seconds": {}}
+    text = rendered(*status_panels(report(cycles=[cycle], stopping={})), width=160)
+    (row,) = [line for line in text.splitlines() if "interrupted" in line]
+    cells = [cell.strip() for cell in row.split("│")]
+    assert cells[cells.index("22d0b09eb9eb") + 1] == "-" and "0.00" not in row
