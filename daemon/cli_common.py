@@ -28,6 +28,7 @@ from connectors.errors import ConnectorError, ConnectorRejected
 from daemon.errors import AlreadyRunning, ConfigError, DaemonError, PoolFileError
 from daemon.settings import Settings, load_settings
 from daemon.store import is_disk_full, is_store_locked, make_engine, sqlite_path, store_problem
+from daemon.wording import counted
 from models.errors import ModelError
 
 __all__ = [
@@ -122,11 +123,6 @@ def interrupt_on_termination() -> None:
 
 
 PLAIN_LINE_INTERVAL_S = 10.0  # off a terminal (piped, a log file): a plain progress line at most this often
-
-
-def counted(n: int, noun: str) -> str:
-    """``1 item``, ``2 items``: for nouns that take an s ("1 items removed" read as a slip, QA)."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def print_error(message: object) -> None:

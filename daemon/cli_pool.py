@@ -167,7 +167,7 @@ def pool_remove(
     while the daemon runs; `pool add` of the same items brings them back.
     """
     from daemon.pool_files import iter_pool_ids
-    from daemon.removal import item_ids_of_source, remove_items
+    from daemon.removal import item_ids_of_source, remove_items, unknown_ids
 
     with cli_errors():
         if [bool(files), bool(source), bool(item_id)].count(True) != 1:
@@ -175,6 +175,11 @@ def pool_remove(
         cfg = settings()
         engine, pool = store_engine(cfg, existing=True), cfg.pool
         names = [_source_name(engine, name) for name in source or []]  # every name checked before any is read
+        if typed := unknown_ids(engine, item_id or []):  # a mistyped --id removed nothing, with exit 0 (QA)
+            raise ConfigError(f"not in the pool: {', '.join(map(repr, typed[:5]))}"
+                              + (f" and {len(typed) - 5} more" if len(typed) > 5 else "")
+                              + "; nothing was removed (an item's id is its pool file's id field, or made from its "
+                              "text when the file has none: remove those by FILE)")
         streams: list[Iterable[str]] = [
             *(iter_pool_ids(file, id_field=pool.id_field, text_field=pool.text_field, label_field=pool.label_field,
                             embedding_field=pool.embedding_field) for file in files or []),
@@ -192,5 +197,14 @@ def pool_remove(
     missing = f" ({escape(', '.join(report.not_in_pool_first))}{more})" if report.not_in_pool else ""
     out.print(f"{counted(report.removed, 'item')} removed ({report.labeled} with a label, no longer trained on or "
               f"exported; {report.waiting} waiting in Label Studio, withdrawn at the next sync unless someone answered "
-              f"them); {report.already_removed} were already removed, {report.not_in_pool} are not in the pool"
+              f"them); {report.already_removed} {_were(report.already_removed)} already removed, "
+              f"{report.not_in_pool} {_are(report.not_in_pool)} not in the pool"
               f"{missing}", soft_wrap=True)
+
+
+def _are(n: int) -> str:
+    return "is" if n == 1 else "are"
+
+
+def _were(n: int) -> str:
+    return "was" if n == 1 else "were"

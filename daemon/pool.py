@@ -22,6 +22,7 @@ from daemon.pool_files import MAX_PROBLEMS
 from daemon.pool_staging import StagedFile, byo_hash, byo_model_key, stage_pool_file
 from daemon.settings import PoolSettings
 from daemon.store import LabelRecord, get_value, set_value, table_of
+from daemon.wording import counted
 from models.cache import EmbeddingCache
 
 __all__ = ["ImportReport", "add_pool_file", "byo_hash", "byo_model_key", "known_classes"]
@@ -108,7 +109,7 @@ def add_pool_file(
             if added or restored:
                 from daemon.pause import lift_pause
 
-                lift_pause(session, f"{added + restored} new pool items", operator=False)
+                lift_pause(session, _arrivals(added, restored), operator=False)
             session.commit()
         report = ImportReport(str(path), staged.items, added, staged.items - added, labels, staged.dim, restored,
                               differing, tuple(f"{position_word(path)} {line}: id {item_id!r} is {there!r} in the "
@@ -117,6 +118,15 @@ def add_pool_file(
                               vectors_differing[0], tuple(vectors_differing[1]))
     log.info("pool file imported: %s rows, %s new, %s labels", report.rows, report.added, report.labels_added)
     return report
+
+
+def _arrivals(added: int, restored: int) -> str:
+    """Why a pause was lifted: ``3 new pool items``, ``1 removed pool item brought back`` or both (it said
+    "1 new pool items" for an item a re-imported file brought back, QA)."""
+    parts = [counted(added, "new pool item")] if added else []
+    if restored:
+        parts.append(f"{counted(restored, 'removed pool item')} brought back")
+    return " and ".join(parts)
 
 
 def _check_against_store(

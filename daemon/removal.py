@@ -39,7 +39,7 @@ from daemon.store import (
 if TYPE_CHECKING:  # pool add imports this module and must not pay for torch (daemon.context)
     from daemon.context import LoopContext
 
-__all__ = ["RemovalReport", "item_ids_of_source", "remove_items", "source_names", "withdraw_removed"]
+__all__ = ["RemovalReport", "item_ids_of_source", "remove_items", "source_names", "unknown_ids", "withdraw_removed"]
 
 log = logging.getLogger(__name__)
 _CHUNK = 5_000  # ids staged at a time
@@ -76,6 +76,17 @@ def source_names(engine: Engine) -> list[str]:
     """The file names pool items were imported from, sorted."""
     with Session(engine) as session:
         return sorted(name for name in session.exec(select(PoolItem.source).distinct()) if name)
+
+
+def unknown_ids(engine: Engine, item_ids: Iterable[str]) -> list[str]:
+    """Those of ``item_ids`` (a short list, as typed) that no pool item has, removed or not, in the order given."""
+    wanted = list(dict.fromkeys(item_ids))
+    known: set[str] = set()
+    with Session(engine) as session:
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            known.update(session.exec(select(PoolItem.item_id).where(col(PoolItem.item_id).in_(chunk))))
+    return [item_id for item_id in wanted if item_id not in known]
 
 
 def remove_items(engine: Engine, item_ids: Iterable[str], *, reason: str = "") -> RemovalReport:

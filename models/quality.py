@@ -99,7 +99,7 @@ def estimate_quality(
     per_class = _f1_per_class(labels[tested], predicted[tested], classes[testable_classes])
     method = f"{n_folds}-fold stratified CV on {int(tested.sum())} labels"
     if n_single:
-        method += f"; {n_single} classes with 1 label used for training only"
+        method += f"; {n_single} {'class' if n_single == 1 else 'classes'} with 1 label used for training only"
     return QualityEstimate(
         macro_f1=float(np.mean(list(per_class.values()))),
         accuracy=float(np.mean(labels[tested] == predicted[tested])),

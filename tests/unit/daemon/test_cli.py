@@ -66,10 +66,11 @@ def test_pool_summaries_are_one_line_each_off_a_terminal(workdir: Path) -> None:
     added = runner.invoke(app, ["pool", "add", name])
     assert added.exit_code == 0, added.output
     assert f"{name}: 2 rows, 2 added, 0 already in the pool, 1 seed labels\n" in added.stdout
-    removed = runner.invoke(app, ["pool", "remove", "--id", "b", "--id", "zz"])
+    (workdir / "gone.jsonl").write_text('{"id": "b", "text": "win"}\n{"id": "zz", "text": "never added"}\n')
+    removed = runner.invoke(app, ["pool", "remove", "gone.jsonl"])
     assert removed.exit_code == 0, removed.output
     (line,) = [line for line in removed.stdout.splitlines() if "removed (" in line]
-    assert line.endswith("1 are not in the pool (zz)") and len(line) > 80
+    assert line.endswith("0 were already removed, 1 is not in the pool (zz)") and len(line) > 80
 
 
 def test_pool_add_off_a_terminal_prints_no_blank_line(workdir: Path) -> None:
@@ -479,8 +480,8 @@ def test_class_names_ids_and_labels_with_closing_tags_are_printed_not_read_as_ma
     assert relabeled.exit_code == 0, relabeled.output
     assert "id '[/i]a' is '[/x]ham' in the store, '[b]spam' here" in " ".join(relabeled.output.split())
     removed = runner.invoke(app, ["pool", "remove", "--id", "[/q]gone"])
-    assert removed.exit_code == 0, removed.output
-    assert "([/q]gone)" in removed.output
+    assert removed.exit_code == 2, removed.output
+    assert "not in the pool: '[/q]gone'" in removed.output
     status = runner.invoke(app, ["status"])
     assert status.exit_code == 0 and "[/x]ham" in status.output
 

@@ -146,9 +146,14 @@ def test_the_cli_removes_by_file_source_or_id(workdir: Path) -> None:
                                           "waiting": 0, "not_in_pool_first": []}
     by_source = runner.invoke(app, ["pool", "remove", "--source", "wrong.jsonl", "--json"])
     assert json.loads(by_source.stdout)["already_removed"] == 2
-    by_id = runner.invoke(app, ["pool", "remove", "--id", "b", "--id", "zzz"])
+    mistyped = runner.invoke(app, ["pool", "remove", "--id", "b", "--id", "zzz"])  # exit 0, nothing said (QA)
+    assert mistyped.exit_code == 2
+    assert "not in the pool: 'zzz'; nothing was removed" in " ".join(mistyped.output.split())
+    assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["pool"]["removed"] == 2  # b is still in
+    by_id = runner.invoke(app, ["pool", "remove", "--id", "b"])
     assert by_id.exit_code == 0 and "1 item removed (" in " ".join(by_id.output.split())
-    assert "1 are not in the pool (zzz)" in " ".join(by_id.output.split())  # which one, not just how many
+    again = runner.invoke(app, ["pool", "remove", "--id", "b"])  # a removed item is known: not refused
+    assert again.exit_code == 0 and "1 was already removed, 0 are not in the pool" in " ".join(again.output.split())
     status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
     assert status["pool"] == {"items": 1, "embedded": 0, "removed": 3}
     assert "3 removed" in runner.invoke(app, ["status"]).output
@@ -297,3 +302,22 @@ def test_a_removal_counts_repeats_once_and_reports_what_it_did(world: World) -> 
     assert (first.removed, first.already_removed, first.not_in_pool) == (2, 0, 1)
     again = remove_items(ctx.engine, [ids[1], ids[2], ids[2]])
     assert (again.removed, again.already_removed, again.not_in_pool) == (1, 1, 0)
+
+
+def test_items_brought_back_lift_the_rules_pause_and_say_so(workdir: Path) -> None:
+    """The pause's end read '1 new pool items' for an item a re-imported file brought back (QA)."""
+    from daemon.pause import PAUSE_KEY
+    from daemon.store import HealthEvent, make_engine, set_value
+
+    (workdir / "good.jsonl").write_text('{"id": "a", "text": "hello"}\n{"id": "b", "text": "win"}\n')
+    assert runner.invoke(app, ["pool", "add", "good.jsonl"]).exit_code == 0
+    assert runner.invoke(app, ["pool", "remove", "--id", "b"]).exit_code == 0
+    engine = make_engine(f"sqlite:///{workdir / '.labelloop' / 'labelloop.db'}")
+    with Session(engine) as session:
+        set_value(session, PAUSE_KEY, json.dumps({"reason": "successive models agree", "n_labels": 600}))
+        session.commit()
+    assert runner.invoke(app, ["pool", "add", "good.jsonl"]).exit_code == 0
+    with Session(engine) as session:
+        events = [e.message for e in session.exec(select(HealthEvent).where(HealthEvent.kind == "resumed"))]
+    engine.dispose()
+    assert events == ["1 removed pool item brought back"]

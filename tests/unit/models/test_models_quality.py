@@ -56,7 +56,7 @@ def test_a_class_with_one_label_trains_but_is_not_scored() -> None:
     estimate = estimate_quality(features, labels, make_classifier=make, n_folds=3)
     assert estimate.macro_f1 is not None
     assert "lonely" not in estimate.per_class_f1
-    assert "1 classes with 1 label used for training only" in estimate.method
+    assert "1 class with 1 label used for training only" in estimate.method
     assert estimate.n_labels == 31
 
 
