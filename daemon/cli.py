@@ -82,7 +82,9 @@ def init(
             else:
                 path.write_bytes(previous)
             raise
-        out.print(f"wrote {escape(str(path))}; set the token with [bold]export LABELLOOP_LABEL_STUDIO__API_KEY=…[/]")
+        # the command on a line of its own: folded at 80 columns, a copy-paste broke it in two (QA)
+        out.print(f"wrote {escape(str(path))}; set the token with\n  [bold]export LABELLOOP_LABEL_STUDIO__API_KEY=…[/]",
+                  soft_wrap=True)
 
 
 @app.command()

@@ -29,6 +29,13 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def test_init_prints_the_token_command_whole_on_its_own_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["init", "--url", "https://labelstudio.example.com", "--classes", "a,b"])
+    assert result.exit_code == 0, result.output
+    assert "\n  export LABELLOOP_LABEL_STUDIO__API_KEY=…\n" in result.stdout
+
+
 def test_init_refuses_to_overwrite(workdir: Path) -> None:
     assert (workdir / "labelloop.toml").is_file()
     again = runner.invoke(app, ["init"])

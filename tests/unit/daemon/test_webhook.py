@@ -98,6 +98,12 @@ def test_a_signed_annotation_call_is_accepted_and_triggers(
     assert events == [action]
     assert f"webhook {action} project 7 from 127.0.0.1 -> 202" in caplog.text
     assert PRIVATE not in caplog.text and SECRET not in caplog.text
+    assert post(client, {"action": action}).status_code == 202
+    accepted = [r for r in caplog.records if "-> 202" in r.getMessage()]
+    assert [r.levelno for r in accepted] == [logging.INFO]  # one line per answer filled a soak's log (QA)
+    caplog.set_level(logging.DEBUG, logger="daemon.webhook")
+    assert post(client, {"action": action}).status_code == 202
+    assert caplog.records[-1].levelno == logging.DEBUG and "-> 202" in caplog.records[-1].getMessage()
 
 
 def test_a_flood_of_refused_calls_logs_a_few_lines_and_counts_the_rest(
