@@ -19,7 +19,7 @@ import numpy as np
 from sqlmodel import Session, col, select
 
 from daemon.queries import recent_control_accuracy
-from daemon.stopping import StoppingRule, first_stop, prediction_kappa
+from daemon.stopping import StoppingRule, first_stop, prediction_kappa, reference_gap, reference_of
 from daemon.store import (
     HealthEvent,
     LabelRecord,
@@ -50,7 +50,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 PAUSE_KEY = "paused"
 _SAMPLE_KEY = "stability_sample"
-_PREDICTIONS_KEY = "stability_predictions"
+_PREDICTIONS_KEY = "stability_predictions"  # earlier models' predictions: [{"n_labels", "predictions"}, ...]
 _HISTORY_KEY = "stability_history"
 MIN_CONTROL_LABELS = 10
 CONTROL_TOLERANCE = 0.05
@@ -152,25 +152,32 @@ def update_stability(ctx: LoopContext, model: TrainedModel) -> StabilityPoint | 
         if not sample:
             return None
         predicted = _predict(ctx, model, sample)
-        kappa = _kappa_with_previous(session, predicted)
+        gap = reference_gap(model.n_labels, loop.batch_size)
+        snapshots = _snapshots(session)
+        reference = reference_of([s["n_labels"] for s in snapshots], model.n_labels, gap)
+        kappa = None if reference is None else _kappa(snapshots[reference]["predictions"], predicted)
         point = StabilityPoint(model.version, model.n_labels, kappa)
         points.append(point)
         set_value(session, _HISTORY_KEY, json.dumps([asdict(p) for p in points[-50:]]))
-        set_value(session, _PREDICTIONS_KEY, json.dumps(predicted))
+        kept = snapshots[reference or 0 :]  # older ones are never a reference again: labels only grow
+        if not kept or model.n_labels >= kept[-1]["n_labels"] + max(1, gap // 4):  # a few per gap, not one a retrain
+            kept.append({"n_labels": model.n_labels, "predictions": predicted})
+        set_value(session, _PREDICTIONS_KEY, json.dumps(kept))
         rule = StoppingRule(threshold=loop.stop_kappa, window=loop.stop_window)
         if loop.stop_rule_enabled and is_paused(session) is None:
-            _maybe_pause(session, points, rule)
+            _maybe_pause(session, points, rule, gap)
         session.commit()
     return point
 
 
-def _maybe_pause(session: Session, points: list[StabilityPoint], rule: StoppingRule) -> None:
+def _maybe_pause(session: Session, points: list[StabilityPoint], rule: StoppingRule, gap: int) -> None:
     tail = [p.kappa for p in points[-rule.window :]]
     if len(tail) < rule.window or first_stop(tail, rule) != rule.window - 1:
         return
     control = recent_control_accuracy(session)  # the latest models', not every model's since the start
     latest = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
-    agree = f"successive models agree (kappa ≥ {rule.threshold} over {rule.window} retrains)"
+    agree = (f"models agree with those of {gap}+ fewer labels (kappa ≥ {rule.threshold} over {rule.window} "
+             "retrains)")
     if control["n"] < MIN_CONTROL_LABELS or latest is None or latest.accuracy is None:
         log.info("%s, but the queue keeps going: %s labeled control items, %s needed to confirm (loop.control_fraction "
                  "draws them)", agree, control["n"], MIN_CONTROL_LABELS)
@@ -236,9 +243,14 @@ def _predict(ctx: LoopContext, model: TrainedModel, item_ids: list[str]) -> dict
     return {item_id: model.classes[int(p)] for item_id, p in zip(ordered, proba.argmax(axis=1), strict=True)}
 
 
-def _kappa_with_previous(session: Session, predicted: dict[str, str]) -> float | None:
+def _snapshots(session: Session) -> list[dict[str, Any]]:
+    """Earlier models' predictions on the sample, oldest first (a store from before kept one dict: none)."""
     raw = get_value(session, _PREDICTIONS_KEY)
-    previous: dict[str, str] = json.loads(raw) if raw else {}
+    stored = json.loads(raw) if raw else []
+    return stored if isinstance(stored, list) else []
+
+
+def _kappa(previous: dict[str, str], predicted: dict[str, str]) -> float | None:
     common = [item_id for item_id in predicted if item_id in previous]
     if not common:
         return None

@@ -105,7 +105,7 @@ class LoopSettings(_Section):
     # each annotation is a sync, and a full read of a large project takes a while)
     full_reconcile_interval_s: float = Field(default=600.0, gt=0)
     backoff_max_s: float = Field(default=300.0, gt=0)
-    stop_rule_enabled: bool = True  # pause the queue when successive models agree (and the control slice)
+    stop_rule_enabled: bool = True  # pause the queue when models agree with earlier ones (and the control slice)
     stop_kappa: float = Field(default=0.99, gt=0.0, le=1.0)
     stop_window: int = Field(default=3, ge=1)
     stability_sample: int = Field(default=2000, gt=0)  # unlabeled items both models predict

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from daemon.simulate_data import LabeledSplit
 from daemon.simulate_metrics import macro_f1_and_recall
-from daemon.stopping import StoppingRule, prediction_kappa
+from daemon.stopping import StoppingRule, prediction_kappa, reference_gap, reference_of
 from strategies import PoolView, select_batch
 
 __all__ = ["Classifier", "ClassifierFactory", "Oracle", "ReplayConfig", "RoundRecord", "replay"]
@@ -156,7 +156,7 @@ def replay(
         select_s = time.perf_counter() - began
         picked = candidates[selection.positions]
         first_seen = state.add(picked, oracle.annotate(picked))
-        fit_s = state.refit(pool, make_classifier(seed))
+        fit_s = state.refit(pool, make_classifier(seed), config.batch_size)
         accuracy, macro_f1, recall = macro_f1_and_recall(test.labels, state.predict(test.embeddings), classes)
         records.append(
             RoundRecord(
@@ -191,7 +191,9 @@ class _ArmState:
         self.counts: Counter[str] = Counter()
         self.model: Classifier | None = None
         self.proba: FloatArray | None = None  # on the unlabeled rows, in pool order
-        self.predicted = np.empty(n, dtype=object)  # last model's class for each unlabeled row
+        # earlier models' classes for the rows unlabeled then, with their label counts: the daemon's
+        # stopping rule compares a model with the newest one at least a gap of labels back
+        self.snapshots: list[tuple[int, LabelArray]] = []
         self.kappa: float | None = None
 
     def add(self, positions: npt.NDArray[np.intp], labels: list[str]) -> tuple[tuple[str, int], ...]:
@@ -228,9 +230,8 @@ class _ArmState:
         stacked: FloatArray = np.stack([self.prototypes[name] for name in unseen]).astype(dtype)
         return stacked
 
-    def refit(self, pool: FloatArray, classifier: Classifier) -> float:
+    def refit(self, pool: FloatArray, classifier: Classifier, batch_size: int) -> float:
         """Fit ``classifier`` on the revealed labels; score the rest; return the fit time in s."""
-        had_model = self.model is not None
         began = time.perf_counter()
         self.model = None
         if len(self.counts) >= 2:  # the daemon's cold start: one class cannot train a head
@@ -241,9 +242,15 @@ class _ArmState:
         if self.model is not None and remaining.size:
             self.proba = self.model.predict_proba(pool[remaining])
             current = np.asarray(self.model.classes_, dtype=object)[np.argmax(self.proba, axis=1)]
-            if had_model:
-                self.kappa = prediction_kappa(self.predicted[remaining], current)
-            self.predicted[remaining] = current
+            n_labels = len(self.labels)
+            reference = reference_of([count for count, _ in self.snapshots], n_labels,
+                                     reference_gap(n_labels, batch_size))
+            if reference is not None:
+                self.kappa = prediction_kappa(self.snapshots[reference][1][remaining], current)
+                self.snapshots = self.snapshots[reference:]  # labels only grow: older ones are done with
+            predicted = np.empty(len(self.is_labeled), dtype=object)
+            predicted[remaining] = current
+            self.snapshots.append((n_labels, predicted))
         return fit_s
 
     def predict(self, embeddings: FloatArray) -> LabelArray:

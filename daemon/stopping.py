@@ -1,11 +1,15 @@
 """A label-free stopping rule: stop when successive models stop changing their minds.
 
-After each retrain, the new model and the previous one both predict the items that
+After each retrain, the new model and an earlier one both predict the items that
 are still unlabeled; Cohen's kappa between the two prediction vectors measures how
-much the last batch of labels changed the model. When kappa stays at or above a
+much the labels in between changed the model. When kappa stays at or above a
 threshold for ``window`` consecutive retrains, further labels are unlikely to change
 the predictions, so the loop may stop (the "stabilizing predictions" rule of
-Bloodgood & Vijay-Shanker, 2009, with its defaults 0.99 and 3).
+Bloodgood & Vijay-Shanker, 2009, with its defaults 0.99 and 3). The earlier model is
+the newest one with at least :func:`reference_gap` fewer labels: at least a batch, and
+at least :data:`MIN_GROWTH` of the labels. The daemon retrains every few labels, and
+models 10 labels apart agreed at 0.99 from a few hundred labels on: a soak's queue paused
+at 744 labels and macro-F1 0.67, where labeling on reached 0.94 (QA).
 
 Pure functions: no I/O, no model, no randomness. The simulator and the daemon both
 call them with plain arrays of predicted class names.
@@ -13,13 +17,16 @@ call them with plain arrays of predicted class names.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["StoppingRule", "first_stop", "prediction_kappa"]
+__all__ = ["MIN_GROWTH", "StoppingRule", "first_stop", "prediction_kappa", "reference_gap", "reference_of"]
+
+MIN_GROWTH = 0.1  # a model is compared with one trained on at most 1 / (1 + 10%) of its labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +86,31 @@ def prediction_kappa(previous: npt.ArrayLike, current: npt.ArrayLike) -> float:
     return (observed - expected) / (1.0 - expected)
 
 
+def reference_gap(n_labels: int, batch_size: int) -> int:
+    """Labels between a model with ``n_labels`` and the earlier model it is compared with: at least one
+    batch, and at least ``MIN_GROWTH`` of ``n_labels``, rounded up; never below 1."""
+    return max(1, batch_size, math.ceil(MIN_GROWTH * n_labels))
+
+
+def reference_of(earlier: Sequence[int], n_labels: int, gap: int) -> int | None:
+    """Position in ``earlier`` (earlier models' label counts, oldest first) of the newest at most ``n_labels - gap``.
+
+    None when no earlier model is that far back (the first retrains: no kappa yet).
+    """
+    found = None
+    for position, count in enumerate(earlier):
+        if count <= n_labels - gap:
+            found = position
+    return found
+
+
 def first_stop(kappas: Sequence[float | None], rule: StoppingRule | None = None) -> int | None:
     """Return the first position at which ``rule`` says stop, or None if it never does.
 
     Args:
         kappas: one value per retrain, in order; ``kappas[t]`` compares model ``t``
-            with model ``t - 1``. ``None`` (no previous model to compare with, e.g.
-            the first retrain) breaks a run of agreement.
+            with its earlier model (:func:`reference_of`). ``None`` (no earlier model to
+            compare with, e.g. the first retrains) breaks a run of agreement.
         rule: threshold and window; the defaults when None.
 
     Returns:

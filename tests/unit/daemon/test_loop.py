@@ -361,6 +361,28 @@ def test_stopping_rule_pauses_and_resume_or_new_items_lift_it(tmp_path: Path, mo
         assert is_paused(session) is None
 
 
+def test_the_stopping_rule_compares_each_model_with_one_at_least_a_batch_of_labels_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retrained every label or two, successive models agreed at kappa 0.99 from a few hundred labels on, and a
+    soak's queue paused at macro-F1 0.67 (QA): a model is compared with the newest one max(batch, 10%) back."""
+    from daemon.pause import history
+
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold = build_world(tmp_path, stability_sample=40, stale_score_ratio=0.0)  # nothing withdrawn
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    second = batch_items(ctx, run_cycle(ctx).batch_id or "")  # the first model, on 10 labels
+    for pair in (second[0:2], second[2:4], second[4:6], second[6:8], second[8:10]):
+        for item in pair:
+            fake.annotate(item.item_id, gold[item.item_id])
+        run_cycle(ctx)  # a retrain on 2 more labels each time
+    with Session(ctx.engine) as session:
+        points = {point.n_labels: point.kappa for point in history(session)}
+    assert sorted(points) == [10, 12, 14, 16, 18, 20]
+    assert [points[n] for n in (10, 12, 14, 16, 18)] == [None] * 5  # no model 10 labels back yet
+    assert points[20] is not None  # against the model on 10 labels
+
+
 def test_an_operator_pause_holds_new_batches_until_resume_and_new_items_do_not_lift_it(
     world: tuple[LoopContext, FakeConnector, dict[str, str]], tmp_path: Path,
 ) -> None:

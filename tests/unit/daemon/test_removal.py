@@ -216,13 +216,13 @@ def test_removed_items_leave_the_stopping_rule_sample(world: World) -> None:
     annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
     second = run_cycle(ctx).batch_id or ""  # the first model: the sample is drawn and predicted
     with Session(ctx.engine) as session:
-        sampled = sorted(json.loads(get_value(session, "stability_predictions") or "{}"))
+        sampled = sorted(json.loads(get_value(session, "stability_predictions") or "[]")[-1]["predictions"])
     assert len(sampled) > 5
     remove_items(ctx.engine, sampled[:5])
     annotate_batch(ctx, fake, gold, second)
-    run_cycle(ctx)  # a new model: successive models are compared on the sample again
+    run_cycle(ctx)  # a new model: it is compared with the first on the sample again
     with Session(ctx.engine) as session:
-        compared = json.loads(get_value(session, "stability_predictions") or "{}")
+        compared = json.loads(get_value(session, "stability_predictions") or "[]")[-1]["predictions"]
     assert compared and not set(compared) & set(sampled[:5])
 
 

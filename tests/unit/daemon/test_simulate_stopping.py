@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.stopping import StoppingRule, first_stop, prediction_kappa
+from daemon.stopping import StoppingRule, first_stop, prediction_kappa, reference_gap, reference_of
 
 
 def test_kappa_is_one_for_identical_predictions() -> None:
@@ -60,3 +60,12 @@ def test_none_breaks_a_run_and_a_short_sequence_never_stops() -> None:
 def test_a_rule_out_of_range_is_refused(rule: StoppingRule) -> None:
     with pytest.raises(ValueError):
         first_stop([1.0], rule)
+
+
+def test_the_reference_is_the_newest_model_a_batch_and_a_tenth_of_the_labels_back() -> None:
+    assert reference_gap(30, batch_size=10) == 10  # a batch
+    assert reference_gap(744, batch_size=10) == 75  # 10% of the labels, rounded up
+    assert reference_gap(0, batch_size=0) == 1
+    earlier = [10, 20, 30, 670, 700, 740]
+    assert reference_of(earlier, 744, 75) == 2  # 30: the newest at most 744 - 75 = 669 (670 is one too many)
+    assert reference_of([], 744, 75) is None and reference_of([700], 744, 75) is None
