@@ -37,7 +37,7 @@ from daemon.store import (
     make_engine,
 )
 from daemon.sync import sync
-from daemon.training import embed_pool
+from daemon.training import embed_pool, to_embed
 from models.hashing import HashingEmbedder
 
 CLASSES = ["billing", "delivery", "fraud"]
@@ -381,6 +381,34 @@ def test_the_stopping_rule_compares_each_model_with_one_at_least_a_batch_of_labe
     assert sorted(points) == [10, 12, 14, 16, 18, 20]
     assert [points[n] for n in (10, 12, 14, 16, 18)] == [None] * 5  # no model 10 labels back yet
     assert points[20] is not None  # against the model on 10 labels
+
+
+def test_during_a_backfill_a_due_batch_is_pushed_before_the_embed_stage(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embedding first made annotators wait the embed stage's 20-30 s for every batch of a backfill (QA)."""
+    import daemon.cycle as cycle
+
+    ctx, fake, gold = world
+    batches_at_embed: list[int] = []
+    real_embed = embed_pool
+
+    def embed(ctx: LoopContext, **kwargs: Any) -> int:
+        with Session(ctx.engine) as session:
+            batches_at_embed.append(len(session.exec(select(Batch)).all()))
+        return real_embed(ctx, **kwargs)
+
+    monkeypatch.setattr(cycle, "embed_pool", embed)
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")  # nothing had vectors: embedded first
+    assert batches_at_embed == [0]
+    more = tmp_path / "more.csv"
+    make_pool(more, n=40, seed=1)
+    more.write_text(more.read_text().replace("it-", "more-"))
+    add_pool_file(ctx.engine, more, pool=ctx.settings.pool, data_dir=ctx.settings.store.data_dir)
+    report = run_cycle(ctx)  # 40 new items wait for vectors, and a batch is due: the batch goes first
+    assert report.batch_id is not None and batches_at_embed == [0, 2]
+    with Session(ctx.engine) as session:
+        assert session.exec(select(PoolItem.seq).where(*to_embed()).limit(1)).first() is None  # still embedded
 
 
 def test_an_operator_pause_holds_new_batches_until_resume_and_new_items_do_not_lift_it(
@@ -1058,12 +1086,14 @@ def test_a_cycle_embeds_a_large_import_a_bounded_while_and_trains_on_what_has_a_
     with Session(ctx.engine) as session:
         status = status_report(session)
         n_labels = session.exec(select(ModelRun.n_labels).where(ModelRun.version == report.model_version)).one()
-    assert status.pool["embedded"] == len(gold) + 256  # one chunk of the import, then on to train and select
-    assert n_labels == 10 + 256  # the batch's answers and the seed labels of the embedded chunk
+    assert status.pool["embedded"] == len(gold) + 256  # one chunk of the import
+    assert n_labels == 10  # a batch was due: trained and pushed first, the chunk embedded after the push
     for _ in range(2):  # the rest, a chunk per cycle
-        run_cycle(ctx)
+        report = run_cycle(ctx)
     with Session(ctx.engine) as session:
         assert status_report(session).pool["embedded"] == len(gold) + 600
+        n_labels = session.exec(select(ModelRun.n_labels).where(ModelRun.version == report.model_version)).one()
+    assert n_labels >= 10 + 256  # the seed labels of the chunks embedded before
     assert cycle_due(ctx) != "pool items to embed"
 
 
