@@ -226,6 +226,7 @@ def test_a_restart_reuses_the_webhook_and_edits_and_deletions_arrive(
     tmp_path: Path, ls_webhooks: Any, client: LabelStudio, project: int
 ) -> None:
     daemon = make_daemon(tmp_path, ls_webhooks, project, webhook=True, sync_interval_s=300, cycle_interval_s=300)
+    daemon.env["LABELLOOP_LOG_LEVEL"] = "DEBUG"  # accepted calls after the first are logged at DEBUG
     daemon.start()
     try:
         wait_until(lambda: ls_helpers.task_count(client, project) == BATCH, timeout_s=180,
