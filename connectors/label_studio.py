@@ -361,11 +361,10 @@ class LabelStudioConnector:
         """
         project = self._resolved()
         gone = self._gone_after(project, remote_task_ids, lk.delete_untouched, "withdraw")
-        log.info(
-            "withdraw: %s of %s tasks gone from project %s",
-            len(gone),
-            len(remote_task_ids),
-            project.project_id,
+        kept = len(remote_task_ids) - len(gone)
+        log.info(  # "0 of 10 tasks gone" read unclearly (QA): say what became of the rest
+            "withdraw: %s of %s tasks withdrawn from project %s%s", len(gone), len(remote_task_ids), project.project_id,
+            f"; {kept} kept, as someone answered, skipped or drafted them meanwhile" if kept else "",
         )
         return gone
 

@@ -376,3 +376,17 @@ def test_an_access_token_refused_in_flight_does_not_fail_the_call(
     assert connector.push(_tasks(2, prefix="inflight"))  # a push refused here would park its batch
     assert connector.check()
 
+
+
+def test_withdraw_says_how_many_tasks_it_kept_and_why(
+    ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'withdraw: 0 of 10 tasks gone from project 1' read unclearly in a soak's log (QA)."""
+    caplog.set_level(logging.INFO, logger="connectors.label_studio")
+    project_id = ls_project(("pos", "neg"))
+    connector = ls_connector(project_id)
+    mapping = connector.push(_tasks(2))
+    ls_helpers.annotate(ls_client, int(mapping["item-0"]), "pos")
+    assert connector.withdraw([mapping["item-0"], mapping["item-1"]]) == [mapping["item-1"]]
+    assert (f"withdraw: 1 of 2 tasks withdrawn from project {project_id}; 1 kept, as someone answered, skipped or "
+            "drafted them meanwhile") in caplog.text
