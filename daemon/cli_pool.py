@@ -29,6 +29,7 @@ from daemon.cli_common import (
     store_engine,
 )
 from daemon.errors import ConfigError, PoolFileError
+from daemon.wording import for_count
 
 if TYPE_CHECKING:  # pool.py loads numpy and the cache: not for every command
     from sqlalchemy.engine import Engine
@@ -197,14 +198,6 @@ def pool_remove(
     missing = f" ({escape(', '.join(report.not_in_pool_first))}{more})" if report.not_in_pool else ""
     out.print(f"{counted(report.removed, 'item')} removed ({report.labeled} with a label, no longer trained on or "
               f"exported; {report.waiting} waiting in Label Studio, withdrawn at the next sync unless someone answered "
-              f"them); {report.already_removed} {_were(report.already_removed)} already removed, "
-              f"{report.not_in_pool} {_are(report.not_in_pool)} not in the pool"
+              f"them); {report.already_removed} {for_count(report.already_removed, 'was', 'were')} already removed, "
+              f"{report.not_in_pool} {for_count(report.not_in_pool, 'is', 'are')} not in the pool"
               f"{missing}", soft_wrap=True)
-
-
-def _are(n: int) -> str:
-    return "is" if n == 1 else "are"
-
-
-def _were(n: int) -> str:
-    return "was" if n == 1 else "were"

@@ -207,7 +207,7 @@ def _cache_vectors(staged: StagedFile, model_key: str, data_dir: Path) -> tuple[
     with EmbeddingCache(data_dir / "embeddings", model_key=model_key, dim=staged.dim or 0) as cache:
         for item_ids, vectors in staged.new_vectors():
             cache.put([byo_hash(item_id) for item_id in item_ids], _unit(vectors))
-        differing, first = 0, list[str]()
+        differing, first, unit = 0, list[str](), position_word(staged.path)
         for lines, item_ids, vectors in staged.present_vectors():  # a new vector was dropped silently (QA)
             rows = cache.lookup([byo_hash(item_id) for item_id in item_ids])
             known = rows >= 0
@@ -215,7 +215,7 @@ def _cache_vectors(staged: StagedFile, model_key: str, data_dir: Path) -> tuple[
             differs = np.flatnonzero(np.abs(cache.get(rows[known]) - as_stored).max(axis=1) > _VECTOR_TOLERANCE)
             differing += len(differs)
             at = np.flatnonzero(known)[differs[: _FIRST_SHOWN - len(first)]]
-            first += [f"{position_word(staged.path)} {lines[i]}: id {item_ids[i]!r}" for i in at]
+            first += [f"{unit} {lines[i]}: id {item_ids[i]!r}" for i in at]
     return differing, first
 
 

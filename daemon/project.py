@@ -14,7 +14,7 @@ from connectors.base import ProjectInfo
 from daemon.context import LoopContext
 from daemon.queries import labels_per_class
 from daemon.store import LabelEvent, LabelRecord, LabelStatus, get_value, set_value
-from daemon.wording import counted
+from daemon.wording import counted, for_count
 
 __all__ = ["ensure_project", "refresh_classes"]
 
@@ -86,8 +86,9 @@ def _bind(ctx: LoopContext, info: ProjectInfo, *, at_start: bool) -> bool:
         session.commit()
         outside = labels_per_class(session)[1]  # labels naming none of the classes just stored
     if adopted:
-        log.info("%s that named no class when pulled %s labels now (%s)", counted(sum(adopted.values()), "answer"),
-                 "is" if sum(adopted.values()) == 1 else "are",
+        n_adopted = sum(adopted.values())
+        log.info("%s that named no class when pulled %s labels now (%s)", counted(n_adopted, "answer"),
+                 for_count(n_adopted, "is", "are"),
                  ", ".join(f"{label!r}: {n}" for label, n in sorted(adopted.items())))
     if outside and (at_start or changed):
         log.warning("%s labels name no class of project %s and are not trained on (%s); add the classes to its "

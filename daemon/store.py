@@ -343,7 +343,7 @@ def _refuse_an_emptied_file(path: Path) -> None:
     disk does, and every command then reported an empty pool as if all were well (QA).
     """
     try:
-        emptied = path.stat().st_size == 0 and not _nonempty(path.with_name(path.name + "-wal"))
+        emptied = path.stat().st_size == 0 and not _wal_has_data(path)
     except FileNotFoundError:
         return
     if emptied:
@@ -351,9 +351,10 @@ def _refuse_an_emptied_file(path: Path) -> None:
                                "restore it from a backup, or delete it and run `labelloop init --force` for a new one")
 
 
-def _nonempty(path: Path) -> bool:
+def _wal_has_data(path: Path) -> bool:
+    """Whether the store at ``path`` has a write-ahead log with something in it."""
     try:
-        return path.stat().st_size > 0
+        return path.with_name(path.name + "-wal").stat().st_size > 0
     except FileNotFoundError:
         return False
 
@@ -426,8 +427,7 @@ def _snapshot_url(path: Path) -> str | None:
     no write-ahead log to replay there, the file is all there is, and SQLite may read it as
     immutable; every write is refused. A log with content is left to SQLite's own open.
     """
-    wal = path.with_name(path.name + "-wal")
-    if not path.is_file() or _folder_writable(path.parent) or (wal.exists() and wal.stat().st_size > 0):
+    if not path.is_file() or _folder_writable(path.parent) or _wal_has_data(path):
         return None
     log.warning("the store %s is in a folder this process may not write: reading it as a snapshot (no writes)",
                 path)
