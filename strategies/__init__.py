@@ -13,6 +13,7 @@ arms). No I/O, no logging, no global RNG; every random choice comes from the
 """
 
 from strategies._types import AnyFloatArray, FloatArray, IntArray
+from strategies.geometry import DEFAULT_NEAR_COPY_COSINE, near_copies
 from strategies.registry import (
     DEFAULT_STRATEGY,
     REGISTRY,
@@ -25,6 +26,7 @@ from strategies.registry import (
 from strategies.streaming import Prefilter, prefilter, prefilter_scores
 
 __all__ = [
+    "DEFAULT_NEAR_COPY_COSINE",
     "DEFAULT_STRATEGY",
     "REGISTRY",
     "AnyFloatArray",
@@ -35,6 +37,7 @@ __all__ = [
     "Selection",
     "Strategy",
     "is_cold_start",
+    "near_copies",
     "prefilter",
     "prefilter_scores",
     "select_batch",

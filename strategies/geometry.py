@@ -11,11 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from strategies._checks import check_embeddings
-from strategies._types import AnyFloatArray, FloatArray
+from strategies._types import AnyFloatArray, FloatArray, IntArray
 
-__all__ = ["knn_density", "min_sq_distances", "novelty", "sq_norms"]
+__all__ = ["DEFAULT_NEAR_COPY_COSINE", "knn_density", "min_sq_distances", "near_copies", "novelty", "sq_norms"]
 
 _BLOCK_ELEMS = 1 << 22
+# cosine from which a row counts as a near-copy of another: on 3,000 distinct texts of each shared
+# data set (all-MiniLM-L6-v2), pairs this close carried different labels 0-1 % of the time
+DEFAULT_NEAR_COPY_COSINE = 0.97
 
 
 def sq_norms(points: AnyFloatArray) -> FloatArray:
@@ -51,6 +54,49 @@ def min_sq_distances(points: AnyFloatArray, anchors: AnyFloatArray) -> FloatArra
         np.minimum(best, sq.min(axis=1), out=best)
     dist: FloatArray = np.maximum(best + point_norms, 0.0)
     return dist
+
+
+def near_copies(
+    points: AnyFloatArray, references: AnyFloatArray, *, min_cosine: float = DEFAULT_NEAR_COPY_COSINE
+) -> IntArray:
+    """Return, per point, the reference it nearly copies (cosine >= ``min_cosine``), or -1.
+
+    A labeled item's near-copies (the same text re-posted, re-cased, with a word dropped or a
+    tag added) stay as uncertain as it was, so an uncertainty strategy would ask for them one
+    after another; callers set them aside instead.
+
+    Args:
+        points: (n, d) L2-normalised rows.
+        references: (m, d) L2-normalised rows (m may be 0).
+        min_cosine: in ``(0, 1]``.
+
+    Returns:
+        (n,) intp: the index of the most similar reference among those at least ``min_cosine``
+        close, or -1 where none is.
+
+    Raises:
+        ValueError: on malformed or mismatched inputs, or ``min_cosine`` outside ``(0, 1]``.
+    """
+    check_embeddings(points, "points")
+    check_embeddings(references, "references")
+    if references.shape[1] != points.shape[1]:
+        raise ValueError(f"references must have {points.shape[1]} columns, got {references.shape[1]}")
+    if not 0.0 < min_cosine <= 1.0:
+        raise ValueError(f"min_cosine must be in (0, 1], got {min_cosine}")
+    nearest: IntArray = np.full(points.shape[0], -1, dtype=np.intp)
+    if points.shape[0] == 0 or references.shape[0] == 0:
+        return nearest
+    best = np.full(points.shape[0], -np.inf)
+    step = max(1, _BLOCK_ELEMS // points.shape[0])
+    for start in range(0, references.shape[0], step):
+        cosine = np.asarray(points @ references[start : start + step].T, dtype=np.float64)  # (n, b)
+        at = cosine.argmax(axis=1)
+        top = cosine[np.arange(points.shape[0]), at]
+        better = top > best
+        best[better], nearest[better] = top[better], at[better] + start
+    # the 1e-6 spares float16/float32 rounding: an identical row must count at min_cosine 1.0
+    nearest[best < min_cosine - 1e-6] = -1
+    return nearest
 
 
 def novelty(points: AnyFloatArray, anchors: AnyFloatArray | None) -> FloatArray:

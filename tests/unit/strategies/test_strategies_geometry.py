@@ -40,3 +40,37 @@ def test_knn_density_is_lower_for_an_outlier() -> None:
 def test_knn_density_rejects_zero_neighbours() -> None:
     with pytest.raises(ValueError, match="n_neighbors"):
         geometry.knn_density(np.eye(2), np.eye(2), n_neighbors=0)
+
+
+def test_near_copies_name_the_most_similar_reference_at_or_above_the_cosine() -> None:
+    references = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    close = np.array([0.99, 0.141, 0.0]) / np.linalg.norm([0.99, 0.141, 0.0])  # cosine 0.990 to the first
+    points = np.stack([close, [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.6, 0.8, 0.0]])
+    np.testing.assert_array_equal(geometry.near_copies(points, references, min_cosine=0.97), [0, -1, 1, -1])
+    np.testing.assert_array_equal(geometry.near_copies(points, references, min_cosine=0.995), [-1, -1, 1, -1])
+    # at 0.8 the last point is near both (0.6 and 0.8): the closer one is named
+    np.testing.assert_array_equal(geometry.near_copies(points, references, min_cosine=0.79), [0, -1, 1, 1])
+
+
+def test_near_copies_across_reference_blocks_and_in_float16(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = np.random.default_rng(1)
+    references = gen.normal(size=(50, 16))
+    references /= np.linalg.norm(references, axis=1, keepdims=True)
+    points = np.concatenate([references[[41, 3, 17]], gen.normal(size=(2, 16))])
+    points[3:] /= np.linalg.norm(points[3:], axis=1, keepdims=True)
+    monkeypatch.setattr(geometry, "_BLOCK_ELEMS", 20)  # 4 references per block
+    expected = [41, 3, 17, -1, -1]
+    np.testing.assert_array_equal(geometry.near_copies(points, references, min_cosine=0.97), expected)
+    # identical rows count at 1.0 even after a float16 round trip
+    half = geometry.near_copies(points.astype(np.float16), references.astype(np.float16), min_cosine=1.0)
+    np.testing.assert_array_equal(half, expected)
+
+
+def test_near_copies_of_nothing_and_bad_arguments() -> None:
+    points = np.eye(3)
+    np.testing.assert_array_equal(geometry.near_copies(points, np.zeros((0, 3))), [-1, -1, -1])
+    assert geometry.near_copies(np.zeros((0, 3)), points).shape == (0,)
+    with pytest.raises(ValueError, match="min_cosine"):
+        geometry.near_copies(points, points, min_cosine=0.0)
+    with pytest.raises(ValueError, match="columns"):
+        geometry.near_copies(points, np.eye(4))
