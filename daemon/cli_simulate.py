@@ -114,6 +114,16 @@ def simulate(
         typer.Option(help="Embed the class names so the default strategy can look for unseen classes "
                      "(text files only), as the daemon does with loop.use_class_names."),
     ] = True,
+    near_copies: Annotated[
+        bool,
+        typer.Option("--set-aside-near-copies/--keep-near-copies",
+                     help="Set aside unlabeled items nearly identical to labeled ones, as the daemon does with "
+                     "loop.set_aside_near_copies."),
+    ] = True,
+    near_copy_cosine: Annotated[
+        float,
+        typer.Option(help="Cosine from which an item counts as a near-copy, in (0, 1] (loop.near_copy_cosine)."),
+    ] = 0.97,
 ) -> None:
     """Replay active learning on labeled data with an oracle; compare strategies by labels needed.
 
@@ -127,7 +137,8 @@ def simulate(
     from daemon.stopping import StoppingRule
     from strategies import DEFAULT_STRATEGY, REGISTRY
 
-    problem = _option_problem(out_dir, cache_dir, test_file, test_fraction, kappa_threshold, kappa_window)
+    problem = _option_problem(out_dir, cache_dir, test_file, test_fraction, kappa_threshold, kappa_window,
+                              near_copy_cosine)
     if problem:
         print_error(problem)
         raise typer.Exit(1)
@@ -146,7 +157,8 @@ def simulate(
                           keep_duplicates),
         strategies=tuple(dict.fromkeys(names)),
         seeds=tuple(range(seeds)),
-        config=ReplayConfig(batch_size, budget, StoppingRule(kappa_threshold, kappa_window)),
+        config=ReplayConfig(batch_size, budget, StoppingRule(kappa_threshold, kappa_window),
+                            near_copy_cosine if near_copies else None),
         out_dir=out_dir,
         cache_dir=cache_dir or out_dir / "cache",
         encoder=encoder,
@@ -176,6 +188,7 @@ def _option_problem(
     test_fraction: float | None,
     kappa_threshold: float,
     kappa_window: int,
+    near_copy_cosine: float,
 ) -> str | None:
     """Return what is wrong with the options, in one line naming the option, or None; checked before any work.
 
@@ -194,6 +207,8 @@ def _option_problem(
         return f"--kappa-threshold must be in (0, 1], got {kappa_threshold}"
     if kappa_window < 1:
         return f"--kappa-window must be >= 1, got {kappa_window}"
+    if not 0.0 < near_copy_cosine <= 1.0:
+        return f"--near-copy-cosine must be in (0, 1], got {near_copy_cosine}"
     for option, folder in folders:
         problem = _unwritable(option, folder)
         if problem:

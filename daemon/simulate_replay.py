@@ -20,7 +20,7 @@ import numpy.typing as npt
 from daemon.simulate_data import LabeledSplit
 from daemon.simulate_metrics import macro_f1_and_recall
 from daemon.stopping import StoppingRule, prediction_kappa, reference_gap, reference_of
-from strategies import PoolView, select_batch
+from strategies import DEFAULT_NEAR_COPY_COSINE, PoolView, near_copies, select_batch
 
 __all__ = ["Classifier", "ClassifierFactory", "Oracle", "ReplayConfig", "RoundRecord", "replay"]
 
@@ -78,11 +78,15 @@ class ReplayConfig:
         batch_size: >= 1, items annotated per round.
         budget: >= 1, total labels (capped at the pool size).
         stopping: the label-free stopping rule whose kappas are recorded.
+        near_copy_cosine: unlabeled items at least this close to a labeled one are set aside,
+            as the daemon's ``loop.near_copy_cosine`` does (they come back once fewer than a
+            batch of other items is left); None keeps them.
     """
 
     batch_size: int = 50
     budget: int = 2000
     stopping: StoppingRule = field(default_factory=StoppingRule)
+    near_copy_cosine: float | None = DEFAULT_NEAR_COPY_COSINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,7 @@ class RoundRecord:
     kappa: float | None
     class_recall: tuple[float, ...]
     first_seen: tuple[tuple[str, int], ...] = ()
+    n_set_aside: int = 0  # unlabeled items set aside as near-copies of labeled ones, after this round
 
 
 def replay(
@@ -149,13 +154,16 @@ def replay(
     state = _ArmState(pool.shape[0], class_prototypes)
     records: list[RoundRecord] = []
     while len(state.labels) < budget:
-        candidates = np.flatnonzero(~state.is_labeled)
+        k = min(config.batch_size, budget - len(state.labels))
+        candidates = state.candidates(k)
         view = state.view(pool, candidates, n_classes)
         began = time.perf_counter()
-        selection = select_batch(strategy, view, min(config.batch_size, budget - len(state.labels)), rng=rng)
+        selection = select_batch(strategy, view, k, rng=rng)
         select_s = time.perf_counter() - began
         picked = candidates[selection.positions]
         first_seen = state.add(picked, oracle.annotate(picked))
+        if config.near_copy_cosine is not None:
+            state.set_aside_copies_of(pool, picked, config.near_copy_cosine)
         fit_s = state.refit(pool, make_classifier(seed), config.batch_size)
         accuracy, macro_f1, recall = macro_f1_and_recall(test.labels, state.predict(test.embeddings), classes)
         records.append(
@@ -173,6 +181,7 @@ def replay(
                 kappa=state.kappa,
                 class_recall=tuple(recall.tolist()),
                 first_seen=first_seen,
+                n_set_aside=int(np.count_nonzero(state.is_set_aside & ~state.is_labeled)),
             )
         )
         if state.is_labeled.all():
@@ -186,6 +195,7 @@ class _ArmState:
     def __init__(self, n: int, prototypes: Mapping[str, FloatArray] | None = None) -> None:
         self.prototypes = prototypes
         self.is_labeled = np.zeros(n, dtype=bool)
+        self.is_set_aside = np.zeros(n, dtype=bool)  # near-copies of labeled rows
         self.positions: list[int] = []
         self.labels: list[str] = []
         self.counts: Counter[str] = Counter()
@@ -208,12 +218,26 @@ class _ArmState:
         self.labels.extend(labels)
         return tuple(first_seen)
 
+    def candidates(self, k: int) -> npt.NDArray[np.intp]:
+        """The unlabeled rows not set aside, in pool order; every unlabeled row once fewer than ``k`` are left."""
+        unlabeled = ~self.is_labeled
+        kept = np.flatnonzero(unlabeled & ~self.is_set_aside)
+        return kept if kept.size >= k else np.flatnonzero(unlabeled)
+
+    def set_aside_copies_of(self, pool: FloatArray, positions: npt.NDArray[np.intp], min_cosine: float) -> None:
+        """Set aside the unlabeled rows at least ``min_cosine`` close to one of ``positions`` (just labeled)."""
+        rows = np.flatnonzero(~self.is_labeled & ~self.is_set_aside)
+        self.is_set_aside[rows[near_copies(pool[rows], pool[positions], min_cosine=min_cosine) >= 0]] = True
+
     def view(self, pool: FloatArray, candidates: npt.NDArray[np.intp], n_classes: int) -> PoolView:
-        """Build the strategy's view as the daemon's select stage does."""
+        """Build the strategy's view of ``candidates`` (from :meth:`candidates`) as the daemon's select stage does."""
         classes = () if self.model is None else tuple(str(c) for c in self.model.classes_)
+        proba = self.proba  # on every unlabeled row: cut to the candidates
+        if proba is not None and candidates.size < proba.shape[0]:
+            proba = proba[~self.is_set_aside[~self.is_labeled]]
         return PoolView(
             embeddings=pool[candidates],
-            proba=self.proba,
+            proba=proba,
             label_counts=np.asarray([self.counts[c] for c in classes], dtype=np.intp),
             n_unseen_classes=max(0, n_classes - len(self.counts)),
             labeled_embeddings=pool[self.positions] if self.positions else None,

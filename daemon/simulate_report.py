@@ -269,6 +269,7 @@ def _result_header(result: SimulationResult) -> dict[str, Any]:
         "requested_batch_size": result.requested.batch_size,
         "requested_budget": result.requested.budget,
         "stopping": asdict(result.config.stopping),
+        "near_copy_cosine": result.config.near_copy_cosine,  # None: near-copies of labeled items were kept
         "reference": asdict(result.reference),
         "embed_s": round(result.embed_s, 3),
         "wall_s": round(result.wall_s, 3),

@@ -430,3 +430,38 @@ def test_repeated_rows_and_split_values_other_than_test_are_said(
     text = " ".join(record.getMessage() for record in caplog.records)
     assert "2 row(s) repeat an earlier row's text and label (or id) and are one item with it" in text
     assert "rows marked 'dev' (20) are in the pool" in text
+
+
+def test_near_copies_of_labeled_items_are_set_aside_until_nothing_else_is_left() -> None:
+    base = blobs(40, 5)
+    copies = np.repeat(np.arange(20), 2)  # rows 0-19 twice more each: 80 pool rows
+    pool = np.concatenate([base.embeddings, base.embeddings[copies]])
+    labels = np.concatenate([base.labels, base.labels[copies]])
+
+    class Recording(Oracle):
+        def __init__(self) -> None:
+            super().__init__(labels)
+            self.copies_asked = 0
+
+        def annotate(self, positions: npt.NDArray[np.intp]) -> list[str]:
+            earlier = pool[self.is_revealed]
+            if earlier.shape[0]:
+                self.copies_asked += int(((pool[positions] @ earlier.T).max(axis=1) > 0.999).sum())
+            return super().annotate(positions)
+
+    def run(near_copy_cosine: float | None, budget: int) -> tuple[Recording, list[RoundRecord]]:
+        oracle = Recording()
+        records = replay(pool, oracle, blobs(60, 6), n_classes=3, strategy="random", seed=0,
+                         config=ReplayConfig(batch_size=10, budget=budget, near_copy_cosine=near_copy_cosine),
+                         make_classifier=CentroidClassifier)
+        return oracle, records
+
+    kept, _ = run(None, 30)
+    assert kept.copies_asked > 0  # without the rule, random asks for copies of what it labeled
+    set_aside, records = run(0.97, 30)
+    assert set_aside.copies_asked == 0
+    assert records[-1].n_set_aside > 0
+    assert [r.n_set_aside for r in records] == sorted(r.n_set_aside for r in records)
+    # 40 distinct rows: once they are labeled, the copies are all that is left and are asked for
+    _, records = run(0.97, 80)
+    assert records[-1].n_labels == 80 and records[-1].n_set_aside == 0

@@ -175,6 +175,7 @@ def test_a_cache_dir_that_is_or_lies_under_a_file_is_refused(
         (["--test-fraction", "1.5"], "--test-fraction must be in (0, 1), got 1.5"),
         (["--kappa-threshold", "2"], "--kappa-threshold must be in (0, 1], got 2.0"),
         (["--kappa-window", "0"], "--kappa-window must be >= 1, got 0"),
+        (["--near-copy-cosine", "0"], "--near-copy-cosine must be in (0, 1], got 0.0"),
     ],
 )
 def test_bad_option_values_name_the_option(app: typer.Typer, tmp_path: Path, extra: list[str], expected: str) -> None:
@@ -304,9 +305,11 @@ def test_summary_json_records_the_settings_that_change_results(app: typer.Typer,
         "jobs": 1,
         "class_names_embedded": True,
     }
-    extra = ("--calibrate", "--no-class-names", "--test-fraction", "0.3", "--keep-duplicates")
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["near_copy_cosine"] == 0.97
+    extra = ("--calibrate", "--no-class-names", "--test-fraction", "0.3", "--keep-duplicates", "--keep-near-copies")
     changed = CliRunner().invoke(app, simulate_args(data, tmp_path / "changed", *extra))
     assert changed.exit_code == 0, changed.output
+    assert json.loads((tmp_path / "changed" / "summary.json").read_text())["near_copy_cosine"] is None
     settings = json.loads((tmp_path / "changed" / "summary.json").read_text())["settings"]
     assert settings["calibrate"] is True and settings["keep_duplicates"] is True
     assert settings["class_names"] is False and settings["class_names_embedded"] is False
