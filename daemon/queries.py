@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from daemon.near_copies import n_set_aside
 from daemon.store import (
     Batch,
     BatchItem,
@@ -240,13 +241,15 @@ def _project(session: Session) -> dict[str, Any]:
 
 
 def _pool_counts(session: Session) -> dict[str, int]:
-    """Items in the loop (removed ones apart), how many have a vector, and how many were removed."""
+    """Items in the loop (removed ones apart), how many have a vector, how many were removed, and how
+    many unlabeled ones are set aside as near-copies of labeled items (:mod:`daemon.near_copies`)."""
     removed = session.exec(select(func.count()).select_from(RemovedItem)).one()
     in_loop = [not_removed(PoolItem.item_id)] if removed else []  # a million-row probe only when needed
     total = session.exec(select(func.count()).select_from(PoolItem).where(*in_loop)).one()
     embedded = session.exec(
         select(func.count()).select_from(PoolItem).where(col(PoolItem.is_embedded), *in_loop)).one()
-    return {"items": int(total), "embedded": int(embedded), "removed": int(removed)}
+    return {"items": int(total), "embedded": int(embedded), "removed": int(removed),
+            "near_copies": n_set_aside(session)}
 
 
 def _label_counts(session: Session) -> dict[str, int]:

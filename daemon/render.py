@@ -125,6 +125,8 @@ def status_panels(report: StatusReport) -> list[Panel]:
                         str(report.labels["disputed"]))
     counts = ", ".join(f"{k} {v}" for k, v in report.labels.items())
     removed = f", {report.pool['removed']} removed" if report.pool.get("removed") else ""
+    if report.pool.get("near_copies"):
+        removed += f", {report.pool['near_copies']} set aside as near-copies of labeled items"
     pool = (f"pool: {report.pool['items']} items ({report.pool['embedded']} embedded{removed}); labels: {counts}\n"
             f"queue: {report.queue.get('waiting_items', 0)} items waiting in Label Studio; {_project_text(report)}")
     if report.queue.get("batches_parked"):

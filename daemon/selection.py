@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -22,6 +22,7 @@ from sqlmodel import Session, select
 
 from daemon.context import LoopContext, TrainedModel
 from daemon.named_rows import nearest_rows, unseen_prototypes
+from daemon.near_copies import record_near_copies, set_aside_seqs
 from daemon.pool import known_classes
 from daemon.pool_index import CandidateRows, PoolIndex, item_ids_of
 from daemon.queries import waiting_count
@@ -38,11 +39,22 @@ from daemon.store import Batch, BatchItem
 from daemon.training import active_cache, labeled_set, vectors_for
 from models.cache import EmbeddingCache
 from models.errors import ModelError
-from strategies import DEFAULT_STRATEGY, PoolView, Prefilter, prefilter, prefilter_scores, select_batch
+from strategies import (
+    DEFAULT_STRATEGY,
+    PoolView,
+    Prefilter,
+    near_copies,
+    prefilter,
+    prefilter_scores,
+    select_batch,
+)
 
 __all__ = ["label_counts", "pool_index", "select_next_batch", "strategy_name", "waiting_count"]
 
 log = logging.getLogger(__name__)
+# streamed passes per selection at most: a pass whose shortlist held near-copies of labeled items
+# runs again without them (they are recorded, so later cycles leave them out from the start)
+_NEAR_COPY_PASSES = 3
 
 
 def strategy_name(ctx: LoopContext) -> str:
@@ -61,8 +73,10 @@ def pool_index(ctx: LoopContext, session: Session, cache: EmbeddingCache) -> Poo
 @dataclass(frozen=True, slots=True)
 class _Inputs:
     pool: CandidateRows
+    set_aside: npt.NDArray[np.intp]  # positions into pool: near-copies of labeled items
     room: int
     labels: list[str]
+    labeled_ids: list[str]
     labeled_hashes: list[str]
     classes: list[str]
     n_batches: int
@@ -88,6 +102,8 @@ def select_next_batch(ctx: LoopContext, model: TrainedModel | None, *, cycle_id:
     control = rng.choice(n, size=n_control, replace=False) if n_control > 0 else np.zeros(0, dtype=np.intp)
     is_rest = np.ones(n, dtype=bool)
     is_rest[control] = False
+    if inputs.set_aside.size and is_rest.sum() - np.count_nonzero(is_rest[inputs.set_aside]) >= k - n_control:
+        is_rest[inputs.set_aside] = False  # unless fewer than a batch of other items is left
     read = time.perf_counter()
     chosen, strategy = _strategy_picks(ctx, model, cache, inputs, np.flatnonzero(is_rest), k - n_control, rng)
     control_proba = None
@@ -112,7 +128,7 @@ def _strategy_picks(
     k: int,
     rng: np.random.Generator,
 ) -> tuple[list[_Pick], str]:
-    """Stream ``rest`` (positions into the candidates) once, then run the strategy on its shortlist."""
+    """Stream ``rest`` (positions into the candidates), then run the strategy on its shortlist."""
     name = strategy_name(ctx)
     counts = label_counts(model, inputs.labels)
     labeled_embeddings = vectors_for(ctx, inputs.labeled_hashes) if inputs.labeled_hashes else None
@@ -129,13 +145,11 @@ def _strategy_picks(
             return prefilter_scores(name, proba, counts, n_unseen_classes=n_unseen,
                                     has_labeled_embeddings=has_labeled)
     rows = inputs.pool.cache_rows[rest]
-    try:
-        short = _shortlist(ctx, cache, rows, plan, model, score, rng)
-    except ModelError:  # NonFiniteInput in process; on Ray it arrives as a failed job, its cause lost
-        cache.check_finite(rows)  # the pass reads rows unchecked: find the damaged shard and name it
-        raise  # finite rows whose logits overflow, or a job that failed for another reason
+    named = None
     if plan.n_named and prototypes is not None:
-        short = _with_named_rows(cache, rows, short, nearest_rows(cache, rows, prototypes, plan.n_named), model)
+        named = nearest_rows(cache, rows, prototypes, plan.n_named)
+    short = _shortlist_without_copies(ctx, inputs, cache, rest, _Pass(plan, model, score, named), labeled_embeddings,
+                                      k, rng)
     view = PoolView(
         embeddings=cache.get(rows[short.positions]),
         proba=short.proba,
@@ -151,6 +165,91 @@ def _strategy_picks(
     ]
     log.debug("select: %s of %s rows shortlisted for %s", len(short.positions), len(rest), name)
     return chosen, picked.strategy
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """What one streamed pass needs besides the rows."""
+
+    plan: Prefilter
+    model: TrainedModel | None
+    score: ScoreFn | None
+    named: npt.NDArray[np.intp] | None  # positions into the rows nearest the unseen classes' names
+
+
+def _shortlist_without_copies(
+    ctx: LoopContext,
+    inputs: _Inputs,
+    cache: EmbeddingCache,
+    rest: npt.NDArray[np.intp],
+    how: _Pass,
+    labeled: npt.NDArray[np.float32] | None,
+    k: int,
+    rng: np.random.Generator,
+) -> Shortlist:
+    """The streamed pass's shortlist of ``rest`` (positions into the candidates), near-copies of labeled items left out.
+
+    Copies found are recorded. While fewer rows than the first pass's shortlist are left, the pass
+    runs again without the copies, its top and sample deeper by twice the copies found so far, at
+    most ``_NEAR_COPY_PASSES`` times; the copies stay in when fewer than ``k`` other rows were found.
+    """
+    rows = inputs.pool.cache_rows[rest]
+    live: npt.NDArray[np.intp] = np.arange(len(rows), dtype=np.intp)  # positions into rows the pass may shortlist
+    needed, n_copies = 0, 0
+    for attempt in range(_NEAR_COPY_PASSES):
+        extra = 2 * n_copies
+        plan = replace(how.plan, n_top=min(how.plan.n_top + extra if how.plan.n_top else 0, len(live)),
+                       n_sample=min(how.plan.n_sample + extra if how.plan.n_sample else 0, len(live)))
+        try:
+            found = _shortlist(ctx, cache, rows[live], plan, how.model, how.score, rng)
+        except ModelError:  # NonFiniteInput in process; on Ray it arrives as a failed job, its cause lost
+            cache.check_finite(rows)  # the pass reads rows unchecked: find the damaged shard and name it
+            raise  # finite rows whose logits overflow, or a job that failed for another reason
+        short = Shortlist(live[found.positions], found.proba)
+        if how.named is not None:
+            short = _with_named_rows(cache, rows, short, how.named, how.model)
+        if not ctx.settings.loop.set_aside_near_copies or labeled is None:
+            return short
+        needed = needed or len(short.positions)
+        kept, copies = _without_near_copies(ctx, inputs, rows, rest, short, cache, labeled)
+        n_copies += len(copies)
+        live = np.setdiff1d(live, copies, assume_unique=True).astype(np.intp)
+        if len(kept.positions) >= needed or not live.size or attempt == _NEAR_COPY_PASSES - 1:
+            return kept if len(kept.positions) >= k else short  # too few others: the copies stay in
+    raise AssertionError("unreachable: the last pass returns")
+
+
+def _without_near_copies(
+    ctx: LoopContext,
+    inputs: _Inputs,
+    rows: npt.NDArray[np.intp],
+    rest: npt.NDArray[np.intp],
+    short: Shortlist,
+    cache: EmbeddingCache,
+    labeled: npt.NDArray[np.float32],
+) -> tuple[Shortlist, npt.NDArray[np.intp]]:
+    """Record the shortlisted near-copies of labeled items; return the shortlist without them, and them.
+
+    Copies are positions into ``rows``.
+    """
+    vectors = cache.get(rows[short.positions])
+    nearest = near_copies(vectors, labeled, min_cosine=ctx.settings.loop.near_copy_cosine)
+    is_copy = nearest >= 0
+    if not is_copy.any():
+        return short, np.zeros(0, dtype=np.intp)
+    originals = nearest[is_copy]
+    cosines = np.einsum("ij,ij->i", vectors[is_copy], labeled[originals])
+    seqs = [int(inputs.pool.seqs[rest[p]]) for p in short.positions[is_copy]]
+    with Session(ctx.engine) as session:
+        item_ids = item_ids_of(session, seqs)
+        record_near_copies(session, [(item_ids[seq], inputs.labeled_ids[int(o)], round(float(c), 4))
+                                     for seq, o, c in zip(seqs, originals, cosines, strict=True)])
+        session.commit()
+    log.info("select: %s shortlisted items set aside as near-copies of labeled items (cosine >= %s)",
+             len(seqs), ctx.settings.loop.near_copy_cosine)
+    keep = ~is_copy
+    proba = None if short.proba is None else short.proba[keep]
+    return Shortlist(short.positions[keep], proba), short.positions[is_copy]
 
 
 def _with_named_rows(
@@ -201,7 +300,10 @@ def _read_inputs(ctx: LoopContext, cache: EmbeddingCache) -> _Inputs:
         labeled = labeled_set(session)
         classes = known_classes(session)
         n_batches = int(session.exec(select(func.count()).select_from(Batch)).one())
-    return _Inputs(pool, room, labeled.labels, labeled.hashes, classes, n_batches)
+        set_aside: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+        if ctx.settings.loop.set_aside_near_copies:
+            set_aside = np.flatnonzero(np.isin(pool.seqs, set_aside_seqs(session)))
+    return _Inputs(pool, set_aside, room, labeled.labels, labeled.item_ids, labeled.hashes, classes, n_batches)
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,11 @@ class LoopSettings(_Section):
     # while classes have no label, the default strategy asks for the items nearest their names
     # (embedded by the pool's encoder; ignored for bring-your-own vectors): strategies/named.py
     use_class_names: bool = True
+    # an unlabeled item at least this cosine-close to a labeled one (a re-post, re-cased, a word
+    # dropped or a tag added) is set aside: it stays as uncertain as the labeled one was, and in a
+    # pool with many such copies they filled 90 % of the batches; 1.0 sets aside only identical vectors
+    set_aside_near_copies: bool = True
+    near_copy_cosine: float = Field(default=0.97, gt=0.0, le=1.0)
     seed: int = 0
 
     @field_validator("strategy")

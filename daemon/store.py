@@ -38,6 +38,7 @@ __all__ = [
     "LabelRecord",
     "LabelStatus",
     "ModelRun",
+    "NearCopy",
     "PoolItem",
     "RemovedItem",
     "advance",
@@ -138,6 +139,19 @@ class RemovedItem(SQLModel, table=True):
     item_id: str = Field(primary_key=True)
     removed_at: datetime = Field(default_factory=utcnow)
     reason: str = ""
+
+
+class NearCopy(SQLModel, table=True):
+    """An unlabeled pool item set aside as a near-copy of a labeled one (``loop.near_copy_cosine``).
+
+    It is left out of what the strategy picks from while ``of_item_id`` keeps its label (a
+    retracted, disputed or removed original frees it); the control slice still draws from it.
+    """
+
+    item_id: str = Field(primary_key=True)
+    of_item_id: str = Field(index=True)
+    cosine: float
+    found_at: datetime = Field(default_factory=utcnow)
 
 
 class LabelRecord(SQLModel, table=True):

@@ -57,7 +57,7 @@ def test_a_removed_item_is_never_selected_and_pool_add_brings_it_back(world: Wor
     assert (report.removed, report.not_in_pool, report.labeled, report.waiting) == (60, 1, 0, 0)
     assert remove_items(ctx.engine, unlabeled[:5]).already_removed == 5
     with Session(ctx.engine) as session:
-        assert status_report(session).pool == {"items": 30, "embedded": 0, "removed": 60}
+        assert status_report(session).pool == {"items": 30, "embedded": 0, "removed": 60, "near_copies": 0}
     for _ in range(3):  # 30 items left: three batches of 10, and none of them removed
         batch = run_cycle(ctx)
         picked = [i.item_id for i in batch_items(ctx, batch.batch_id or "")]
@@ -155,7 +155,7 @@ def test_the_cli_removes_by_file_source_or_id(workdir: Path) -> None:
     again = runner.invoke(app, ["pool", "remove", "--id", "b"])  # a removed item is known: not refused
     assert again.exit_code == 0 and "1 was already removed, 0 are not in the pool" in " ".join(again.output.split())
     status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
-    assert status["pool"] == {"items": 1, "embedded": 0, "removed": 3}
+    assert status["pool"] == {"items": 1, "embedded": 0, "removed": 3, "near_copies": 0}
     assert "3 removed" in runner.invoke(app, ["status"]).output
     both = runner.invoke(app, ["pool", "remove", "good.jsonl", "--id", "a"])
     assert both.exit_code == 2 and "one way" in both.output
@@ -176,7 +176,7 @@ def test_removed_items_are_not_embedded(world: World) -> None:
     assert embed_pool(ctx) == len(gold) - 30  # a removed import costs no encoding
     assert embed_pool(ctx) == 0
     with Session(ctx.engine) as session:
-        assert status_report(session).pool == {"items": 60, "embedded": 60, "removed": 30}
+        assert status_report(session).pool == {"items": 60, "embedded": 60, "removed": 30, "near_copies": 0}
         assert not any(i.is_embedded for i in session.exec(select(PoolItem)) if i.item_id in removed)
 
 

@@ -1,0 +1,119 @@
+"""Near-copies of labeled items: set aside by the select stage, freed when their original loses its label."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from sqlmodel import Session, select
+
+from connectors.fake import FakeConnector
+from daemon.context import LoopContext
+from daemon.cycle import run_cycle
+from daemon.near_copies import n_set_aside, record_near_copies, set_aside_seqs
+from daemon.pool import add_pool_file
+from daemon.project import ensure_project
+from daemon.queries import status_report
+from daemon.render import status_panels
+from daemon.settings import load_settings
+from daemon.store import BatchItem, LabelRecord, LabelStatus, NearCopy, PoolItem, RemovedItem, make_engine
+from models.hashing import HashingEmbedder
+
+CLASSES = ["billing", "delivery"]
+WORDS = {"billing": ["invoice", "charged", "refund", "payment", "bill", "price"],
+         "delivery": ["parcel", "courier", "shipping", "arrived", "tracking", "late"]}
+
+
+def _world(tmp_path: Path, **loop: object) -> tuple[LoopContext, FakeConnector, dict[str, str], dict[str, str]]:
+    """40 distinct texts, each under three ids (the same message from three channels): 120 pool items."""
+    rng = random.Random(3)
+    gold, text_of = {}, {}
+    with (tmp_path / "pool.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "text"])
+        for i in range(40):
+            label = CLASSES[i % 2]
+            text = " ".join([*rng.sample(WORDS[label], 3), f"order {i}"])
+            for channel in ("mail", "chat", "form"):
+                item_id = f"{channel}-{i:02d}"
+                writer.writerow([item_id, text])
+                gold[item_id], text_of[item_id] = label, text
+    settings = load_settings(
+        None,
+        store={"url": f"sqlite:///{tmp_path}/state/db.sqlite", "data_dir": str(tmp_path / "state")},
+        label_studio={"max_waiting_tasks": 20},
+        loop={"batch_size": 10, "classes": CLASSES, "control_fraction": 0.0, "min_new_labels": 1,
+              "strategy": "random", **loop},
+        model={"epochs": 30, "cv_folds": 2},
+    )
+    fake = FakeConnector()
+    ctx = LoopContext(settings=settings, engine=make_engine(settings.store.url), connector=fake,
+                      embedder_factory=lambda: HashingEmbedder(dim=64))
+    add_pool_file(ctx.engine, tmp_path / "pool.csv", pool=settings.pool, data_dir=settings.store.data_dir)
+    ensure_project(ctx)
+    return ctx, fake, gold, text_of
+
+
+def _copies_asked(tmp_path: Path, cycles: int, **loop: object) -> tuple[LoopContext, int]:
+    """Run ``cycles`` cycles, answering each batch; count items asked for whose text was labeled before."""
+    ctx, fake, gold, text_of = _world(tmp_path, **loop)
+    labeled_texts: set[str] = set()
+    asked = 0
+    for _ in range(cycles):
+        batch_id = run_cycle(ctx).batch_id
+        assert batch_id is not None
+        with Session(ctx.engine) as session:
+            items = list(session.exec(select(BatchItem).where(BatchItem.batch_id == batch_id)))
+        asked += sum(text_of[item.item_id] in labeled_texts for item in items)
+        for item in items:
+            fake.annotate(item.item_id, gold[item.item_id])
+        labeled_texts |= {text_of[item.item_id] for item in items}
+    return ctx, asked
+
+
+@pytest.mark.parametrize("set_aside", [True, False])
+def test_items_identical_to_labeled_ones_are_never_asked_for_while_others_are_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, set_aside: bool
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ctx, asked = _copies_asked(tmp_path, 3, set_aside_near_copies=set_aside)
+    with Session(ctx.engine) as session:
+        recorded = len(list(session.exec(select(NearCopy))))
+        report = status_report(session)
+    if not set_aside:
+        assert asked > 0 and recorded == 0  # random asks for copies of what it labeled: the case to fix
+        return
+    assert asked == 0
+    assert recorded > 0 and report.pool["near_copies"] > 0
+    console = Console(width=200, record=True, color_system=None)
+    console.print(*status_panels(report))
+    assert f"{report.pool['near_copies']} set aside as near-copies of labeled items" in console.export_text()
+
+
+def test_copies_come_back_when_their_original_loses_its_label_or_is_removed(tmp_path: Path) -> None:
+    ctx, _, _, _ = _world(tmp_path)
+    with Session(ctx.engine) as session:
+        seq_of = {item.item_id: int(item.seq or 0) for item in session.exec(select(PoolItem))}
+        session.add(LabelRecord(item_id="mail-00", status=LabelStatus.LABELED, label="billing"))
+        session.add(LabelRecord(item_id="mail-01", status=LabelStatus.LABELED, label="delivery"))
+        record_near_copies(session, [("chat-00", "mail-00", 1.0), ("form-00", "mail-00", 1.0),
+                                     ("chat-01", "mail-01", 1.0)])
+        session.commit()
+        assert set_aside_seqs(session).tolist() == sorted(seq_of[i] for i in ("chat-00", "form-00", "chat-01"))
+        assert n_set_aside(session) == 3
+        session.add(LabelRecord(item_id="form-00", status=LabelStatus.LABELED, label="billing"))  # labeled since
+        session.commit()
+        assert n_set_aside(session) == 2
+        session.get(LabelRecord, "mail-00").status = LabelStatus.RETRACTED  # type: ignore[union-attr]
+        session.commit()
+        assert set_aside_seqs(session).tolist() == [seq_of["chat-01"]]
+        session.add(RemovedItem(item_id="mail-01"))
+        session.commit()
+        assert set_aside_seqs(session).tolist() == [] and n_set_aside(session) == 0
+        record_near_copies(session, [("chat-00", "mail-02", 0.98)])  # found again under another original
+        session.add(LabelRecord(item_id="mail-02", status=LabelStatus.LABELED, label="billing"))
+        session.commit()
+        assert set_aside_seqs(session).tolist() == [seq_of["chat-00"]]
