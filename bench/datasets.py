@@ -18,6 +18,11 @@ rebuild them byte for byte:
   long tail from 962 train items down to 4), with the source's train/test split; only 42
   of the 50 types occur among the 500 test questions, most of them 1-10 times. The few
   questions that appear twice under two fine labels are left out.
+* ``ag_news_copies``: every AG News train text four times, as pools of scraped or forwarded
+  text are: as is, lowercased, with one word (not the first) dropped, and with a source tag
+  appended (" (Reuters)", " - AP", " | read more" or " via newswire"); the word and the tag
+  are seeded draws. The test set is AG News's own. It measures what near-copies of labeled
+  texts cost a strategy (``loop.near_copy_cosine``).
 
 Rows are read with ``daemon.pool_files.read_pool_file``, as the simulator reads them,
 so duplicate texts are merged the same way in both.
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,7 @@ from daemon.pool_files import PoolRow, read_pool_file
 __all__ = [
     "DATA_ROOT",
     "BenchDataset",
+    "ag_news_copies",
     "banking77_long_tail",
     "bench_datasets",
     "geometric_sizes",
@@ -142,6 +148,24 @@ def trec_fine(out_path: Path) -> Path:
     return _write(out_path, train, [row for row in rows if row.meta.get("split") == "test"])
 
 
+COPY_TAGS = (" (Reuters)", " - AP", " | read more", " via newswire")
+
+
+def ag_news_copies(out_path: Path) -> Path:
+    """Write AG News with three near-copies of every train text (see the module docstring) to ``out_path``."""
+    train, test = _rows_by_split(DATA_ROOT / "ag_news" / "data.csv")
+    rng = np.random.default_rng(LT_SEED)
+    pool: list[PoolRow] = []
+    for row in train:
+        words = row.text.split()
+        dropped = int(rng.integers(1, len(words))) if len(words) > 1 else None
+        copies = [row.text.lower(), row.text + COPY_TAGS[int(rng.integers(len(COPY_TAGS)))]]
+        if dropped is not None:
+            copies.insert(1, " ".join(words[:dropped] + words[dropped + 1 :]))
+        pool.extend([row, *(replace(row, text=text) for text in copies if text != row.text)])
+    return _write(out_path, pool, test)
+
+
 def bench_datasets(work_dir: Path) -> list[BenchDataset]:
     """Return every benchmark data set, deriving the long-tail CSVs into ``work_dir`` first.
 
@@ -168,5 +192,12 @@ def bench_datasets(work_dir: Path) -> list[BenchDataset]:
         ),
         BenchDataset(
             "trec50", trec_fine(derived / "trec50.csv"), 25, 600, "50 fine question types, natural long tail"
+        ),
+        BenchDataset(
+            "ag_news_copies",
+            ag_news_copies(derived / "ag_news_copies.csv"),
+            25,
+            2500,
+            "AG News, each train text 4x (as is, lowercased, a word dropped, a tag added)",
         ),
     ]

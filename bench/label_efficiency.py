@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="labels per round for every data set (default: each set's own, 25 or 50)",
     )
     parser.add_argument(
+        "--keep-near-copies",
+        dest="near_copies",
+        action="store_false",
+        help="do not set aside near-copies of labeled texts (loop.set_aside_near_copies = false) in any arm",
+    )
+    parser.add_argument(
         "--no-class-names",
         dest="class_names",
         action="store_false",
@@ -126,6 +132,16 @@ def targets(summaries: dict[str, list[StrategySummary]], references: dict[str, d
         if dataset in LONG_TAIL:
             checks += _long_tail_checks(
                 dataset, default, by_name.get("modal_margin"), margin, references[dataset]["classes"]
+            )
+        keeping = by_name.get(KEEP_COPIES)
+        if keeping is not None:
+            checks.append(
+                _check(
+                    dataset,
+                    "AULC >= the same without setting near-copies aside",
+                    default.aulc >= keeping.aulc,
+                    f"{default.aulc:.4f} vs {keeping.aulc:.4f}",
+                )
             )
         if dataset == "ag_news":
             labels = default.labels_to_accuracy_95
@@ -192,12 +208,14 @@ def _check(dataset: str, name: str, passed: bool, detail: str) -> dict[str, Any]
 
 def ranking(summaries: dict[str, list[StrategySummary]]) -> list[dict[str, Any]]:
     """Rank strategies by AULC on each data set; average the rank and the AULC gain over random."""
-    names = [s.strategy for s in next(iter(summaries.values()))]
+    # strategies run on every data set (a variant run on one set only, as KEEP_COPIES, is left out)
+    everywhere = set.intersection(*({s.strategy for s in rows} for rows in summaries.values()))
+    names = [s.strategy for s in next(iter(summaries.values())) if s.strategy in everywhere]
     table = []
     for name in names:
         ranks, gains, wins = [], [], 0
         for rows in summaries.values():
-            ordered = sorted(rows, key=lambda s: -s.aulc)
+            ordered = sorted((s for s in rows if s.strategy in everywhere), key=lambda s: -s.aulc)
             rank = [s.strategy for s in ordered].index(name) + 1
             ranks.append(rank)
             wins += rank == 1
@@ -216,12 +234,13 @@ def ranking(summaries: dict[str, list[StrategySummary]]) -> list[dict[str, Any]]
 
 
 NO_NAMES = DEFAULT_STRATEGY + "_no_names"  # the default strategy without the class names, for comparison
+KEEP_COPIES = DEFAULT_STRATEGY + "_keep_copies"  # the default strategy asking for near-copies of labeled texts
 
 
-def with_unnamed_default(result: Any, unnamed: Any) -> Any:
-    """Add ``unnamed``'s default-strategy arms to ``result`` as the strategy :data:`NO_NAMES`."""
-    records = tuple(replace(record, strategy=NO_NAMES) for record in unnamed.records)
-    return replace(result, strategies=(*result.strategies, NO_NAMES), records=result.records + records)
+def with_variant(result: Any, variant: Any, name: str) -> Any:
+    """Add ``variant``'s default-strategy arms to ``result`` as the strategy ``name``."""
+    records = tuple(replace(record, strategy=name) for record in variant.records)
+    return replace(result, strategies=(*result.strategies, name), records=result.records + records)
 
 
 def run_dataset(
@@ -234,16 +253,22 @@ def run_dataset(
         name=entry.name,
         use_class_names=args.class_names,
     )
+    config = ReplayConfig(batch_size=entry.batch_size, budget=entry.budget)
+    if not args.near_copies:
+        config = replace(config, near_copy_cosine=None)
     run = partial(
         run_simulation,
         seeds=tuple(range(args.seeds)),
-        config=ReplayConfig(batch_size=entry.batch_size, budget=entry.budget),
         make_classifier=partial(proxy_classifier, calibrate=args.calibrate),
         jobs=args.jobs,
     )
-    result = run(data, names)
+    result = run(data, names, config=config)
     if data.class_prototypes is not None and DEFAULT_STRATEGY in names:
-        result = with_unnamed_default(result, run(replace(data, class_prototypes=None), (DEFAULT_STRATEGY,)))
+        unnamed = run(replace(data, class_prototypes=None), (DEFAULT_STRATEGY,), config=config)
+        result = with_variant(result, unnamed, NO_NAMES)
+    if entry.name.endswith("_copies") and args.near_copies and DEFAULT_STRATEGY in names:
+        keeping = run(data, (DEFAULT_STRATEGY,), config=replace(config, near_copy_cosine=None))
+        result = with_variant(result, keeping, KEEP_COPIES)
     summaries = summarise(result)
     write_outputs(result, summaries, args.out / entry.name)
     ref = result.reference
