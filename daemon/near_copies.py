@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import func
+from sqlalchemy import delete, func, insert
 from sqlmodel import Session, col, select
 
-from daemon.store import LabelRecord, LabelStatus, NearCopy, PoolItem, not_removed
+from daemon.store import LabelRecord, LabelStatus, NearCopy, PoolItem, not_removed, utcnow
 
 __all__ = ["n_set_aside", "record_near_copies", "set_aside_seqs"]
+
+_CHUNK = 500  # items per statement
 
 
 def _original_of() -> Any:
@@ -62,7 +64,12 @@ def n_set_aside(session: Session) -> int:
 def record_near_copies(session: Session, pairs: Sequence[tuple[str, str, float]]) -> None:
     """Store ``(item_id, of_item_id, cosine)`` records, replacing an item's older one; commit is the caller's.
 
-    An item set aside before under an original that lost its label gets its new original.
+    An item set aside before under an original that lost its label gets its new original. One
+    statement per 500 items, not a read per item: a shortlist may hold thousands of copies.
     """
-    for item_id, of_item_id, cosine in pairs:
-        session.merge(NearCopy(item_id=item_id, of_item_id=of_item_id, cosine=cosine))
+    now = utcnow()
+    for start in range(0, len(pairs), _CHUNK):
+        chunk = pairs[start : start + _CHUNK]
+        session.execute(delete(NearCopy).where(col(NearCopy.item_id).in_([item_id for item_id, _, _ in chunk])))
+        session.execute(insert(NearCopy), [{"item_id": item_id, "of_item_id": of_item_id, "cosine": cosine,
+                                            "found_at": now} for item_id, of_item_id, cosine in chunk])

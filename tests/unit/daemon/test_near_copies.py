@@ -11,6 +11,7 @@ from rich.console import Console
 from sqlmodel import Session, select
 
 from connectors.fake import FakeConnector
+from daemon import near_copies
 from daemon.context import LoopContext
 from daemon.cycle import run_cycle
 from daemon.near_copies import n_set_aside, record_near_copies, set_aside_seqs
@@ -93,7 +94,10 @@ def test_items_identical_to_labeled_ones_are_never_asked_for_while_others_are_le
     assert f"{report.pool['near_copies']} set aside as near-copies of labeled items" in console.export_text()
 
 
-def test_copies_come_back_when_their_original_loses_its_label_or_is_removed(tmp_path: Path) -> None:
+def test_copies_come_back_when_their_original_loses_its_label_or_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(near_copies, "_CHUNK", 2)  # three records: two statements
     ctx, _, _, _ = _world(tmp_path)
     with Session(ctx.engine) as session:
         seq_of = {item.item_id: int(item.seq or 0) for item in session.exec(select(PoolItem))}
