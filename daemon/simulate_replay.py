@@ -115,6 +115,7 @@ class RoundRecord:
     class_recall: tuple[float, ...]
     first_seen: tuple[tuple[str, int], ...] = ()
     n_set_aside: int = 0  # unlabeled items set aside as near-copies of labeled ones, after this round
+    n_copies_asked: int = 0  # items of this round's batch that nearly copy an item labeled in an earlier round
 
 
 def replay(
@@ -161,6 +162,7 @@ def replay(
         selection = select_batch(strategy, view, k, rng=rng)
         select_s = time.perf_counter() - began
         picked = candidates[selection.positions]
+        copies_asked = state.copies_among(pool, picked, config.near_copy_cosine or DEFAULT_NEAR_COPY_COSINE)
         first_seen = state.add(picked, oracle.annotate(picked))
         if config.near_copy_cosine is not None:
             state.set_aside_copies_of(pool, picked, config.near_copy_cosine)
@@ -182,6 +184,7 @@ def replay(
                 class_recall=tuple(recall.tolist()),
                 first_seen=first_seen,
                 n_set_aside=int(np.count_nonzero(state.is_set_aside & ~state.is_labeled)),
+                n_copies_asked=copies_asked,
             )
         )
         if state.is_labeled.all():
@@ -228,6 +231,12 @@ class _ArmState:
         """Set aside the unlabeled rows at least ``min_cosine`` close to one of ``positions`` (just labeled)."""
         rows = np.flatnonzero(~self.is_labeled & ~self.is_set_aside)
         self.is_set_aside[rows[near_copies(pool[rows], pool[positions], min_cosine=min_cosine) >= 0]] = True
+
+    def copies_among(self, pool: FloatArray, positions: npt.NDArray[np.intp], min_cosine: float) -> int:
+        """How many of ``positions`` (not labeled yet) nearly copy a labeled row: labels an annotator half wastes."""
+        if not self.positions:
+            return 0
+        return int(np.count_nonzero(near_copies(pool[positions], pool[self.positions], min_cosine=min_cosine) >= 0))
 
     def view(self, pool: FloatArray, candidates: npt.NDArray[np.intp], n_classes: int) -> PoolView:
         """Build the strategy's view of ``candidates`` (from :meth:`candidates`) as the daemon's select stage does."""

@@ -21,6 +21,9 @@ Definitions (per data set and strategy, over the seeds):
   strategy on a pool the cold start takes whole, <= 1,000 items); its ± is then no spread.
 * **stop**: label count at which the kappa rule (:mod:`daemon.stopping`) said stop,
   vs **enough**: the first label count reaching 95 % of full-data macro-F1 (per seed).
+* **copies asked**: items asked for whose vector was within the near-copy cosine (0.97,
+  or ``--near-copy-cosine``) of an item labeled in an earlier round; mean over the seeds.
+  Such a label tells the model little it did not know, and costs an annotator a read.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class StrategySummary:
     enough_seeds: int
     select_s: float  # mean selection time per round
     fit_s: float
+    copies_asked: float  # mean over seeds: items asked for that nearly copied an already labeled one
     is_same_every_seed: bool = False  # more than one seed, and all gave the same curves: aulc_sd is no spread
 
 
@@ -110,6 +114,7 @@ class _Curves:
     first_seen: list[dict[str, int]]  # per seed: class -> 1-based label number of its first label
     select_s: float
     fit_s: float
+    copies_asked: float
 
     @classmethod
     def of(cls, result: SimulationResult, strategy: str) -> _Curves:
@@ -131,6 +136,7 @@ class _Curves:
             first_seen=[dict(pair for r in records for pair in r.first_seen) for records in per_seed],
             select_s=float(np.mean([r.select_s for r in everything])),
             fit_s=float(np.mean([r.fit_s for r in everything])),
+            copies_asked=sum(r.n_copies_asked for r in everything) / len(per_seed),
         )
 
 
@@ -181,6 +187,7 @@ def _summary(result: SimulationResult, strategy: str, curves: _Curves, random: _
         enough_seeds=sum(v is not None for v in enough),
         select_s=curves.select_s,
         fit_s=curves.fit_s,
+        copies_asked=curves.copies_asked,
         is_same_every_seed=len(result.seeds) > 1 and all(
             bool((grid == grid[0]).all()) for grid in (curves.macro_f1, curves.accuracy, curves.recall)
         ),
@@ -349,6 +356,7 @@ def table_rows(summaries: Sequence[StrategySummary]) -> list[dict[str, str]]:
                 "all classes seen": seen,
                 "stop / enough": f"{_mean_text(s.stop_labels, s.stop_seeds, s.n_seeds)} / "
                 f"{_mean_text(s.enough_labels, s.enough_seeds, s.n_seeds)}",
+                "copies asked": f"{s.copies_asked:.0f}",
                 "select s": f"{s.select_s:.3f}",
                 "fit s": f"{s.fit_s:.2f}",
             }

@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pytest
 
 from daemon.errors import PoolFileError
-from daemon.simulate import Oracle, ReplayConfig, RoundRecord, replay, run_simulation
+from daemon.simulate import Oracle, Reference, ReplayConfig, RoundRecord, SimulationResult, replay, run_simulation
 from daemon.simulate_data import (
     DataSource,
     LabeledSplit,
@@ -456,12 +456,20 @@ def test_near_copies_of_labeled_items_are_set_aside_until_nothing_else_is_left()
                          make_classifier=CentroidClassifier)
         return oracle, records
 
-    kept, _ = run(None, 30)
+    kept, records = run(None, 30)
     assert kept.copies_asked > 0  # without the rule, random asks for copies of what it labeled
+    assert sum(r.n_copies_asked for r in records) == kept.copies_asked  # and the records count them
     set_aside, records = run(0.97, 30)
-    assert set_aside.copies_asked == 0
+    assert set_aside.copies_asked == 0 and sum(r.n_copies_asked for r in records) == 0
     assert records[-1].n_set_aside > 0
     assert [r.n_set_aside for r in records] == sorted(r.n_set_aside for r in records)
     # 40 distinct rows: once they are labeled, the copies are all that is left and are asked for
     _, records = run(0.97, 80)
     assert records[-1].n_labels == 80 and records[-1].n_set_aside == 0
+    summary = summarise(SimulationResult(
+        dataset="copies", strategies=("random",), seeds=(0,), config=ReplayConfig(10, 80),
+        requested=ReplayConfig(10, 80),
+        eval_classes=CLASSES, pool_counts=dict.fromkeys(CLASSES, 1), n_pool=80, n_test=60, encoder="synthetic",
+        embed_s=0.0, reference=Reference(80, 1.0, 1.0, (1.0, 1.0, 1.0), 0.0), records=tuple(records), wall_s=0.0))[0]
+    assert summary.copies_asked == sum(r.n_copies_asked for r in records) >= 40 - 10  # the last rounds' copies
+    assert table_rows([summary])[0]["copies asked"] == f"{summary.copies_asked:.0f}"
