@@ -118,7 +118,7 @@ def simulate(
         bool,
         typer.Option("--set-aside-near-copies/--keep-near-copies",
                      help="Set aside unlabeled items nearly identical to labeled ones, as the daemon does with "
-                     "loop.set_aside_near_copies."),
+                     "loop.set_aside_near_copies (not in the reference arms, random and modAL's)."),
     ] = True,
     near_copy_cosine: Annotated[
         float,

@@ -22,7 +22,15 @@ from daemon.simulate_metrics import macro_f1_and_recall
 from daemon.stopping import StoppingRule, prediction_kappa, reference_gap, reference_of
 from strategies import DEFAULT_NEAR_COPY_COSINE, PoolView, near_copies, select_batch
 
-__all__ = ["Classifier", "ClassifierFactory", "Oracle", "ReplayConfig", "RoundRecord", "replay"]
+__all__ = [
+    "Classifier",
+    "ClassifierFactory",
+    "Oracle",
+    "ReplayConfig",
+    "RoundRecord",
+    "replay",
+    "sets_aside_copies",
+]
 
 FloatArray = npt.NDArray[np.floating[Any]]
 LabelArray = npt.NDArray[np.object_]
@@ -80,7 +88,8 @@ class ReplayConfig:
         stopping: the label-free stopping rule whose kappas are recorded.
         near_copy_cosine: unlabeled items at least this close to a labeled one are set aside,
             as the daemon's ``loop.near_copy_cosine`` does (they come back once fewer than a
-            batch of other items is left); None keeps them.
+            batch of other items is left); None keeps them. Not in the reference arms
+            (:func:`sets_aside_copies`).
     """
 
     batch_size: int = 50
@@ -152,6 +161,7 @@ def replay(
     classes = tuple(eval_classes) if eval_classes is not None else tuple(sorted(set(test.labels.tolist())))
     rng = np.random.default_rng([seed, zlib.crc32(strategy.encode())])
     budget = min(config.budget, pool.shape[0])
+    set_aside_at = config.near_copy_cosine if sets_aside_copies(strategy) else None
     state = _ArmState(pool.shape[0], class_prototypes)
     records: list[RoundRecord] = []
     while len(state.labels) < budget:
@@ -164,8 +174,8 @@ def replay(
         picked = candidates[selection.positions]
         copies_asked = state.copies_among(pool, picked, config.near_copy_cosine or DEFAULT_NEAR_COPY_COSINE)
         first_seen = state.add(picked, oracle.annotate(picked))
-        if config.near_copy_cosine is not None:
-            state.set_aside_copies_of(pool, picked, config.near_copy_cosine)
+        if set_aside_at is not None:
+            state.set_aside_copies_of(pool, picked, set_aside_at)
         fit_s = state.refit(pool, make_classifier(seed), config.batch_size)
         accuracy, macro_f1, recall = macro_f1_and_recall(test.labels, state.predict(test.embeddings), classes)
         records.append(
@@ -190,6 +200,16 @@ def replay(
         if state.is_labeled.all():
             break
     return records
+
+
+def sets_aside_copies(strategy: str) -> bool:
+    """Whether an arm of ``strategy`` sets near-copies aside when the config says so.
+
+    ``random`` and modAL's own arms are the references every other arm is measured against:
+    they run as they would alone, a uniform sample of the pool and modAL as shipped. The others
+    run as the daemon runs them.
+    """
+    return strategy != "random" and not strategy.startswith("modal_")
 
 
 class _ArmState:
