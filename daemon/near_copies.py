@@ -4,7 +4,9 @@ A labeled item's near-copies stay as uncertain as it was, so an uncertainty stra
 asking for them: in a soak on a pool of repeated texts, 90 % of late batches were copies of
 texts already labeled. The select stage compares its shortlist with every labeled vector
 (:func:`strategies.near_copies`) and records the copies it finds here, so later streamed
-passes leave them out and their places in the shortlist go to other items.
+passes leave them out and their places in the shortlist go to other items. It compares
+with the items waiting for an answer too, and leaves their copies out of the batch
+without recording them.
 
 A record counts only while its original keeps a known-class label and is not removed: a
 retracted, skipped, disputed or removed original frees its copies again.
@@ -20,9 +22,18 @@ import numpy.typing as npt
 from sqlalchemy import delete, func, insert
 from sqlmodel import Session, col, select
 
-from daemon.store import LabelRecord, LabelStatus, NearCopy, PoolItem, not_removed, utcnow
+from daemon.store import (
+    BatchItem,
+    BatchItemState,
+    LabelRecord,
+    LabelStatus,
+    NearCopy,
+    PoolItem,
+    not_removed,
+    utcnow,
+)
 
-__all__ = ["n_set_aside", "record_near_copies", "set_aside_seqs"]
+__all__ = ["n_set_aside", "pending_hashes", "record_near_copies", "set_aside_seqs"]
 
 _CHUNK = 500  # items per statement
 
@@ -59,6 +70,20 @@ def n_set_aside(session: Session) -> int:
         .where(*_in_force(), col(NearCopy.item_id).not_in(labeled_copies))
     )
     return int(session.exec(stmt).one())
+
+
+def pending_hashes(session: Session) -> list[str]:
+    """Return the content hashes of embedded items waiting for an answer (in a selected or pushed batch).
+
+    A near-copy of a waiting item is left out of the next batch too (two batches in the queue
+    held copies of each other's texts), but not recorded: the waiting item has no label yet.
+    """
+    stmt = (
+        select(PoolItem.content_hash)
+        .join(BatchItem, col(BatchItem.item_id) == col(PoolItem.item_id))
+        .where(BatchItem.state == BatchItemState.PENDING, col(PoolItem.is_embedded))
+    )
+    return list(session.exec(stmt))
 
 
 def record_near_copies(session: Session, pairs: Sequence[tuple[str, str, float]]) -> None:

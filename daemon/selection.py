@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 
 from daemon.context import LoopContext, TrainedModel
 from daemon.named_rows import nearest_rows, unseen_prototypes
-from daemon.near_copies import record_near_copies, set_aside_seqs
+from daemon.near_copies import pending_hashes, record_near_copies, set_aside_seqs
 from daemon.pool import known_classes
 from daemon.pool_index import CandidateRows, PoolIndex, item_ids_of
 from daemon.queries import waiting_count
@@ -78,6 +78,7 @@ class _Inputs:
     labels: list[str]
     labeled_ids: list[str]
     labeled_hashes: list[str]
+    pending_hashes: list[str]  # items waiting for an answer
     classes: list[str]
     n_batches: int
 
@@ -148,8 +149,11 @@ def _strategy_picks(
     named = None
     if plan.n_named and prototypes is not None:
         named = nearest_rows(cache, rows, prototypes, plan.n_named)
-    short = _shortlist_without_copies(ctx, inputs, cache, rest, _Pass(plan, model, score, named), labeled_embeddings,
-                                      k, rng)
+    references = labeled_embeddings
+    if inputs.pending_hashes:  # labeled first: _without_near_copies records copies of those only
+        waiting = vectors_for(ctx, inputs.pending_hashes)
+        references = waiting if references is None else np.concatenate([references, waiting])
+    short = _shortlist_without_copies(ctx, inputs, cache, rest, _Pass(plan, model, score, named), references, k, rng)
     view = PoolView(
         embeddings=cache.get(rows[short.positions]),
         proba=short.proba,
@@ -183,7 +187,7 @@ def _shortlist_without_copies(
     cache: EmbeddingCache,
     rest: npt.NDArray[np.intp],
     how: _Pass,
-    labeled: npt.NDArray[np.float32] | None,
+    references: npt.NDArray[np.float32] | None,
     k: int,
     rng: np.random.Generator,
 ) -> Shortlist:
@@ -208,10 +212,10 @@ def _shortlist_without_copies(
         short = Shortlist(live[found.positions], found.proba)
         if how.named is not None:
             short = _with_named_rows(cache, rows, short, how.named, how.model)
-        if not ctx.settings.loop.set_aside_near_copies or labeled is None:
+        if not ctx.settings.loop.set_aside_near_copies or references is None:
             return short
         needed = needed or len(short.positions)
-        kept, copies = _without_near_copies(ctx, inputs, rows, rest, short, cache, labeled)
+        kept, copies = _without_near_copies(ctx, inputs, rows, rest, short, cache, references)
         n_copies += len(copies)
         live = np.setdiff1d(live, copies, assume_unique=True).astype(np.intp)
         if len(kept.positions) >= needed or not live.size or attempt == _NEAR_COPY_PASSES - 1:
@@ -226,27 +230,32 @@ def _without_near_copies(
     rest: npt.NDArray[np.intp],
     short: Shortlist,
     cache: EmbeddingCache,
-    labeled: npt.NDArray[np.float32],
+    references: npt.NDArray[np.float32],
 ) -> tuple[Shortlist, npt.NDArray[np.intp]]:
-    """Record the shortlisted near-copies of labeled items; return the shortlist without them, and them.
+    """Drop the shortlisted near-copies of ``references``; return the shortlist without them, and them.
 
-    Copies are positions into ``rows``.
+    ``references`` are the labeled items' vectors (``inputs.labeled_ids`` order), then the waiting
+    items'. Copies of labeled items are recorded; copies of waiting ones only dropped. Copies are
+    positions into ``rows``.
     """
     vectors = cache.get(rows[short.positions])
-    nearest = near_copies(vectors, labeled, min_cosine=ctx.settings.loop.near_copy_cosine)
+    nearest = near_copies(vectors, references, min_cosine=ctx.settings.loop.near_copy_cosine)
     is_copy = nearest >= 0
     if not is_copy.any():
         return short, np.zeros(0, dtype=np.intp)
-    originals = nearest[is_copy]
-    cosines = np.einsum("ij,ij->i", vectors[is_copy], labeled[originals])
-    seqs = [int(inputs.pool.seqs[rest[p]]) for p in short.positions[is_copy]]
-    with Session(ctx.engine) as session:
-        item_ids = item_ids_of(session, seqs)
-        record_near_copies(session, [(item_ids[seq], inputs.labeled_ids[int(o)], round(float(c), 4))
-                                     for seq, o, c in zip(seqs, originals, cosines, strict=True)])
-        session.commit()
-    log.info("select: %s shortlisted items set aside as near-copies of labeled items (cosine >= %s)",
-             len(seqs), ctx.settings.loop.near_copy_cosine)
+    of_labeled = is_copy & (nearest < len(inputs.labeled_ids))
+    if of_labeled.any():
+        originals = nearest[of_labeled]
+        cosines = np.einsum("ij,ij->i", vectors[of_labeled], references[originals])
+        seqs = [int(inputs.pool.seqs[rest[p]]) for p in short.positions[of_labeled]]
+        with Session(ctx.engine) as session:
+            item_ids = item_ids_of(session, seqs)
+            record_near_copies(session, [(item_ids[seq], inputs.labeled_ids[int(o)], round(float(c), 4))
+                                         for seq, o, c in zip(seqs, originals, cosines, strict=True)])
+            session.commit()
+    log.info("select: %s shortlisted items left out as near-copies (cosine >= %s) of labeled items, %s of "
+             "items waiting for an answer", int(of_labeled.sum()), ctx.settings.loop.near_copy_cosine,
+             int((is_copy & ~of_labeled).sum()))
     keep = ~is_copy
     proba = None if short.proba is None else short.proba[keep]
     return Shortlist(short.positions[keep], proba), short.positions[is_copy]
@@ -301,9 +310,12 @@ def _read_inputs(ctx: LoopContext, cache: EmbeddingCache) -> _Inputs:
         classes = known_classes(session)
         n_batches = int(session.exec(select(func.count()).select_from(Batch)).one())
         set_aside: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
+        pending: list[str] = []
         if ctx.settings.loop.set_aside_near_copies:
             set_aside = np.flatnonzero(np.isin(pool.seqs, set_aside_seqs(session)))
-    return _Inputs(pool, set_aside, room, labeled.labels, labeled.item_ids, labeled.hashes, classes, n_batches)
+            pending = pending_hashes(session)
+    return _Inputs(pool, set_aside, room, labeled.labels, labeled.item_ids, labeled.hashes, pending, classes,
+                   n_batches)
 
 
 @dataclass(frozen=True, slots=True)

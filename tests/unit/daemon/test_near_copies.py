@@ -121,3 +121,21 @@ def test_copies_come_back_when_their_original_loses_its_label_or_is_removed(
         session.add(LabelRecord(item_id="mail-02", status=LabelStatus.LABELED, label="billing"))
         session.commit()
         assert set_aside_seqs(session).tolist() == [seq_of["chat-00"]]
+
+
+@pytest.mark.parametrize("set_aside", [True, False])
+def test_a_batch_holds_no_copy_of_an_item_still_waiting_in_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, set_aside: bool
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # a new batch while the last one still waits, unanswered: two batches in the queue at once
+    ctx, _, _, text_of = _world(tmp_path, set_aside_near_copies=set_aside, low_water_fraction=1.0)
+    batches = [run_cycle(ctx).batch_id for _ in range(2)]
+    with Session(ctx.engine) as session:
+        texts = [[text_of[item.item_id] for item in session.exec(select(BatchItem).where(BatchItem.batch_id == b))]
+                 for b in batches]
+        recorded = list(session.exec(select(NearCopy)))
+    assert all(len(batch) == 10 for batch in texts)
+    shared = set(texts[0]) & set(texts[1])
+    assert bool(shared) is not set_aside  # random picks copies of the waiting batch's texts unless they are left out
+    assert recorded == []  # the waiting items have no label: their copies are left out, not recorded
