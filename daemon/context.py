@@ -101,6 +101,9 @@ class LoopContext:
     pool_index: PoolIndex | None = None  # pool order -> cache row; rebuilt from the store after a restart
     name_vectors: dict[tuple[str, str], npt.NDArray[np.float32]] = field(default_factory=dict)  # (model, class)
     readonly_caches: bool = False  # a command that only reads, next to a daemon that writes the caches
+    # (model version, features, targets) of a model whose cross-validated quality is still to be
+    # estimated: after the cycle's push (daemon.training.estimate_pending_quality)
+    pending_quality: tuple[str, npt.NDArray[np.float32], npt.NDArray[np.object_]] | None = None
     _embedder: Embedder | None = None
     _caches: dict[str, EmbeddingCache] = field(default_factory=dict)
 

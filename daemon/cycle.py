@@ -41,7 +41,7 @@ from daemon.store import (
     utcnow,
 )
 from daemon.sync import record_pushed, sync
-from daemon.training import embed_pool, retrain, to_embed
+from daemon.training import embed_pool, estimate_pending_quality, retrain, to_embed
 
 __all__ = ["CycleReport", "close_interrupted_cycles", "cycle_due", "push_pending", "queue_is_low", "run_cycle"]
 
@@ -142,10 +142,12 @@ def run_cycle(ctx: LoopContext, *, reason: str = "manual", synced_within_s: floa
 
 
 def _stages(ctx: LoopContext, report: CycleReport, synced_within_s: float) -> None:
-    """sync → push_leftover → embed → train → stability → select → push → rerank.
+    """sync → push_leftover → embed → train → stability → select → push → rerank → quality.
 
-    Re-ranking the waiting tasks runs last: the next batch is in the annotators' hands first,
-    and the batch just pushed (chosen by this model) is not re-ranked. When re-ranking frees
+    Re-ranking the waiting tasks runs after the push: the next batch is in the annotators' hands
+    first, and the batch just pushed (chosen by this model) is not re-ranked. The model's
+    cross-validated quality estimate comes last (five fits to the model's one; nothing before
+    it needs the new model's). When re-ranking frees
     room, a second select → push fills it in the same cycle. During a backfill, when a batch
     is due and a batch's worth of items has vectors already, the embed stage runs after the
     push instead (:func:`_embed_after_push`).
@@ -185,6 +187,8 @@ def _stages(ctx: LoopContext, report: CycleReport, synced_within_s: float) -> No
     reranked = timed("rerank", lambda: rerank_queue(ctx, model, strategy=strategy_name(ctx)))
     if reranked.withdrawn and not ctx.stop.is_set() and report.status == "ok":
         _fill_queue(ctx, report, model, timed)
+    if not ctx.stop.is_set():
+        timed("quality", lambda: estimate_pending_quality(ctx))
 
 
 def _embed_after_push(ctx: LoopContext) -> bool:

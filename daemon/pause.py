@@ -175,7 +175,9 @@ def _maybe_pause(session: Session, points: list[StabilityPoint], rule: StoppingR
     if len(tail) < rule.window or first_stop(tail, rule) != rule.window - 1:
         return
     control = recent_control_accuracy(session)  # the latest models', not every model's since the start
-    latest = session.exec(select(ModelRun).order_by(col(ModelRun.created_at).desc())).first()
+    # the newest model with an estimate: the one just trained is cross-validated after the push
+    latest = session.exec(select(ModelRun).where(col(ModelRun.accuracy).is_not(None))
+                          .order_by(col(ModelRun.created_at).desc())).first()
     agree = (f"models agree with those of {gap}+ fewer labels (kappa ≥ {rule.threshold} over {rule.window} "
              "retrains)")
     if control["n"] < MIN_CONTROL_LABELS or latest is None or latest.accuracy is None:

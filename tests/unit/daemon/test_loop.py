@@ -37,7 +37,7 @@ from daemon.store import (
     make_engine,
 )
 from daemon.sync import sync
-from daemon.training import embed_pool, to_embed
+from daemon.training import QUALITY_PENDING, embed_pool, estimate_pending_quality, retrain, to_embed
 from models.hashing import HashingEmbedder
 
 CLASSES = ["billing", "delivery", "fraud"]
@@ -697,7 +697,7 @@ def test_rerank_runs_after_the_push_and_leaves_the_new_batch_alone(
     third = run_cycle(ctx)
     assert third.batch_id is not None and third.batch_id != second.batch_id
     assert fake.calls.index("refresh_predictions") > max(i for i, c in enumerate(fake.calls) if c == "push")
-    assert list(third.stage_seconds)[-1] == "rerank"
+    assert list(third.stage_seconds)[-2:] == ["rerank", "quality"]
     new_tasks = {i.remote_task_id for i in batch_items(ctx, third.batch_id)}
     refreshed = {rid for rid, updates in fake.predictions.items() if updates[-1].model_version == third.model_version}
     assert refreshed and refreshed.isdisjoint(new_tasks)
@@ -1246,3 +1246,28 @@ def test_a_scheduled_cycle_right_after_a_sync_skips_its_own_pull(
     fake.calls.clear()
     service.cycle_job()
     assert fake.calls[0] == "pull"
+
+
+def test_the_cross_validated_estimate_comes_after_the_push_and_a_restart_finishes_one_cut_short(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]],
+) -> None:
+    """The folds cost five fits to the model's one; the next batch does not need them."""
+    ctx, fake, gold = world
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    sync(ctx)
+    model = retrain(ctx)  # as the cycle's train stage, and then the process is killed
+    assert model is not None
+    with Session(ctx.engine) as session:
+        run = session.get(ModelRun, model.version)
+        assert run is not None and (run.quality_method, run.macro_f1, run.accuracy) == (QUALITY_PENDING, None, None)
+    restarted = LoopContext(settings=ctx.settings, engine=ctx.engine, connector=fake,
+                            embedder_factory=ctx.embedder_factory)
+    report = run_cycle(restarted)
+    assert report.model_version == model.version and list(report.stage_seconds)[-1] == "quality"
+    assert report.stage_seconds.get("push") is not None  # the batch went out before the estimate
+    with Session(ctx.engine) as session:
+        run = session.get(ModelRun, model.version)
+        assert run is not None and run.quality_method.startswith("too few labels")  # 10 labels: estimated, as such
+    assert restarted.pending_quality is None
+    estimate_pending_quality(restarted)  # nothing left to do: no fit, no change
+
