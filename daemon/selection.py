@@ -37,6 +37,7 @@ from daemon.scoring import (
 )
 from daemon.store import Batch, BatchItem
 from daemon.training import active_cache, labeled_set, vectors_for
+from daemon.wording import for_count
 from models.cache import EmbeddingCache
 from models.errors import ModelError
 from strategies import (
@@ -106,7 +107,8 @@ def select_next_batch(ctx: LoopContext, model: TrainedModel | None, *, cycle_id:
     if inputs.set_aside.size and is_rest.sum() - np.count_nonzero(is_rest[inputs.set_aside]) >= k - n_control:
         is_rest[inputs.set_aside] = False  # unless fewer than a batch of other items is left
     read = time.perf_counter()
-    chosen, strategy = _strategy_picks(ctx, model, cache, inputs, np.flatnonzero(is_rest), k - n_control, rng)
+    chosen, strategy = _strategy_picks(ctx, model, cache, inputs, np.flatnonzero(is_rest), k - n_control, rng,
+                                       control)
     control_proba = None
     if model is not None and n_control:
         control_proba = model.classifier.predict_proba(cache.get(inputs.pool.cache_rows[control]))
@@ -115,7 +117,8 @@ def select_next_batch(ctx: LoopContext, model: TrainedModel | None, *, cycle_id:
     chosen = _interleaved(chosen, controls, rng)
     picked = time.perf_counter()
     batch = _store_batch(ctx, inputs.pool, chosen, strategy, model, cycle_id)
-    log.info("select: %s candidates; read %.3fs, score+pick %.3fs, store %.3fs", n, read - started,
+    aside = f" ({len(inputs.set_aside)} set aside as near-copies)" if len(inputs.set_aside) else ""
+    log.info("select: %s candidates%s; read %.3fs, score+pick %.3fs, store %.3fs", n, aside, read - started,
              picked - read, time.perf_counter() - picked, extra={"batch_id": batch.id, "cycle_id": cycle_id})
     return batch
 
@@ -128,8 +131,12 @@ def _strategy_picks(
     rest: npt.NDArray[np.intp],
     k: int,
     rng: np.random.Generator,
+    control: npt.NDArray[np.intp],
 ) -> tuple[list[_Pick], str]:
-    """Stream ``rest`` (positions into the candidates), then run the strategy on its shortlist."""
+    """Stream ``rest`` (positions into the candidates), then run the strategy on its shortlist.
+
+    ``control`` (positions into the candidates) is the batch's control slice: no pick copies one.
+    """
     name = strategy_name(ctx)
     counts = label_counts(model, inputs.labels)
     labeled_embeddings = vectors_for(ctx, inputs.labeled_hashes) if inputs.labeled_hashes else None
@@ -149,10 +156,13 @@ def _strategy_picks(
     named = None
     if plan.n_named and prototypes is not None:
         named = nearest_rows(cache, rows, prototypes, plan.n_named)
-    references = labeled_embeddings
-    if inputs.pending_hashes:  # labeled first: _without_near_copies records copies of those only
-        waiting = vectors_for(ctx, inputs.pending_hashes)
-        references = waiting if references is None else np.concatenate([references, waiting])
+    # labeled items first (_without_near_copies records copies of those only), then those waiting for
+    # an answer and the batch's control items (a control item and a pick shared a text, QA)
+    unanswered = [vectors_for(ctx, inputs.pending_hashes)] if inputs.pending_hashes else []
+    if len(control):
+        unanswered.append(cache.get(inputs.pool.cache_rows[control]))
+    parts = ([] if labeled_embeddings is None else [labeled_embeddings]) + unanswered
+    references = np.concatenate(parts) if parts else None
     short = _shortlist_without_copies(ctx, inputs, cache, rest, _Pass(plan, model, score, named), references, k, rng)
     view = PoolView(
         embeddings=cache.get(rows[short.positions]),
@@ -219,6 +229,10 @@ def _shortlist_without_copies(
         n_copies += len(copies)
         live = np.setdiff1d(live, copies, assume_unique=True).astype(np.intp)
         if len(kept.positions) >= needed or not live.size or attempt == _NEAR_COPY_PASSES - 1:
+            if n_copies:
+                log.info("select: %s near-copies (cosine >= %s) of labeled, waiting or control items left out of "
+                         "the shortlist, in %s", n_copies, ctx.settings.loop.near_copy_cosine,
+                         f"{attempt + 1} {for_count(attempt + 1, 'pass', 'passes')}")
             return kept if len(kept.positions) >= k else short  # too few others: the copies stay in
     raise AssertionError("unreachable: the last pass returns")
 
@@ -234,9 +248,9 @@ def _without_near_copies(
 ) -> tuple[Shortlist, npt.NDArray[np.intp]]:
     """Drop the shortlisted near-copies of ``references``; return the shortlist without them, and them.
 
-    ``references`` are the labeled items' vectors (``inputs.labeled_ids`` order), then the waiting
-    items'. Copies of labeled items are recorded; copies of waiting ones only dropped. Copies are
-    positions into ``rows``.
+    ``references`` are the labeled items' vectors (``inputs.labeled_ids`` order), then those of items
+    waiting for an answer and of the batch's control items. Copies of labeled items are recorded;
+    copies of the others only dropped. Copies are positions into ``rows``.
     """
     vectors = cache.get(rows[short.positions])
     nearest = near_copies(vectors, references, min_cosine=ctx.settings.loop.near_copy_cosine)
@@ -253,9 +267,6 @@ def _without_near_copies(
             record_near_copies(session, [(item_ids[seq], inputs.labeled_ids[int(o)], round(float(c), 4))
                                          for seq, o, c in zip(seqs, originals, cosines, strict=True)])
             session.commit()
-    log.info("select: %s shortlisted items left out as near-copies (cosine >= %s) of labeled items, %s of "
-             "items waiting for an answer", int(of_labeled.sum()), ctx.settings.loop.near_copy_cosine,
-             int((is_copy & ~of_labeled).sum()))
     keep = ~is_copy
     proba = None if short.proba is None else short.proba[keep]
     return Shortlist(short.positions[keep], proba), short.positions[is_copy]

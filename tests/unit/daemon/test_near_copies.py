@@ -139,3 +139,22 @@ def test_a_batch_holds_no_copy_of_an_item_still_waiting_in_the_queue(
     shared = set(texts[0]) & set(texts[1])
     assert bool(shared) is not set_aside  # random picks copies of the waiting batch's texts unless they are left out
     assert recorded == []  # the waiting items have no label: their copies are left out, not recorded
+
+
+@pytest.mark.parametrize("set_aside", [True, False])
+def test_no_pick_shares_a_text_with_a_control_item_of_its_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, set_aside: bool
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold, text_of = _world(tmp_path, set_aside_near_copies=set_aside, control_fraction=0.5)
+    shared = 0
+    for _ in range(4):
+        batch_id = run_cycle(ctx).batch_id
+        with Session(ctx.engine) as session:
+            items = list(session.exec(select(BatchItem).where(BatchItem.batch_id == batch_id)))
+        controls = {text_of[item.item_id] for item in items if item.is_control}
+        assert controls
+        shared += sum(text_of[item.item_id] in controls for item in items if not item.is_control)
+        for item in items:
+            fake.annotate(item.item_id, gold[item.item_id])
+    assert bool(shared) is not set_aside  # random picks and the control slice share texts unless left out
