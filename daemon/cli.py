@@ -194,6 +194,8 @@ def batches(
         rows = list_batches(session, status=status)
     if as_json:
         print_json([asdict(r) for r in rows])
+    elif not rows:  # an empty table's header said nothing (QA)
+        out.print(f"no {status} batches" if status else "no batches yet")
     else:
         out.print(batches_table(rows, width=out.width))
 

@@ -247,6 +247,13 @@ def test_batches_refuses_an_unknown_status_naming_the_known_ones(workdir: Path) 
     assert "no batch status 'bogus': use selected | pushed | closed | reopened | parked" in result.output
 
 
+def test_batches_with_none_to_list_says_so_instead_of_an_empty_table(workdir: Path) -> None:
+    assert runner.invoke(app, ["batches"]).output.strip() == "no batches yet"
+    result = runner.invoke(app, ["batches", "--status", "reopened"])
+    assert result.exit_code == 0 and result.output.strip() == "no reopened batches"
+    assert runner.invoke(app, ["batches", "--json"]).output.strip() == "[]"
+
+
 def test_status_says_why_there_is_no_model(workdir: Path) -> None:
     (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello", "label": "ham"}\n{"id": "b", "text": "win"}\n')
     assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
