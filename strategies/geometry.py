@@ -87,11 +87,12 @@ def near_copies(
     if points.shape[0] == 0 or references.shape[0] == 0:
         return nearest
     best = np.full(points.shape[0], -np.inf)
+    rows = np.arange(points.shape[0])
     step = max(1, _BLOCK_ELEMS // points.shape[0])
     for start in range(0, references.shape[0], step):
-        cosine = np.asarray(points @ references[start : start + step].T, dtype=np.float64)  # (n, b)
+        cosine = points @ references[start : start + step].T  # (n, b), in the inputs' dtype
         at = cosine.argmax(axis=1)
-        top = cosine[np.arange(points.shape[0]), at]
+        top = cosine[rows, at].astype(np.float64)
         better = top > best
         best[better], nearest[better] = top[better], at[better] + start
     # the 1e-6 spares float16/float32 rounding: an identical row must count at min_cosine 1.0
