@@ -5,8 +5,8 @@ asking for them: in a soak on a pool of repeated texts, 90 % of late batches wer
 texts already labeled. The select stage compares its shortlist with every labeled vector
 (:func:`strategies.near_copies`) and records the copies it finds here, so later streamed
 passes leave them out and their places in the shortlist go to other items. It compares
-with the items waiting for an answer too, and leaves their copies out of the batch
-without recording them.
+with the items waiting for an answer and the batch's control items too, and leaves their
+copies out of the batch without recording them.
 
 A record counts only while its original keeps a known-class label and is not removed: a
 retracted, skipped, disputed or removed original frees its copies again.

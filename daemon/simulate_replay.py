@@ -253,7 +253,7 @@ class _ArmState:
         self.is_set_aside[rows[near_copies(pool[rows], pool[positions], min_cosine=min_cosine) >= 0]] = True
 
     def copies_among(self, pool: FloatArray, positions: npt.NDArray[np.intp], min_cosine: float) -> int:
-        """How many of ``positions`` (not labeled yet) nearly copy a labeled row: labels an annotator half wastes."""
+        """How many of ``positions`` (not labeled yet) nearly copy a labeled row: labels that teach the model little."""
         if not self.positions:
             return 0
         return int(np.count_nonzero(near_copies(pool[positions], pool[self.positions], min_cosine=min_cosine) >= 0))
