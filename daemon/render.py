@@ -137,6 +137,10 @@ def status_panels(report: StatusReport) -> list[Panel]:
                   f"model {model['version']} on {model['n_labels']} labels: macro-F1 {_fmt(model['macro_f1'])}, "
                   f"accuracy {_fmt(model['accuracy'])} ({model['quality_method']})")
     model_text += _control_text(report.control_slice)
+    if model is not None and model["accuracy"] is not None and report.control_slice["n"]:
+        # side by side the two read as a contradiction (CV 0.68 next to control 0.95, QA11)
+        model_text += ("\n  (the control slice is the pool's unbiased estimate; cross-validation scores the "
+                       "actively chosen labels, harder than the pool)")
     curve = report.control_slice.get("curve", [])
     if len(curve) > 1:
         model_text += "\n  by labels used: " + ", ".join(

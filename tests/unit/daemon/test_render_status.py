@@ -43,6 +43,14 @@ def test_the_control_slice_leads_with_the_latest_models_figure() -> None:
             "0.632 on all 76") in text
 
 
+def test_beside_the_control_slice_status_says_which_estimate_is_unbiased() -> None:
+    """CV macro-F1 0.683 next to control accuracy 0.950 read as a contradiction (QA11)."""
+    hint = "the control slice is the pool's unbiased estimate; cross-validation scores the actively chosen labels"
+    assert hint in " ".join(rendered(*status_panels(report()), width=200).split())
+    no_control = report(control_slice={"n": 0, "accuracy": None, "curve": []})
+    assert hint not in " ".join(rendered(*status_panels(no_control), width=200).split())
+
+
 def test_kappa_stays_visible_while_paused_and_cycle_times_are_whole_at_80_columns() -> None:
     text = rendered(*status_panels(report()))
     flat = " ".join(text.split())
