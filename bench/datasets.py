@@ -63,6 +63,7 @@ class BenchDataset:
     batch_size: int
     budget: int
     description: str
+    copies: bool = False  # a set made of near-copies: the default strategy also runs keeping them
 
 
 def geometric_sizes(n_classes: int, *, imbalance: float, total: int) -> list[int]:
@@ -199,5 +200,6 @@ def bench_datasets(work_dir: Path) -> list[BenchDataset]:
             25,
             2500,
             "AG News, each train text 4x (as is, lowercased, a word dropped, a tag added)",
+            copies=True,
         ),
     ]

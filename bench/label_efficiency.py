@@ -267,7 +267,7 @@ def run_dataset(
     if data.class_prototypes is not None and DEFAULT_STRATEGY in names:
         unnamed = run(replace(data, class_prototypes=None), (DEFAULT_STRATEGY,), config=config)
         result = with_variant(result, unnamed, NO_NAMES)
-    if entry.name.endswith("_copies") and args.near_copies and DEFAULT_STRATEGY in names:
+    if entry.copies and args.near_copies and DEFAULT_STRATEGY in names:
         keeping = run(data, (DEFAULT_STRATEGY,), config=replace(config, near_copy_cosine=None))
         result = with_variant(result, keeping, KEEP_COPIES)
     summaries = summarise(result)

@@ -58,6 +58,11 @@ def _world(tmp_path: Path, **loop: object) -> tuple[LoopContext, FakeConnector, 
     return ctx, fake, gold, text_of
 
 
+def _batch_items(ctx: LoopContext, batch_id: str | None) -> list[BatchItem]:
+    with Session(ctx.engine) as session:
+        return list(session.exec(select(BatchItem).where(BatchItem.batch_id == batch_id)))
+
+
 def _copies_asked(tmp_path: Path, cycles: int, **loop: object) -> tuple[LoopContext, int]:
     """Run ``cycles`` cycles, answering each batch; count items asked for whose text was labeled before."""
     ctx, fake, gold, text_of = _world(tmp_path, **loop)
@@ -66,8 +71,7 @@ def _copies_asked(tmp_path: Path, cycles: int, **loop: object) -> tuple[LoopCont
     for _ in range(cycles):
         batch_id = run_cycle(ctx).batch_id
         assert batch_id is not None
-        with Session(ctx.engine) as session:
-            items = list(session.exec(select(BatchItem).where(BatchItem.batch_id == batch_id)))
+        items = _batch_items(ctx, batch_id)
         asked += sum(text_of[item.item_id] in labeled_texts for item in items)
         for item in items:
             fake.annotate(item.item_id, gold[item.item_id])
@@ -131,9 +135,8 @@ def test_a_batch_holds_no_copy_of_an_item_still_waiting_in_the_queue(
     # a new batch while the last one still waits, unanswered: two batches in the queue at once
     ctx, _, _, text_of = _world(tmp_path, set_aside_near_copies=set_aside, low_water_fraction=1.0)
     batches = [run_cycle(ctx).batch_id for _ in range(2)]
+    texts = [[text_of[item.item_id] for item in _batch_items(ctx, b)] for b in batches]
     with Session(ctx.engine) as session:
-        texts = [[text_of[item.item_id] for item in session.exec(select(BatchItem).where(BatchItem.batch_id == b))]
-                 for b in batches]
         recorded = list(session.exec(select(NearCopy)))
     assert all(len(batch) == 10 for batch in texts)
     shared = set(texts[0]) & set(texts[1])
@@ -150,8 +153,7 @@ def test_no_pick_shares_a_text_with_a_control_item_of_its_batch(
     shared = 0
     for _ in range(4):
         batch_id = run_cycle(ctx).batch_id
-        with Session(ctx.engine) as session:
-            items = list(session.exec(select(BatchItem).where(BatchItem.batch_id == batch_id)))
+        items = _batch_items(ctx, batch_id)
         controls = {text_of[item.item_id] for item in items if item.is_control}
         assert controls
         shared += sum(text_of[item.item_id] in controls for item in items if not item.is_control)
