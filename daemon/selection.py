@@ -47,7 +47,9 @@ from strategies import (
     near_copies,
     prefilter,
     prefilter_scores,
+    repeats,
     select_batch,
+    select_distinct,
 )
 
 __all__ = ["label_counts", "pool_index", "select_next_batch", "strategy_name", "waiting_count"]
@@ -56,6 +58,9 @@ log = logging.getLogger(__name__)
 # streamed passes per selection at most: a pass whose shortlist held near-copies of labeled items
 # runs again without them (they are recorded, so later cycles leave them out from the start)
 _NEAR_COPY_PASSES = 3
+# shortlists up to this many rows are also checked for near-copies of each other (0.1 s at 4,096 x 384):
+# a ranking strategy's shortlist is the batch itself, and near-copies score alike, so they come in together
+_SELF_CHECK_ROWS = 4_096
 
 
 def strategy_name(ctx: LoopContext) -> str:
@@ -172,7 +177,12 @@ def _strategy_picks(
         labeled_embeddings=labeled_embeddings,
         unseen_prototypes=prototypes,
     )
-    picked = select_batch(name, view, k, rng=rng)
+    if ctx.settings.loop.set_aside_near_copies:
+        picked, n_dropped = select_distinct(name, view, k, rng=rng, min_cosine=ctx.settings.loop.near_copy_cosine)
+        if n_dropped:
+            log.info("select: %s near-copies of other picks left out of the batch", n_dropped)
+    else:
+        picked = select_batch(name, view, k, rng=rng)
     chosen = [
         _Pick(int(rest[short.positions[p]]), float(s), False, None if short.proba is None else short.proba[p])
         for p, s in zip(picked.positions, picked.scores, strict=True)
@@ -201,11 +211,14 @@ def _shortlist_without_copies(
     k: int,
     rng: np.random.Generator,
 ) -> Shortlist:
-    """The streamed pass's shortlist of ``rest`` (positions into the candidates), near-copies of labeled items left out.
+    """The streamed pass's shortlist of ``rest`` (positions into the candidates), near-copies left out.
 
-    Copies found are recorded. While fewer rows than the first pass's shortlist are left, the pass
-    runs again without the copies, its top and sample deeper by twice the copies found so far, at
-    most ``_NEAR_COPY_PASSES`` times; the copies stay in when fewer than ``k`` other rows were found.
+    Left out are the near-copies of labeled, waiting and control items (``references``), and, in
+    a shortlist of at most ``_SELF_CHECK_ROWS`` rows, those of a better-scored shortlisted row.
+    Copies of labeled items are recorded. While fewer rows than the first pass's shortlist are
+    left (for near-copies of each other: fewer than ``k``), the pass runs again without the
+    copies, its top and sample deeper by twice the copies found so far, at most
+    ``_NEAR_COPY_PASSES`` times; the copies stay in when fewer than ``k`` other rows were found.
     """
     rows = inputs.pool.cache_rows[rest]
     live: npt.NDArray[np.intp] = np.arange(len(rows), dtype=np.intp)  # positions into rows the pass may shortlist
@@ -225,13 +238,14 @@ def _shortlist_without_copies(
         if not ctx.settings.loop.set_aside_near_copies or references is None:
             return short
         needed = needed or len(short.positions)
-        kept, copies = _without_near_copies(ctx, inputs, rows, rest, short, cache, references)
+        kept, copies, n_repeats = _without_near_copies(ctx, inputs, rows, rest, short, cache, references, how.score)
         n_copies += len(copies)
         live = np.setdiff1d(live, copies, assume_unique=True).astype(np.intp)
-        if len(kept.positions) >= needed or not live.size or attempt == _NEAR_COPY_PASSES - 1:
+        enough = len(kept.positions) >= k and len(kept.positions) + n_repeats >= needed
+        if enough or not live.size or attempt == _NEAR_COPY_PASSES - 1:
             if n_copies:
-                log.info("select: %s near-copies (cosine >= %s) of labeled, waiting or control items left out of "
-                         "the shortlist, in %s", n_copies, ctx.settings.loop.near_copy_cosine,
+                log.info("select: %s near-copies (cosine >= %s) of labeled, waiting or control items or of each "
+                         "other left out of the shortlist, in %s", n_copies, ctx.settings.loop.near_copy_cosine,
                          f"{attempt + 1} {for_count(attempt + 1, 'pass', 'passes')}")
             return kept if len(kept.positions) >= k else short  # too few others: the copies stay in
     raise AssertionError("unreachable: the last pass returns")
@@ -245,18 +259,28 @@ def _without_near_copies(
     short: Shortlist,
     cache: EmbeddingCache,
     references: npt.NDArray[np.float32],
-) -> tuple[Shortlist, npt.NDArray[np.intp]]:
-    """Drop the shortlisted near-copies of ``references``; return the shortlist without them, and them.
+    score: ScoreFn | None,
+) -> tuple[Shortlist, npt.NDArray[np.intp], int]:
+    """Drop the shortlisted near-copies; return the shortlist without them, them, and how many copy another row.
 
     ``references`` are the labeled items' vectors (``inputs.labeled_ids`` order), then those of items
     waiting for an answer and of the batch's control items. Copies of labeled items are recorded;
-    copies of the others only dropped. Copies are positions into ``rows``.
+    copies of the others only dropped. A shortlist of at most ``_SELF_CHECK_ROWS`` rows also loses
+    the rows that nearly copy a shortlisted row ``score`` ranks higher. Copies are positions into ``rows``.
     """
+    min_cosine = ctx.settings.loop.near_copy_cosine
     vectors = cache.get(rows[short.positions])
-    nearest = near_copies(vectors, references, min_cosine=ctx.settings.loop.near_copy_cosine)
+    nearest = near_copies(vectors, references, min_cosine=min_cosine)
     is_copy = nearest >= 0
-    if not is_copy.any():
-        return short, np.zeros(0, dtype=np.intp)
+    is_repeat = np.zeros_like(is_copy)
+    if len(short.positions) <= _SELF_CHECK_ROWS:
+        ranked: npt.NDArray[np.intp] = np.arange(len(short.positions), dtype=np.intp)  # no scores: pool order
+        if score is not None and short.proba is not None:
+            ranked = np.argsort(-score(short.proba), kind="stable").astype(np.intp)
+        ranked = ranked[~is_copy[ranked]]
+        is_repeat[ranked[repeats(vectors[ranked], min_cosine=min_cosine) >= 0]] = True
+    if not (is_copy | is_repeat).any():
+        return short, np.zeros(0, dtype=np.intp), 0
     of_labeled = is_copy & (nearest < len(inputs.labeled_ids))
     if of_labeled.any():
         originals = nearest[of_labeled]
@@ -267,9 +291,9 @@ def _without_near_copies(
             record_near_copies(session, [(item_ids[seq], inputs.labeled_ids[int(o)], round(float(c), 4))
                                          for seq, o, c in zip(seqs, originals, cosines, strict=True)])
             session.commit()
-    keep = ~is_copy
+    keep = ~(is_copy | is_repeat)
     proba = None if short.proba is None else short.proba[keep]
-    return Shortlist(short.positions[keep], proba), short.positions[is_copy]
+    return Shortlist(short.positions[keep], proba), short.positions[~keep], int(np.count_nonzero(is_repeat))
 
 
 def _with_named_rows(

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from daemon.simulate_data import LabeledSplit
 from daemon.simulate_metrics import macro_f1_and_recall
 from daemon.stopping import StoppingRule, prediction_kappa, reference_gap, reference_of
-from strategies import DEFAULT_NEAR_COPY_COSINE, PoolView, near_copies, select_batch
+from strategies import DEFAULT_NEAR_COPY_COSINE, PoolView, near_copies, repeats, select_batch, select_distinct
 
 __all__ = [
     "Classifier",
@@ -124,7 +124,8 @@ class RoundRecord:
     class_recall: tuple[float, ...]
     first_seen: tuple[tuple[str, int], ...] = ()
     n_set_aside: int = 0  # unlabeled items set aside as near-copies of labeled ones, after this round
-    n_copies_asked: int = 0  # items of this round's batch that nearly copy an item labeled in an earlier round
+    # items of this round's batch that nearly copy an item labeled in an earlier round or an earlier item of the batch
+    n_copies_asked: int = 0
 
 
 def replay(
@@ -169,7 +170,10 @@ def replay(
         candidates = state.candidates(k)
         view = state.view(pool, candidates, n_classes)
         began = time.perf_counter()
-        selection = select_batch(strategy, view, k, rng=rng)
+        if set_aside_at is None:
+            selection = select_batch(strategy, view, k, rng=rng)
+        else:  # as the daemon's select stage: no two near-copies in one batch
+            selection, _ = select_distinct(strategy, view, k, rng=rng, min_cosine=set_aside_at)
         select_s = time.perf_counter() - began
         picked = candidates[selection.positions]
         copies_asked = state.copies_among(pool, picked, config.near_copy_cosine or DEFAULT_NEAR_COPY_COSINE)
@@ -253,10 +257,13 @@ class _ArmState:
         self.is_set_aside[rows[near_copies(pool[rows], pool[positions], min_cosine=min_cosine) >= 0]] = True
 
     def copies_among(self, pool: FloatArray, positions: npt.NDArray[np.intp], min_cosine: float) -> int:
-        """How many of ``positions`` (not labeled yet) nearly copy a labeled row: labels that teach the model little."""
-        if not self.positions:
-            return 0
-        return int(np.count_nonzero(near_copies(pool[positions], pool[self.positions], min_cosine=min_cosine) >= 0))
+        """How many of ``positions`` (a batch, not labeled yet) nearly copy a labeled row or an earlier row of the
+        batch: labels that teach the model little."""
+        batch = pool[positions]
+        again = repeats(batch, min_cosine=min_cosine) >= 0
+        if self.positions:
+            again |= near_copies(batch, pool[self.positions], min_cosine=min_cosine) >= 0
+        return int(np.count_nonzero(again))
 
     def view(self, pool: FloatArray, candidates: npt.NDArray[np.intp], n_classes: int) -> PoolView:
         """Build the strategy's view of ``candidates`` (from :meth:`candidates`) as the daemon's select stage does."""

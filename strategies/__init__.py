@@ -13,7 +13,7 @@ arms). No I/O, no logging, no global RNG; every random choice comes from the
 """
 
 from strategies._types import AnyFloatArray, FloatArray, IntArray
-from strategies.geometry import DEFAULT_NEAR_COPY_COSINE, near_copies
+from strategies.geometry import DEFAULT_NEAR_COPY_COSINE, near_copies, repeats
 from strategies.registry import (
     DEFAULT_STRATEGY,
     REGISTRY,
@@ -22,6 +22,7 @@ from strategies.registry import (
     Strategy,
     is_cold_start,
     select_batch,
+    select_distinct,
 )
 from strategies.streaming import Prefilter, prefilter, prefilter_scores
 
@@ -40,5 +41,7 @@ __all__ = [
     "near_copies",
     "prefilter",
     "prefilter_scores",
+    "repeats",
     "select_batch",
+    "select_distinct",
 ]

@@ -13,7 +13,15 @@ import numpy as np
 from strategies._checks import check_embeddings
 from strategies._types import AnyFloatArray, FloatArray, IntArray
 
-__all__ = ["DEFAULT_NEAR_COPY_COSINE", "knn_density", "min_sq_distances", "near_copies", "novelty", "sq_norms"]
+__all__ = [
+    "DEFAULT_NEAR_COPY_COSINE",
+    "knn_density",
+    "min_sq_distances",
+    "near_copies",
+    "novelty",
+    "repeats",
+    "sq_norms",
+]
 
 _BLOCK_ELEMS = 1 << 22
 # cosine from which a row counts as a near-copy of another: on 3,000 distinct texts of each shared
@@ -98,6 +106,41 @@ def near_copies(
     # the 1e-6 spares float16/float32 rounding: an identical row must count at min_cosine 1.0
     nearest[best < min_cosine - 1e-6] = -1
     return nearest
+
+
+def repeats(points: AnyFloatArray, *, min_cosine: float = DEFAULT_NEAR_COPY_COSINE) -> IntArray:
+    """Return, per row, the earlier row it nearly copies (cosine >= ``min_cosine``), or -1.
+
+    Two near-copies in one batch cost two labels for what one teaches; a caller keeps the first
+    row of each group (rows in order of preference) and drops the rest. The first row of a
+    group is -1; a later one names the most similar earlier row.
+
+    Args:
+        points: (n, d) L2-normalised rows, in order of preference.
+        min_cosine: in ``(0, 1]``.
+
+    Returns:
+        (n,) intp: for row ``i``, an index ``j < i`` or -1.
+
+    Raises:
+        ValueError: on malformed inputs or ``min_cosine`` outside ``(0, 1]``.
+    """
+    check_embeddings(points, "points")
+    if not 0.0 < min_cosine <= 1.0:
+        raise ValueError(f"min_cosine must be in (0, 1], got {min_cosine}")
+    n = points.shape[0]
+    earlier: IntArray = np.full(n, -1, dtype=np.intp)
+    step = max(1, _BLOCK_ELEMS // max(1, n))
+    for start in range(1, n, step):
+        stop = min(n, start + step)
+        cosine = (points[start:stop] @ points[:stop].T).astype(np.float64)  # (b, stop)
+        rows = np.arange(start, stop)
+        cosine[rows[:, None] <= np.arange(stop)[None, :]] = -np.inf  # only earlier rows count
+        at = cosine.argmax(axis=1)
+        # the 1e-6 spares float16/float32 rounding, as in near_copies
+        found = cosine[np.arange(rows.size), at] >= min_cosine - 1e-6
+        earlier[rows[found]] = at[found]
+    return earlier
 
 
 def novelty(points: AnyFloatArray, anchors: AnyFloatArray | None) -> FloatArray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from strategies import scores
+from strategies._types import IntArray
 from strategies._view import PoolView, Selection, Strategy, validate_view
 from strategies.arms import (
     Arm,
@@ -18,6 +19,7 @@ from strategies.arms import (
     scarcity_arm,
     top_score_arm,
 )
+from strategies.geometry import DEFAULT_NEAR_COPY_COSINE, repeats
 from strategies.modal_arms import modal_margin_arm, modal_ranked_batch_arm
 
 __all__ = [
@@ -28,9 +30,12 @@ __all__ = [
     "Strategy",
     "is_cold_start",
     "select_batch",
+    "select_distinct",
 ]
 
 COLD_START = "cold_start"
+# selections per select_distinct call at most: each drops the picks that nearly copy earlier picks
+DISTINCT_ROUNDS = 8
 
 
 def is_cold_start(view: PoolView) -> bool:
@@ -118,3 +123,55 @@ def select_batch(strategy: str, view: PoolView, k: int, *, rng: np.random.Genera
     if strategy not in REGISTRY:
         raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[strategy](view, k, rng=rng)
+
+
+def select_distinct(
+    strategy: str,
+    view: PoolView,
+    k: int,
+    *,
+    rng: np.random.Generator,
+    min_cosine: float = DEFAULT_NEAR_COPY_COSINE,
+) -> tuple[Selection, int]:
+    """:func:`select_batch`, with no pick a near-copy (cosine >= ``min_cosine``) of another pick.
+
+    Near-copies score alike, so a ranking strategy (margin, entropy, ...) takes a text and its
+    re-posts together, and one batch pays several labels for what one teaches. A pick that
+    nearly copies an earlier pick of the batch (in presentation order: best first for the
+    ranking strategies) is dropped, and the strategy runs again on the view without the dropped
+    rows, at most :data:`DISTINCT_ROUNDS` times in all. The last batch stands as it is, copies
+    included, when fewer than ``k`` rows would be left or the rounds run out.
+
+    Args:
+        strategy, view, k, rng: as for :func:`select_batch`.
+        min_cosine: in ``(0, 1]``.
+
+    Returns:
+        The batch, with positions into ``view``'s rows, and how many rows were dropped.
+
+    Raises:
+        ValueError: as :func:`select_batch`, or ``min_cosine`` outside ``(0, 1]``.
+    """
+    rows: IntArray = np.arange(view.embeddings.shape[0], dtype=np.intp)
+    selection = select_batch(strategy, view, k, rng=rng)
+    for _ in range(DISTINCT_ROUNDS - 1):
+        picked = rows[selection.positions]
+        again = repeats(view.embeddings[picked], min_cosine=min_cosine) >= 0
+        if not again.any() or rows.size - np.count_nonzero(again) < k:
+            break
+        rows = np.setdiff1d(rows, picked[again], assume_unique=True).astype(np.intp)
+        selection = select_batch(strategy, _rows_of(view, rows), k, rng=rng)
+    positions: IntArray = rows[selection.positions]
+    return Selection(positions, selection.scores, selection.strategy), view.embeddings.shape[0] - rows.size
+
+
+def _rows_of(view: PoolView, rows: IntArray) -> PoolView:
+    """The view of ``rows`` of ``view``'s candidates (what is labeled, and the names, unchanged)."""
+    return PoolView(
+        embeddings=view.embeddings[rows],
+        proba=None if view.proba is None else view.proba[rows],
+        label_counts=view.label_counts,
+        n_unseen_classes=view.n_unseen_classes,
+        labeled_embeddings=view.labeled_embeddings,
+        unseen_prototypes=view.unseen_prototypes,
+    )

@@ -160,3 +160,24 @@ def test_no_pick_shares_a_text_with_a_control_item_of_its_batch(
         for item in items:
             fake.annotate(item.item_id, gold[item.item_id])
     assert bool(shared) is not set_aside  # random picks and the control slice share texts unless left out
+
+
+@pytest.mark.parametrize("set_aside", [True, False])
+@pytest.mark.parametrize("strategy", ["margin", "entropy", "random", "default"])
+def test_a_batch_never_holds_two_copies_of_one_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str, set_aside: bool
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold, text_of = _world(tmp_path, set_aside_near_copies=set_aside, strategy=strategy)
+    twice = 0
+    for _ in range(4):
+        items = _batch_items(ctx, run_cycle(ctx).batch_id)
+        assert len(items) == 10
+        texts = [text_of[item.item_id] for item in items]
+        twice += len(texts) - len(set(texts))
+        for item in items:
+            fake.annotate(item.item_id, gold[item.item_id])
+    if set_aside:
+        assert twice == 0
+    elif strategy in ("margin", "entropy"):
+        assert twice > 0  # the copies score alike, so a ranking takes them together: the case to fix

@@ -321,6 +321,7 @@ def test_class_names_are_embedded_with_the_pool_encoder(tmp_path: Path) -> None:
 
 def test_the_view_carries_the_names_of_the_unseen_classes_only(monkeypatch: pytest.MonkeyPatch) -> None:
     import daemon.simulate_replay as simulate_replay
+    import strategies.registry
     from strategies import select_batch
 
     data = replace(synthetic(), pool=blobs(200, 4, shares=(0.49, 0.49, 0.02)))
@@ -334,6 +335,7 @@ def test_the_view_carries_the_names_of_the_unseen_classes_only(monkeypatch: pyte
         return original(strategy, view, k, rng=rng)
 
     monkeypatch.setattr(simulate_replay, "select_batch", spy)
+    monkeypatch.setattr(strategies.registry, "select_batch", spy)  # what select_distinct calls
     records = replay(
         data.pool.embeddings, Oracle(data.pool.labels), data.test, n_classes=3, strategy="scarce_margin_diverse",
         seed=0, config=ReplayConfig(batch_size=5, budget=20), make_classifier=CentroidClassifier,
@@ -443,11 +445,17 @@ def test_near_copies_of_labeled_items_are_set_aside_until_nothing_else_is_left()
         def __init__(self) -> None:
             super().__init__(labels)
             self.copies_asked = 0
+            self.within_batch = 0  # the most pairs of near-copies in one batch
 
         def annotate(self, positions: npt.NDArray[np.intp]) -> list[str]:
+            batch = pool[positions]
+            pairs = np.triu(batch @ batch.T > 0.999, k=1)
+            again = pairs.any(axis=0)  # a copy of an earlier item of the same batch, or of one labeled earlier
             earlier = pool[self.is_revealed]
             if earlier.shape[0]:
-                self.copies_asked += int(((pool[positions] @ earlier.T).max(axis=1) > 0.999).sum())
+                again |= (batch @ earlier.T).max(axis=1) > 0.999
+            self.within_batch = max(self.within_batch, int(pairs.sum()))
+            self.copies_asked += int(again.sum())
             return super().annotate(positions)
 
     def run(near_copy_cosine: float | None, budget: int, strategy: str = "margin") -> tuple[Recording, list[Any]]:
@@ -460,8 +468,10 @@ def test_near_copies_of_labeled_items_are_set_aside_until_nothing_else_is_left()
     kept, records = run(None, 30)
     assert kept.copies_asked > 0  # without the rule, margin asks for copies of what it labeled
     assert sum(r.n_copies_asked for r in records) == kept.copies_asked  # and the records count them
+    assert kept.within_batch > 0  # and takes a text and its copy in one batch
     set_aside, records = run(0.97, 30)
     assert set_aside.copies_asked == 0 and sum(r.n_copies_asked for r in records) == 0
+    assert set_aside.within_batch == 0
     assert records[-1].n_set_aside > 0
     assert [r.n_set_aside for r in records] == sorted(r.n_set_aside for r in records)
     # the reference arms run as they would alone: random is a uniform sample of the whole pool

@@ -74,3 +74,29 @@ def test_near_copies_of_nothing_and_bad_arguments() -> None:
         geometry.near_copies(points, points, min_cosine=0.0)
     with pytest.raises(ValueError, match="columns"):
         geometry.near_copies(points, np.eye(4))
+
+
+def test_repeats_name_an_earlier_near_copy_and_leave_each_group_s_first_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = np.random.default_rng(4)
+    distinct = gen.normal(size=(6, 16))
+    distinct /= np.linalg.norm(distinct, axis=1, keepdims=True)
+    # rows 3 and 5 copy row 1 (row 5 is the closest to row 3's original), row 4 copies row 0
+    points = distinct[[0, 1, 2, 1, 0, 1, 3]].copy()
+    points[5] += 1e-3 * gen.normal(size=16)
+    points[5] /= np.linalg.norm(points[5])
+    expected = [-1, -1, -1, 1, 0, 1, -1]
+    np.testing.assert_array_equal(geometry.repeats(points, min_cosine=0.97), expected)
+    monkeypatch.setattr(geometry, "_BLOCK_ELEMS", 10)  # one row per block: the same answer
+    np.testing.assert_array_equal(geometry.repeats(points, min_cosine=0.97), expected)
+    np.testing.assert_array_equal(geometry.repeats(points.astype(np.float16), min_cosine=1.0)[[3, 4]], [1, 0])
+    # a pair below the cosine is not a repeat
+    pair = np.array([[1.0, 0.0], [0.96, 0.28]])  # cosine 0.96
+    np.testing.assert_array_equal(geometry.repeats(pair, min_cosine=0.97), [-1, -1])
+    np.testing.assert_array_equal(geometry.repeats(pair, min_cosine=0.95), [-1, 0])
+
+
+def test_repeats_of_nothing_and_bad_arguments() -> None:
+    assert geometry.repeats(np.zeros((0, 3))).shape == (0,)
+    np.testing.assert_array_equal(geometry.repeats(np.eye(3)[:1]), [-1])
+    with pytest.raises(ValueError, match="min_cosine"):
+        geometry.repeats(np.eye(3), min_cosine=1.5)

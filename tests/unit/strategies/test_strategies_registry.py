@@ -251,3 +251,45 @@ def test_modal_ranked_batch_picks_the_uncertain_items() -> None:
     assert sorted(got.positions.tolist()) == uncertain
     ours = select_batch("margin", view, 3, rng=rng())
     assert sorted(ours.positions.tolist()) == uncertain
+
+
+def copies_view(n_groups: int = 10, copies: int = 4, n_other: int = 200, seed: int = 5) -> PoolView:
+    """A binary view whose most uncertain rows come in groups of near-copies; the other rows are distinct."""
+    gen = rng(seed)
+    originals = unit_rows(gen, n_groups, d=16)
+    grouped = np.repeat(originals, copies, axis=0) + 1e-3 * gen.normal(size=(n_groups * copies, 16))
+    embeddings = np.concatenate([grouped, unit_rows(gen, n_other, d=16)])
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    uncertain = np.repeat(0.5 + 0.01 * np.arange(n_groups), copies) + 1e-4 * gen.random(n_groups * copies)
+    p_first = np.concatenate([uncertain, 0.7 + 0.25 * gen.random(n_other)])
+    proba = np.stack([p_first, 1.0 - p_first], axis=1)
+    return PoolView(embeddings, proba, np.array([10, 10]), 0, unit_rows(gen, 5, d=16))
+
+
+@pytest.mark.parametrize("name", ["margin", "entropy", "least_confidence", "scarce_margin", "margin_diverse",
+                                  "scarce_margin_diverse", "random", "cold_start"])
+def test_select_distinct_asks_for_one_row_of_each_group_of_near_copies(name: str) -> None:
+    view = copies_view()
+    plain = select_batch(name, view, 20, rng=rng())
+    picked, dropped = strategies.select_distinct(name, view, 20, rng=rng())
+    assert len(set(picked.positions.tolist())) == 20 and picked.strategy == plain.strategy
+    groups = picked.positions[picked.positions < 40] // 4
+    assert len(groups) == len(set(groups.tolist())), "two copies of one text in a batch"
+    assert (strategies.repeats(view.embeddings[picked.positions]) < 0).all()
+    if name in ("margin", "entropy", "least_confidence", "scarce_margin"):
+        # the ranking takes the ten groups whole without the step: half the batch would be copies
+        assert np.count_nonzero(strategies.repeats(view.embeddings[plain.positions]) >= 0) >= 10
+        assert sorted(set((picked.positions[picked.positions < 40] // 4).tolist())) == list(range(10))
+        assert dropped >= 10
+
+
+def test_select_distinct_keeps_copies_when_too_few_others_are_left() -> None:
+    view = copies_view(n_groups=3, copies=4, n_other=2)  # 14 rows, 5 distinct texts
+    picked, dropped = strategies.select_distinct("margin", view, 10, rng=rng())
+    assert len(set(picked.positions.tolist())) == 10  # a full batch all the same, copies in it
+    assert dropped == 0 and (strategies.repeats(view.embeddings[picked.positions]) >= 0).any()
+    unchanged, none = strategies.select_distinct("margin", warm_view(), 5, rng=rng())
+    assert none == 0
+    np.testing.assert_array_equal(unchanged.positions, select_batch("margin", warm_view(), 5, rng=rng()).positions)
+    with pytest.raises(ValueError, match="min_cosine"):
+        strategies.select_distinct("margin", warm_view(), 5, rng=rng(), min_cosine=0.0)
