@@ -226,7 +226,8 @@ def status(as_json: JsonOpt = False) -> None:
     with cli_errors(reads_only=True):
         cfg = settings()
     with _read_session(cfg) as session:
-        report = status_report(session, declared=cfg.loop.classes)
+        report = status_report(session, declared=cfg.loop.classes, near_copy_cosine=(
+            cfg.loop.near_copy_cosine if cfg.loop.set_aside_near_copies else None))
     if as_json:
         print_json(report.as_dict())
     else:

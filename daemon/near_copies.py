@@ -9,7 +9,9 @@ with the items waiting for an answer and the batch's control items too, and leav
 copies out of the batch without recording them.
 
 A record counts only while its original keeps a known-class label and is not removed: a
-retracted, skipped, disputed or removed original frees its copies again.
+retracted, skipped, disputed or removed original frees its copies again. Nor does it count
+while its cosine is below the ``loop.near_copy_cosine`` in force: a record found under a lower
+setting is not a copy once the setting is raised again.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from daemon.store import (
 __all__ = ["n_set_aside", "pending_hashes", "record_near_copies", "set_aside_seqs"]
 
 _CHUNK = 500  # items per statement
+_ROUNDING = 5e-5  # half the last decimal a record keeps of its cosine
 
 
 def _original_of() -> Any:
@@ -43,31 +46,33 @@ def _original_of() -> Any:
     return col(LabelRecord.item_id) == col(NearCopy.of_item_id)
 
 
-def _in_force() -> tuple[Any, ...]:
-    """Conditions on that join: the original has a known-class label and neither item is removed."""
-    return LabelRecord.status == LabelStatus.LABELED, not_removed(NearCopy.of_item_id), not_removed(NearCopy.item_id)
+def _in_force(min_cosine: float) -> tuple[Any, ...]:
+    """Conditions on that join: the original has a known-class label, neither item is removed, and the
+    pair is at least ``min_cosine`` close (records keep 4 decimals: half a unit of the last is spared)."""
+    return (LabelRecord.status == LabelStatus.LABELED, not_removed(NearCopy.of_item_id),
+            not_removed(NearCopy.item_id), col(NearCopy.cosine) >= min_cosine - _ROUNDING)
 
 
-def set_aside_seqs(session: Session) -> npt.NDArray[np.int64]:
-    """Return the ``PoolItem.seq`` of every item set aside now, increasing."""
+def set_aside_seqs(session: Session, min_cosine: float) -> npt.NDArray[np.int64]:
+    """Return the ``PoolItem.seq`` of every item set aside now at ``min_cosine``, increasing."""
     stmt = (
         select(PoolItem.seq)
         .join(NearCopy, col(NearCopy.item_id) == col(PoolItem.item_id))
         .join(LabelRecord, _original_of())
-        .where(*_in_force())
+        .where(*_in_force(min_cosine))
         .order_by(col(PoolItem.seq))
     )
     return np.fromiter(session.exec(stmt), dtype=np.int64)
 
 
-def n_set_aside(session: Session) -> int:
-    """Return how many unlabeled items are set aside now (an item labeled since is not counted)."""
+def n_set_aside(session: Session, min_cosine: float) -> int:
+    """Return how many unlabeled items are set aside now at ``min_cosine`` (an item labeled since is not counted)."""
     labeled_copies = select(LabelRecord.item_id).where(LabelRecord.status == LabelStatus.LABELED)
     stmt = (
         select(func.count())
         .select_from(NearCopy)
         .join(LabelRecord, _original_of())
-        .where(*_in_force(), col(NearCopy.item_id).not_in(labeled_copies))
+        .where(*_in_force(min_cosine), col(NearCopy.item_id).not_in(labeled_copies))
     )
     return int(session.exec(stmt).one())
 

@@ -31,6 +31,7 @@ from daemon.store import (
     get_value,
     not_removed,
 )
+from strategies import DEFAULT_NEAR_COPY_COSINE
 
 __all__ = [
     "BATCH_STATUSES",
@@ -202,18 +203,25 @@ def _preview(text: str) -> str:
 
 
 def status_report(
-    session: Session, *, now: datetime | None = None, n_cycles: int = 5, declared: Sequence[str] = ()
+    session: Session,
+    *,
+    now: datetime | None = None,
+    n_cycles: int = 5,
+    declared: Sequence[str] = (),
+    near_copy_cosine: float | None = DEFAULT_NEAR_COPY_COSINE,
 ) -> StatusReport:
     """Gather pool, label, queue, model, control-slice, cycle and daemon figures.
 
     ``declared``: the configured classes (``loop.classes``), listed with their counts until a
     project's classes are bound; before that a class without a label was missing from the table.
+    ``near_copy_cosine``: ``loop.near_copy_cosine``, or None when near-copies are not set aside
+    (``loop.set_aside_near_copies = false``): then none is counted as set aside.
     """
     now = now or datetime.now(UTC)
     per_class, outside = labels_per_class(session, declared=declared)
     return StatusReport(
         project=_project(session),
-        pool=_pool_counts(session),
+        pool=_pool_counts(session, near_copy_cosine),
         labels=_label_counts(session),
         per_class=per_class,
         labels_outside_classes=outside,
@@ -240,7 +248,7 @@ def _project(session: Session) -> dict[str, Any]:
             "classes": json.loads(raw) if raw else [], "watermark": get_value(session, "pull_watermark")}
 
 
-def _pool_counts(session: Session) -> dict[str, int]:
+def _pool_counts(session: Session, near_copy_cosine: float | None) -> dict[str, int]:
     """Items in the loop (removed ones apart), how many have a vector, how many were removed, and how
     many unlabeled ones are set aside as near-copies of labeled items (:mod:`daemon.near_copies`)."""
     removed = session.exec(select(func.count()).select_from(RemovedItem)).one()
@@ -249,7 +257,7 @@ def _pool_counts(session: Session) -> dict[str, int]:
     embedded = session.exec(
         select(func.count()).select_from(PoolItem).where(col(PoolItem.is_embedded), *in_loop)).one()
     return {"items": int(total), "embedded": int(embedded), "removed": int(removed),
-            "near_copies": n_set_aside(session)}
+            "near_copies": 0 if near_copy_cosine is None else n_set_aside(session, near_copy_cosine)}
 
 
 def _label_counts(session: Session) -> dict[str, int]:

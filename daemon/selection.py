@@ -347,7 +347,8 @@ def _read_inputs(ctx: LoopContext, cache: EmbeddingCache) -> _Inputs:
         set_aside: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
         pending: list[str] = []
         if ctx.settings.loop.set_aside_near_copies:
-            set_aside = np.flatnonzero(np.isin(pool.seqs, set_aside_seqs(session)))
+            aside_seqs = set_aside_seqs(session, ctx.settings.loop.near_copy_cosine)
+            set_aside = np.flatnonzero(np.isin(pool.seqs, aside_seqs))
             pending = pending_hashes(session)
     return _Inputs(pool, set_aside, room, labeled.labels, labeled.item_ids, labeled.hashes, pending, classes,
                    n_batches)

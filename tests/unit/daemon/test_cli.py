@@ -575,3 +575,24 @@ def test_a_read_only_store_refuses_a_write_in_one_line(workdir: Path, monkeypatc
     result = runner.invoke(app, ["pool", "add", "pool.jsonl"])
     assert result.exit_code == 1, result.output
     assert "the store's database refused: attempt to write a readonly database" in " ".join(result.output.split())
+
+
+def test_status_counts_no_near_copies_as_set_aside_while_the_setting_is_off(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With loop.set_aside_near_copies = false the select stage ignores the records, and status said
+    '1 set aside' all the same (QA)."""
+    from daemon.near_copies import record_near_copies
+
+    (workdir / "pool.jsonl").write_text('{"id": "a", "text": "hello", "label": "ham"}\n{"id": "b", "text": "hello!"}\n')
+    assert runner.invoke(app, ["pool", "add", "pool.jsonl"]).exit_code == 0
+    engine = make_engine(load_settings(workdir / "labelloop.toml").store.url)
+    with Session(engine) as session:
+        record_near_copies(session, [("b", "a", 0.99)])
+        session.commit()
+    assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["pool"]["near_copies"] == 1
+    monkeypatch.setenv("LABELLOOP_LOOP__SET_ASIDE_NEAR_COPIES", "false")
+    assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["pool"]["near_copies"] == 0
+    monkeypatch.setenv("LABELLOOP_LOOP__SET_ASIDE_NEAR_COPIES", "true")
+    monkeypatch.setenv("LABELLOOP_LOOP__NEAR_COPY_COSINE", "0.995")
+    assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["pool"]["near_copies"] == 0

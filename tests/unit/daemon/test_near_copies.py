@@ -110,21 +110,38 @@ def test_copies_come_back_when_their_original_loses_its_label_or_is_removed(
         record_near_copies(session, [("chat-00", "mail-00", 1.0), ("form-00", "mail-00", 1.0),
                                      ("chat-01", "mail-01", 1.0)])
         session.commit()
-        assert set_aside_seqs(session).tolist() == sorted(seq_of[i] for i in ("chat-00", "form-00", "chat-01"))
-        assert n_set_aside(session) == 3
+        assert set_aside_seqs(session, 0.97).tolist() == sorted(seq_of[i] for i in ("chat-00", "form-00", "chat-01"))
+        assert n_set_aside(session, 0.97) == 3
         session.add(LabelRecord(item_id="form-00", status=LabelStatus.LABELED, label="billing"))  # labeled since
         session.commit()
-        assert n_set_aside(session) == 2
+        assert n_set_aside(session, 0.97) == 2
         session.get(LabelRecord, "mail-00").status = LabelStatus.RETRACTED  # type: ignore[union-attr]
         session.commit()
-        assert set_aside_seqs(session).tolist() == [seq_of["chat-01"]]
+        assert set_aside_seqs(session, 0.97).tolist() == [seq_of["chat-01"]]
         session.add(RemovedItem(item_id="mail-01"))
         session.commit()
-        assert set_aside_seqs(session).tolist() == [] and n_set_aside(session) == 0
+        assert set_aside_seqs(session, 0.97).tolist() == [] and n_set_aside(session, 0.97) == 0
         record_near_copies(session, [("chat-00", "mail-02", 0.98)])  # found again under another original
         session.add(LabelRecord(item_id="mail-02", status=LabelStatus.LABELED, label="billing"))
         session.commit()
-        assert set_aside_seqs(session).tolist() == [seq_of["chat-00"]]
+        assert set_aside_seqs(session, 0.97).tolist() == [seq_of["chat-00"]]
+
+
+def test_a_record_found_under_a_lower_cosine_does_not_count_once_the_setting_is_raised(tmp_path: Path) -> None:
+    ctx, _, _, _ = _world(tmp_path)
+    with Session(ctx.engine) as session:
+        seq_of = {item.item_id: int(item.seq or 0) for item in session.exec(select(PoolItem))}
+        session.add(LabelRecord(item_id="mail-00", status=LabelStatus.LABELED, label="billing"))
+        # found while loop.near_copy_cosine was 0.6 (QA), and one at the rounded edge of 0.97
+        record_near_copies(session, [("chat-00", "mail-00", 0.6207), ("form-00", "mail-00", 0.97)])
+        session.commit()
+        assert set_aside_seqs(session, 0.6).tolist() == sorted([seq_of["chat-00"], seq_of["form-00"]])
+        assert set_aside_seqs(session, 0.97).tolist() == [seq_of["form-00"]] and n_set_aside(session, 0.97) == 1
+        assert set_aside_seqs(session, 0.969996).tolist() == [seq_of["form-00"]]  # 0.96999.. recorded as 0.97
+        assert set_aside_seqs(session, 0.99).tolist() == [] and n_set_aside(session, 0.99) == 0
+        assert status_report(session, near_copy_cosine=0.6).pool["near_copies"] == 2
+        # loop.set_aside_near_copies = false: selection ignores the records, and status counts none (QA)
+        assert status_report(session, near_copy_cosine=None).pool["near_copies"] == 0
 
 
 @pytest.mark.parametrize("set_aside", [True, False])
