@@ -25,7 +25,7 @@ from daemon.context import LoopContext, TrainedModel
 from daemon.pause import is_paused, update_stability
 from daemon.rerank import rerank_queue
 from daemon.selection import select_next_batch, strategy_name, waiting_count
-from daemon.settings import LoopSettings
+from daemon.settings import Settings
 from daemon.store import (
     Batch,
     BatchItem,
@@ -95,7 +95,7 @@ def cycle_due(ctx: LoopContext) -> str:
             .where(LabelRecord.status == LabelStatus.LABELED, not_removed(LabelRecord.item_id))
         ).one())
         paused = is_paused(session) is not None
-    if queue_is_low(loop, waiting) and not paused:
+    if queue_is_low(ctx.settings, waiting) and not paused:
         return f"queue low ({waiting} waiting)"
     trained_on = latest.n_labels if latest is not None else 0
     if labeled - trained_on >= loop.min_new_labels:
@@ -108,9 +108,15 @@ def cycle_due(ctx: LoopContext) -> str:
     return ""
 
 
-def queue_is_low(loop: LoopSettings, waiting: int) -> bool:
-    """True when at most ``low_water_fraction × batch_size`` items wait for annotators."""
-    return waiting <= int(loop.low_water_fraction * loop.batch_size)
+def queue_is_low(settings: Settings, waiting: int) -> bool:
+    """True when at most ``low_water_fraction × batch_size`` items wait for annotators and the queue has room.
+
+    A full queue is not low however small ``max_waiting_tasks`` is: below the low-water mark, a
+    cycle ran every ``cycle_interval_s`` only to find no room (QA).
+    """
+    loop = settings.loop
+    has_room = waiting < settings.label_studio.max_waiting_tasks
+    return has_room and waiting <= int(loop.low_water_fraction * loop.batch_size)
 
 
 def run_cycle(ctx: LoopContext, *, reason: str = "manual", synced_within_s: float = 0.0) -> CycleReport:
@@ -202,7 +208,7 @@ def _embed_after_push(ctx: LoopContext) -> bool:
     with Session(ctx.engine) as session:
         if session.exec(select(PoolItem.seq).where(*to_embed()).limit(1)).first() is None:
             return False
-        if is_paused(session) is not None or not queue_is_low(loop, waiting_count(session)):
+        if is_paused(session) is not None or not queue_is_low(ctx.settings, waiting_count(session)):
             return False
         ready = session.exec(select(PoolItem.seq).where(col(PoolItem.is_embedded), not_removed(PoolItem.item_id),
                                                         col(PoolItem.item_id).not_in(select(LabelRecord.item_id)))
@@ -219,7 +225,7 @@ def _fill_queue(ctx: LoopContext, report: CycleReport, model: TrainedModel | Non
         by = "an operator" if paused.get("by") == "operator" else "the stopping rule"
         report.status, report.reason = "skipped", f"paused by {by} (labelloop resume)"
         return
-    if not queue_is_low(ctx.settings.loop, waiting):
+    if not queue_is_low(ctx.settings, waiting):
         if report.batch_id is None:  # a refill after re-ranking must not say no batch came
             leftover = f"pushed {report.pushed} tasks of an earlier batch; " if report.pushed else ""
             report.reason = report.reason or f"{leftover}retrained; {waiting} items still waiting, no new batch"
@@ -227,7 +233,10 @@ def _fill_queue(ctx: LoopContext, report: CycleReport, model: TrainedModel | Non
     batch = timed("select", lambda: select_next_batch(ctx, model, cycle_id=report.cycle_id))
     if batch is None:
         if report.batch_id is None:
-            report.status, report.reason = "skipped", "queue full or pool exhausted"
+            cap = ctx.settings.label_studio.max_waiting_tasks
+            report.status, report.reason = "skipped", (
+                f"queue full: {waiting} items waiting, label_studio.max_waiting_tasks is {cap}" if waiting >= cap
+                else "pool exhausted: no unlabeled item left to ask for")
         return
     report.batch_id = batch.id
     report.pushed += timed("push", lambda: push_pending(ctx))

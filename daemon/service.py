@@ -41,13 +41,14 @@ from daemon.cycle import cycle_due, run_cycle
 from daemon.errors import AlreadyRunning
 from daemon.pause import PauseWatch
 from daemon.project import ensure_project
-from daemon.settings import masked_url
-from daemon.store import HealthEvent, is_disk_full, is_store_locked, set_value, sqlite_path
+from daemon.settings import Settings, masked_url
+from daemon.store import HealthEvent, get_value, is_disk_full, is_store_locked, set_value, sqlite_path
 from daemon.sync import sync
 from daemon.webhook import TASKS_DELETED, Coalescer, WebhookServer, register, start_server
+from daemon.wording import for_count
 from models.errors import EmbedderUnavailable, ModelError
 
-__all__ = ["InstanceLock", "Service"]
+__all__ = ["InstanceLock", "Service", "queue_warnings", "settings_summary"]
 
 log = logging.getLogger(__name__)
 HEARTBEAT_KEY = "daemon"
@@ -160,6 +161,30 @@ class _Backoff:
         return self.not_before is not None and now < self.not_before
 
 
+def settings_summary(settings: Settings) -> str:
+    """The settings that shape the batches, in one line for the start-up log (no secret among them)."""
+    loop, ls = settings.loop, settings.label_studio
+    copies = f"set aside at cosine {loop.near_copy_cosine}" if loop.set_aside_near_copies else "kept"
+    low = int(loop.low_water_fraction * loop.batch_size)
+    stop = f"kappa {loop.stop_kappa} over {loop.stop_window} retrains" if loop.stop_rule_enabled else "off"
+    return (f"strategy {loop.strategy}, batch_size {loop.batch_size}, control_fraction {loop.control_fraction}, "
+            f"max_waiting_tasks {ls.max_waiting_tasks} (a new batch at {low} waiting), "
+            f"min_new_labels {loop.min_new_labels}, near-copies {copies}, stopping rule {stop}, "
+            f"re-ranking {'on' if loop.rerank_enabled else 'off'}")
+
+
+def queue_warnings(settings: Settings) -> list[str]:
+    """What in the queue's settings keeps batches smaller than ``loop.batch_size``; empty when nothing does."""
+    loop, cap = settings.loop, settings.label_studio.max_waiting_tasks
+    low = int(loop.low_water_fraction * loop.batch_size)
+    if cap >= loop.batch_size + low:
+        return []
+    return [f"label_studio.max_waiting_tasks ({cap}) leaves room for less than a batch when the queue is low "
+            f"(loop.batch_size {loop.batch_size}, a new batch at {low} waiting): batches are cut to the room left, "
+            f"as small as {max(1, cap - low)} {for_count(max(1, cap - low), 'item', 'items')}; set it to at least "
+            f"{loop.batch_size + low}"]
+
+
 class Service:
     """Schedule sync and cycle jobs until SIGTERM/SIGINT (or ``ctx.stop``)."""
 
@@ -208,6 +233,10 @@ class Service:
         scheduler.add_job(self.heartbeat, "interval", seconds=HEARTBEAT_INTERVAL_S, id="heartbeat",
                           replace_existing=True, next_run_time=now)
         scheduler.add_listener(self._on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        self._note_unclean_end()
+        log.info("settings: %s", settings_summary(self.ctx.settings))
+        for warning in queue_warnings(self.ctx.settings):
+            log.warning("%s", warning)
         self._health("started", f"pid {os.getpid()}")
         scheduler.start()
         try:
@@ -302,6 +331,22 @@ class Service:
             check, self._tasks_deleted = self._tasks_deleted, False
         self.sync_job(wait=True, check_waiting=check)  # annotation calls stay fast: no lookup
         self.cycle_job(wait=True)  # no second pull right after this one
+
+    def _note_unclean_end(self) -> None:
+        """Say in the health log when the daemon before this one ended without stopping (kill -9, a crash, a reboot).
+
+        Its last beat still says running: a graceful stop beats "stopped". The store's lock is ours, so
+        no other daemon runs on this store now. Without the event, the history read "started" twice (QA).
+        """
+        with Session(self.ctx.engine) as session:
+            raw = get_value(session, HEARTBEAT_KEY)
+        beat: dict[str, Any] = json.loads(raw) if raw else {}
+        if beat.get("state") != "running" or beat.get("pid") == os.getpid():
+            return
+        message = (f"the daemon before this one (pid {beat.get('pid')}) ended without stopping (killed, crashed or "
+                   f"its machine restarted); its last beat was at {beat.get('last_beat', '?')}")
+        log.warning("%s", message)
+        self._health("ended_uncleanly", message)
 
     def heartbeat(self, state: str = "running") -> None:
         beat = {"pid": os.getpid(), "host": socket.gethostname(), "state": state,
