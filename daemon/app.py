@@ -17,7 +17,7 @@ from connectors.label_studio import LabelStudioConnector
 from daemon.context import LoopContext, default_embedder_factory
 from daemon.cycle import CycleReport, close_interrupted_cycles, run_cycle
 from daemon.errors import ConfigError
-from daemon.project import ensure_project
+from daemon.project import check_binding, ensure_project
 from daemon.service import InstanceLock, Service
 from daemon.settings import LabelStudioSettings, LoopSettings, Settings, describe_invalid, masked_url
 from daemon.store import make_engine
@@ -208,6 +208,7 @@ def run_service(settings: Settings, *, connector: Connector | None = None) -> No
     lock.acquire(wait_for_commands=True)  # a `labelloop cycle` finishes; refusing left a restarted daemon down
     try:
         ctx = build_context(settings, connector=connector)
+        check_binding(ctx)  # a daemon on the wrong project id refuses to start, before asking Label Studio
         close_interrupted_cycles(ctx.engine)
         try:
             who = ctx.connector.check()

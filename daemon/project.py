@@ -12,11 +12,12 @@ from sqlmodel import Session, col, select
 
 from connectors.base import ProjectInfo
 from daemon.context import LoopContext
+from daemon.errors import ConfigError
 from daemon.queries import labels_per_class
 from daemon.store import LabelEvent, LabelRecord, LabelStatus, get_value, set_value
 from daemon.wording import counted, for_count
 
-__all__ = ["ensure_project", "refresh_classes"]
+__all__ = ["check_binding", "ensure_project", "refresh_classes"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ def ensure_project(ctx: LoopContext) -> ProjectInfo:
     Raises:
         ConnectorError: the tool is unreachable or refused.
     """
+    check_binding(ctx)
     with Session(ctx.engine) as session:
         wanted = list(ctx.settings.loop.classes) or _seed_classes(session)
         known = get_value(session, "project_id")  # a renamed project is still ours after a restart
@@ -46,6 +48,31 @@ def ensure_project(ctx: LoopContext) -> ProjectInfo:
                     "the most informative ones first and re-ranking withdraws nothing; set its sampling to "
                     "sequential", info.project_id)
     return info
+
+
+def check_binding(ctx: LoopContext) -> None:
+    """Refuse a configured ``project_id`` other than the one this store is bound to, unless allowed.
+
+    Moving a store to another project marks the items waiting in the old one withdrawn, and a
+    one-off ``LABELLOOP_LABEL_STUDIO__PROJECT_ID=2 labelloop sync`` did so silently (QA). Asks
+    Label Studio nothing.
+
+    Raises:
+        ConfigError: the store is bound to another project and ``allow_project_change`` is off.
+    """
+    ls = ctx.settings.label_studio
+    if ls.project_id is None or ls.allow_project_change:
+        return
+    with Session(ctx.engine) as session:
+        bound = get_value(session, "project_id")
+    if bound is not None and bound != str(ls.project_id):
+        raise ConfigError(
+            f"this store is bound to Label Studio project {bound}, and label_studio.project_id is {ls.project_id}; "
+            f"nothing was changed. To move the store to project {ls.project_id} (the labels pulled so far stay; "
+            f"items waiting in project {bound} count as withdrawn), run once with "
+            "LABELLOOP_LABEL_STUDIO__ALLOW_PROJECT_CHANGE=true; otherwise correct project_id, or point store.url "
+            "at another store"
+        )
 
 
 def refresh_classes(ctx: LoopContext) -> bool:

@@ -65,6 +65,9 @@ class LabelStudioSettings(_Section):
     choices_name: str | None = Field(default=None, min_length=1)
     timeout_s: float = Field(default=15.0, gt=0)
     max_waiting_tasks: int = Field(default=200, gt=0)  # unlabeled tasks of ours allowed in the queue
+    # a store bound to one project refuses a project_id naming another unless this is set: a one-off
+    # command with a mistyped id moved the store and marked every waiting task withdrawn (QA)
+    allow_project_change: bool = False
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -34,6 +34,7 @@ from daemon.store import (
     LabelStatus,
     ModelRun,
     PoolItem,
+    get_value,
     make_engine,
 )
 from daemon.sync import sync
@@ -1271,3 +1272,34 @@ def test_the_cross_validated_estimate_comes_after_the_push_and_a_restart_finishe
     assert restarted.pending_quality is None
     estimate_pending_quality(restarted)  # nothing left to do: no fit, no change
 
+
+
+def test_a_project_id_naming_another_project_is_refused_unless_the_move_is_allowed(
+    world: tuple[LoopContext, FakeConnector, dict[str, str]]
+) -> None:
+    """`LABELLOOP_LABEL_STUDIO__PROJECT_ID=2 labelloop sync` moved the store to project 2 with a warning and
+    exit 0, and the items waiting in project 1 counted as withdrawn (QA)."""
+    from daemon.app import one_sync, run_service
+    from daemon.errors import ConfigError
+
+    ctx, _, _ = world
+    batch_id = run_cycle(ctx).batch_id or ""
+    other = FakeConnector(classes=CLASSES, project_id="7")
+    moved = ctx.settings.model_copy(update={"label_studio": ctx.settings.label_studio.model_copy(
+        update={"project_id": 7})})
+    with pytest.raises(ConfigError, match=r"bound to Label Studio project 1, and label_studio\.project_id is 7"):
+        one_sync(moved, connector=other)
+    with pytest.raises(ConfigError, match="LABELLOOP_LABEL_STUDIO__ALLOW_PROJECT_CHANGE=true"):
+        run_service(moved, connector=other)  # the daemon refuses to start too
+    assert other.calls == []  # refused before asking Label Studio anything
+    with Session(ctx.engine) as session:
+        assert get_value(session, "project_id") == "1"
+    assert {item.state for item in batch_items(ctx, batch_id)} == {BatchItemState.PENDING}
+    same = ctx.settings.model_copy(update={"label_studio": ctx.settings.label_studio.model_copy(
+        update={"project_id": 1})})
+    one_sync(same, connector=ctx.connector)  # naming the bound project is fine
+    allowed = moved.model_copy(update={"label_studio": moved.label_studio.model_copy(
+        update={"allow_project_change": True})})
+    one_sync(allowed, connector=other)
+    with Session(ctx.engine) as session:
+        assert get_value(session, "project_id") == "7"
