@@ -22,7 +22,8 @@ Definitions (per data set and strategy, over the seeds):
 * **stop**: label count at which the kappa rule (:mod:`daemon.stopping`) said stop,
   vs **enough**: the first label count reaching 95 % of full-data macro-F1 (per seed).
 * **copies asked**: items asked for whose vector was within the near-copy cosine (0.97,
-  or ``--near-copy-cosine``) of an item labeled in an earlier round; mean over the seeds.
+  or ``--near-copy-cosine``) of an item labeled in an earlier round or of an earlier item of
+  the same batch; mean over the seeds.
   Such a label tells the model little it did not know, and costs an annotator a read.
 """
 
