@@ -15,6 +15,7 @@ creating, editing and deleting an annotation, a skip, and the Data Manager's bul
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -89,6 +90,10 @@ class LabelStudioConnector:
         self._known_task_ids: set[str] = set()  # pushed or seen by this instance: for deletions
         self._annotators: dict[int, str] = {}
         self._warned_slow_import = False  # about Label Studio's prediction import flag, once per connector
+        # item id -> monotonic time until which an import that got no answer may still commit its task:
+        # under load the retry's lookup ran before Label Studio committed, and the items got two tasks (QA)
+        self._unsettled: dict[str, float] = {}
+        self._clock: Callable[[], float] = time.monotonic
 
     @classmethod
     def connect(
@@ -223,24 +228,55 @@ class LabelStudioConnector:
         with translated(self.url, "push"):
             remote = self._find_by_item_ids(project, list(unique))
             missing = [task for item_id, task in unique.items() if item_id not in remote]
+            self._settle(remote, missing)
             self._check_fields(project, missing)
             for start in range(0, len(missing), self.import_chunk_size):
                 remote.update(self._import(project, missing[start : start + self.import_chunk_size]))
         lost = [item_id for item_id in unique if item_id not in remote]
         if lost:
+            self._unsettled.update(dict.fromkeys(lost, self._clock() + self.settle_s))
             raise ConnectorUnavailable(
                 f"Label Studio at {self.url} did not return ids for {len(lost)} imported "
                 "tasks; the next push will find them"
             )
         self._known_task_ids.update(remote.values())
         log.info(
-            "push: %s tasks to project %s (%s new, %s already there)",
+            "push: %s %s to project %s (%s new, %s already there)",
             len(unique),
+            "task" if len(unique) == 1 else "tasks",
             project.project_id,
             len(missing),
             len(unique) - len(missing),
         )
         return {task.item_id: remote[task.item_id] for task in tasks}
+
+    @property
+    def settle_s(self) -> float:
+        """Seconds an import that got no answer may still commit its tasks in Label Studio: 4 timeouts, at least 60."""
+        return max(60.0, 4.0 * self.timeout_s)
+
+    def _settle(self, found: Mapping[str, str], missing: Sequence[OutgoingTask]) -> None:
+        """Refuse to import again, for now, tasks whose last import got no answer a short while ago.
+
+        That import may still be committing: importing them again made two tasks per item, each
+        answered by annotators. Found tasks are settled; missing ones are imported again once
+        :attr:`settle_s` passed without them appearing.
+
+        Raises:
+            ConnectorUnavailable: some missing tasks are still within that time.
+        """
+        for item_id in found:
+            self._unsettled.pop(item_id, None)
+        now = self._clock()
+        pending = [self._unsettled[task.item_id] for task in missing if self._unsettled.get(task.item_id, 0.0) > now]
+        if pending:
+            raise ConnectorUnavailable(
+                f"an earlier import of {len(pending)} of these tasks got no answer from Label Studio at {self.url} "
+                f"and may still be committing there; they are created again only if they have not appeared "
+                f"{self.settle_s:.0f}s after it ({max(pending) - now:.0f}s from now), so that no item gets two tasks"
+            )
+        for task in missing:
+            self._unsettled.pop(task.item_id, None)
 
     def _check_fields(self, project: _Project, tasks: Sequence[OutgoingTask]) -> None:
         """Refuse tasks lacking a field the labeling config shows, naming it, before Label Studio does.
@@ -505,9 +541,14 @@ class LabelStudioConnector:
                 dropped,
                 project.project_id,
             )
-        response = self._client.projects.import_tasks(
-            id=project.project_id, request=cast(Any, payload), return_task_ids=True
-        )
+        try:
+            response = self._client.projects.import_tasks(
+                id=project.project_id, request=cast(Any, payload), return_task_ids=True
+            )
+        except Exception as e:
+            if _may_have_committed(e):
+                self._unsettled.update(dict.fromkeys((task.item_id for task in chunk), self._clock() + self.settle_s))
+            raise
         task_ids = list(getattr(response, "task_ids", None) or [])
         if len(task_ids) == len(chunk):  # verified: ids come back in payload order
             return {task.item_id: str(task_id) for task, task_id in zip(chunk, task_ids, strict=True)}
@@ -522,3 +563,12 @@ class LabelStudioConnector:
         self._annotators.update(lk.user_names(self._client))
         self._annotators.update({who: str(who) for who in wanted - self._annotators.keys()})  # ask once
 
+
+
+def _may_have_committed(error: Exception) -> bool:
+    """Whether a failed import may still have created its tasks: it reached Label Studio and got no clear refusal."""
+    if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return False  # the request never reached the server
+    if isinstance(error, ApiError):
+        return error.status_code is None or error.status_code >= 500  # a 4xx refused the whole import
+    return True

@@ -24,7 +24,7 @@ from connectors import label_studio as label_studio_module
 from connectors._label_config import choices_config
 from connectors._ls_auth import RefreshOnExpiry
 from connectors.base import OutgoingTask, PredictionUpdate
-from connectors.errors import ConnectorAuthError, ConnectorRejected
+from connectors.errors import ConnectorAuthError, ConnectorRejected, ConnectorUnavailable
 from connectors.label_studio import FAST_IMPORT_FLAG, LabelStudioConnector
 from tests.integration import ls_helpers
 
@@ -390,3 +390,38 @@ def test_withdraw_says_how_many_tasks_it_kept_and_why(
     assert connector.withdraw([mapping["item-0"], mapping["item-1"]]) == [mapping["item-1"]]
     assert (f"withdraw: 1 of 2 tasks withdrawn from project {project_id}; 1 kept, as someone answered, skipped or "
             "drafted them meanwhile") in caplog.text
+
+
+def test_a_push_retried_while_the_timed_out_import_still_commits_creates_no_second_task(
+    ls_client: LabelStudio, ls_project: ProjectFactory, ls_connector: ConnectorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load (QA: 2 cores, four daemons) an import outlived the client's timeout; the next cycle's lookup ran
+    before Label Studio committed it, imported again, and 9 batches got two or three tasks per item."""
+    import threading
+
+    project_id = ls_project(("pos", "neg"))
+    connector = ls_connector(project_id)
+    real_import = connector._client.projects.import_tasks
+    committed = threading.Event()
+
+    def late(**kwargs: Any) -> Any:
+        def commit() -> None:
+            time.sleep(1.5)  # Label Studio still working when the retry looks
+            real_import(**kwargs)
+            committed.set()
+
+        threading.Thread(target=commit, daemon=True).start()
+        raise httpx.ReadTimeout("timed out")
+
+    monkeypatch.setattr(connector._client.projects, "import_tasks", late)
+    tasks = _tasks(5, prefix="slow")
+    with pytest.raises(ConnectorUnavailable, match="did not answer in time"):
+        connector.push(tasks)
+    monkeypatch.setattr(connector._client.projects, "import_tasks", real_import)
+    with pytest.raises(ConnectorUnavailable, match="may still be committing"):
+        connector.push(tasks)  # the next cycle, before the commit: it waits instead of importing again
+    assert committed.wait(timeout=30)
+    mapping = connector.push(tasks)
+    assert ls_helpers.task_count(ls_client, project_id) == 5
+    for task in tasks:
+        assert ls_helpers.task_ids_for(ls_client, project_id, task.item_id) == [int(mapping[task.item_id])]

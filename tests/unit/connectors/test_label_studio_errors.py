@@ -218,3 +218,65 @@ def test_push_raises_unavailable_when_imported_tasks_are_not_visible_yet() -> No
     connector = _connector(_AsyncImportServer(keeps_tasks=False), project_id=1)
     with pytest.raises(ConnectorUnavailable, match="next push will find them"):
         connector.push([OutgoingTask(item_id="i0", batch_id="b", text="t")])
+
+
+class _SlowImportServer(_AsyncImportServer):
+    """An import the client gives up on while Label Studio is still committing it (QA: 2 cores, 4 daemons)."""
+
+    def __init__(self, failure: Exception) -> None:
+        super().__init__()
+        self.failure = failure
+        self.imports = 0
+        self.committing: list[dict[str, Any]] = []  # created by an import whose answer never came
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/projects/1/import":
+            self.imports += 1
+            if self.imports == 1:
+                self.committing = json.loads(request.content)
+                raise self.failure
+        return super().__call__(request)
+
+    def commit(self) -> None:
+        start = len(self.tasks) + 1
+        self.tasks += [{"id": start + n, "data": task["data"]} for n, task in enumerate(self.committing)]
+
+
+def test_a_push_whose_import_got_no_answer_waits_for_it_instead_of_creating_the_tasks_twice() -> None:
+    server = _SlowImportServer(httpx.ReadTimeout("timed out"))
+    connector = _connector(server, project_id=1)
+    now = [0.0]
+    connector._clock = lambda: now[0]
+    tasks = [OutgoingTask(item_id=f"i{n}", batch_id="b", text="t") for n in range(3)]
+    with pytest.raises(ConnectorUnavailable, match="did not answer in time"):
+        connector.push(tasks)
+    now[0] = 5.0  # the next cycle: Label Studio has not committed the first import yet
+    with pytest.raises(ConnectorUnavailable, match="may still be committing") as caught:
+        connector.push(tasks)
+    assert "no item gets two tasks" in str(caught.value) and server.imports == 1
+    server.commit()
+    now[0] = 10.0
+    assert connector.push(tasks) == {"i0": "1", "i1": "2", "i2": "3"}  # found, not created again
+    assert server.imports == 1 and len(server.tasks) == 3
+
+
+@pytest.mark.parametrize(("failure", "settles"), [(httpx.ReadTimeout("timed out"), True),
+                                                  (httpx.RemoteProtocolError("peer closed"), True),
+                                                  (httpx.ConnectError("refused"), False)])
+def test_tasks_an_import_never_created_are_imported_again_once_it_cannot_commit_any_more(
+    failure: Exception, settles: bool
+) -> None:
+    server = _SlowImportServer(failure)
+    connector = _connector(server, project_id=1)
+    now = [0.0]
+    connector._clock = lambda: now[0]
+    tasks = [OutgoingTask(item_id="i0", batch_id="b", text="t")]
+    with pytest.raises(ConnectorUnavailable):
+        connector.push(tasks)
+    if settles:  # it reached Label Studio: wait out the settling time, then import again
+        now[0] = connector.settle_s - 1
+        with pytest.raises(ConnectorUnavailable, match="may still be committing"):
+            connector.push(tasks)
+        now[0] = connector.settle_s + 1
+    assert connector.push(tasks) == {"i0": "1"}  # a refused connection created nothing: at once
+    assert server.imports == 2 and len(server.tasks) == 1
