@@ -104,6 +104,9 @@ def select_next_batch(ctx: LoopContext, model: TrainedModel | None, *, cycle_id:
     k = min(loop.batch_size, inputs.room, n)
     if k <= 0:
         return None
+    if k < loop.batch_size and k == inputs.room:  # QA: a batch of 1 read like a bug beside 'queue low'
+        log.info("select: the batch is cut to %s %s, the room left under label_studio.max_waiting_tasks (%s)", k,
+                 for_count(k, "item", "items"), ctx.settings.label_studio.max_waiting_tasks)
     rng = np.random.default_rng([loop.seed, inputs.n_batches])
     n_control = min(_control_count(k * loop.control_fraction, rng), k - 1)
     control = rng.choice(n, size=n_control, replace=False) if n_control > 0 else np.zeros(0, dtype=np.intp)
@@ -222,7 +225,7 @@ def _shortlist_without_copies(
     """
     rows = inputs.pool.cache_rows[rest]
     live: npt.NDArray[np.intp] = np.arange(len(rows), dtype=np.intp)  # positions into rows the pass may shortlist
-    needed, n_copies = 0, 0
+    needed, n_copies, kinds = 0, 0, Counter[str]()
     for attempt in range(_NEAR_COPY_PASSES):
         extra = 2 * n_copies
         plan = replace(how.plan, n_top=min(how.plan.n_top + extra if how.plan.n_top else 0, len(live)),
@@ -238,17 +241,27 @@ def _shortlist_without_copies(
         if not ctx.settings.loop.set_aside_near_copies or references is None:
             return short
         needed = needed or len(short.positions)
-        kept, copies, n_repeats = _without_near_copies(ctx, inputs, rows, rest, short, cache, references, how.score)
+        kept, copies, this_pass = _without_near_copies(ctx, inputs, rows, rest, short, cache, references, how.score)
         n_copies += len(copies)
+        kinds += this_pass
         live = np.setdiff1d(live, copies, assume_unique=True).astype(np.intp)
-        enough = len(kept.positions) >= k and len(kept.positions) + n_repeats >= needed
+        enough = len(kept.positions) >= k and len(kept.positions) + this_pass[_OF_EACH_OTHER] >= needed
         if enough or not live.size or attempt == _NEAR_COPY_PASSES - 1:
-            if n_copies:
-                log.info("select: %s near-copies (cosine >= %s) of labeled, waiting or control items or of each "
-                         "other left out of the shortlist, in %s", n_copies, ctx.settings.loop.near_copy_cosine,
+            if n_copies:  # one line per selection, each kind apart (QA: one sum of all read as copies of labels)
+                log.info("select: near-copies (cosine >= %s) left out of the shortlist: %s, in %s",
+                         ctx.settings.loop.near_copy_cosine, _kinds_said(kinds),
                          f"{attempt + 1} {for_count(attempt + 1, 'pass', 'passes')}")
             return kept if len(kept.positions) >= k else short  # too few others: the copies stay in
     raise AssertionError("unreachable: the last pass returns")
+
+
+_OF_LABELED, _OF_UNANSWERED, _OF_EACH_OTHER = "of labeled items (set aside)", "of waiting or control items", \
+    "of each other"
+
+
+def _kinds_said(kinds: Counter[str]) -> str:
+    """``12 of labeled items (set aside), 40 of each other``: the kinds found, in a fixed order."""
+    return ", ".join(f"{kinds[kind]} {kind}" for kind in (_OF_LABELED, _OF_UNANSWERED, _OF_EACH_OTHER) if kinds[kind])
 
 
 def _without_near_copies(
@@ -260,8 +273,8 @@ def _without_near_copies(
     cache: EmbeddingCache,
     references: npt.NDArray[np.float32],
     score: ScoreFn | None,
-) -> tuple[Shortlist, npt.NDArray[np.intp], int]:
-    """Drop the shortlisted near-copies; return the shortlist without them, them, and how many copy another row.
+) -> tuple[Shortlist, npt.NDArray[np.intp], Counter[str]]:
+    """Drop the shortlisted near-copies; return the shortlist without them, them, and how many of each kind.
 
     ``references`` are the labeled items' vectors (``inputs.labeled_ids`` order), then those of items
     waiting for an answer and of the batch's control items. Copies of labeled items are recorded;
@@ -280,8 +293,11 @@ def _without_near_copies(
         ranked = ranked[~is_copy[ranked]]
         is_repeat[ranked[repeats(vectors[ranked], min_cosine=min_cosine) >= 0]] = True
     if not (is_copy | is_repeat).any():
-        return short, np.zeros(0, dtype=np.intp), 0
+        return short, np.zeros(0, dtype=np.intp), Counter()
     of_labeled = is_copy & (nearest < len(inputs.labeled_ids))
+    found = Counter({_OF_LABELED: int(np.count_nonzero(of_labeled)),
+                     _OF_UNANSWERED: int(np.count_nonzero(is_copy & ~of_labeled)),
+                     _OF_EACH_OTHER: int(np.count_nonzero(is_repeat))})
     if of_labeled.any():
         originals = nearest[of_labeled]
         cosines = np.einsum("ij,ij->i", vectors[of_labeled], references[originals])
@@ -293,7 +309,7 @@ def _without_near_copies(
             session.commit()
     keep = ~(is_copy | is_repeat)
     proba = None if short.proba is None else short.proba[keep]
-    return Shortlist(short.positions[keep], proba), short.positions[~keep], int(np.count_nonzero(is_repeat))
+    return Shortlist(short.positions[keep], proba), short.positions[~keep], found
 
 
 def _with_named_rows(
@@ -397,8 +413,9 @@ def _store_batch(
         session.add_all(items)
         session.commit()
         session.refresh(batch)
-    log.info("selected batch %s: %s items (%s control) by %s", batch.id, len(items),
-             sum(1 for pick in chosen if pick.is_control), strategy, extra={"batch_id": batch.id})
+    log.info("selected batch %s: %s %s (%s control) by %s", batch.id, len(items),
+             for_count(len(items), "item", "items"), sum(1 for pick in chosen if pick.is_control), strategy,
+             extra={"batch_id": batch.id})
     return batch
 
 

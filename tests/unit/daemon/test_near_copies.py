@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import logging
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -182,13 +184,14 @@ def test_no_pick_shares_a_text_with_a_control_item_of_its_batch(
 @pytest.mark.parametrize("set_aside", [True, False])
 @pytest.mark.parametrize("strategy", ["margin", "entropy", "random", "default"])
 def test_a_batch_never_holds_two_copies_of_one_text(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str, set_aside: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, strategy: str, set_aside: bool
 ) -> None:
     monkeypatch.chdir(tmp_path)
     ctx, fake, gold, text_of = _world(tmp_path, set_aside_near_copies=set_aside, strategy=strategy)
     twice = 0
     for _ in range(4):
-        items = _batch_items(ctx, run_cycle(ctx).batch_id)
+        with caplog.at_level(logging.INFO, logger="daemon.selection"):
+            items = _batch_items(ctx, run_cycle(ctx).batch_id)
         assert len(items) == 10
         texts = [text_of[item.item_id] for item in items]
         twice += len(texts) - len(set(texts))
@@ -196,5 +199,11 @@ def test_a_batch_never_holds_two_copies_of_one_text(
             fake.annotate(item.item_id, gold[item.item_id])
     if set_aside:
         assert twice == 0
+        # the log says which kind of near-copy was left out, each apart (QA: one sum read as copies of labels)
+        said = [r.getMessage() for r in caplog.records if "left out of the shortlist" in r.getMessage()]
+        assert said and all(re.search(r": \d+ of (labeled items \(set aside\)|waiting or control items|each other)",
+                                      line) for line in said)
+        if strategy in ("margin", "entropy"):
+            assert any("of each other" in line for line in said)
     elif strategy in ("margin", "entropy"):
         assert twice > 0  # the copies score alike, so a ranking takes them together: the case to fix

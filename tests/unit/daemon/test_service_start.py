@@ -18,15 +18,17 @@ from tests.unit.daemon.test_loop import annotate_batch, build_world
 
 
 def test_a_full_queue_is_never_low_and_a_cycle_says_which_of_full_or_exhausted_stopped_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """max_waiting_tasks 8 under a low-water mark of 10: the queue counted as low while full, and a
     cycle every interval recorded 'queue full or pool exhausted'."""
     monkeypatch.chdir(tmp_path)
     ctx, fake, gold = build_world(tmp_path, batch_size=20, control_fraction=0.0)
     ctx.settings.label_studio.max_waiting_tasks = 8
-    first = run_cycle(ctx)
-    assert first.batch_id is not None and first.pushed == 8  # cut to the room
+    with caplog.at_level(logging.INFO, logger="daemon.selection"):
+        first = run_cycle(ctx)
+    assert first.batch_id is not None and first.pushed == 8  # cut to the room, and the log says so
+    assert "the batch is cut to 8 items, the room left under label_studio.max_waiting_tasks (8)" in caplog.text
     assert not queue_is_low(ctx.settings, 8) and queue_is_low(ctx.settings, 7)
     assert not cycle_due(ctx).startswith("queue low")
     skipped = run_cycle(ctx, reason="test")
@@ -48,7 +50,10 @@ def test_the_daemon_warns_at_start_when_the_queue_cap_cuts_batches() -> None:
     settings = load_settings(None, label_studio={"max_waiting_tasks": 8}, loop={"batch_size": 20})
     assert queue_warnings(settings) == [
         "label_studio.max_waiting_tasks (8) leaves room for less than a batch when the queue is low (loop.batch_size "
-        "20, a new batch at 10 waiting): batches are cut to the room left, as small as 1 item; set it to at least 30"]
+        "20, a new batch at 7 waiting): batches are cut to the room left, as small as 1 item; set it to at least 30"]
+    assert "a new batch at 7 waiting" in settings_summary(settings)  # one below the cap, not the low-water mark 10
+    (warning,) = queue_warnings(load_settings(None, label_studio={"max_waiting_tasks": 29}))
+    assert "a new batch at 25 waiting): batches are cut to the room left, as small as 4 items" in warning
     assert queue_warnings(load_settings(None)) == []  # 200 waiting, batches of 50 refilled at 25
     assert queue_warnings(load_settings(None, label_studio={"max_waiting_tasks": 75})) == []
     assert len(queue_warnings(load_settings(None, label_studio={"max_waiting_tasks": 74}))) == 1
