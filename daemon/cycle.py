@@ -20,10 +20,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from connectors.base import OutgoingTask
-from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected
+from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
 from daemon.context import LoopContext, TrainedModel
 from daemon.pause import is_paused, update_stability
-from daemon.rerank import rerank_queue
+from daemon.rerank import RerankReport, rerank_queue
 from daemon.selection import select_next_batch, strategy_name, waiting_count
 from daemon.settings import Settings
 from daemon.store import (
@@ -190,7 +190,13 @@ def _stages(ctx: LoopContext, report: CycleReport, synced_within_s: float) -> No
         timed("embed", lambda: embed_pool(ctx, budget_s=EMBED_BUDGET_S))
     if model is None or ctx.stop.is_set():
         return
-    reranked = timed("rerank", lambda: rerank_queue(ctx, model, strategy=strategy_name(ctx)))
+    try:
+        reranked = timed("rerank", lambda: rerank_queue(ctx, model, strategy=strategy_name(ctx)))
+    except ConnectorUnavailable as e:  # the batch is pushed: a stalled refresh failed the cycle and skipped the
+        # model's estimate (QA); re-ranking this model is tried again by the next cycle, and the next sync backs off
+        log.warning("re-ranking for model %s: %s; the waiting tasks keep their predictions until the next cycle",
+                    model.version, e, extra={"model_version": model.version})
+        reranked = RerankReport(0, 0)
     if reranked.withdrawn and not ctx.stop.is_set() and report.status == "ok":
         _fill_queue(ctx, report, model, timed)
     if not ctx.stop.is_set():

@@ -1303,3 +1303,35 @@ def test_a_project_id_naming_another_project_is_refused_unless_the_move_is_allow
     one_sync(allowed, connector=other)
     with Session(ctx.engine) as session:
         assert get_value(session, "project_id") == "7"
+
+
+def test_a_stalled_refresh_after_the_push_neither_fails_the_cycle_nor_skips_the_models_estimate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Label Studio stalled between the push and the re-ranking's refresh: the cycle that pushed a batch read
+    'failed', and the model stayed 'cross-validation pending' for good (QA)."""
+    from connectors.errors import ConnectorUnavailable
+
+    monkeypatch.chdir(tmp_path)
+    ctx, fake, gold = build_world(tmp_path, strategy="margin", stale_score_ratio=0.0)
+    annotate_batch(ctx, fake, gold, run_cycle(ctx).batch_id or "")
+    second = run_cycle(ctx)
+    for item in batch_items(ctx, second.batch_id or "")[:6]:
+        fake.annotate(item.item_id, gold[item.item_id])
+    refresh = fake.refresh_predictions
+    stalls = [ConnectorUnavailable("Label Studio at http://ls did not answer in time during refresh_predictions")]
+
+    def stalled(updates: Any) -> Refreshed:
+        if stalls:
+            raise stalls.pop()
+        return refresh(updates)
+
+    monkeypatch.setattr(fake, "refresh_predictions", stalled)
+    third = run_cycle(ctx)
+    assert third.batch_id is not None and third.status == "ok" and not stalls  # pushed, and the refresh failed
+    with Session(ctx.engine) as session:
+        run = session.get(ModelRun, third.model_version)
+        assert run is not None and run.quality_method != QUALITY_PENDING and run.macro_f1 is not None
+    fake.calls.clear()
+    run_cycle(ctx, reason="test")  # the next cycle re-ranks for the same model
+    assert "refresh_predictions" in fake.calls
