@@ -391,6 +391,9 @@ def _cycles(session: Session, limit: int) -> list[dict[str, Any]]:
              "stage_seconds": json.loads(run.stage_seconds_json)} for run in runs]
 
 
+_FAILURES_UNHEALTHY = 2  # runs in a row that failed (Label Studio unreachable, say) before status says NOT healthy
+
+
 def _daemon(session: Session, now: datetime) -> dict[str, Any]:
     raw = get_value(session, "daemon")
     beat: dict[str, Any] = json.loads(raw) if raw else {}
@@ -399,8 +402,9 @@ def _daemon(session: Session, now: datetime) -> dict[str, Any]:
         beat["last_beat_age_s"] = age
         if beat.get("state") == "running" and beat.get("host") == socket.gethostname() and not _alive(beat["pid"]):
             beat["state"] = "gone"  # its process ended without saying so: killed, or the machine restarted
+        # one failed run is retried at once: a 2-second stall read "NOT healthy" (QA); two in a row keep failing
         beat["healthy"] = (beat.get("state") == "running" and age <= _HEALTHY_WITHIN_S
-                           and not beat.get("backoff_failures"))
+                           and (beat.get("backoff_failures") or 0) < _FAILURES_UNHEALTHY)
     events = session.exec(select(HealthEvent).order_by(col(HealthEvent.id).desc()).limit(5)).all()
     beat["recent_events"] = [{"at": _iso(e.at), "kind": e.kind, "message": e.message} for e in events]
     return beat

@@ -203,6 +203,8 @@ def _health(daemon: dict[str, Any]) -> str:
     if state == "gone":
         state = "gone (its process ended without stopping: killed?)"
     why = "healthy"
+    if daemon["healthy"] and daemon.get("backoff_failures"):
+        why = "healthy; its last run failed and is retried (see the events below)"
     if not daemon["healthy"]:
         failures = daemon.get("backoff_failures") or 0
         why = "NOT healthy"
