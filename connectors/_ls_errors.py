@@ -24,9 +24,29 @@ TOKEN_ADVICE = (
 )
 
 
+# what each connector call does, as its messages say it: "during serves_in_push_order" named a method (QA)
+_DOING = {
+    "check": "the token check",
+    "connect": "connecting",
+    "ensure_project": "reading the project",
+    "push": "the push of tasks",
+    "pull": "the pull of answers",
+    "list_tasks": "listing tasks",
+    "count_waiting": "counting waiting tasks",
+    "refresh_predictions": "the refresh of predictions",
+    "withdraw": "withdrawing tasks",
+    "missing": "the lookup of deleted tasks",
+    "first_waiting": "the lookup of the tasks annotators get next",
+    "serves_in_push_order": "reading the project's task order",
+    "register_webhook": "the webhook's registration",
+    "deactivate_webhook": "switching the webhook off",
+}
+
+
 @contextmanager
 def translated(url: str, op: str) -> Iterator[None]:
-    """Map SDK and transport failures onto the connector error tree."""
+    """Map SDK and transport failures onto the connector error tree; ``op`` names the call (a key of ``_DOING``)."""
+    op = _DOING.get(op, op)
     try:
         yield
     except httpx.TimeoutException as e:

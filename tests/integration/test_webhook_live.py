@@ -348,7 +348,8 @@ def test_a_public_url_label_studio_cannot_resolve_leaves_polling_working(
     daemon = make_daemon(tmp_path, label_studio, project_id, webhook=True)
     daemon.env["LABELLOOP_WEBHOOK__PUBLIC_URL"] = "https://labelloop-hook.invalid/webhook"
     text = polled_without_a_webhook(daemon, ls_client, project_id)
-    assert "failed during register_webhook (HTTP 500)" in text and "check that it can resolve and reach" in text
+    assert "failed during the webhook's registration (HTTP 500)" in text
+    assert "check that it can resolve and reach" in text
     assert "labelloop-hook.invalid" in text and SECRET not in text
     assert ls_client.webhooks.list(project=str(project_id)) == []
 
