@@ -234,7 +234,7 @@ class LabelStudioConnector:
                 remote.update(self._import(project, missing[start : start + self.import_chunk_size]))
         lost = [item_id for item_id in unique if item_id not in remote]
         if lost:
-            self._unsettled.update(dict.fromkeys(lost, self._clock() + self.settle_s))
+            self._mark_unsettled(lost)
             raise ConnectorUnavailable(
                 f"Label Studio at {self.url} did not return ids for {len(lost)} imported "
                 "tasks; the next push will find them"
@@ -254,6 +254,10 @@ class LabelStudioConnector:
     def settle_s(self) -> float:
         """Seconds an import that got no answer may still commit its tasks in Label Studio: 4 timeouts, at least 60."""
         return max(60.0, 4.0 * self.timeout_s)
+
+    def _mark_unsettled(self, item_ids: Sequence[str]) -> None:
+        """Record that the tasks of ``item_ids`` may still appear for :attr:`settle_s` from now."""
+        self._unsettled.update(dict.fromkeys(item_ids, self._clock() + self.settle_s))
 
     def _settle(self, found: Mapping[str, str], missing: Sequence[OutgoingTask]) -> None:
         """Refuse to import again, for now, tasks whose last import got no answer a short while ago.
@@ -547,7 +551,7 @@ class LabelStudioConnector:
             )
         except Exception as e:
             if _may_have_committed(e):
-                self._unsettled.update(dict.fromkeys((task.item_id for task in chunk), self._clock() + self.settle_s))
+                self._mark_unsettled([task.item_id for task in chunk])
             raise
         task_ids = list(getattr(response, "task_ids", None) or [])
         if len(task_ids) == len(chunk):  # verified: ids come back in payload order
@@ -562,7 +566,6 @@ class LabelStudioConnector:
             return
         self._annotators.update(lk.user_names(self._client))
         self._annotators.update({who: str(who) for who in wanted - self._annotators.keys()})  # ask once
-
 
 
 def _may_have_committed(error: Exception) -> bool:

@@ -25,7 +25,7 @@ from daemon.context import LoopContext, TrainedModel
 from daemon.pause import is_paused, update_stability
 from daemon.rerank import RerankReport, rerank_queue
 from daemon.selection import select_next_batch, strategy_name, waiting_count
-from daemon.settings import Settings
+from daemon.settings import LoopSettings, Settings
 from daemon.store import (
     Batch,
     BatchItem,
@@ -43,7 +43,8 @@ from daemon.store import (
 from daemon.sync import record_pushed, sync
 from daemon.training import embed_pool, estimate_pending_quality, retrain, to_embed
 
-__all__ = ["CycleReport", "close_interrupted_cycles", "cycle_due", "push_pending", "queue_is_low", "run_cycle"]
+__all__ = ["CycleReport", "close_interrupted_cycles", "cycle_due", "low_water_mark", "push_pending", "queue_is_low",
+           "refill_at", "run_cycle"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,15 +109,23 @@ def cycle_due(ctx: LoopContext) -> str:
     return ""
 
 
-def queue_is_low(settings: Settings, waiting: int) -> bool:
-    """True when at most ``low_water_fraction × batch_size`` items wait for annotators and the queue has room.
+def low_water_mark(loop: LoopSettings) -> int:
+    """``low_water_fraction × batch_size``, rounded down: at most this many waiting items, a new batch is due."""
+    return int(loop.low_water_fraction * loop.batch_size)
+
+
+def refill_at(settings: Settings) -> int:
+    """The most waiting items at which a new batch is selected: the low-water mark, or one below the cap.
 
     A full queue is not low however small ``max_waiting_tasks`` is: below the low-water mark, a
     cycle ran every ``cycle_interval_s`` only to find no room (QA).
     """
-    loop = settings.loop
-    has_room = waiting < settings.label_studio.max_waiting_tasks
-    return has_room and waiting <= int(loop.low_water_fraction * loop.batch_size)
+    return min(low_water_mark(settings.loop), settings.label_studio.max_waiting_tasks - 1)
+
+
+def queue_is_low(settings: Settings, waiting: int) -> bool:
+    """True when at most :func:`refill_at` items wait for annotators."""
+    return waiting <= refill_at(settings)
 
 
 def run_cycle(ctx: LoopContext, *, reason: str = "manual", synced_within_s: float = 0.0) -> CycleReport:

@@ -37,7 +37,7 @@ from sqlmodel import Session, col, select
 
 from connectors.errors import ConnectorAuthError, ConnectorError, ConnectorRejected, ConnectorUnavailable
 from daemon.context import LoopContext
-from daemon.cycle import cycle_due, run_cycle
+from daemon.cycle import cycle_due, low_water_mark, refill_at, run_cycle
 from daemon.errors import AlreadyRunning
 from daemon.pause import PauseWatch
 from daemon.project import ensure_project
@@ -165,7 +165,7 @@ def settings_summary(settings: Settings) -> str:
     """The settings that shape the batches, in one line for the start-up log (no secret among them)."""
     loop, ls = settings.loop, settings.label_studio
     copies = f"set aside at cosine {loop.near_copy_cosine}" if loop.set_aside_near_copies else "kept"
-    low = _refill_at(settings)
+    low = refill_at(settings)
     stop = f"kappa {loop.stop_kappa} over {loop.stop_window} retrains" if loop.stop_rule_enabled else "off"
     return (f"strategy {loop.strategy}, batch_size {loop.batch_size}, control_fraction {loop.control_fraction}, "
             f"max_waiting_tasks {ls.max_waiting_tasks} (a new batch at {low} waiting), "
@@ -176,19 +176,13 @@ def settings_summary(settings: Settings) -> str:
 def queue_warnings(settings: Settings) -> list[str]:
     """What in the queue's settings keeps batches smaller than ``loop.batch_size``; empty when nothing does."""
     loop, cap = settings.loop, settings.label_studio.max_waiting_tasks
-    if cap >= loop.batch_size + int(loop.low_water_fraction * loop.batch_size):
+    enough = loop.batch_size + low_water_mark(loop)
+    if cap >= enough:
         return []
-    low = _refill_at(settings)
+    low = refill_at(settings)
     return [f"label_studio.max_waiting_tasks ({cap}) leaves room for less than a batch when the queue is low "
             f"(loop.batch_size {loop.batch_size}, a new batch at {low} waiting): batches are cut to the room left, "
-            f"as small as {cap - low} {for_count(cap - low, 'item', 'items')}; set it to at least "
-            f"{loop.batch_size + int(loop.low_water_fraction * loop.batch_size)}"]
-
-
-def _refill_at(settings: Settings) -> int:
-    """Waiting items at which a new batch is selected: the low-water mark, or one below the cap if that is lower."""
-    loop = settings.loop
-    return min(int(loop.low_water_fraction * loop.batch_size), settings.label_studio.max_waiting_tasks - 1)
+            f"as small as {cap - low} {for_count(cap - low, 'item', 'items')}; set it to at least {enough}"]
 
 
 class Service:
